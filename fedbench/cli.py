@@ -1,0 +1,227 @@
+"""The ``fedbench`` command line. The only place that catches :class:`FedbenchError`:
+it prints one red line and exits with code 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from fedbench import registry
+from fedbench.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    dotted_to_nested,
+    make_config,
+)
+from fedbench.errors import ConfigError, FedbenchError
+
+app = typer.Typer(
+    name="fedbench",
+    help="Federated learning on memory-constrained devices: NeuLite and its baselines on one engine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+_D, _M, _T, _R = DataConfig(), ModelConfig(), TrainConfig(), RunConfig()
+
+
+def _default(value: Any) -> str:
+    return f" [default: {value}]"
+
+
+def _fail(exc: FedbenchError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _parse_opts(pairs: list[str]) -> dict[str, Any]:
+    """``--opt key=value`` pairs; values are read as YAML scalars (0.1, true, [1, 2])."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--opt {pair!r} must look like key=value, e.g. --opt mu=0.01")
+        try:
+            options[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--opt {pair!r}: value is not a valid YAML scalar or list") from exc
+    return options
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False)],
+        force=True,
+    )
+
+
+@app.command()
+def run(
+    method: Annotated[str | None, typer.Option(help="Method name (see 'fedbench list methods')." + _default(_R.method))] = None,
+    dataset: Annotated[str | None, typer.Option(help="Data set name." + _default(_D.dataset))] = None,
+    model: Annotated[str | None, typer.Option(help="Model architecture." + _default(_M.name))] = None,
+    width: Annotated[float | None, typer.Option(help="Width multiplier of the model, in (0, 1]." + _default(_M.width))] = None,
+    partition: Annotated[str | None, typer.Option(help="Partitioner: iid, dirichlet, ..." + _default(_D.partition))] = None,
+    alpha: Annotated[float | None, typer.Option(help="Dirichlet concentration (> 0; smaller = more non-IID)." + _default(_D.alpha))] = None,
+    clients: Annotated[int | None, typer.Option(help="Number of clients (devices)." + _default(_D.num_clients))] = None,
+    clients_per_round: Annotated[int | None, typer.Option(help="Clients selected each round (K)." + _default(_R.clients_per_round))] = None,
+    rounds: Annotated[int | None, typer.Option(help="Communication rounds." + _default(_R.rounds))] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round (E)." + _default(_T.local_epochs))] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Local batch size (B)." + _default(_T.batch_size))] = None,
+    lr: Annotated[float | None, typer.Option(help="Local SGD learning rate." + _default(_T.lr))] = None,
+    momentum: Annotated[float | None, typer.Option(help="Local SGD momentum." + _default(_T.momentum))] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Local SGD weight decay." + _default(_T.weight_decay))] = None,
+    weighting: Annotated[str | None, typer.Option(help="Server averaging: uniform or samples." + _default(_R.weighting))] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N rounds (and after the last)." + _default(_R.eval_every))] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every random draw." + _default(_R.seed))] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads." + _default(_R.threads))] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Folder holding the data set (else $FEDBENCH_DATA, cache, system folders).")] = None,
+    opt: Annotated[list[str] | None, typer.Option(help="Method option key=value (repeatable), e.g. --opt mu=0.01.")] = None,
+    config: Annotated[str | None, typer.Option(help="YAML run config; flags given here override it.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, else ./mlflow.db).")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment name." + _default("fedbench"))] = None,
+    run_name: Annotated[str | None, typer.Option(help="MLflow run name.")] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    """Train one method on one data set and log the run to MLflow."""
+    from fedbench import engine
+    from fedbench.tracking import MlflowTracker, NullTracker
+
+    _setup_logging(verbose)
+    overrides = dotted_to_nested(
+        {
+            "method": method, "data.dataset": dataset, "data.partition": partition, "data.alpha": alpha,
+            "data.num_clients": clients, "data.data_dir": data_dir, "model.name": model, "model.width": width,
+            "train.local_epochs": local_epochs, "train.batch_size": batch_size, "train.lr": lr,
+            "train.momentum": momentum, "train.weight_decay": weight_decay, "weighting": weighting,
+            "clients_per_round": clients_per_round, "rounds": rounds, "eval_every": eval_every,
+            "seed": seed, "threads": threads, "tracking.uri": tracking_uri,
+            "tracking.experiment": experiment, "tracking.run_name": run_name,
+        }
+    )
+    try:
+        if opt:
+            overrides["options"] = _parse_opts(opt)
+        cfg = make_config(config, overrides)
+        tracker = (
+            NullTracker()
+            if no_tracking or not cfg.tracking.enabled
+            else MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name)
+        )
+        with _RoundProgress(cfg) as progress:
+            result = engine.run(cfg, tracker=tracker, on_round=progress.update)
+    except FedbenchError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]: finished rounds are logged; the run is marked KILLED")
+        raise typer.Exit(code=130) from None
+    accuracy = result.metric("eval/accuracy")
+    summary = f"{cfg.method} on {cfg.data.dataset}: final accuracy {accuracy[-1]:.4f}, best {max(accuracy):.4f}"
+    run_id = getattr(tracker, "run_id", None)
+    out.print(summary + (f" (MLflow run {run_id}, experiment '{cfg.tracking.experiment}')" if run_id else ""))
+
+
+class _RoundProgress:
+    """A rich progress bar on a terminal; one log line per evaluated round otherwise."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.interactive = err.is_terminal
+        self._progress: Any = None
+
+    def __enter__(self) -> _RoundProgress:
+        if self.interactive:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("round"), MofNCompleteColumn(), BarColumn(),
+                TextColumn("acc {task.fields[acc]}  loss {task.fields[loss]}"), TimeElapsedColumn(),
+                console=err, transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("rounds", total=self.config.rounds, acc="-", loss="-")
+        return self
+
+    def update(self, result: Any) -> None:
+        acc = result.metrics.get("eval/accuracy")
+        loss = result.metrics.get("train/loss")
+        if self._progress is not None:
+            fields = {"loss": f"{loss:.3f}" if loss is not None else "-"}
+            if acc is not None:
+                fields["acc"] = f"{acc:.4f}"
+            self._progress.update(self._task, advance=1, **fields)
+        elif acc is not None:
+            err.print(
+                f"round {result.round_idx + 1}/{self.config.rounds}  accuracy {acc:.4f}  "
+                f"train loss {loss if loss is not None else float('nan'):.4f}  "
+                f"{result.metrics['time/round_s']:.1f}s",
+                highlight=False,
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class Kind(str, Enum):
+    methods = "methods"
+    datasets = "datasets"
+    models = "models"
+    partitioners = "partitioners"
+    fleets = "fleets"
+
+
+@app.command("list")
+def list_plugins(
+    kind: Annotated[Kind, typer.Argument(help="What to list.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List registered methods, datasets, models, partitioners or fleet profiles."""
+    try:
+        infos = registry.available(kind.value)
+    except FedbenchError as exc:
+        raise _fail(exc) from None
+    rows = [
+        {"name": i.name, "object": i.value, "distribution": i.distribution, "builtin": i.builtin}
+        for i in infos
+    ]
+    if as_json:
+        out.print_json(json.dumps({kind.value: rows}))
+        return
+    table = Table(title=f"fedbench {kind.value}")
+    for column in ("name", "object", "from"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["object"], "built-in" if row["builtin"] else row["distribution"])
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except FedbenchError as exc:  # errors raised outside a command body
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

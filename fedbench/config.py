@@ -1,0 +1,307 @@
+"""RunConfig: everything that defines a run, as one frozen dataclass tree.
+
+The tree is built from defaults, then a YAML file, then command-line overrides,
+and validated on construction so that a bad value fails before round 1 with a
+message that names the field, the value and the allowed range. Its canonical
+JSON form is hashed into the *run key* that sweeps use to skip finished runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fedbench.errors import ConfigError
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which data set, where it lives, and how it is split across clients."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    num_clients: int = 100
+
+    def __post_init__(self) -> None:
+        _require(self.num_clients >= 1, f"data.num_clients ({self.num_clients}) must be >= 1")
+        _require(
+            self.alpha > 0 and math.isfinite(self.alpha),
+            f"data.alpha ({self.alpha}) must be > 0 (smaller is more non-IID; try 0.5)",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Which architecture and at what width multiplier."""
+
+    name: str = "cnn"
+    width: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(0 < self.width <= 1, f"model.width ({self.width}) must be in (0, 1]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Local training on a device: SGD with the paper's defaults (spec common.md §1.3)."""
+
+    local_epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        _require(self.local_epochs >= 1, f"train.local_epochs ({self.local_epochs}) must be >= 1")
+        _require(self.batch_size >= 1, f"train.batch_size ({self.batch_size}) must be >= 1")
+        _require(self.lr > 0, f"train.lr ({self.lr}) must be > 0")
+        _require(0 <= self.momentum < 1, f"train.momentum ({self.momentum}) must be in [0, 1)")
+        _require(self.weight_decay >= 0, f"train.weight_decay ({self.weight_decay}) must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetConfig:
+    """The simulated devices: a named profile from the ``fedbench.fleets`` group."""
+
+    profile: str = "homogeneous"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    """Where runs are logged. Not part of the run key: it does not change results."""
+
+    uri: str | None = None
+    experiment: str = "fedbench"
+    run_name: str | None = None
+    enabled: bool = True
+
+
+WEIGHTINGS = ("uniform", "samples")
+
+
+class FrozenOptions(dict):
+    """A read-only dict for a method's options, so the whole RunConfig stays immutable."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("RunConfig.options is read-only; use dataclasses.replace to change it")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only  # type: ignore[assignment]
+
+    def __copy__(self) -> FrozenOptions:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> FrozenOptions:
+        return self
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """One run. ``options`` holds the method's own options (validated by the method)."""
+
+    method: str = "fedavg"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    rounds: int = 20
+    clients_per_round: int = 10
+    eval_every: int = 1
+    eval_batch_size: int = 1024
+    weighting: str = "uniform"
+    seed: int = 42
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        # Freeze the options mapping so the whole tree is immutable and hashable in spirit.
+        object.__setattr__(self, "options", FrozenOptions(self.options))
+        _require(self.rounds >= 1, f"rounds ({self.rounds}) must be >= 1")
+        _require(
+            self.clients_per_round >= 1,
+            f"clients_per_round ({self.clients_per_round}) must be >= 1",
+        )
+        _require(
+            self.clients_per_round <= self.data.num_clients,
+            f"clients_per_round ({self.clients_per_round}) exceeds num_clients "
+            f"({self.data.num_clients}); lower --clients-per-round or raise --clients",
+        )
+        _require(self.eval_every >= 1, f"eval_every ({self.eval_every}) must be >= 1")
+        _require(self.eval_batch_size >= 1, f"eval_batch_size ({self.eval_batch_size}) must be >= 1")
+        _require(
+            self.weighting in WEIGHTINGS,
+            f"weighting ({self.weighting!r}) must be one of {', '.join(WEIGHTINGS)}",
+        )
+        _require(self.seed >= 0, f"seed ({self.seed}) must be >= 0")
+        _require(self.threads >= 1, f"threads ({self.threads}) must be >= 1")
+
+    # ----------------------------------------------------------------- views
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (YAML/JSON-ready) of the whole tree."""
+        out = dataclasses.asdict(self, dict_factory=dict)
+        out["options"] = dict(self.options)
+        return out
+
+    def flat_params(self) -> dict[str, str]:
+        """Dotted keys -> string values, for MLflow params."""
+        flat: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, Mapping):
+                for key, sub in value.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), sub)
+            else:
+                flat[prefix] = "" if value is None else str(value)
+
+        walk("", self.to_dict())
+        return flat
+
+    @property
+    def run_key(self) -> str:
+        """Stable hash of everything that can change a result (not where data or logs live)."""
+        payload = self.to_dict()
+        payload.pop("tracking")
+        payload["data"].pop("data_dir")
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------- building
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _coerce(path: str, value: Any, annotation: Any) -> Any:
+    """Check a YAML/CLI value against a field's annotation; convert ints to floats etc."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(path, value, inner)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} ({value!r}) must be true or false")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} ({value!r}) must be an integer")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path} ({value!r}) must be a number")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path} ({value!r}) must be a string")
+    return value
+
+
+def build_dataclass(cls: type, values: Mapping[str, Any], path: str = "") -> Any:
+    """Construct ``cls`` from a nested mapping, rejecting unknown keys by name."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {type(values).__name__}")
+    types_by_name = _field_types(cls)
+    unknown = sorted(set(values) - set(types_by_name))
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{where}; "
+            f"allowed: {', '.join(types_by_name)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        annotation = types_by_name[name]
+        sub_path = f"{path}.{name}" if path else name
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = build_dataclass(annotation, value or {}, sub_path)
+        elif name == "options":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"options must be a mapping of option name to value, got {value!r}")
+            kwargs[name] = dict(value)
+        else:
+            kwargs[name] = _coerce(sub_path, value, annotation)
+    return cls(**kwargs)
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` wins; nested mappings are merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a mapping, with one-line errors for every failure."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from exc
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+    return loaded
+
+
+def make_config(
+    yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> RunConfig:
+    """Defaults <- YAML file <- overrides (nested mapping), validated."""
+    values: dict[str, Any] = load_yaml(yaml_path) if yaml_path is not None else {}
+    if overrides:
+        values = deep_merge(values, overrides)
+    return build_dataclass(RunConfig, values)
+
+
+def dotted_to_nested(pairs: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"data.alpha": 0.1}`` -> ``{"data": {"alpha": 0.1}}``; ``None`` values are dropped."""
+    nested: dict[str, Any] = {}
+    for dotted, value in pairs.items():
+        if value is None:
+            continue
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def to_yaml(config: RunConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,147 @@
+"""The data path: one set of tensors per run, clients as index arrays into it.
+
+A data set is loaded once as ``uint8`` images; a client's shard is an index
+array; a batch is made by tensor indexing and normalised on the fly. Nothing is
+copied per client, so the memory of a run grows with the number of clients only
+by their index arrays, and there is no per-client ``DataLoader``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedbench.errors import DataNotFoundError
+
+# A batch augmentation: (float images N×C×H×W, generator) -> augmented images.
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass(eq=False)
+class ImageDataset:
+    """Train and test images of one data set, as loaded from disk.
+
+    ``train_writers`` is set where the data has a natural owner per sample
+    (FEMNIST writers); the ``natural`` partitioner uses it.
+    """
+
+    name: str
+    train_images: torch.Tensor  # uint8, N×C×H×W
+    train_labels: torch.Tensor  # int64, N
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    augment: Augment | None = None
+    train_writers: np.ndarray | None = None
+    _scale: torch.Tensor = field(init=False, repr=False)
+    _shift: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        channels = self.train_images.shape[1]
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, channels, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, channels, 1, 1)
+        # x_norm = (x / 255 - mean) / std = x * scale + shift, one fused pass per batch.
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = -mean / std
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train_images.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_labels.shape[0])
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(torch.float32).mul_(self._scale).add_(self._shift)
+
+    def train_batch(
+        self, indices: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised (and, with a generator, augmented) training batch for ``indices``."""
+        images = self.normalize(self.train_images[indices])
+        if self.augment is not None and generator is not None:
+            images = self.augment(images, generator)
+        return images, self.train_labels[indices]
+
+    def test_batches(self, batch_size: int):
+        """Yields normalised test batches in order."""
+        for start in range(0, int(self.test_labels.shape[0]), batch_size):
+            stop = start + batch_size
+            yield self.normalize(self.test_images[start:stop]), self.test_labels[start:stop]
+
+
+@dataclass(eq=False)
+class FederatedData:
+    """A data set and its split into client shards (index arrays into the train set)."""
+
+    dataset: ImageDataset
+    shards: list[torch.Tensor]
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.shards)
+
+    def shard_sizes(self) -> np.ndarray:
+        return np.array([int(s.numel()) for s in self.shards], dtype=np.int64)
+
+
+# --------------------------------------------------------------- locating data
+def user_cache_dir() -> Path:
+    """Where fedbench keeps downloaded data: ``$XDG_CACHE_HOME/fedbench`` (``~/.cache/fedbench``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fedbench" / "data"
+
+
+def candidate_dirs(data_dir: str | None, subdir: str, system_dirs: Sequence[str] = ()) -> list[Path]:
+    """The folders to search, in order: ``--data-dir``, ``$FEDBENCH_DATA``, the cache, system folders.
+
+    ``--data-dir`` and ``$FEDBENCH_DATA`` may point at the data set's own folder
+    or at a parent holding it as ``subdir``.
+    """
+    roots: list[Path] = []
+    if data_dir:
+        roots.append(Path(data_dir).expanduser())
+    env = os.environ.get("FEDBENCH_DATA")
+    if env:
+        roots.append(Path(env).expanduser())
+    roots.append(user_cache_dir())
+    found: list[Path] = []
+    for root in roots:
+        found.extend([root, root / subdir])
+    found.extend(Path(p) for p in system_dirs)
+    return found
+
+
+def locate(
+    data_dir: str | None,
+    subdir: str,
+    is_complete: Callable[[Path], bool],
+    *,
+    system_dirs: Sequence[str] = (),
+    how_to_get: str,
+) -> Path | None:
+    """The first candidate folder that holds a complete copy, else ``None``.
+
+    An explicit ``--data-dir`` that does not exist at all is an error at once:
+    the user named it, so a silent fallback elsewhere would hide the typo.
+    """
+    if data_dir and not Path(data_dir).expanduser().exists():
+        raise DataNotFoundError(f"--data-dir {data_dir} does not exist; {how_to_get}")
+    for folder in candidate_dirs(data_dir, subdir, system_dirs):
+        if folder.is_dir() and is_complete(folder):
+            return folder
+    return None
+
+
+def not_found(name: str, data_dir: str | None, subdir: str, system_dirs: Sequence[str], how_to_get: str):
+    looked = ", ".join(str(p) for p in candidate_dirs(data_dir, subdir, system_dirs))
+    return DataNotFoundError(f"{name} not found (looked in {looked}); {how_to_get}")

@@ -1,0 +1,145 @@
+"""The round loop: select → assign → local update → aggregate → evaluate → log.
+
+The engine knows nothing about any particular method; everything that differs
+between methods is a hook of :class:`fedbench.method.Method`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from fedbench import registry
+from fedbench.config import RunConfig
+from fedbench.data import FederatedData, ImageDataset
+from fedbench.errors import PluginError
+from fedbench.evaluation import evaluate
+from fedbench.method import Method, RunContext, validate_method
+from fedbench.seeding import Stream, numpy_rng
+from fedbench.tracking import NullTracker, Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """Metrics of one finished round (0-based ``round_idx``)."""
+
+    round_idx: int
+    metrics: dict[str, float]
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    rounds: list[RoundResult] = field(default_factory=list)
+    partition: dict = field(default_factory=dict)
+
+    def metric(self, key: str) -> list[float]:
+        """The values of ``key`` over the rounds that logged it."""
+        return [r.metrics[key] for r in self.rounds if key in r.metrics]
+
+
+def load_dataset(config: RunConfig) -> ImageDataset:
+    loader = registry.load("datasets", config.data.dataset, validate=_validate_callable)
+    dataset = loader(config.data.data_dir)
+    if not isinstance(dataset, ImageDataset):
+        raise PluginError(f"dataset '{config.data.dataset}' returned {type(dataset).__name__}, not ImageDataset")
+    return dataset
+
+
+def partition(config: RunConfig, dataset: ImageDataset) -> tuple[FederatedData, dict]:
+    """Client shards from the configured partitioner, plus their statistics."""
+    from fedbench.datasets.partitioners import partition_stats
+
+    split = registry.load("partitioners", config.data.partition, validate=_validate_callable)
+    labels = dataset.train_labels.numpy()
+    shards = split(labels, config.data, numpy_rng(config.seed, Stream.PARTITION), dataset.train_writers)
+    data = FederatedData(dataset, [torch.as_tensor(s, dtype=torch.int64) for s in shards])
+    return data, partition_stats(labels, shards, dataset.num_classes)
+
+
+def prepare(config: RunConfig) -> tuple[RunContext, dict]:
+    """Load data, split it and build the run context (everything before the method)."""
+    dataset = load_dataset(config)
+    data, stats = partition(config, dataset)
+    return RunContext(config=config, data=data), stats
+
+
+def make_method(ctx: RunContext) -> Method:
+    method_cls = registry.load("methods", ctx.config.method, validate=validate_method)
+    return method_cls(ctx, method_cls.parse_options(ctx.config.options))
+
+
+def run_rounds(
+    method: Method, on_round: Callable[[RoundResult], None] | None = None
+) -> list[RoundResult]:
+    """Run all rounds of an already prepared method; ``on_round`` sees each finished round."""
+    ctx, config = method.ctx, method.ctx.config
+    results = []
+    for round_idx in range(config.rounds):
+        start = time.perf_counter()
+        assignments = method.assign(round_idx)
+        updates = [method.local_update(a, round_idx) for a in assignments]
+        method.aggregate(round_idx, updates)
+        train_s = time.perf_counter() - start
+        metrics: dict[str, float] = {"round/clients": float(len(updates))}
+        if updates:
+            metrics["train/loss"] = sum(u.loss for u in updates) / len(updates)
+        metrics.update(method.round_metrics(round_idx, updates))
+        last = round_idx == config.rounds - 1
+        if (round_idx + 1) % config.eval_every == 0 or last:
+            eval_start = time.perf_counter()
+            scores = evaluate(method.eval_model(), ctx.data.dataset, config.eval_batch_size)
+            metrics["eval/accuracy"] = scores["accuracy"]
+            metrics["eval/loss"] = scores["loss"]
+            metrics["time/eval_s"] = time.perf_counter() - eval_start
+        metrics["time/train_s"] = train_s
+        metrics["time/round_s"] = time.perf_counter() - start
+        result = RoundResult(round_idx, metrics)
+        results.append(result)
+        if on_round is not None:
+            on_round(result)
+    return results
+
+
+def run(
+    config: RunConfig,
+    tracker: Tracker | None = None,
+    on_round: Callable[[RoundResult], None] | None = None,
+) -> RunResult:
+    """One complete run. Every finished round is logged before the next starts, so
+    a crash or Ctrl-C never loses a finished round; the tracker records the
+    run as FAILED or KILLED."""
+    torch.set_num_threads(config.threads)
+    tracker = tracker or NullTracker()
+    ctx, stats = prepare(config)
+    method = make_method(ctx)
+    result = RunResult(config=config, partition=stats)
+
+    def record(round_result: RoundResult) -> None:
+        tracker.log_round(round_result.round_idx, round_result.metrics)
+        result.rounds.append(round_result)
+        if on_round is not None:
+            on_round(round_result)
+
+    tracker.start(config, stats)
+    try:
+        run_rounds(method, record)
+    except KeyboardInterrupt:
+        tracker.finish("KILLED", "interrupted by the user")
+        raise
+    except BaseException as exc:
+        tracker.finish("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    tracker.finish("FINISHED")
+    return result
+
+
+def _validate_callable(name: str, obj: object) -> None:
+    if not callable(obj):
+        raise PluginError(f"plugin '{name}' must be callable, got {obj!r}")

@@ -1,0 +1,52 @@
+"""``cnn``: the two-conv CNN of the FedAvg paper (McMahan et al., 2017).
+
+conv5×5(32) → ReLU → pool2 → conv5×5(64) → ReLU → pool2 → FC(512) → ReLU → FC(C).
+On 28×28 grey images this has 582,026 parameters, the reference model of
+federated Fashion-MNIST/MNIST experiments. Convolutions are "valid" where the
+input allows it (≥ 16 px) and "same" below that, so the model also takes the
+tiny synthetic images; the FC input size follows from the input shape.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fedbench.errors import ConfigError
+from fedbench.models.base import BlockModel, scaled
+
+MIN_SIDE = 4  # with "same" padding, two 2×2 pools need at least 4 px
+
+
+def build(input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> BlockModel:
+    channels, height, width_px = input_shape
+    if min(height, width_px) < MIN_SIDE:
+        raise ConfigError(
+            f"model 'cnn' needs inputs of at least {MIN_SIDE}×{MIN_SIDE} pixels, got {height}×{width_px}"
+        )
+    pad = 0 if min(height, width_px) >= 16 else 2
+    c1, c2, hidden = scaled(32, width), scaled(64, width), scaled(512, width)
+
+    def side(px: int) -> int:
+        px = (px + 2 * pad - 4) // 2
+        return (px + 2 * pad - 4) // 2
+
+    stem = nn.Identity()
+    blocks = [
+        nn.Sequential(nn.Conv2d(channels, c1, 5, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(c1, c2, 5, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+    ]
+    head = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(c2 * side(height) * side(width_px), hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, num_classes),
+    )
+    return BlockModel(
+        arch="cnn",
+        stem=stem,
+        blocks=blocks,
+        head=head,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        width=width,
+    )

@@ -1,0 +1,145 @@
+"""Experiment tracking: MLflow by default, nothing in tests.
+
+The run config is logged once (flattened params + the YAML artifact), each
+finished round's metrics in one batch call, and the metrics table and
+partition statistics as artifacts at the end. MLflow's own tracking URI rules
+apply (``--tracking-uri`` > ``$MLFLOW_TRACKING_URI`` > local ``sqlite:///mlflow.db``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from fedbench.config import RunConfig, to_yaml
+from fedbench.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+# Quiet, fast-failing MLflow unless the user chose otherwise.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+class Tracker(Protocol):
+    def start(self, config: RunConfig, partition: Mapping[str, Any]) -> None: ...
+    def log_round(self, round_idx: int, metrics: Mapping[str, float]) -> None: ...
+    def finish(self, status: str, error: str | None = None) -> None: ...
+
+
+class NullTracker:
+    """Keeps nothing; for tests and library use without MLflow."""
+
+    def start(self, config: RunConfig, partition: Mapping[str, Any]) -> None:
+        pass
+
+    def log_round(self, round_idx: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        pass
+
+
+def git_sha() -> str:
+    """The commit of the fedbench source tree, or ``unknown`` outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def metrics_csv(rows: list[dict[str, float]]) -> str:
+    """One row per round, one column per metric key (blank where a round did not log it)."""
+    keys = sorted({k for row in rows for k in row} - {"round"})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["round", *keys])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+class MlflowTracker:
+    """Logs a run to MLflow. The store is checked on :meth:`start`, so an
+    unreachable server fails the run before any training."""
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "fedbench", run_name: str | None = None):
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.run_name = run_name
+        self.run_id: str | None = None
+        self._client: Any = None
+        self._rows: list[dict[str, float]] = []
+        self._partition: Mapping[str, Any] = {}
+
+    def _connect(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        try:
+            found = client.get_experiment_by_name(self.experiment)
+            experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+        except Exception as exc:  # MLflow raises many types for an unreachable store
+            uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "the default store"
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise TrackingError(
+                f"cannot reach the MLflow tracking store at {uri} ({reason}); start the server, "
+                "fix --tracking-uri, or unset MLFLOW_TRACKING_URI to log to ./mlflow.db"
+            ) from exc
+        return client, experiment_id
+
+    def start(self, config: RunConfig, partition: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self._client, experiment_id = self._connect()
+        tags = {
+            "fedbench.method": config.method,
+            "fedbench.dataset": config.data.dataset,
+            "fedbench.model": config.model.name,
+            "fedbench.run_key": config.run_key,
+            "fedbench.git_sha": git_sha(),
+        }
+        run = self._client.create_run(experiment_id, tags=tags, run_name=self.run_name)
+        self.run_id = run.info.run_id
+        params = [Param(k, v[:6000]) for k, v in sorted(config.flat_params().items())]
+        summary = {k: v for k, v in partition.items() if k != "clients"}
+        params += [Param(f"partition.{k}", str(v)) for k, v in summary.items()]
+        for start in range(0, len(params), 100):
+            self._client.log_batch(self.run_id, params=params[start : start + 100])
+        self._client.log_text(self.run_id, to_yaml(config), "config.yaml")
+        self._partition = partition
+        self._client.log_text(self.run_id, json.dumps(partition, indent=1), "partition/stats.json")
+        log.info("MLflow run %s in experiment '%s'", self.run_id, self.experiment)
+
+    def log_round(self, round_idx: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        batch = [Metric(k, float(v), timestamp, round_idx) for k, v in metrics.items()]
+        self._client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        self._rows.append({"round": round_idx, **metrics})
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        if self._client is None or self.run_id is None:
+            return
+        try:
+            self._client.log_text(self.run_id, metrics_csv(self._rows), "metrics.csv")
+            if error:
+                self._client.set_tag(self.run_id, "fedbench.error", error[:5000])
+        finally:
+            self._client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,77 @@
+"""The local SGD loop every method shares.
+
+Methods change *what* is trained (the model, which parameters require grad)
+and *the loss* (a hook), never the loop, so that speed and determinism fixes
+land once for everyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbench.config import TrainConfig
+from fedbench.data import ImageDataset
+
+# (model, images, labels) -> scalar loss. NeuLite adds nHSIC terms, FedProx a proximal term.
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(images), labels)
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What one device's local training produced, besides the weights."""
+
+    num_samples: int
+    num_steps: int
+    mean_loss: float
+
+
+def make_optimizer(parameters: Iterable[nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
+    """Fresh SGD each round: momentum is not carried across rounds (spec common.md §1.3)."""
+    return torch.optim.SGD(
+        list(parameters), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
+    )
+
+
+def local_sgd(
+    model: nn.Module,
+    dataset: ImageDataset,
+    indices: torch.Tensor,
+    train: TrainConfig,
+    generator: torch.Generator,
+    loss_fn: LossFn = cross_entropy_loss,
+) -> LocalResult:
+    """``train.local_epochs`` epochs of minibatch SGD on the samples ``indices``.
+
+    Only parameters with ``requires_grad`` are optimised, so a method freezes a
+    part of the model by switching it off before the call. Batches are shuffled
+    with ``generator`` (seeded per round and client). The last partial batch is
+    kept, except a batch of one sample, which BatchNorm cannot train on.
+    """
+    model.train()
+    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), train)
+    num = int(indices.numel())
+    total_loss = torch.zeros((), dtype=torch.float64)
+    steps = 0
+    for _ in range(train.local_epochs):
+        order = indices[torch.randperm(num, generator=generator)]
+        for start in range(0, num, train.batch_size):
+            batch = order[start : start + train.batch_size]
+            if batch.numel() < 2:
+                continue
+            images, labels = dataset.train_batch(batch, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, images, labels)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.detach()
+            steps += 1
+    return LocalResult(num_samples=num, num_steps=steps, mean_loss=float(total_loss) / max(steps, 1))

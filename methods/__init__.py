@@ -1,0 +1,1 @@
+"""Built-in federated learning methods (installed as ``fedbench.methods``), one module each."""

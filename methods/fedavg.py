@@ -1,0 +1,16 @@
+"""FedAvg (McMahan et al., "Communication-Efficient Learning of Deep Networks
+from Decentralized Data", AISTATS 2017).
+
+Every round K devices drawn uniformly train the global model for E local
+epochs; the server averages their weights. It ignores memory budgets: every
+device is assumed to fit the full model ("vanilla FL" in the NeuLite paper).
+All of it is the engine's default behaviour.
+"""
+
+from __future__ import annotations
+
+from fedbench.method import Method
+
+
+class FedAvg(Method):
+    """Vanilla federated averaging; the reference every other method is compared with."""

@@ -1,0 +1,1 @@
+"""Tables and figures from tracked runs (installed as ``fedbench.reports``)."""
