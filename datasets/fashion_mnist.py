@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from fedbench.data import ImageDataset, locate, not_found, user_cache_dir
-from fedbench.errors import DataCorruptError
 from fedbench.datasets.idx import read_idx
+from fedbench.errors import DataCorruptError
 
 log = logging.getLogger(__name__)
 

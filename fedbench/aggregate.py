@@ -34,10 +34,61 @@ def weighted_average(
     averaged: dict[str, torch.Tensor] = {}
     for key, first in states[0].items():
         total = torch.zeros(first.shape, dtype=torch.float64)
-        for state, weight in zip(states, weights):
+        for state, weight in zip(states, weights, strict=True):
             total.add_(state[key].to(torch.float64), alpha=weight)
         if first.dtype.is_floating_point:
             averaged[key] = total.to(first.dtype)
         else:
             averaged[key] = total.round_().to(first.dtype)
     return averaged
+
+
+def overlap_count_average(
+    old: Mapping[str, torch.Tensor],
+    states: Sequence[Mapping[str, torch.Tensor]],
+    positions: Sequence[Mapping[str, Sequence[torch.Tensor | None]]],
+) -> dict[str, torch.Tensor]:
+    """HeteroFL/FedRolex aggregation (spec baselines.md §6.5): every entry of a global tensor
+    becomes the mean over the clients whose slice covered it; entries nobody covered keep
+    their old value.
+
+    ``states[m][key]`` is client m's (sliced) tensor and ``positions[m][key]`` its global
+    positions per dimension (None: the whole dimension), as given by
+    :func:`fedbench.models.slicing.positions`. A key missing from a client's state means
+    the client did not hold that tensor (DepthFL's per-tensor holder average is the case
+    with all-None positions). To average classifier rows only over clients holding a
+    class, pass those rows' positions and the matching rows of the client's tensor.
+    Sums run in float64 in client order; integer entries are rounded back.
+    """
+    if len(states) != len(positions):
+        raise ValueError(f"{len(states)} states but {len(positions)} position maps")
+    averaged: dict[str, torch.Tensor] = {}
+    for key, current in old.items():
+        total = torch.zeros(current.shape, dtype=torch.float64)
+        count = torch.zeros(current.shape, dtype=torch.float64)
+        for state, where in zip(states, positions, strict=True):
+            if key not in state:
+                continue
+            value = state[key].detach().to("cpu", torch.float64)
+            if current.dim() == 0:
+                total += value
+                count += 1
+                continue
+            flat = _flat_positions(current.shape, where[key])
+            total.view(-1).index_add_(0, flat, value.reshape(-1))
+            count.view(-1).index_add_(0, flat, torch.ones_like(value).reshape(-1))
+        covered = count > 0
+        mean = torch.where(covered, total / count.clamp(min=1), current.detach().to("cpu", torch.float64))
+        if not current.dtype.is_floating_point:
+            mean = mean.round()
+        averaged[key] = mean.to(current.dtype).to(current.device)
+    return averaged
+
+
+def _flat_positions(shape: torch.Size, where: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """Row-major flat positions of the outer product of per-dimension index sets (None: all)."""
+    flat = torch.zeros((), dtype=torch.long)
+    for dim, size in enumerate(shape):
+        idx = where[dim] if where[dim] is not None else torch.arange(size)
+        flat = flat.unsqueeze(-1) * size + idx.to("cpu").long()
+    return flat.reshape(-1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -17,6 +17,7 @@ from rich.table import Table
 from fedbench import registry
 from fedbench.config import (
     DataConfig,
+    FleetConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -39,7 +40,7 @@ _D, _M, _T, _R = DataConfig(), ModelConfig(), TrainConfig(), RunConfig()
 
 
 def _default(value: Any) -> str:
-    return f" [default: {value}]"
+    return f" (default: {value})"
 
 
 def _fail(exc: FedbenchError) -> typer.Exit:
@@ -93,6 +94,9 @@ def run(
     seed: Annotated[int | None, typer.Option(help="Seed of every random draw." + _default(_R.seed))] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads." + _default(_R.threads))] = None,
     data_dir: Annotated[str | None, typer.Option(help="Folder holding the data set (else $FEDBENCH_DATA, cache, system folders).")] = None,
+    fleet: Annotated[str | None, typer.Option(help="Device fleet profile (see 'fedbench list fleets')." + _default(FleetConfig().profile))] = None,
+    low_mb: Annotated[int | None, typer.Option(help="uniform-mb fleet: smallest memory budget, MiB." + _default(FleetConfig().low_mb))] = None,
+    high_mb: Annotated[int | None, typer.Option(help="uniform-mb fleet: largest memory budget, MiB." + _default(FleetConfig().high_mb))] = None,
     opt: Annotated[list[str] | None, typer.Option(help="Method option key=value (repeatable), e.g. --opt mu=0.01.")] = None,
     config: Annotated[str | None, typer.Option(help="YAML run config; flags given here override it.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, else ./mlflow.db).")] = None,
@@ -115,6 +119,7 @@ def run(
             "clients_per_round": clients_per_round, "rounds": rounds, "eval_every": eval_every,
             "seed": seed, "threads": threads, "tracking.uri": tracking_uri,
             "tracking.experiment": experiment, "tracking.run_name": run_name,
+            "fleet.profile": fleet, "fleet.low_mb": low_mb, "fleet.high_mb": high_mb,
         }
     )
     try:
@@ -181,7 +186,7 @@ class _RoundProgress:
             self._progress.stop()
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     methods = "methods"
     datasets = "datasets"
     models = "models"
@@ -193,6 +198,9 @@ class Kind(str, Enum):
 def list_plugins(
     kind: Annotated[Kind, typer.Argument(help="What to list.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    input_shape: Annotated[str, typer.Option(help="Models: input shape C,H,W for parameter and FLOP counts.")] = "3,32,32",
+    num_classes: Annotated[int, typer.Option(help="Models: number of classes.")] = 10,
+    width: Annotated[float, typer.Option(help="Models: width multiplier, in (0, 1].")] = 1.0,
 ) -> None:
     """List registered methods, datasets, models, partitioners or fleet profiles."""
     try:
@@ -203,15 +211,39 @@ def list_plugins(
         {"name": i.name, "object": i.value, "distribution": i.distribution, "builtin": i.builtin}
         for i in infos
     ]
+    if kind is Kind.models:
+        from fedbench.models.summary import summarize_rows
+
+        try:
+            rows = summarize_rows(rows, input_shape, num_classes, width)
+        except FedbenchError as exc:
+            raise _fail(exc) from None
     if as_json:
         out.print_json(json.dumps({kind.value: rows}))
         return
     table = Table(title=f"fedbench {kind.value}")
     for column in ("name", "object", "from"):
         table.add_column(column)
+    model_columns = ("parameters", "forward GFLOPs", "blocks") if kind is Kind.models else ()
+    for column in model_columns:
+        table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(row["name"], row["object"], "built-in" if row["builtin"] else row["distribution"])
+        cells = [row["name"], row["object"], "built-in" if row["builtin"] else row["distribution"]]
+        if model_columns:
+            cells += (
+                ["-", "-", "-"]
+                if "error" in row
+                else [f"{row['parameters']:,}", f"{row['forward_flops'] / 1e9:.3f}", str(row["num_blocks"])]
+            )
+        table.add_row(*cells)
     out.print(table)
+    for row in rows:
+        if "error" in row:
+            out.print(f"[yellow]{row['name']}[/yellow]: {row['error']}", highlight=False, soft_wrap=True)
+
+
+import fedbench.cli_memory  # noqa: E402, F401  (registers `fedbench memory` on app)
+import fedbench.cli_partition  # noqa: E402, F401  (registers `fedbench partition` on app)
 
 
 def main() -> None:

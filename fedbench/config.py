@@ -27,6 +27,9 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+DIRICHLET_VARIANTS = ("per-sample", "cumsum")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Which data set, where it lives, and how it is split across clients."""
@@ -36,12 +39,24 @@ class DataConfig:
     partition: str = "dirichlet"
     alpha: float = 0.5
     num_clients: int = 100
+    # `shards` partitioner: label-sorted shards per client (FedAvg paper: 2).
+    shards_per_client: int = 2
+    # `dirichlet` partitioner: "per-sample" (NeuLite's code) or "cumsum" (DepthFL's); spec common.md §1.3.
+    dirichlet_variant: str = "per-sample"
 
     def __post_init__(self) -> None:
         _require(self.num_clients >= 1, f"data.num_clients ({self.num_clients}) must be >= 1")
         _require(
             self.alpha > 0 and math.isfinite(self.alpha),
             f"data.alpha ({self.alpha}) must be > 0 (smaller is more non-IID; try 0.5)",
+        )
+        _require(
+            self.shards_per_client >= 1,
+            f"data.shards_per_client ({self.shards_per_client}) must be >= 1 (the FedAvg paper uses 2)",
+        )
+        _require(
+            self.dirichlet_variant in DIRICHLET_VARIANTS,
+            f"data.dirichlet_variant ({self.dirichlet_variant!r}) must be one of {', '.join(DIRICHLET_VARIANTS)}",
         )
 
 
@@ -79,6 +94,16 @@ class FleetConfig:
     """The simulated devices: a named profile from the ``fedbench.fleets`` group."""
 
     profile: str = "homogeneous"
+    # `uniform-mb` profile: budgets uniform over the integers [low_mb, high_mb] MiB ([C-ProFL]: 100-900).
+    low_mb: int = 100
+    high_mb: int = 900
+
+    def __post_init__(self) -> None:
+        _require(self.low_mb >= 1, f"fleet.low_mb ({self.low_mb}) must be >= 1 (a budget in MiB; try 100)")
+        _require(
+            self.high_mb >= self.low_mb,
+            f"fleet.high_mb ({self.high_mb}) must be >= fleet.low_mb ({self.low_mb})",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +246,8 @@ def build_dataclass(cls: type, values: Mapping[str, Any], path: str = "") -> Any
         raise ConfigError(f"{path or 'config'} must be a mapping, got {type(values).__name__}")
     types_by_name = _field_types(cls)
     unknown = sorted(set(values) - set(types_by_name))
+    if unknown and not types_by_name:
+        raise ConfigError(f"{path or 'config'} takes no keys, got {', '.join(map(repr, unknown))}")
     if unknown:
         where = f" in {path}" if path else ""
         raise ConfigError(

@@ -131,12 +131,19 @@ def locate(
 ) -> Path | None:
     """The first candidate folder that holds a complete copy, else ``None``.
 
-    An explicit ``--data-dir`` that does not exist at all is an error at once:
-    the user named it, so a silent fallback elsewhere would hide the typo.
+    An explicit ``--data-dir`` is searched alone (itself and ``subdir`` below
+    it): the user named it, so falling back to another copy would hide a typo
+    or an incomplete download. Without it the search order applies.
     """
-    if data_dir and not Path(data_dir).expanduser().exists():
-        raise DataNotFoundError(f"--data-dir {data_dir} does not exist; {how_to_get}")
-    for folder in candidate_dirs(data_dir, subdir, system_dirs):
+    if data_dir:
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            raise DataNotFoundError(f"--data-dir {data_dir} does not exist; {how_to_get}")
+        for folder in (root, root / subdir):
+            if folder.is_dir() and is_complete(folder):
+                return folder
+        raise DataNotFoundError(f"--data-dir {data_dir} does not hold the data set (nor {subdir}/ inside it); {how_to_get}")
+    for folder in candidate_dirs(None, subdir, system_dirs):
         if folder.is_dir() and is_complete(folder):
             return folder
     return None

@@ -18,6 +18,7 @@ from fedbench.config import RunConfig
 from fedbench.data import FederatedData, ImageDataset
 from fedbench.errors import PluginError
 from fedbench.evaluation import evaluate
+from fedbench.fleet import make_fleet
 from fedbench.method import Method, RunContext, validate_method
 from fedbench.seeding import Stream, numpy_rng
 from fedbench.tracking import NullTracker, Tracker
@@ -67,7 +68,9 @@ def prepare(config: RunConfig) -> tuple[RunContext, dict]:
     """Load data, split it and build the run context (everything before the method)."""
     dataset = load_dataset(config)
     data, stats = partition(config, dataset)
-    return RunContext(config=config, data=data), stats
+    ctx = RunContext(config=config, data=data)
+    ctx.fleet = make_fleet(config.fleet, data.num_clients, config.seed, ctx.full_model_peak_bytes)
+    return ctx, stats
 
 
 def make_method(ctx: RunContext) -> Method:
@@ -75,32 +78,37 @@ def make_method(ctx: RunContext) -> Method:
     return method_cls(ctx, method_cls.parse_options(ctx.config.options))
 
 
+def run_round(method: Method, round_idx: int) -> RoundResult:
+    """One round: assign → local updates → aggregate → (evaluate on schedule)."""
+    config = method.ctx.config
+    start = time.perf_counter()
+    assignments = method.assign(round_idx)
+    updates = [method.local_update(a, round_idx) for a in assignments]
+    method.aggregate(round_idx, updates)
+    train_s = time.perf_counter() - start
+    metrics: dict[str, float] = {"round/clients": float(len(updates))}
+    if updates:
+        metrics["train/loss"] = sum(u.loss for u in updates) / len(updates)
+    metrics.update(method.round_metrics(round_idx, updates))
+    metrics.update(method.ctx.participation_metrics())
+    if (round_idx + 1) % config.eval_every == 0 or round_idx == config.rounds - 1:
+        eval_start = time.perf_counter()
+        scores = evaluate(method.eval_model(), method.ctx.data.dataset, config.eval_batch_size)
+        metrics["eval/accuracy"] = scores["accuracy"]
+        metrics["eval/loss"] = scores["loss"]
+        metrics["time/eval_s"] = time.perf_counter() - eval_start
+    metrics["time/train_s"] = train_s
+    metrics["time/round_s"] = time.perf_counter() - start
+    return RoundResult(round_idx, metrics)
+
+
 def run_rounds(
     method: Method, on_round: Callable[[RoundResult], None] | None = None
 ) -> list[RoundResult]:
     """Run all rounds of an already prepared method; ``on_round`` sees each finished round."""
-    ctx, config = method.ctx, method.ctx.config
     results = []
-    for round_idx in range(config.rounds):
-        start = time.perf_counter()
-        assignments = method.assign(round_idx)
-        updates = [method.local_update(a, round_idx) for a in assignments]
-        method.aggregate(round_idx, updates)
-        train_s = time.perf_counter() - start
-        metrics: dict[str, float] = {"round/clients": float(len(updates))}
-        if updates:
-            metrics["train/loss"] = sum(u.loss for u in updates) / len(updates)
-        metrics.update(method.round_metrics(round_idx, updates))
-        last = round_idx == config.rounds - 1
-        if (round_idx + 1) % config.eval_every == 0 or last:
-            eval_start = time.perf_counter()
-            scores = evaluate(method.eval_model(), ctx.data.dataset, config.eval_batch_size)
-            metrics["eval/accuracy"] = scores["accuracy"]
-            metrics["eval/loss"] = scores["loss"]
-            metrics["time/eval_s"] = time.perf_counter() - eval_start
-        metrics["time/train_s"] = train_s
-        metrics["time/round_s"] = time.perf_counter() - start
-        result = RoundResult(round_idx, metrics)
+    for round_idx in range(method.ctx.config.rounds):
+        result = run_round(method, round_idx)
         results.append(result)
         if on_round is not None:
             on_round(result)

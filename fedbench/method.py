@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -28,10 +28,12 @@ from torch import nn
 from fedbench.aggregate import normalized_weights, weighted_average
 from fedbench.config import RunConfig, build_dataclass
 from fedbench.data import FederatedData
-from fedbench.errors import ConfigError, PluginError
+from fedbench.errors import ConfigError, MemoryBudgetError, PluginError
+from fedbench.fleet import Fleet
+from fedbench.memory import MemoryModel, MemoryReport, SGDSpec, format_bytes
 from fedbench.models import BlockModel, build_model
 from fedbench.seeding import Stream, numpy_rng, torch_generator
-from fedbench.training import cross_entropy_loss, local_sgd
+from fedbench.training import LossFn, cross_entropy_loss, local_sgd
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,17 +63,90 @@ class Update:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Workload:
+    """One (sub-)model a method trains, as the memory model sees it: the module (with
+    every parameter its loss uses), the names of its trainable parameters (``None``:
+    all) and its loss (``None``: cross-entropy)."""
+
+    name: str
+    model: nn.Module
+    trainable: frozenset[str] | None = None
+    loss_fn: LossFn | None = None
+
+
 @dataclass(eq=False)
 class RunContext:
-    """Everything a method may use: config, data, and seeded randomness."""
+    """Everything a method may use: config, data, seeded randomness, the device fleet
+    and the memory model (who may train what)."""
 
     config: RunConfig
     data: FederatedData
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    fleet: Fleet | None = None  # None: every device fits everything
+    memory: MemoryModel | None = None
+    participants: set[int] = field(default_factory=set)  # union of the pools sampled from
+    _full_model_rate: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.memory is None:
+            self.memory = MemoryModel(optimizer=SGDSpec.from_train(self.config.train))
 
     @property
     def num_clients(self) -> int:
         return self.data.num_clients
+
+    def memory_report(
+        self, model: nn.Module, trainable: Iterable[str] | None = None, loss_fn: LossFn | None = None
+    ) -> MemoryReport:
+        """Peak bytes of one local step of ``model`` at the run's batch size (cached)."""
+        return self.memory.report(
+            model, trainable, batch_size=self.config.train.batch_size,
+            input_shape=self.data.dataset.input_shape, loss_fn=loss_fn or cross_entropy_loss,
+        )
+
+    def eligible(
+        self, model: nn.Module, trainable: Iterable[str] | None = None, loss_fn: LossFn | None = None
+    ) -> list[int]:
+        """Ids of the devices whose memory budget holds one local step of ``model``
+        with ``trainable`` parameters (all by default) and ``loss_fn``."""
+        if self.fleet is None or self.fleet.unlimited:
+            return list(range(self.num_clients))
+        return self.fleet.eligible(self.memory_report(model, trainable, loss_fn).peak_bytes)
+
+    def require_eligible(
+        self, model: nn.Module, trainable: Iterable[str] | None = None, loss_fn: LossFn | None = None
+    ) -> list[int]:
+        """:meth:`eligible`, but no fitting device is a :class:`MemoryBudgetError` (fail before round 1)."""
+        ids = self.eligible(model, trainable, loss_fn)
+        if not ids:
+            need = self.memory_report(model, trainable, loss_fn).peak_bytes
+            largest = self.fleet.largest_budget_bytes if self.fleet is not None else None
+            name = getattr(model, "arch", type(model).__name__)
+            raise MemoryBudgetError(
+                f"no device can train {name} (needs {format_bytes(need)} at batch "
+                f"{self.config.train.batch_size}; largest budget {format_bytes(largest or 0)}); "
+                "choose a larger --fleet profile, a smaller --batch-size or --width"
+            )
+        return ids
+
+    def full_model_peak_bytes(self) -> int:
+        """Peak of one local step of the run's full model, all trainable (cached)."""
+        return self.memory_report(self.build_model()).peak_bytes
+
+    def participation_metrics(self) -> dict[str, float]:
+        """``participation/rate``: PR = |union over the run of the pools sampled from| / N
+        (spec common.md §1.1); ``participation/full_model_rate``: the share of devices that
+        can train the full model (ExclusiveFL's PR; what vanilla FedAvg would get)."""
+        if self._full_model_rate is None:
+            if self.fleet is None or self.fleet.unlimited:
+                self._full_model_rate = 1.0
+            else:
+                self._full_model_rate = self.fleet.participation_rate(self.full_model_peak_bytes())
+        return {
+            "participation/rate": len(self.participants) / self.num_clients,
+            "participation/full_model_rate": self._full_model_rate,
+        }
 
     def build_model(self, width: float | None = None, init_key: int = 0) -> BlockModel:
         """The run's architecture, initialised from the run seed (``init_key`` picks another draw)."""
@@ -99,6 +174,7 @@ class RunContext:
         """``min(K, |E|)`` devices drawn uniformly without replacement from ``eligible``
         (all devices by default), in ascending id order (spec common.md §1.1)."""
         pool = np.arange(self.num_clients) if eligible is None else np.asarray(eligible, dtype=np.int64)
+        self.participants.update(int(c) for c in pool)
         take = min(self.config.clients_per_round, pool.size)
         if take == 0:
             return []
@@ -122,9 +198,15 @@ class Method:
     def parse_options(cls, values: Mapping[str, Any]) -> Any:
         """The method's options dataclass from a mapping (YAML ``options:`` or ``--opt k=v``)."""
         try:
-            return build_dataclass(cls.options_type, dict(values), path="options")
+            return build_dataclass(cls.options_type, dict(values), path=f"options of {cls.__name__}")
         except TypeError as exc:  # a required option without a default is missing
             raise ConfigError(f"options for method {cls.__name__}: {exc}") from exc
+
+    @classmethod
+    def workloads(cls, model: BlockModel, options: Any) -> list[Workload]:
+        """The (sub-)models this method trains, for ``fedbench memory`` and the fleet fit.
+        Methods without sub-models train the full model."""
+        return [Workload("full", model)]
 
     # -------------------------------------------------------------- hooks
     def assign(self, round_idx: int) -> list[Assignment]:

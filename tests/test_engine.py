@@ -65,7 +65,7 @@ def test_client_work_does_not_depend_on_training_order(tiny_config):
     assignments = method.assign(0)
     forward = [method.local_update(a, 0).state for a in assignments]
     backward = [method.local_update(a, 0).state for a in reversed(assignments)][::-1]
-    for f, b in zip(forward, backward):
+    for f, b in zip(forward, backward, strict=True):
         for key in f:
             assert torch.equal(f[key], b[key])
 

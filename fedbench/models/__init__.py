@@ -34,4 +34,5 @@ def build_model(
         raise ConfigError(
             f"model '{name}' cannot take inputs of shape {tuple(input_shape)}: {str(exc).splitlines()[0]}"
         ) from exc
+    model.builder = builder  # narrower copies of the same variant need no registry lookup (slicing)
     return model

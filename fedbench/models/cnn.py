@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from fedbench.errors import ConfigError
-from fedbench.models.base import BlockModel, scaled
+from fedbench.models.base import BlockModel, ConvStandIn, CutSpec, Segment, scaled, tag
 
 MIN_SIDE = 4  # with "same" padding, two 2×2 pools need at least 4 px
 
@@ -31,17 +31,20 @@ def build(input_shape: tuple[int, int, int], num_classes: int, width: float = 1.
         return (px + 2 * pad - 4) // 2
 
     stem = nn.Identity()
+    conv1 = tag(nn.Conv2d(channels, c1, 5, padding=pad), out="conv1", in_=None)
+    conv2 = tag(nn.Conv2d(c1, c2, 5, padding=pad), out="conv2", in_="conv1")
     blocks = [
-        nn.Sequential(nn.Conv2d(channels, c1, 5, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
-        nn.Sequential(nn.Conv2d(c1, c2, 5, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+        nn.Sequential(conv1, nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+        nn.Sequential(conv2, nn.ReLU(inplace=True), nn.MaxPool2d(2)),
     ]
+    pixels = side(height) * side(width_px)  # the flattened map is channel-major: C × (H·W)
     head = nn.Sequential(
         nn.Flatten(),
-        nn.Linear(c2 * side(height) * side(width_px), hidden),
+        tag(nn.Linear(c2 * pixels, hidden), out="fc1", in_=Segment("conv2", inner=pixels)),
         nn.ReLU(inplace=True),
-        nn.Linear(hidden, num_classes),
+        tag(nn.Linear(hidden, num_classes), out=None, in_="fc1"),
     )
-    return BlockModel(
+    model = BlockModel(
         arch="cnn",
         stem=stem,
         blocks=blocks,
@@ -50,3 +53,10 @@ def build(input_shape: tuple[int, int, int], num_classes: int, width: float = 1.
         num_classes=num_classes,
         width=width,
     )
+    model.cut = CutSpec(
+        standins=(None, ConvStandIn(c1, c2, 2)),
+        stage_head="pool_linear",
+        feature_dim=c2,
+        coadapt=((), model.names_of([conv1])),
+    )
+    return model

@@ -1,0 +1,151 @@
+"""The command line: every bad input is one line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from fedbench.cli import app
+from tests.conftest import FASHION_MNIST_DIR, requires_fashion_mnist
+
+runner = CliRunner()
+TINY = ["--dataset", "synthetic", "--clients", "6", "--clients-per-round", "2", "--rounds", "1",
+        "--local-epochs", "1", "--no-tracking"]
+
+
+def _fails_with(args: list[str], *fragments: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    text = " ".join(result.output.split())
+    assert text.startswith("error:"), text
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--method", "fedavgg"], ["unknown method 'fedavgg'", "did you mean 'fedavg'", "known:"]),
+        (["--dataset", "fashion-mnistt"], ["unknown dataset 'fashion-mnistt'", "did you mean 'fashion-mnist'"]),
+        (["--model", "cnnn"], ["unknown model 'cnnn'", "did you mean 'cnn'"]),
+        (["--partition", "dirichle"], ["unknown partitioner 'dirichle'", "did you mean 'dirichlet'"]),
+        (["--rounds", "0"], ["rounds (0) must be >= 1"]),
+        (["--clients", "0"], ["num_clients (0) must be >= 1"]),
+        (["--batch-size", "0"], ["batch_size (0) must be >= 1"]),
+        (["--local-epochs", "-1"], ["local_epochs (-1) must be >= 1"]),
+        (["--clients-per-round", "7"], ["clients_per_round (7) exceeds num_clients (6)"]),
+        (["--alpha", "0"], ["alpha (0.0) must be > 0"]),
+        (["--alpha", "-2"], ["alpha (-2.0) must be > 0"]),
+        (["--width", "1.5"], ["model.width (1.5) must be in (0, 1]"]),
+        (["--weighting", "median"], ["weighting ('median') must be one of uniform, samples"]),
+        (["--opt", "mu=1"], ["options of FedAvg takes no keys, got 'mu'"]),
+        (["--opt", "mu"], ["must look like key=value"]),
+    ],
+)
+def test_bad_run_flags_fail_with_one_line(args, fragments):
+    _fails_with([*TINY_RUN, *args], *fragments)
+
+
+TINY_RUN = ["run", *TINY]
+
+
+def test_missing_yaml_file_is_named(tmp_path):
+    _fails_with([*TINY_RUN, "--config", str(tmp_path / "nope.yaml")], "nope.yaml does not exist")
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: 3\ndata: [1,\n")
+    _fails_with([*TINY_RUN, "--config", str(bad)], "is not valid YAML", "line")
+
+
+def test_unreadable_yaml_is_reported(tmp_path):
+    folder = tmp_path / "cfg.yaml"
+    folder.mkdir()  # a directory where a file was expected
+    _fails_with([*TINY_RUN, "--config", str(folder)], "cfg.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("roundz: 3\n", "unknown config key 'roundz'"),
+        ("data:\n  alpah: 0.1\n", "unknown config key 'alpah' in data"),
+        ("seed: many\n", "seed ('many') must be an integer"),
+        ("- 1\n- 2\n", "must hold a mapping"),
+    ],
+)
+def test_bad_yaml_content_is_one_line(tmp_path, text, fragment):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    _fails_with([*TINY_RUN, "--config", str(path)], fragment)
+
+
+def test_flags_override_the_yaml_file(tmp_path):
+    from fedbench.config import make_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("rounds: 9\ndata:\n  dataset: synthetic\n  num_clients: 6\nclients_per_round: 2\n")
+    config = make_config(path, {"rounds": 3})
+    assert (config.rounds, config.data.dataset, config.data.num_clients) == (3, "synthetic", 6)
+
+
+def test_missing_data_dir_is_one_line(tmp_path):
+    _fails_with(["run", "--data-dir", str(tmp_path / "nowhere"), "--no-tracking"], "nowhere does not exist")
+
+
+def test_empty_data_dir_is_an_error_not_a_fallback(tmp_path):
+    _fails_with(["run", "--data-dir", str(tmp_path), "--no-tracking"], "does not hold the data set",
+                "dataset-fashion-mnist")
+
+
+@requires_fashion_mnist
+def test_truncated_data_file_is_named(tmp_path):
+    for name in ("train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(f"{FASHION_MNIST_DIR}/{name}", tmp_path / name)
+    raw = gzip.decompress(open(f"{FASHION_MNIST_DIR}/train-images-idx3-ubyte.gz", "rb").read())
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[: len(raw) // 2], compresslevel=1))
+    _fails_with(["run", "--data-dir", str(tmp_path), "--no-tracking"], "train-images-idx3-ubyte.gz is truncated")
+
+
+def test_corrupt_gzip_is_named(tmp_path):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (tmp_path / f"{name}.gz").write_bytes(b"this is not gzip")
+    _fails_with(["run", "--data-dir", str(tmp_path), "--no-tracking"], "train-images-idx3-ubyte.gz cannot be read")
+
+
+def test_unreachable_tracking_uri_fails_before_training():
+    args = [*TINY_RUN[:-1], "--tracking-uri", "http://127.0.0.1:9"]
+    _fails_with(args, "cannot reach the MLflow tracking store at http://127.0.0.1:9")
+
+
+def test_run_prints_the_final_accuracy(tmp_path):
+    result = runner.invoke(app, TINY_RUN)
+    assert result.exit_code == 0, result.output
+    assert "fedavg on synthetic: final accuracy" in result.output
+
+
+@pytest.mark.parametrize("kind", ["methods", "datasets", "models", "partitioners"])
+def test_list_json_names_the_builtins(kind):
+    result = runner.invoke(app, ["list", kind, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)[kind]
+    assert rows and all(row["builtin"] and row["distribution"] == "fedbench" for row in rows)
+
+
+def test_list_rejects_an_unknown_kind():
+    result = runner.invoke(app, ["list", "widgets"])
+    assert result.exit_code != 0
+
+
+def test_help_shows_defaults():
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "240"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "(default: 64)" in text and "(default: fashion-mnist)" in text

@@ -1,0 +1,66 @@
+"""RunConfig: validation, YAML round trip, and a stable run key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fedbench.config import RunConfig, make_config, to_yaml
+from fedbench.errors import ConfigError
+
+
+def test_defaults_follow_the_papers_common_setting():
+    config = RunConfig()
+    assert (config.data.num_clients, config.clients_per_round, config.train.local_epochs) == (100, 10, 5)
+    assert (config.train.batch_size, config.train.lr, config.train.momentum) == (64, 0.01, 0.9)
+    assert config.train.weight_decay == 5e-4 and config.seed == 42
+
+
+def test_yaml_round_trip_gives_the_same_config(tmp_path):
+    config = make_config(overrides={"rounds": 7, "data": {"alpha": 0.1}, "options": {"x": 1}})
+    path = tmp_path / "c.yaml"
+    path.write_text(to_yaml(config))
+    assert make_config(path) == config
+
+
+def test_run_key_ignores_where_data_and_logs_live_but_not_what_is_trained():
+    base = make_config()
+    moved = make_config(overrides={"data": {"data_dir": "/elsewhere"}, "tracking": {"experiment": "x"}})
+    assert base.run_key == moved.run_key
+    assert base.run_key != make_config(overrides={"seed": 1}).run_key
+    assert base.run_key != make_config(overrides={"options": {"mu": 0.1}}).run_key
+
+
+def test_flat_params_use_dotted_keys():
+    params = make_config(overrides={"options": {"mu": 0.1}}).flat_params()
+    assert params["data.alpha"] == "0.5" and params["options.mu"] == "0.1" and params["method"] == "fedavg"
+
+
+def test_config_is_immutable():
+    config = make_config(overrides={"options": {"mu": 0.1}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.rounds = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.options["mu"] = 1.0  # type: ignore[index]
+
+
+def test_integers_are_accepted_where_floats_are_expected():
+    assert make_config(overrides={"train": {"lr": 1}}).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"rounds": 0}, "rounds (0) must be >= 1"),
+        ({"train": {"momentum": 1.0}}, "train.momentum (1.0) must be in [0, 1)"),
+        ({"train": {"lr": 0}}, "train.lr (0.0) must be > 0"),
+        ({"eval_every": 0}, "eval_every (0) must be >= 1"),
+        ({"tracking": {"enabled": "yes"}}, "tracking.enabled ('yes') must be true or false"),
+        ({"data": 3}, "data must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_field_and_the_value(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        make_config(overrides=overrides)
+    assert message in str(info.value)

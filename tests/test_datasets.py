@@ -1,0 +1,429 @@
+"""Data set loaders, fed tiny copies generated in the real on-disk formats (never a mocked loader)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fedbench.datasets import cifar, cinic10, fashion_mnist, femnist, mini_imagenet
+from fedbench.datasets.idx import write_idx
+from fedbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip, pixel_mean_std
+from fedbench.errors import DataCorruptError, DataNotFoundError
+
+
+@pytest.fixture(autouse=True)
+def hermetic_search(tmp_path, monkeypatch):
+    """No $FEDBENCH_DATA and an empty user cache: only the folders a test names are found."""
+    monkeypatch.delenv("FEDBENCH_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+
+
+# ------------------------------------------------------------------ generators (real formats)
+def _images(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int], label_key: bytes) -> None:
+    """A batch as the official python version stores it: a dict with byte-string keys, rows of 3072 bytes."""
+    batch = {
+        b"batch_label": path.name.encode(),
+        label_key: list(labels),
+        b"data": images.reshape(images.shape[0], -1),
+        b"filenames": [f"img_{i}.png".encode() for i in range(images.shape[0])],
+    }
+    with path.open("wb") as handle:
+        pickle.dump(batch, handle, protocol=2)
+
+
+def make_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    written = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        images, labels = _images(rng, per_batch, (3, 32, 32)), rng.integers(0, 10, per_batch)
+        write_cifar_batch(folder / name, images, labels.tolist(), b"labels")
+        written[name] = (images, labels)
+    return written
+
+
+def make_cifar100(root: Path, n: int = 6, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    written = {}
+    for name in ("train", "test"):
+        images, labels = _images(rng, n, (3, 32, 32)), rng.integers(0, 100, n)
+        write_cifar_batch(folder / name, images, labels.tolist(), b"fine_labels")
+        written[name] = (images, labels)
+    return written
+
+
+def _png_bytes(array_hwc: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array_hwc).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_cinic(root: Path, per_class: int = 2, seed: int = 0) -> dict[tuple[str, str], list[np.ndarray]]:
+    """The official tree: <split>/<class>/<name>.png, 32×32 RGB."""
+    rng = np.random.default_rng(seed)
+    written: dict[tuple[str, str], list[np.ndarray]] = {}
+    for split in ("train", "valid", "test"):
+        for cls in cinic10.CLASSES:
+            folder = root / "cinic-10" / split / cls
+            folder.mkdir(parents=True)
+            images = [_images(rng, 1, (32, 32, 3))[0] for _ in range(per_class)]
+            for i, image in enumerate(images):
+                (folder / f"cifar10-{split}-{i}.png").write_bytes(_png_bytes(image))
+            written[split, cls] = images
+    return written
+
+
+def make_cinic_archive(root: Path, tree: Path) -> Path:
+    """``CINIC-10.tar.gz`` with members ./train/<class>/*.png, as the official archive."""
+    folder = root / "cinic-archive"
+    folder.mkdir(parents=True)
+    with tarfile.open(folder / cinic10.ARCHIVE, "w:gz") as tar:
+        for path in sorted(tree.rglob("*.png")):
+            tar.add(path, arcname="./" + path.relative_to(tree).as_posix())
+    return folder
+
+
+def make_femnist(root: Path, samples_per_writer: tuple[int, ...] = (3, 5, 2), seed: int = 0) -> dict:
+    """LEAF's JSON shards: train/ and test/ with users, num_samples, user_data (x: 784 floats in [0,1])."""
+    rng = np.random.default_rng(seed)
+    users = [f"f{index:04d}_{index + 10:02d}" for index in range(len(samples_per_writer))]
+    written = {}
+    for split, counts in (("train", samples_per_writer), ("test", tuple(1 for _ in samples_per_writer))):
+        (root / "femnist" / split).mkdir(parents=True)
+        user_data = {}
+        for user, count in zip(users, counts, strict=True):
+            pixels = rng.integers(0, 256, size=(count, 784)) / 255.0
+            user_data[user] = {"x": pixels.tolist(), "y": rng.integers(0, 62, count).tolist()}
+        shard = {"users": users, "num_samples": list(counts), "user_data": user_data}
+        (root / "femnist" / split / f"all_data_0_niid_05_keep_0_{split}_9.json").write_text(json.dumps(shard))
+        written[split] = shard
+    return written
+
+
+def make_mini_imagenet_csv(root: Path, classes: int = 3, per_class: int = 6, seed: int = 0) -> Path:
+    """images/ + train.csv/val.csv/test.csv (filename,label); classes spread over the three files."""
+    rng = np.random.default_rng(seed)
+    folder = root / "mini-imagenet"
+    (folder / "images").mkdir(parents=True)
+    rows: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+    for c in range(classes):
+        wnid = f"n{1000 + c:08d}"
+        for i in range(per_class):
+            name = f"{wnid}{i:08d}.jpg"
+            Image.fromarray(_images(rng, 1, (60, 90, 3))[0]).save(folder / "images" / name, format="JPEG")
+            rows[("train", "val", "test")[c % 3]].append((name, wnid))
+    for split, entries in rows.items():
+        with (folder / f"{split}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["filename", "label"])
+            writer.writerows(entries)
+    return folder
+
+
+def make_mini_imagenet_folders(csv_folder: Path, root: Path) -> Path:
+    """The same images as class folders <split>/<wnid>/*.jpg."""
+    folder = root / "mini-imagenet-folders"
+    for split in ("train", "val", "test"):
+        (folder / split).mkdir(parents=True)
+        with (csv_folder / f"{split}.csv").open() as handle:
+            for row in list(csv.reader(handle))[1:]:
+                (folder / split / row[1]).mkdir(exist_ok=True)
+                (folder / split / row[1] / row[0]).write_bytes((csv_folder / "images" / row[0]).read_bytes())
+    return folder
+
+
+def make_fashion_mnist(root: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    folder = root / "fashion-mnist"
+    folder.mkdir(parents=True)
+    write_idx(folder / "train-images-idx3-ubyte.gz", _images(rng, n_train, (28, 28)))
+    write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, n_train).astype(np.uint8))
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", _images(rng, n_test, (28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, n_test).astype(np.uint8))
+    return folder
+
+
+def _truncate(path: Path, keep_fraction: float = 0.5) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * keep_fraction)])
+
+
+# ------------------------------------------------------------------ CIFAR
+def test_cifar10_loads_every_pickle_batch_pixel_exact(tmp_path):
+    written = make_cifar10(tmp_path)
+    data = cifar.load_cifar10(str(tmp_path))
+    train_images = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)])
+    assert data.train_images.dtype == torch.uint8 and data.train_images.shape == (20, 3, 32, 32)
+    assert np.array_equal(data.train_images.numpy(), train_images)
+    assert np.array_equal(data.test_labels.numpy(), written["test_batch"][1])
+    assert data.num_classes == 10 and tuple(data.mean) == IMAGENET_MEAN and tuple(data.std) == IMAGENET_STD
+    assert isinstance(data.augment, RandomCropFlip) and data.augment.padding_px == 4
+
+
+def test_cifar100_reads_the_fine_labels(tmp_path):
+    written = make_cifar100(tmp_path)
+    data = cifar.load_cifar100(str(tmp_path / "cifar-100-python"))
+    assert data.num_classes == 100
+    assert np.array_equal(data.train_labels.numpy(), written["train"][1])
+    assert np.array_equal(data.test_images.numpy(), written["test"][0])
+
+
+def test_cifar10_is_found_under_fedbench_data(tmp_path, monkeypatch):
+    make_cifar10(tmp_path / "store")
+    monkeypatch.setenv("FEDBENCH_DATA", str(tmp_path / "store"))
+    assert cifar.load_cifar10(None).num_train == 20
+
+
+def test_truncated_cifar_pickle_is_a_one_line_error_naming_the_file(tmp_path):
+    make_cifar10(tmp_path)
+    _truncate(tmp_path / "cifar-10-batches-py" / "data_batch_2")
+    with pytest.raises(DataCorruptError, match=r"data_batch_2 is not a readable CIFAR pickle batch") as caught:
+        cifar.load_cifar10(str(tmp_path))
+    assert "\n" not in str(caught.value)
+
+
+def test_cifar_folder_missing_a_batch_names_the_missing_file(tmp_path):
+    make_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataNotFoundError, match=r"incomplete: missing data_batch_3 \(the pickle batches layout"):
+        cifar.load_cifar10(str(tmp_path))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    make_cifar100(tmp_path)
+    (tmp_path / "cifar-100-python" / "train").write_bytes(pickle.dumps({"data": print}))
+    with pytest.raises(DataCorruptError, match=r"refusing to load builtins.print"):
+        cifar.load_cifar100(str(tmp_path))
+
+
+# ------------------------------------------------------------------ CINIC-10
+def test_cinic10_reads_the_class_folder_tree_in_class_order(tmp_path):
+    written = make_cinic(tmp_path, per_class=2)
+    data = cinic10.load(str(tmp_path))
+    assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (20, 3, 32, 32)
+    assert data.train_labels.tolist() == [label for label in range(10) for _ in range(2)]
+    expected_first = written["train", "airplane"][0].transpose(2, 0, 1)
+    assert np.array_equal(data.train_images[0].numpy(), expected_first)
+    trainval = cinic10.load_trainval(str(tmp_path))
+    assert trainval.num_train == 40 and trainval.name == "cinic10-trainval"
+
+
+def test_cinic10_archive_gives_the_same_tensors_as_the_tree(tmp_path):
+    make_cinic(tmp_path, per_class=1)
+    archive_dir = make_cinic_archive(tmp_path, tmp_path / "cinic-10")
+    from_tree, from_archive = cinic10.load(str(tmp_path)), cinic10.load(str(archive_dir))
+    assert torch.equal(from_tree.train_images, from_archive.train_images)
+    assert torch.equal(from_tree.test_labels, from_archive.test_labels)
+
+
+def test_truncated_cinic_png_is_a_one_line_error_naming_the_file(tmp_path):
+    make_cinic(tmp_path, per_class=1)
+    broken = tmp_path / "cinic-10" / "test" / "frog" / "cifar10-test-0.png"
+    _truncate(broken)
+    with pytest.raises(DataCorruptError, match=r"cifar10-test-0.png cannot be decoded") as caught:
+        cinic10.load(str(tmp_path))
+    assert str(broken) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_truncated_cinic_archive_names_the_archive(tmp_path):
+    make_cinic(tmp_path, per_class=1)
+    archive_dir = make_cinic_archive(tmp_path, tmp_path / "cinic-10")
+    _truncate(archive_dir / cinic10.ARCHIVE, 0.6)
+    with pytest.raises(DataCorruptError, match=r"CINIC-10.tar.gz cannot be read to the end"):
+        cinic10.load(str(archive_dir))
+
+
+def test_cinic_tree_without_a_class_folder_names_it(tmp_path):
+    make_cinic(tmp_path, per_class=1)
+    for png in (tmp_path / "cinic-10" / "test" / "truck").iterdir():
+        png.unlink()
+    (tmp_path / "cinic-10" / "test" / "truck").rmdir()
+    with pytest.raises(DataNotFoundError, match=r"missing test/truck \(the class-folder layout"):
+        cinic10.load(str(tmp_path))
+
+
+# ------------------------------------------------------------------ FEMNIST
+def test_femnist_keeps_the_writer_of_every_training_sample(tmp_path):
+    written = make_femnist(tmp_path, samples_per_writer=(3, 5, 2))
+    data = femnist.load(str(tmp_path))
+    assert data.train_images.shape == (10, 1, 28, 28) and data.num_classes == 62
+    assert data.train_writers.tolist() == [0] * 3 + [1] * 5 + [2] * 2
+    first_user = written["train"]["users"][0]
+    pixels = np.rint(np.asarray(written["train"]["user_data"][first_user]["x"]) * 255).astype(np.uint8)
+    assert np.array_equal(data.train_images[:3].reshape(3, -1).numpy(), pixels)
+    assert data.test_labels.shape == (3,)
+    mean, std = pixel_mean_std(data.train_images)
+    assert tuple(data.mean) == mean and tuple(data.std) == std
+
+
+def test_femnist_accepts_leafs_data_folder(tmp_path):
+    make_femnist(tmp_path)
+    (tmp_path / "femnist").rename(tmp_path / "data")
+    (tmp_path / "leaf-femnist").mkdir()
+    (tmp_path / "data").rename(tmp_path / "leaf-femnist" / "data")
+    assert femnist.load(str(tmp_path / "leaf-femnist")).num_train == 10
+
+
+def test_truncated_femnist_json_is_a_one_line_error_naming_the_file(tmp_path):
+    make_femnist(tmp_path)
+    shard = next((tmp_path / "femnist" / "train").glob("*.json"))
+    _truncate(shard)
+    with pytest.raises(DataCorruptError, match=r"_train_9.json is not readable JSON") as caught:
+        femnist.load(str(tmp_path))
+    assert "\n" not in str(caught.value)
+
+
+def test_femnist_without_a_test_folder_names_it(tmp_path):
+    make_femnist(tmp_path)
+    for shard in (tmp_path / "femnist" / "test").iterdir():
+        shard.unlink()
+    (tmp_path / "femnist" / "test").rmdir()
+    with pytest.raises(DataNotFoundError, match=r"incomplete: missing test \(the LEAF layout expects train, test\)"):
+        femnist.load(str(tmp_path))
+
+
+def test_femnist_shard_with_mismatched_counts_is_rejected(tmp_path):
+    make_femnist(tmp_path)
+    path = next((tmp_path / "femnist" / "train").glob("*.json"))
+    shard = json.loads(path.read_text())
+    shard["num_samples"][0] += 1
+    path.write_text(json.dumps(shard))
+    with pytest.raises(DataCorruptError, match=r"has 3 images, 3 labels and num_samples 4"):
+        femnist.load(str(tmp_path))
+
+
+# ------------------------------------------------------------------ Mini-ImageNet
+def test_mini_imagenet_merges_the_csv_splits_and_holds_out_a_sixth_of_each_class(tmp_path):
+    make_mini_imagenet_csv(tmp_path, classes=3, per_class=6)
+    data = mini_imagenet.load(str(tmp_path))
+    assert data.train_images.shape == (15, 3, 84, 84) and data.test_images.shape == (3, 3, 84, 84)
+    assert data.num_classes == 3
+    assert data.train_labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5 and data.test_labels.tolist() == [0, 1, 2]
+    assert data.augment.padding_px == 10
+
+
+def test_mini_imagenet_class_folders_give_the_same_tensors_as_the_csv_layout(tmp_path):
+    csv_folder = make_mini_imagenet_csv(tmp_path, classes=3, per_class=6)
+    folders = make_mini_imagenet_folders(csv_folder, tmp_path)
+    from_csv, from_folders = mini_imagenet.load(str(csv_folder)), mini_imagenet.load(str(folders))
+    assert torch.equal(from_csv.train_images, from_folders.train_images)
+    assert torch.equal(from_csv.test_labels, from_folders.test_labels)
+
+
+def test_mini_imagenet_image_missing_from_images_is_named(tmp_path):
+    folder = make_mini_imagenet_csv(tmp_path)
+    victim = sorted((folder / "images").iterdir())[4]
+    victim.unlink()
+    with pytest.raises(DataNotFoundError, match=rf"{victim.name} \(listed in train.csv line 6\) is missing"):
+        mini_imagenet.load(str(tmp_path))
+
+
+def test_mini_imagenet_truncated_csv_line_is_named(tmp_path):
+    folder = make_mini_imagenet_csv(tmp_path)
+    text = (folder / "val.csv").read_text()
+    (folder / "val.csv").write_text(text[: text.rindex(",")])
+    with pytest.raises(DataCorruptError, match=r"val.csv line 7 is not 'filename,label'"):
+        mini_imagenet.load(str(tmp_path))
+
+
+# ------------------------------------------------------------------ every loader
+@pytest.mark.parametrize(
+    "loader",
+    [cifar.load_cifar10, cifar.load_cifar100, cinic10.load, femnist.load, mini_imagenet.load, fashion_mnist.load],
+    ids=["cifar10", "cifar100", "cinic10", "femnist", "mini-imagenet", "fashion-mnist"],
+)
+def test_a_missing_data_dir_is_a_one_line_error(loader, tmp_path):
+    with pytest.raises(DataNotFoundError, match=r"--data-dir .*nowhere does not exist") as caught:
+        loader(str(tmp_path / "nowhere"))
+    assert "\n" not in str(caught.value)
+
+
+# ------------------------------------------------------------------ Fashion-MNIST errors
+def test_fashion_mnist_reads_a_generated_idx_copy(tmp_path):
+    folder = make_fashion_mnist(tmp_path)
+    data = fashion_mnist.load(str(folder))
+    assert data.train_images.shape == (12, 1, 28, 28) and data.test_labels.shape == (4,)
+
+
+def test_truncated_fashion_mnist_idx_file_is_named(tmp_path):
+    folder = make_fashion_mnist(tmp_path)
+    _truncate(folder / "train-images-idx3-ubyte.gz")
+    with pytest.raises(DataCorruptError, match=r"train-images-idx3-ubyte.gz cannot be read") as caught:
+        fashion_mnist.load(str(folder))
+    assert "\n" not in str(caught.value)
+
+
+def test_fashion_mnist_idx_with_a_short_payload_is_named(tmp_path):
+    folder = make_fashion_mnist(tmp_path)
+    path = folder / "t10k-labels-idx1-ubyte.gz"
+    write_idx(path, np.zeros(4, dtype=np.uint8), compress=False)
+    path.rename(folder / "t10k-labels-idx1-ubyte")
+    raw = (folder / "t10k-labels-idx1-ubyte").read_bytes()
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(raw[:-2])
+    with pytest.raises(DataCorruptError, match=r"t10k-labels-idx1-ubyte is truncated or padded"):
+        fashion_mnist.load(str(folder))
+
+
+def test_fashion_mnist_images_and_labels_that_disagree_are_rejected(tmp_path):
+    folder = make_fashion_mnist(tmp_path)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(11, dtype=np.uint8))
+    with pytest.raises(DataCorruptError, match=r"Fashion-MNIST train files in .* disagree"):
+        fashion_mnist.load(str(folder))
+
+
+# ------------------------------------------------------------------ augmentation
+def _crops(image: torch.Tensor, fill: torch.Tensor, pad: int) -> list[torch.Tensor]:
+    c, h, w = image.shape
+    padded = fill.view(c, 1, 1).expand(c, h + 2 * pad, w + 2 * pad).clone()
+    padded[:, pad : pad + h, pad : pad + w] = image
+    views = [padded[:, top : top + h, left : left + w] for top in range(2 * pad + 1) for left in range(2 * pad + 1)]
+    return views + [v.flip(2) for v in views]
+
+
+def test_random_crop_flip_is_a_padded_crop_or_its_mirror_and_depends_on_the_generator_only():
+    augment = RandomCropFlip(2, IMAGENET_MEAN, IMAGENET_STD)
+    images = torch.randn(16, 3, 6, 6)
+    first = augment(images, torch.Generator().manual_seed(5))
+    assert torch.equal(first, augment(images, torch.Generator().manual_seed(5)))
+    assert not torch.equal(first, augment(images, torch.Generator().manual_seed(6)))
+    fill = -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
+    chosen = []
+    for image, out in zip(images, first, strict=True):
+        crops = _crops(image, fill, 2)
+        chosen.append(next(i for i, crop in enumerate(crops) if torch.equal(out, crop)))
+    mirrored = [i >= len(crops) // 2 for i in chosen]
+    assert any(mirrored) and not all(mirrored)
+    assert len(set(chosen)) > 1
+
+
+def test_random_crop_padding_is_a_black_pixel_after_normalisation():
+    augment = RandomCropFlip(4, IMAGENET_MEAN, IMAGENET_STD, flip_probability=0.0)
+    generator = torch.Generator().manual_seed(0)
+    black = torch.zeros(64, 3, 8, 8)  # normalised black is -mean/std, which the padding must equal
+    normalised = (black - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    out = augment(normalised, generator)
+    torch.testing.assert_close(out, normalised)
+
+
+def test_pixel_mean_std_matches_a_direct_computation():
+    images = torch.randint(0, 256, (50, 2, 5, 5), dtype=torch.uint8)
+    mean, std = pixel_mean_std(images, chunk_images=7)
+    as_float = images.double() / 255
+    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), as_float.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), as_float.std(dim=(0, 2, 3), unbiased=False))

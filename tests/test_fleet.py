@@ -1,0 +1,122 @@
+"""Fleet profiles: reproducible draws, valid budgets, the paper fit realised, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fedbench.cli import app
+from fedbench.config import FleetConfig, make_config
+from fedbench.errors import ConfigError, UnknownNameError
+from fedbench.fleet import DEVICE_CLASSES, MIB, make_fleet, quantile_budgets
+from fedbench.fleet_fit import isotonic_non_increasing, knots_from_fit
+from fedbench.fleet_paper import PAPER_FIT_TABLE, PAPER_REFERENCE_PEAK_BYTES
+
+runner = CliRunner()
+
+
+def budgets(fleet):
+    return [d.memory_bytes for d in fleet.devices]
+
+
+def test_the_same_seed_draws_the_same_fleet_and_another_seed_another():
+    config = FleetConfig(profile="uniform-mb")
+    assert make_fleet(config, 50, seed=1) == make_fleet(config, 50, seed=1)
+    assert budgets(make_fleet(config, 50, seed=1)) != budgets(make_fleet(config, 50, seed=2))
+
+
+def test_uniform_mb_budgets_are_whole_mib_within_the_bounds():
+    fleet = make_fleet(FleetConfig(profile="uniform-mb", low_mb=100, high_mb=900), 200, seed=42)
+    mib = np.array(budgets(fleet)) / MIB
+    assert np.all(mib == np.floor(mib))
+    assert mib.min() >= 100 and mib.max() <= 900
+
+
+def test_homogeneous_devices_fit_everything():
+    fleet = make_fleet(FleetConfig(), 10, seed=0)
+    assert fleet.unlimited
+    assert fleet.eligible(10**15) == list(range(10))
+
+
+def test_every_device_gets_a_speed_and_bandwidth_from_the_class_table():
+    fleet = make_fleet(FleetConfig(profile="uniform-mb"), 40, seed=3)
+    table = {c.name: c for c in DEVICE_CLASSES}
+    for device in fleet.devices:
+        assert device.flops_per_s == table[device.device_class].flops_per_s
+        assert device.bandwidth_bytes_per_s == table[device.device_class].bandwidth_bytes_per_s
+
+
+def test_the_paper_profile_realises_the_fitted_participation_rates():
+    fleet = make_fleet(FleetConfig(profile="paper"), 100, seed=42)
+    for _method, _model, threshold, _paper, fitted, _source in PAPER_FIT_TABLE:
+        assert fleet.participation_rate(threshold) == pytest.approx(fitted)
+
+
+def test_relative_budgets_scale_with_the_runs_full_model_peak():
+    reference = make_fleet(FleetConfig(profile="relative"), 100, 42, lambda: PAPER_REFERENCE_PEAK_BYTES)
+    half = make_fleet(FleetConfig(profile="relative"), 100, 42, lambda: PAPER_REFERENCE_PEAK_BYTES // 2)
+    paper = make_fleet(FleetConfig(profile="paper"), 100, 42)
+    assert np.allclose(budgets(reference), budgets(paper), rtol=1e-6)
+    assert np.allclose(np.array(budgets(half)) * 2, budgets(reference), rtol=1e-6)
+    assert reference.participation_rate(PAPER_REFERENCE_PEAK_BYTES) == half.participation_rate(
+        PAPER_REFERENCE_PEAK_BYTES // 2
+    )
+
+
+def test_isotonic_fit_pools_adjacent_violators_into_their_mean():
+    assert isotonic_non_increasing([0.11, 0.18, 0.22, 0.0], [1, 1, 1, 1]) == pytest.approx([0.17, 0.17, 0.17, 0.0])
+    assert isotonic_non_increasing([0.5, 0.1, 0.3], [1, 1, 1e6]) == pytest.approx([0.5, 0.3, 0.3], abs=1e-5)
+
+
+def test_knots_with_equal_probability_leave_no_budget_between_them():
+    knots = knots_from_fit([200.0, 300.0, 400.0], [0.5, 0.5, 0.0])
+    values = quantile_budgets(knots, np.linspace(0.001, 0.999, 999))
+    assert not np.any((values > 200.0) & (values < 300.0))
+    assert values.max() <= 400.0
+
+
+def test_an_unknown_fleet_profile_lists_the_known_ones():
+    with pytest.raises(UnknownNameError, match="unknown fleet profile 'papr' \\(did you mean 'paper'\\?\\)"):
+        make_fleet(FleetConfig(profile="papr"), 10, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [({"low_mb": 0}, r"fleet.low_mb \(0\) must be >= 1"), ({"low_mb": 500, "high_mb": 100}, r"fleet.high_mb \(100\) must be >= fleet.low_mb \(500\)")],
+)
+def test_budgets_at_or_below_zero_or_low_above_high_are_config_errors(values, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(overrides={"fleet": values})
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--fleet", "bogus"], "unknown fleet profile 'bogus'"),
+        (["--fleet", "uniform-mb", "--low-mb", "-5"], "fleet.low_mb (-5) must be >= 1"),
+        (["--fleet", "uniform-mb", "--low-mb", "900", "--high-mb", "100"], "fleet.high_mb (100) must be >= fleet.low_mb (900)"),
+        (["--batch-size", "0"], "train.batch_size (0) must be >= 1"),
+    ],
+)
+def test_fedbench_memory_rejects_bad_input_with_one_line_and_exit_code_2(args, needle):
+    result = runner.invoke(app, ["memory", "--model", "cnn", "--dataset", "fashion-mnist", *args])
+    assert result.exit_code == 2
+    assert needle in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_fedbench_memory_prints_one_json_row_for_a_method_without_sub_models():
+    import json
+
+    result = runner.invoke(
+        app, ["memory", "--model", "cnn", "--dataset", "fashion-mnist", "--batch-size", "64",
+              "--method", "exclusivefl", "--fleet", "relative", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)["rows"]
+    assert row["submodel"] == "full"
+    assert row["peak_bytes"] == (
+        row["params_bytes"] + row["grads_bytes"] + row["optimizer_bytes"] + row["activations_bytes"]
+    )
+    assert row["pr"] == pytest.approx(PAPER_FIT_TABLE[0][4])  # relative keeps ResNet18's share

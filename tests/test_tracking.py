@@ -1,0 +1,79 @@
+"""MLflow logging: params, per-round metrics, artifacts, and the status of failed runs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fedbench import engine
+from fedbench.method import Method
+from fedbench.tracking import MlflowTracker, metrics_csv
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{path / 'mlflow.db'}"
+
+
+def _client(store):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=store)
+
+
+def test_a_run_logs_config_curves_and_artifacts(store, tiny_config):
+    tracker = MlflowTracker(store, experiment="logged")
+    engine.run(tiny_config, tracker=tracker)
+    client = _client(store)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data.dataset"] == "synthetic"
+    assert run.data.params["train.batch_size"] == "32"
+    assert run.data.params["partition.size_min"]
+    assert run.data.tags["fedbench.run_key"] == tiny_config.run_key
+    history = client.get_metric_history(tracker.run_id, "eval/accuracy")
+    assert [m.step for m in history] == list(range(tiny_config.rounds))
+    artifacts = {a.path for a in client.list_artifacts(tracker.run_id)}
+    assert {"config.yaml", "metrics.csv", "partition"} <= artifacts
+    config_text = open(client.download_artifacts(tracker.run_id, "config.yaml")).read()
+    assert "dataset: synthetic" in config_text
+    table = open(client.download_artifacts(tracker.run_id, "metrics.csv")).read().splitlines()
+    assert table[0].startswith("round,") and len(table) == 1 + tiny_config.rounds
+
+
+class _CrashInSecondRound(Method):
+    def aggregate(self, round_idx, updates):
+        if round_idx == 1:
+            raise RuntimeError("simulated crash")
+        super().aggregate(round_idx, updates)
+
+
+class _InterruptInSecondRound(Method):
+    def aggregate(self, round_idx, updates):
+        if round_idx == 1:
+            raise KeyboardInterrupt
+        super().aggregate(round_idx, updates)
+
+
+@pytest.mark.parametrize(
+    ("method_cls", "error", "status"),
+    [(_CrashInSecondRound, RuntimeError, "FAILED"), (_InterruptInSecondRound, KeyboardInterrupt, "KILLED")],
+)
+def test_a_broken_run_keeps_its_finished_rounds_and_status(store, tiny_config, monkeypatch, method_cls, error, status):
+    monkeypatch.setattr(engine, "make_method", lambda ctx: method_cls(ctx))
+    tracker = MlflowTracker(store, experiment="broken")
+    config = dataclasses.replace(tiny_config, rounds=3)
+    with pytest.raises(error):
+        engine.run(config, tracker=tracker)
+    client = _client(store)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == status
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "eval/accuracy")] == [0]
+    assert "metrics.csv" in {a.path for a in client.list_artifacts(tracker.run_id)}
+
+
+def test_metrics_csv_has_one_row_per_round_and_blank_missing_cells():
+    text = metrics_csv([{"round": 0, "a": 1.0}, {"round": 1, "a": 2.0, "b": 3.0}])
+    assert text.splitlines() == ["round,a,b", "0,1.0,", "1,2.0,3.0"]
