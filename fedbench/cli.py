@@ -244,6 +244,7 @@ def list_plugins(
 
 import fedbench.cli_memory  # noqa: E402, F401  (registers `fedbench memory` on app)
 import fedbench.cli_partition  # noqa: E402, F401  (registers `fedbench partition` on app)
+import fedbench.cli_sweep  # noqa: E402, F401  (registers `fedbench sweep` on app)
 
 
 def main() -> None:

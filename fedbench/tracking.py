@@ -126,6 +126,12 @@ class MlflowTracker:
         self._client.log_text(self.run_id, json.dumps(partition, indent=1), "partition/stats.json")
         log.info("MLflow run %s in experiment '%s'", self.run_id, self.experiment)
 
+    def record_failure(self, config: RunConfig, reason: str) -> None:
+        """A FAILED run for a config that failed before training (bad data, no device fits), so
+        sweeps show it in the tracking store with its one-line reason."""
+        self.start(config, {})
+        self.finish("FAILED", reason)
+
     def log_round(self, round_idx: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 

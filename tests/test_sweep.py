@@ -1,0 +1,92 @@
+"""Sweeps: grid expansion, skipping finished cells, isolating failures."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from fedbench import sweep
+from fedbench.cli import app
+from fedbench.errors import ConfigError
+
+GRID = """
+experiment: tiny-grid
+base:
+  rounds: 1
+  clients_per_round: 2
+  data: {dataset: synthetic, num_clients: 4, partition: iid}
+  model: {width: 0.25}
+  train: {local_epochs: 1}
+axes:
+  seed: [1, 2]
+  data.dataset: [synthetic, no-such-data]
+"""
+
+
+@pytest.fixture
+def grid_file(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(GRID))
+    return path
+
+
+def test_a_grid_expands_to_the_cartesian_product_with_distinct_keys(grid_file):
+    grid = sweep.load_grid(grid_file)
+    assert grid.experiment == "tiny-grid"
+    assert [c.values for c in grid.cells] == [
+        {"seed": 1, "data.dataset": "synthetic"}, {"seed": 1, "data.dataset": "no-such-data"},
+        {"seed": 2, "data.dataset": "synthetic"}, {"seed": 2, "data.dataset": "no-such-data"},
+    ]
+    assert len({c.config.run_key for c in grid.cells}) == 4
+    assert all(c.config.tracking.experiment == "tiny-grid" for c in grid.cells)
+
+
+def test_a_failing_cell_is_recorded_and_finished_cells_are_skipped_next_time(grid_file, tracking_uri):
+    grid = sweep.load_grid(grid_file)
+    first = sweep.run_grid(grid, tracking_uri=tracking_uri)
+    assert [o.status for o in first] == ["FINISHED", "FAILED", "FINISHED", "FAILED"]
+    assert "unknown dataset 'no-such-data'" in first[1].reason
+    from mlflow.tracking import MlflowClient
+
+    failed = MlflowClient(tracking_uri).get_run(first[1].run_id)
+    assert failed.info.status == "FAILED" and "no-such-data" in failed.data.tags["fedbench.error"]
+
+    second = sweep.run_grid(grid, tracking_uri=tracking_uri)
+    assert [o.status for o in second] == ["SKIPPED", "FAILED", "SKIPPED", "FAILED"]
+    forced = sweep.run_grid(grid, tracking_uri=tracking_uri, rerun=True)
+    assert [o.status for o in forced] == ["FINISHED", "FAILED", "FINISHED", "FAILED"]
+
+
+def test_parallel_cells_give_the_same_results_as_serial(tmp_path, grid_file):
+    grid = sweep.load_grid(grid_file)
+    grid = sweep.Grid(grid.experiment, [c for c in grid.cells if c.values["data.dataset"] == "synthetic"])
+    serial = sweep.run_grid(grid, tracking_uri=f"sqlite:///{tmp_path / 'a.db'}")
+    parallel = sweep.run_grid(grid, tracking_uri=f"sqlite:///{tmp_path / 'b.db'}", max_parallel=2)
+    assert [o.final_accuracy for o in serial] == [o.final_accuracy for o in parallel]
+    assert all(o.status == "FINISHED" for o in parallel)
+
+
+def test_dry_run_lists_cells_without_running(grid_file):
+    result = CliRunner().invoke(app, ["sweep", str(grid_file), "--dry-run"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "4 cells of experiment 'tiny-grid'" in result.output and "no-such-data" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("axes: {seed: 3}\n", "'axes' must map dotted config keys to non-empty lists"),
+        ("colours: [1]\n", "unknown key(s) 'colours'"),
+        ("axes: {rounds: [0]}\n", "grid cell 0 (rounds=0): rounds (0) must be >= 1"),
+    ],
+)
+def test_a_bad_grid_is_one_line_before_anything_runs(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=None) as info:
+        sweep.load_grid(path)
+    assert fragment in str(info.value)
+    result = CliRunner().invoke(app, ["sweep", str(path)])
+    assert result.exit_code == 2 and result.output.startswith("error:")
