@@ -47,6 +47,7 @@ def overlap_count_average(
     old: Mapping[str, torch.Tensor],
     states: Sequence[Mapping[str, torch.Tensor]],
     positions: Sequence[Mapping[str, Sequence[torch.Tensor | None]]],
+    weights: Sequence[float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """HeteroFL/FedRolex aggregation (spec baselines.md §6.5): every entry of a global tensor
     becomes the mean over the clients whose slice covered it; entries nobody covered keep
@@ -59,26 +60,32 @@ def overlap_count_average(
     with all-None positions). To average classifier rows only over clients holding a
     class, pass those rows' positions and the matching rows of the client's tensor.
     Sums run in float64 in client order; integer entries are rounded back.
+    ``weights`` (one per client; None: all 1) make every entry a weighted mean over its
+    holders instead (the run's ``samples`` weighting).
     """
     if len(states) != len(positions):
         raise ValueError(f"{len(states)} states but {len(positions)} position maps")
+    if weights is None:
+        weights = [1.0] * len(states)
+    if len(weights) != len(states):
+        raise ValueError(f"{len(states)} states but {len(weights)} weights")
     averaged: dict[str, torch.Tensor] = {}
     for key, current in old.items():
         total = torch.zeros(current.shape, dtype=torch.float64)
         count = torch.zeros(current.shape, dtype=torch.float64)
-        for state, where in zip(states, positions, strict=True):
+        for state, where, weight in zip(states, positions, weights, strict=True):
             if key not in state:
                 continue
             value = state[key].detach().to("cpu", torch.float64)
             if current.dim() == 0:
-                total += value
-                count += 1
+                total += weight * value
+                count += weight
                 continue
             flat = _flat_positions(current.shape, where[key])
-            total.view(-1).index_add_(0, flat, value.reshape(-1))
-            count.view(-1).index_add_(0, flat, torch.ones_like(value).reshape(-1))
+            total.view(-1).index_add_(0, flat, value.reshape(-1), alpha=weight)
+            count.view(-1).index_add_(0, flat, torch.full_like(value, weight).reshape(-1))
         covered = count > 0
-        mean = torch.where(covered, total / count.clamp(min=1), current.detach().to("cpu", torch.float64))
+        mean = torch.where(covered, total / torch.where(covered, count, 1.0), current.detach().to("cpu", torch.float64))
         if not current.dtype.is_floating_point:
             mean = mean.round()
         averaged[key] = mean.to(current.dtype).to(current.device)

@@ -209,6 +209,7 @@ def list_plugins(
         raise _fail(exc) from None
     rows = [
         {"name": i.name, "object": i.value, "distribution": i.distribution, "builtin": i.builtin}
+        | ({"error": i.conflict} if i.conflict else {})  # printed below the table
         for i in infos
     ]
     if kind is Kind.models:
@@ -244,6 +245,7 @@ def list_plugins(
 
 import fedbench.cli_memory  # noqa: E402, F401  (registers `fedbench memory` on app)
 import fedbench.cli_partition  # noqa: E402, F401  (registers `fedbench partition` on app)
+import fedbench.cli_report  # noqa: E402, F401  (registers `fedbench report` on app)
 import fedbench.cli_sweep  # noqa: E402, F401  (registers `fedbench sweep` on app)
 
 

@@ -138,7 +138,7 @@ class FrozenOptions(dict):
 class RunConfig:
     """One run. ``options`` holds the method's own options (validated by the method)."""
 
-    method: str = "fedavg"
+    method: str = "neulite"
     options: Mapping[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -237,6 +237,13 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{path} ({value!r}) must be a string")
+    if origin is tuple:  # YAML and --opt give lists; frozen options need tuples
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} ({value!r}) must be a list, e.g. [1, 2]")
+        items = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(items) != len(value):
+            raise ConfigError(f"{path} ({value!r}) must have {len(items)} items")
+        return tuple(_coerce(f"{path}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, items, strict=True)))
     return value
 
 

@@ -17,9 +17,8 @@ from fedbench import registry
 from fedbench.config import RunConfig
 from fedbench.data import FederatedData, ImageDataset
 from fedbench.errors import PluginError
-from fedbench.evaluation import evaluate
 from fedbench.fleet import make_fleet
-from fedbench.method import Method, RunContext, validate_method
+from fedbench.method import Assignment, Method, RunContext, validate_method
 from fedbench.seeding import Stream, numpy_rng
 from fedbench.tracking import NullTracker, Tracker
 
@@ -91,11 +90,13 @@ def run_round(method: Method, round_idx: int) -> RoundResult:
         metrics["train/loss"] = sum(u.loss for u in updates) / len(updates)
     metrics.update(method.round_metrics(round_idx, updates))
     metrics.update(method.ctx.participation_metrics())
+    if method.ctx.fleet is not None:  # virtual clock: the round lasts as long as its slowest device
+        assigned = {a.client_id: a for a in assignments}
+        times = [method.device_time(assigned.get(u.client_id, Assignment(u.client_id, u.work)), u) for u in updates]
+        metrics.update(method.ctx.clock.advance(times))
     if (round_idx + 1) % config.eval_every == 0 or round_idx == config.rounds - 1:
         eval_start = time.perf_counter()
-        scores = evaluate(method.eval_model(), method.ctx.data.dataset, config.eval_batch_size)
-        metrics["eval/accuracy"] = scores["accuracy"]
-        metrics["eval/loss"] = scores["loss"]
+        metrics.update(method.evaluate(config.eval_batch_size))
         metrics["time/eval_s"] = time.perf_counter() - eval_start
     metrics["time/train_s"] = train_s
     metrics["time/round_s"] = time.perf_counter() - start

@@ -8,15 +8,22 @@ what makes it different. Hooks, called by the engine in this order each round:
 ``local_update(a, round_idx)`` one device's local work -> :class:`Update`
 ``aggregate(round_idx, ups)``  fold the updates into the server state
 ``eval_model()``               the model the engine evaluates
+``evaluate(batch_size)``       the metrics of an evaluation round (default: eval_model())
 ``round_metrics(...)``         extra per-round metrics to log (e.g. PR)
 
 and ``loss(model, x, y)``, the local objective the shared SGD loop minimises.
+
+Third-party methods are the same: a subclass in another distribution, registered
+under the ``fedbench.methods`` entry point and checked by :func:`validate_method`
+at load. They import from :mod:`fedbench.api` (the stable names); the guide is
+``docs/plugins.md`` and the worked example ``examples/fedprox-plugin``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -26,9 +33,11 @@ import torch
 from torch import nn
 
 from fedbench.aggregate import normalized_weights, weighted_average
+from fedbench.clock import DeviceCost, DeviceTime, VirtualClock, device_time
 from fedbench.config import RunConfig, build_dataclass
 from fedbench.data import FederatedData
-from fedbench.errors import ConfigError, MemoryBudgetError, PluginError
+from fedbench.errors import ConfigError, FedbenchError, MemoryBudgetError, PluginError
+from fedbench.evaluation import evaluate
 from fedbench.fleet import Fleet
 from fedbench.memory import MemoryModel, MemoryReport, SGDSpec, format_bytes
 from fedbench.models import BlockModel, build_model
@@ -86,11 +95,15 @@ class RunContext:
     fleet: Fleet | None = None  # None: every device fits everything
     memory: MemoryModel | None = None
     participants: set[int] = field(default_factory=set)  # union of the pools sampled from
+    clock: VirtualClock | None = None  # simulated time (fedbench/clock.py); built from the config
     _full_model_rate: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.memory is None:
             self.memory = MemoryModel(optimizer=SGDSpec.from_train(self.config.train))
+        if self.clock is None:
+            train = self.config.train
+            self.clock = VirtualClock(train.batch_size, self.data.dataset.input_shape, train.local_epochs)
 
     @property
     def num_clients(self) -> int:
@@ -244,8 +257,30 @@ class Method:
     def eval_model(self) -> nn.Module:
         return self.global_model
 
+    def evaluate(self, batch_size: int) -> dict[str, float]:
+        """Metrics of an evaluation round: ``eval/accuracy`` and ``eval/loss`` of
+        :meth:`eval_model` on the test set. A method with several outputs to score (DepthFL's
+        exits and their ensemble) overrides this so the test set is read once."""
+        scores = evaluate(self.eval_model(), self.ctx.data.dataset, batch_size)
+        return {"eval/accuracy": scores["accuracy"], "eval/loss": scores["loss"]}
+
     def round_metrics(self, round_idx: int, updates: Sequence[Update]) -> dict[str, float]:
         return {}
+
+    def device_cost(self, assignment: Assignment, update: Update | None = None) -> DeviceCost:
+        """What the assignment costs the device, for the virtual clock. Default: the full
+        global model, all trainable, cross-entropy, full state down and up. ``update`` is
+        ``None`` for an estimate before training (TiFL's profiling, Oort's over-commitment);
+        then the whole shard counts. Methods with sub-models override this."""
+        samples = update.num_samples if update is not None else int(self.ctx.data.shards[assignment.client_id].numel())
+        return self.ctx.clock.cost(self.global_model, samples)
+
+    def device_time(self, assignment: Assignment, update: Update | None = None) -> DeviceTime:
+        """Simulated seconds of the assignment on its device (the fleet's speed and bandwidth)."""
+        if self.ctx.fleet is None:
+            raise ConfigError("the virtual clock needs a device fleet; build the run with engine.prepare")
+        device = self.ctx.fleet.devices[assignment.client_id]
+        return device_time(assignment.client_id, self.device_cost(assignment, update), device)
 
     # ------------------------------------------------------ shared pieces
     def average(self, updates: Sequence[Update]) -> dict[str, torch.Tensor]:
@@ -261,8 +296,93 @@ class Method:
 
 
 def validate_method(name: str, obj: object) -> None:
-    """Registry check: a method plugin must be a :class:`Method` subclass with a dataclass options type."""
+    """Registry check, so a broken plugin fails at load rather than mid-run: a method plugin
+    is a :class:`Method` subclass with a dataclass options type, and every hook it overrides
+    is a method that takes the arguments the engine passes (those of the base hook)."""
+    if isinstance(obj, type) and not issubclass(obj, Method):
+        missing = [hook for hook in _hook_names() if not callable(getattr(obj, hook, None))]
+        lacks = f"; it lacks the hook{'s' if len(missing) > 1 else ''} {', '.join(missing)}" if missing else ""
+        raise PluginError(
+            f"method '{name}' ({obj.__module__}.{obj.__qualname__}) must be a subclass of "
+            f"fedbench.method.Method{lacks}; subclass Method and override only what differs from FedAvg"
+        )
     if not (isinstance(obj, type) and issubclass(obj, Method)):
         raise PluginError(f"method '{name}' must be a subclass of fedbench.method.Method, got {obj!r}")
     if not dataclasses.is_dataclass(obj.options_type):
         raise PluginError(f"method '{name}': options_type must be a dataclass")
+    for hook in _hook_names():
+        problem = _override_problem(obj, hook)
+        if problem:
+            raise PluginError(f"method '{name}' ({obj.__module__}.{obj.__qualname__}): {problem}")
+
+
+def _hook_names() -> list[str]:
+    """``__init__`` (the engine calls ``cls(ctx, options)``) and the public methods of
+    :class:`Method` (hooks and shared pieces) a subclass may override."""
+    return ["__init__"] + [
+        attr for attr, raw in vars(Method).items()
+        if not attr.startswith("_") and (inspect.isfunction(raw) or isinstance(raw, (staticmethod, classmethod)))
+    ]
+
+
+def _positional_arity(cls: type, attr: str) -> tuple[inspect.Signature, int] | None:
+    """``attr``'s signature as seen through the class, and how many leading placeholders stand
+    for ``self`` (1 for a plain method; 0 for a class or static method). None: not inspectable."""
+    raw = inspect.getattr_static(cls, attr)
+    try:
+        signature = inspect.signature(getattr(cls, attr))
+    except (TypeError, ValueError):
+        return None
+    return signature, 0 if isinstance(raw, (staticmethod, classmethod)) else 1
+
+
+def _override_problem(cls: type, hook: str) -> str | None:
+    """Why ``cls``'s override of ``hook`` cannot be called the way the engine calls the base one."""
+    own = inspect.getattr_static(cls, hook)
+    if own is inspect.getattr_static(Method, hook):
+        return None
+    if not callable(getattr(cls, hook)):
+        return f"hook '{hook}' is {own!r}, not a method; define it with def or delete it to keep FedAvg's"
+    base, mine = _positional_arity(Method, hook), _positional_arity(cls, hook)
+    if base is None or mine is None:
+        return None
+    base_signature, base_self = base
+    passed = [
+        p for p in base_signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ][base_self:]
+    signature, own_self = mine
+    try:
+        signature.bind(*([None] * (own_self + len(passed))))
+    except TypeError:
+        expected = ", ".join(["self"] * base_self + [p.name for p in passed])
+        return (
+            f"hook '{hook}{signature}' cannot take the engine's arguments; "
+            f"define it as {hook}({expected}) like fedbench.method.Method.{hook}"
+        )
+    return None
+
+
+def option_params(config: RunConfig) -> dict[str, str]:
+    """``options.<name>`` MLflow params for every option of the run's method, defaults
+    included and values normalised (``mu=1`` -> ``1.0``, tuples as ``[a, b]``), so reports can
+    group runs by an option whether or not it was set. Empty when the method cannot be
+    loaded (a failed run is still recorded, with the options as given)."""
+    from fedbench import registry
+
+    try:
+        method_cls = registry.load("methods", config.method, validate=validate_method)
+        options = dataclasses.asdict(method_cls.parse_options(config.options))
+    except FedbenchError:
+        return {}
+    resolved = dataclasses.replace(config, options=_as_lists(options)).flat_params()
+    return {key: value for key, value in resolved.items() if key.startswith("options.")}
+
+
+def _as_lists(value: Any) -> Any:
+    """Tuples as lists, the form YAML and ``--opt`` accept back."""
+    if isinstance(value, Mapping):
+        return {k: _as_lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value

@@ -33,6 +33,7 @@ class PluginInfo:
     name: str
     value: str
     distribution: str
+    conflict: str | None = None  # set when several distributions register this name
 
     @property
     def builtin(self) -> bool:
@@ -45,33 +46,51 @@ def _group(kind: str) -> str:
     return f"fedbench.{kind}"
 
 
-def _entry_points(kind: str) -> dict[str, EntryPoint]:
+def _entry_points(kind: str) -> dict[str, tuple[EntryPoint, ...]]:
     # Scanning every installed distribution costs ~0.1 s; the scan is cached per
     # (group, sys.path) so a plugin directory added at run time is still seen.
     return _scan(_group(kind), tuple(sys.path))
 
 
 @functools.lru_cache(maxsize=64)
-def _scan(group: str, search_path: tuple[str, ...]) -> dict[str, EntryPoint]:
-    kind = group.removeprefix("fedbench.")
-    found: dict[str, EntryPoint] = {}
+def _scan(group: str, search_path: tuple[str, ...]) -> dict[str, tuple[EntryPoint, ...]]:
+    """Name -> its distinct registrations (more than one is a conflict, reported when the
+    name is used, so one clash does not break every other name of the kind)."""
+    found: dict[str, list[EntryPoint]] = {}
     for ep in entry_points(group=group):
-        previous = found.get(ep.name)
-        if previous is not None and previous.value != ep.value:
-            raise PluginError(
-                f"{KINDS[kind]} '{ep.name}' is registered twice ({previous.value} and {ep.value}); "
-                "uninstall one of the distributions"
-            )
-        found[ep.name] = ep
-    return found
+        same = found.setdefault(ep.name, [])
+        if all(other.value != ep.value for other in same):
+            same.append(ep)
+    return {name: tuple(eps) for name, eps in found.items()}
+
+
+def distribution_name(ep: EntryPoint) -> str:
+    """The installed distribution that declares ``ep`` (``fedbench`` for built-ins)."""
+    return ep.dist.name if ep.dist is not None else "unknown"
+
+
+def _conflict(kind: str, name: str, eps: tuple[EntryPoint, ...]) -> str | None:
+    if len(eps) < 2:
+        return None
+    owners = " and ".join(f"'{distribution_name(ep)}' ({ep.value})" for ep in eps)
+    return (
+        f"{KINDS[kind]} '{name}' is registered by {len(eps)} distributions, {owners}; "
+        "pip uninstall all but one of them"
+    )
 
 
 def available(kind: str) -> list[PluginInfo]:
     """Registered names of a kind, without importing their code."""
     infos = []
-    for name, ep in sorted(_entry_points(kind).items()):
-        dist = ep.dist.name if ep.dist is not None else "unknown"
-        infos.append(PluginInfo(name=name, value=ep.value, distribution=dist))
+    for name, eps in sorted(_entry_points(kind).items()):
+        infos.append(
+            PluginInfo(
+                name=name,
+                value=" | ".join(ep.value for ep in eps),
+                distribution=" | ".join(distribution_name(ep) for ep in eps),
+                conflict=_conflict(kind, name, eps),
+            )
+        )
     return infos
 
 
@@ -85,11 +104,18 @@ def load(kind: str, name: str, validate: Callable[[str, Any], None] | None = Non
     found = _entry_points(kind)
     if name not in found:
         raise UnknownNameError(KINDS[kind], name, found)
+    conflict = _conflict(kind, name, found[name])
+    if conflict:
+        raise PluginError(conflict)
+    (ep,) = found[name]
     try:
-        obj = found[name].load()
+        obj = ep.load()
     except Exception as exc:  # a broken plugin must not look like a fedbench bug
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        dist = distribution_name(ep)
         raise PluginError(
-            f"{KINDS[kind]} '{name}' ({found[name].value}) failed to import: {type(exc).__name__}: {exc}"
+            f"{KINDS[kind]} '{name}' from distribution '{dist}' ({ep.value}) failed to import: "
+            f"{type(exc).__name__}: {reason}; fix the plugin or pip uninstall {dist}"
         ) from exc
     if validate is not None:
         validate(name, obj)

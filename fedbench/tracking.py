@@ -116,7 +116,10 @@ class MlflowTracker:
         }
         run = self._client.create_run(experiment_id, tags=tags, run_name=self.run_name)
         self.run_id = run.info.run_id
-        params = [Param(k, v[:6000]) for k, v in sorted(config.flat_params().items())]
+        from fedbench.method import option_params  # loads the method plugin: not at import time
+
+        flat = config.flat_params() | option_params(config)  # every option, defaults included
+        params = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
         summary = {k: v for k, v in partition.items() if k != "clients"}
         params += [Param(f"partition.{k}", str(v)) for k, v in summary.items()]
         for start in range(0, len(params), 100):

@@ -48,6 +48,7 @@ def local_sgd(
     train: TrainConfig,
     generator: torch.Generator,
     loss_fn: LossFn = cross_entropy_loss,
+    max_grad_norm: float | None = None,
 ) -> LocalResult:
     """``train.local_epochs`` epochs of minibatch SGD on the samples ``indices``.
 
@@ -55,6 +56,8 @@ def local_sgd(
     part of the model by switching it off before the call. Batches are shuffled
     with ``generator`` (seeded per round and client). The last partial batch is
     kept, except a batch of one sample, which BatchNorm cannot train on.
+    ``max_grad_norm`` clips the global L2 norm of the gradients after every
+    backward (HeteroFL/FedRolex clip to 1.0); None: no clipping.
     """
     model.train()
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), train)
@@ -71,6 +74,10 @@ def local_sgd(
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model, images, labels)
             loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], max_grad_norm
+                )
             optimizer.step()
             total_loss += loss.detach()
             steps += 1

@@ -1,10 +1,23 @@
-"""Read tracked runs back from MLflow into pandas, the input of every report."""
+"""Read tracked runs back from MLflow into pandas, the input of every report.
+
+This is the only module of :mod:`fedbench.reports` that talks to MLflow; every
+other module turns the frames built here into tables and figures with pure
+functions, so they can be tested on hand-made frames.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from typing import Any
 
+import pandas as pd
+
+from fedbench.errors import ConfigError, TrackingError, UnknownNameError
 from fedbench.tracking import MlflowTracker  # noqa: F401  (sets MLflow's quiet defaults)
+
+# The columns of a history frame: one row per (run, metric, round).
+HISTORY_COLUMNS = ("run_id", "key", "round", "value")
 
 
 def load_runs(experiment: str = "fedbench", tracking_uri: str | None = None) -> Any:
@@ -18,8 +31,120 @@ def load_runs(experiment: str = "fedbench", tracking_uri: str | None = None) -> 
 
 def load_history(run_id: str, key: str, tracking_uri: str | None = None) -> Any:
     """Per-round values of one metric of one run, as a DataFrame with columns ``round`` and ``value``."""
-    import pandas as pd
     from mlflow.tracking import MlflowClient
 
     history = MlflowClient(tracking_uri=tracking_uri).get_metric_history(run_id, key)
     return pd.DataFrame({"round": [m.step for m in history], "value": [m.value for m in history]})
+
+
+def _describe(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or "the default store (./mlflow.db)"
+
+
+class RunStore:
+    """A tracking store opened for reading; every MLflow failure becomes a one-line
+    :class:`TrackingError`, an unknown experiment an :class:`UnknownNameError` listing
+    the experiments that exist."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MLflow raises many types for an unreachable or broken store
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise TrackingError(
+                f"cannot {what} in the MLflow tracking store at {_describe(self.tracking_uri)} ({reason}); "
+                "start the server or fix --tracking-uri"
+            ) from exc
+
+    def experiment_names(self) -> list[str]:
+        found = self._call("list experiments", self._client.search_experiments)
+        return sorted(e.name for e in found)
+
+    def experiment_id(self, experiment: str) -> str:
+        found = self._call("read experiments", self._client.get_experiment_by_name, experiment)
+        if found is None:
+            raise UnknownNameError("experiment", experiment, self.experiment_names())
+        return found.experiment_id
+
+    def runs(self, experiment: str) -> pd.DataFrame:
+        """Every run of ``experiment`` (any status) as :func:`runs_frame` builds it."""
+        experiment_id = self.experiment_id(experiment)
+        runs, token = [], None
+        while True:
+            page = self._call(
+                "search runs", self._client.search_runs, [experiment_id], max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return runs_frame(runs)
+
+    def run(self, run_id: str) -> pd.DataFrame:
+        """One run by id (a one-row frame); an unknown id is a :class:`ConfigError`."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self._client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                found = self._call("read the run", self._client.get_run, run_id)
+            else:
+                raise ConfigError(
+                    f"run '{run_id}' is not in the tracking store at {_describe(self.tracking_uri)}; "
+                    "copy the id from 'fedbench run' output or the MLflow UI"
+                ) from exc
+        return runs_frame([found])
+
+    def histories(self, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:
+        """Per-round values of ``keys`` of every run, long format (:data:`HISTORY_COLUMNS`);
+        a metric a run did not log simply has no rows."""
+        rows = []
+        for run_id in run_ids:
+            for key in keys:
+                for m in self._call("read metric history", self._client.get_metric_history, run_id, key):
+                    rows.append((run_id, key, int(m.step), float(m.value)))
+        return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+
+    def metric_keys(self, run_id: str) -> list[str]:
+        """The metric keys a run logged."""
+        run = self._call("read the run", self._client.get_run, run_id)
+        return sorted(run.data.metrics)
+
+
+def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
+    """MLflow ``Run`` objects -> one row per run, in :func:`mlflow.search_runs`'s layout
+    (``run_id``, ``status``, ``start_time``, ``params.*``, ``tags.*``, ``metrics.*``)."""
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "run_name": run.info.run_name,
+        }
+        row.update({f"params.{k}": v for k, v in run.data.params.items()})
+        row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else ["run_id", "status", "start_time", "run_name"])
+
+
+def load_experiment(
+    experiment: str, tracking_uri: str | None = None, keys: Iterable[str] = ("eval/accuracy",), last_evals: int = 3
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The finished runs of ``experiment`` summarised (one row per run), the per-round history
+    of ``keys``, and warnings naming runs with missing metrics."""
+    from fedbench.reports.summary import finished_runs, summarize
+
+    store = RunStore(tracking_uri)
+    runs, skipped = finished_runs(store.runs(experiment), experiment)
+    history = store.histories(runs["run_id"], keys)
+    summary, warnings = summarize(runs, history, last_evals)
+    return summary, history, skipped + warnings

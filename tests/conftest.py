@@ -20,6 +20,7 @@ def tiny_config():
 
     return make_config(
         overrides={
+            "method": "fedavg",
             "data": {"dataset": "synthetic", "num_clients": 8, "partition": "iid"},
             "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.05},
             "model": {"name": "cnn", "width": 0.25},

@@ -15,6 +15,7 @@ def test_defaults_follow_the_papers_common_setting():
     assert (config.data.num_clients, config.clients_per_round, config.train.local_epochs) == (100, 10, 5)
     assert (config.train.batch_size, config.train.lr, config.train.momentum) == (64, 0.01, 0.9)
     assert config.train.weight_decay == 5e-4 and config.seed == 42
+    assert config.method == "neulite"  # the method the suite exists for
 
 
 def test_yaml_round_trip_gives_the_same_config(tmp_path):
@@ -34,7 +35,7 @@ def test_run_key_ignores_where_data_and_logs_live_but_not_what_is_trained():
 
 def test_flat_params_use_dotted_keys():
     params = make_config(overrides={"options": {"mu": 0.1}}).flat_params()
-    assert params["data.alpha"] == "0.5" and params["options.mu"] == "0.1" and params["method"] == "fedavg"
+    assert params["data.alpha"] == "0.5" and params["options.mu"] == "0.1" and params["method"] == "neulite"
 
 
 def test_config_is_immutable():

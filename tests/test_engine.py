@@ -39,6 +39,7 @@ def test_fedavg_learns_the_synthetic_task(tiny_config):
 def test_fedavg_with_one_client_and_one_step_equals_one_sgd_step(tiny_config):
     config = make_config(
         overrides={
+            "method": "fedavg",
             "data": {"dataset": "synthetic", "num_clients": 1, "partition": "iid"},
             "train": {"local_epochs": 1, "batch_size": 10_000, "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},
             "model": {"width": 0.25},

@@ -14,6 +14,7 @@ from fedbench.errors import ConfigError
 GRID = """
 experiment: tiny-grid
 base:
+  method: fedavg
   rounds: 1
   clients_per_round: 2
   data: {dataset: synthetic, num_clients: 4, partition: iid}

@@ -1,0 +1,81 @@
+"""Checkpoints: the server state after a finished round, written atomically.
+
+A checkpoint holds everything a resumed run needs to continue exactly as the
+uninterrupted run would: the method's state (global model and whatever else
+the method keeps: NeuLite's output modules, Oort's utilities, ...), the
+context's run-long state (participation set, virtual clock), the index of the
+last finished round, the rows of per-round metrics logged so far, and the run
+key of the config it belongs to. No RNG state is needed: every random draw is
+derived from (seed, purpose, round, client).
+
+Files are written to a temporary name and renamed, so a crash while writing
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedbench.errors import ConfigError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    run_key: str
+    round_idx: int  # last finished round (0-based)
+    method_state: dict[str, Any]
+    context_state: dict[str, Any]
+    metric_rows: list[dict[str, float]]
+
+
+def checkpoint_dir() -> Path:
+    """Where checkpoints live: ``$FEDBENCH_CHECKPOINTS`` or ``~/.cache/fedbench/checkpoints``."""
+    env = os.environ.get("FEDBENCH_CHECKPOINTS")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fedbench" / "checkpoints"
+
+
+def checkpoint_path(run_id: str) -> Path:
+    return checkpoint_dir() / f"{run_id}.pt"
+
+
+def save(path: Path, checkpoint: Checkpoint) -> None:
+    """Serialize to memory, write to ``path.tmp``, fsync, rename over ``path``."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **checkpoint.__dict__}, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(buffer.getbuffer())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: Path, expected_run_key: str) -> Checkpoint:
+    """Read a checkpoint; a missing, truncated or foreign file is a one-line :class:`ConfigError`."""
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint at {path}; the run cannot be resumed (it never finished a round?)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, unpickling error, ...
+        raise ConfigError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it and rerun") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
+        raise ConfigError(f"checkpoint {path} has an unknown format; delete it and rerun")
+    if raw["run_key"] != expected_run_key:
+        raise ConfigError(
+            f"checkpoint {path} belongs to run key {raw['run_key']}, not {expected_run_key}: "
+            "the config changed since it was written; rerun instead of resuming"
+        )
+    raw.pop("format")
+    return Checkpoint(**raw)

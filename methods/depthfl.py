@@ -1,0 +1,360 @@
+"""DepthFL (Kim et al., "DepthFL: Depthwise Federated Learning for Heterogeneous
+Clients", ICLR 2023), as specified in spec baselines.md §8.
+
+The global model gets an early-exit classifier after every block (the model
+zoo's generic exits, spec architectures.md §12.5). A device trains the deepest
+prefix of blocks, with the exits inside it, that fits its memory; every exit is
+trained on the labels and, by mutual self-distillation, on the other exits'
+predictions, so deep blocks that few devices can train still learn from shallow
+ones. A FedDyn regulariser (α = 0.1, on in the official code) keeps one state
+vector per device. The server averages every tensor over the devices that held
+it, and the headline accuracy is the ensemble of all exits (mean logits).
+
+Devices that cannot train even the shallowest offered depth are excluded:
+DepthFL is not inclusive (PR = |E| / N).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbench.aggregate import overlap_count_average
+from fedbench.clock import DeviceCost, state_bytes
+from fedbench.errors import ConfigError, MemoryBudgetError
+from fedbench.memory import format_bytes
+from fedbench.method import Assignment, Method, RunContext, Update, Workload
+from fedbench.models import BlockModel
+from fedbench.models.cutting import ExitModel, check_block_index, exit_heads
+from fedbench.seeding import Stream, numpy_rng
+from fedbench.training import local_sgd
+
+KD_EPSILON = 1e-7  # added to the distillation targets, as in DepthFL's KLLoss
+EXIT_INIT_KEY = 1  # Stream.MODEL_INIT key of the exits' initialisation (0 is the trunk's)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DepthFLOptions:
+    """``exits``: blocks with a middle exit (default: every block but the last, whose exit
+    is the model's own head); the offered depths are these blocks and S. ``kd``: mutual
+    self-distillation; ``temperature`` T and ``rampup_rounds`` of its weight; ``feddyn``
+    and its ``alpha``."""
+
+    exits: tuple[int, ...] | None = None
+    kd: bool = True
+    temperature: float = 1.0
+    rampup_rounds: int = 300
+    feddyn: bool = True
+    alpha: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(
+                f"options.temperature ({self.temperature}) must be > 0 (DepthFL uses 1.0)"
+            )
+        if not (self.alpha >= 0 and math.isfinite(self.alpha)):
+            raise ConfigError(f"options.alpha ({self.alpha}) must be >= 0 (DepthFL uses 0.1)")
+        if self.feddyn and self.alpha == 0:
+            raise ConfigError("options.alpha (0) must be > 0 with FedDyn; set --opt feddyn=false to turn it off")
+        if self.rampup_rounds < 0:
+            raise ConfigError(f"options.rampup_rounds ({self.rampup_rounds}) must be >= 0 (DepthFL uses 300)")
+
+
+def offered_depths(model: BlockModel, exits: Iterable[int] | None) -> tuple[int, ...]:
+    """The depths a device may get: the blocks carrying an exit, and S (the model's head)."""
+    depth = model.num_blocks
+    positions = range(1, depth) if exits is None else exits
+    for k in positions:
+        check_block_index(model, k, "options.exits: exit")
+    return tuple(sorted({*positions, depth}))
+
+
+# -------------------------------------------------------------------- local loss
+def consistency_weight(round_idx: int, rampup_rounds: int) -> float:
+    """Sigmoid ramp-up of the distillation weight: exp(−5 (1 − min(t, R)/R)²), t = 0-based round."""
+    if rampup_rounds == 0:
+        return 1.0
+    phase = 1.0 - min(round_idx, rampup_rounds) / rampup_rounds
+    return math.exp(-5.0 * phase * phase)
+
+
+def distillation_loss(logits: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:
+    """Σ_i 1/(n−1) Σ_{j≠i} KL(q_j ‖ p_i) · T², p_i = softmax(o_i/T), q_j = softmax(o_j/T) + 1e-7
+    from a *detached* o_j; KL summed over classes, averaged over the batch. Zero for n = 1."""
+    n = len(logits)
+    if n < 2:
+        return logits[0].new_zeros(())
+    log_p = [F.log_softmax(o / temperature, dim=1) for o in logits]
+    targets = [F.softmax(o.detach() / temperature, dim=1) + KD_EPSILON for o in logits]
+    total = logits[0].new_zeros(())
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                kl = (targets[j] * (targets[j].log() - log_p[i])).sum(dim=1).mean()
+                total = total + kl / (n - 1)
+    return total * temperature * temperature
+
+
+class FedDynState(nn.Module):
+    """A device's FedDyn vectors g_m and the received global values θ^t, one buffer pair per
+    parameter of its local model, so that the memory model counts them as device memory."""
+
+    def __init__(self, parameters: Iterable[torch.Tensor]) -> None:
+        super().__init__()
+        self.size = 0
+        for index, param in enumerate(parameters):
+            self.register_buffer(f"g{index}", torch.zeros_like(param.detach()))
+            self.register_buffer(f"anchor{index}", param.detach().clone())
+            self.size += 1
+
+    def pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(getattr(self, f"g{i}"), getattr(self, f"anchor{i}")) for i in range(self.size)]
+
+
+class DepthFLLocal(nn.Module):
+    """What a device of depth d holds: the depth-d exit model and, with FedDyn, its state."""
+
+    def __init__(self, net: ExitModel, model: BlockModel, depth: int, feddyn: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.feddyn = FedDynState(net.parameters()) if feddyn else None
+        # Identify the workload in the memory and FLOP caches (cheaper than its printed structure).
+        exits = ",".join(net.exits.keys())
+        self.arch = f"{model.arch}/depthfl-d{depth}-exits[{exits}]-feddyn{int(feddyn)}"
+        self.width, self.input_shape, self.num_classes = model.width, model.input_shape, model.num_classes
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.net(images)
+
+
+@dataclass(frozen=True)
+class DepthFLLoss:
+    """DepthFL's local objective (spec §8.4), a hashable LossFn so the memory model can cache it:
+    Σ_exits CE + ``kd_weight`` · distillation + Σ_θ [−⟨θ, g_m⟩ + α/2 ‖θ − θ^t‖²] (``alpha`` 0: no FedDyn)."""
+
+    temperature: float = 1.0
+    kd_weight: float = 1.0
+    alpha: float = 0.0
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = model(images)
+        loss = sum(F.cross_entropy(o, labels) for o in logits)
+        if self.kd_weight:
+            loss = loss + self.kd_weight * distillation_loss(logits, self.temperature)
+        feddyn = getattr(model, "feddyn", None)
+        if self.alpha and feddyn is not None:
+            for param, (g, anchor) in zip(model.net.parameters(), feddyn.pairs(), strict=True):
+                loss = loss - (param * g).sum() + 0.5 * self.alpha * (param - anchor).pow(2).sum()
+        return loss
+
+
+# ------------------------------------------------------------------ FedDyn maths
+def feddyn_client_state(
+    g: Mapping[str, torch.Tensor], trained: Mapping[str, torch.Tensor],
+    received: Mapping[str, torch.Tensor], alpha: float,
+) -> dict[str, torch.Tensor]:
+    """g_m ← g_m − α (θ_m − θ^t) for each of the device's parameter tensors."""
+    return {name: g[name] - alpha * (trained[name] - received[name]) for name in g}
+
+
+def holder_average(
+    old: Mapping[str, torch.Tensor],
+    states: Sequence[Mapping[str, torch.Tensor]],
+    parameter_names: Iterable[str],
+    h: dict[str, torch.Tensor] | None,
+    alpha: float,
+    num_clients: int,
+) -> dict[str, torch.Tensor]:
+    """Spec §8.5: every tensor becomes the mean over the clients that held it (nobody: θ^t);
+    with FedDyn (``h`` given; updated in place) each parameter held by c clients then gets
+    h ← h − α (c/N)(θ̄ − θ^t), θ^{t+1} = θ̄ − h/α. BN buffers keep the plain mean."""
+    positions = [{key: (None,) * state[key].dim() for key in state} for state in states]
+    new = overlap_count_average(old, states, positions)
+    if h is None:
+        return new
+    for name in parameter_names:
+        holders = sum(name in state for state in states)
+        if holders == 0:
+            continue
+        mean, previous = new[name].to(torch.float64), old[name].detach().to("cpu", torch.float64)
+        h[name] = h.get(name, torch.zeros_like(previous)) - alpha * (holders / num_clients) * (mean - previous)
+        new[name] = (mean - h[name] / alpha).to(old[name].dtype).to(old[name].device)
+    return new
+
+
+def deepest_fitting_depth(peaks: Mapping[int, int], budget_bytes: int | None) -> int | None:
+    """d_i = max{d : peak_d ≤ M_i} over the offered depths (None: no depth fits)."""
+    fitting = [d for d, peak in peaks.items() if budget_bytes is None or peak <= budget_bytes]
+    return max(fitting) if fitting else None
+
+
+# ----------------------------------------------------------------------- method
+class ExitEnsemble(nn.Module):
+    """DepthFL's prediction: the mean of all exits' logits."""
+
+    def __init__(self, net: ExitModel) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.net(images)).mean(dim=0)
+
+
+class DepthFL(Method):
+    """Depth-scaled FL: each device trains the deepest exit-model prefix its memory holds."""
+
+    options_type = DepthFLOptions
+
+    def __init__(self, ctx: RunContext, options: DepthFLOptions | None = None) -> None:
+        super().__init__(ctx, options)
+        opts: DepthFLOptions = self.options
+        model = self.global_model
+        self.depths = offered_depths(model, opts.exits)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(numpy_rng(ctx.config.seed, Stream.MODEL_INIT, EXIT_INIT_KEY).integers(2**62)))
+            self.exits = exit_heads(model, self.depths[:-1]).to(ctx.device)
+        self.full = ExitModel(model, self.exits, model.num_blocks)  # the global DepthFL model
+        worker_model, worker_exits = copy.deepcopy((model, self.exits))
+        self.locals = {
+            d: DepthFLLocal(ExitModel(worker_model, worker_exits, d), worker_model, d, opts.feddyn)
+            for d in self.depths
+        }
+        self.memory_loss = DepthFLLoss(opts.temperature, 1.0 if opts.kd else 0.0, opts.alpha if opts.feddyn else 0.0)
+        self.depth_of = self._assign_depths()
+        self.eligible_ids = sorted(self.depth_of)
+        self.parameter_names = [name for name, _ in self.full.named_parameters()]
+        self.g: dict[int, dict[str, torch.Tensor]] = {}  # per-device FedDyn state (its own tensors)
+        self.h: dict[str, torch.Tensor] | None = {} if opts.feddyn else None
+
+    @classmethod
+    def workloads(cls, model: BlockModel, options: DepthFLOptions) -> list[Workload]:
+        """One workload per offered depth: the exit model with FedDyn state, under DepthFL's loss."""
+        depths = offered_depths(model, options.exits)
+        exits = exit_heads(model, depths[:-1])
+        loss = DepthFLLoss(options.temperature, 1.0 if options.kd else 0.0, options.alpha if options.feddyn else 0.0)
+        return [
+            Workload(f"depth{d}", DepthFLLocal(ExitModel(model, exits, d), model, d, options.feddyn), None, loss)
+            for d in depths
+        ]
+
+    def _assign_depths(self) -> dict[int, int]:
+        """Each device's deepest fitting depth (devices that fit none are left out)."""
+        fleet = self.ctx.fleet
+        if fleet is None or fleet.unlimited:
+            return {c: self.depths[-1] for c in range(self.ctx.num_clients)}
+        peaks = {d: self.ctx.memory_report(self.locals[d], None, self.memory_loss).peak_bytes for d in self.depths}
+        depth_of = {}
+        for device in fleet.devices:
+            depth = deepest_fitting_depth(peaks, device.memory_bytes)
+            if depth is not None:
+                depth_of[device.device_id] = depth
+        if not depth_of:
+            shallowest = self.depths[0]
+            raise MemoryBudgetError(
+                f"no device can train DepthFL depth {shallowest} of {self.global_model.arch} (needs "
+                f"{format_bytes(peaks[shallowest])} at batch {self.ctx.config.train.batch_size}; largest budget "
+                f"{format_bytes(fleet.largest_budget_bytes or 0)}); choose a larger --fleet profile or a smaller --batch-size"
+            )
+        return depth_of
+
+    # -------------------------------------------------------------- hooks
+    def assign(self, round_idx: int) -> list[Assignment]:
+        chosen = self.ctx.sample_clients(round_idx, self.eligible_ids)
+        return [Assignment(c, self.depth_of[c]) for c in chosen]
+
+    def local_update(self, assignment: Assignment, round_idx: int) -> Update:
+        opts: DepthFLOptions = self.options
+        client, depth = assignment.client_id, assignment.work
+        local = self.locals[depth]
+        global_state = self.full.state_dict()
+        local.net.load_state_dict({key: global_state[key] for key in local.net.state_dict()})
+        names = [name for name, _ in local.net.named_parameters()]
+        received = {name: p.detach().clone() for name, p in local.net.named_parameters()}
+        if local.feddyn is not None:
+            g = self.g.get(client, {})
+            for name, (g_buf, anchor) in zip(names, local.feddyn.pairs(), strict=True):
+                anchor.copy_(received[name])
+                if name in g:
+                    g_buf.copy_(g[name])
+                else:
+                    g_buf.zero_()
+        loss = DepthFLLoss(
+            opts.temperature,
+            consistency_weight(round_idx, opts.rampup_rounds) if opts.kd else 0.0,
+            opts.alpha if opts.feddyn else 0.0,
+        )
+        result = local_sgd(
+            local, self.ctx.data.dataset, self.ctx.data.shards[client], self.ctx.config.train,
+            self.ctx.client_generator(round_idx, client), loss_fn=loss,
+        )
+        if local.feddyn is not None:
+            g_now = {name: g_buf.detach().clone() for name, (g_buf, _) in zip(names, local.feddyn.pairs(), strict=True)}
+            trained = {name: p.detach() for name, p in local.net.named_parameters()}
+            self.g[client] = feddyn_client_state(g_now, trained, received, opts.alpha)
+        return Update(
+            client_id=client,
+            num_samples=result.num_samples,
+            state={k: v.detach().clone() for k, v in local.net.state_dict().items()},
+            loss=result.mean_loss,
+            num_steps=result.num_steps,
+            work=depth,
+        )
+
+    def aggregate(self, round_idx: int, updates: Sequence[Update]) -> None:
+        if not updates:
+            return
+        new = holder_average(
+            self.full.state_dict(), [u.state for u in updates], self.parameter_names,
+            self.h, self.options.alpha, self.ctx.num_clients,
+        )
+        self.full.load_state_dict(new)
+
+    def eval_model(self) -> nn.Module:
+        return ExitEnsemble(self.full)
+
+    @torch.inference_mode()
+    def evaluate(self, batch_size: int) -> dict[str, float]:
+        """Every exit and their ensemble in one pass; the ensemble is the headline (spec §8.6, Q11)."""
+        self.full.eval()
+        positions = [int(k) for k in self.exits.keys()] + [self.global_model.num_blocks]
+        correct = [0] * len(positions)
+        ensemble_correct, loss_sum, count = 0, 0.0, 0
+        for images, labels in self.ctx.data.dataset.test_batches(batch_size):
+            outputs = self.full(images)
+            for index, logits in enumerate(outputs):
+                correct[index] += int((logits.argmax(dim=1) == labels).sum())
+            ensemble = torch.stack(outputs).mean(dim=0)
+            ensemble_correct += int((ensemble.argmax(dim=1) == labels).sum())
+            loss_sum += float(F.cross_entropy(ensemble, labels, reduction="sum"))
+            count += int(labels.numel())
+        self.full.train()
+        count = max(count, 1)
+        metrics = {f"eval/exit{k}/accuracy": c / count for k, c in zip(positions, correct, strict=True)}
+        metrics.update({
+            "eval/accuracy": ensemble_correct / count,
+            "eval/ensemble/accuracy": ensemble_correct / count,
+            "eval/loss": loss_sum / count,
+        })
+        return metrics
+
+    def round_metrics(self, round_idx: int, updates: Sequence[Update]) -> dict[str, float]:
+        depths = [u.work for u in updates]
+        metrics = {f"work/depth_{d}": float(depths.count(d)) for d in self.depths}
+        if depths:
+            metrics["work/mean_depth"] = sum(depths) / len(depths)
+        if self.options.kd:
+            metrics["depthfl/kd_weight"] = consistency_weight(round_idx, self.options.rampup_rounds)
+        return metrics
+
+    def device_cost(self, assignment: Assignment, update: Update | None = None) -> DeviceCost:
+        """The depth-d workload; only the exit model's state travels (FedDyn state stays on the device)."""
+        local = self.locals[assignment.work]
+        samples = update.num_samples if update is not None else int(self.ctx.data.shards[assignment.client_id].numel())
+        moved = state_bytes(local.net)
+        return self.ctx.clock.cost(local, samples, None, self.memory_loss, bytes_down=moved, bytes_up=moved)

@@ -1,0 +1,100 @@
+"""Per-block cost vs the full model, from the models alone (no runs): Fig. 6 and Fig. 7.
+
+Memory comes from :mod:`fedbench.memory`, time from :mod:`fedbench.clock`. A
+"block" row is NeuLite's stage k: the stage model S_k with block k, its output
+module and the co-adapted part of block k−1 trainable. When a ``neulite`` method
+is registered its own ``workloads`` are used (they include its loss and
+projection MLP); otherwise the stage models are built here from
+:mod:`fedbench.models.cutting` with cross-entropy loss, and the frame says so.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from fedbench.errors import UnknownNameError
+from fedbench.method import Workload
+from fedbench.models import BlockModel
+
+log = logging.getLogger(__name__)
+
+MEMORY_COLUMNS = ("label", "peak_bytes", "params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")
+TIME_COLUMNS = ("label", "compute_s", "comm_s", "total_s")
+
+
+def stage_workloads(model: BlockModel) -> list[Workload]:
+    """NeuLite's stage k = 1..S as memory-model workloads (cross-entropy loss, no projection MLP)."""
+    from fedbench.models.cutting import StageModel, coadaptation_scope
+
+    workloads = []
+    for k in range(1, model.num_blocks + 1):
+        stage = StageModel(model, k)
+        if k == 1:
+            trainable = None  # stem, block 1, stand-ins and head: everything in S_1
+        else:
+            block = {f"blocks.{k - 1}.{n}" for n, _ in model.blocks[k - 1].named_parameters()}
+            own = {n for n, _ in stage.named_parameters() if n.startswith(("standins.", "head."))}
+            trainable = frozenset(block | own | set(coadaptation_scope(model, k)))
+        workloads.append(Workload(f"block {k}", stage, trainable))
+    return workloads
+
+
+def neulite_workloads(model: BlockModel) -> tuple[list[Workload], str]:
+    """The registered ``neulite`` method's workloads if there is one, else :func:`stage_workloads`;
+    with a word on which was used."""
+    from fedbench import registry
+    from fedbench.method import validate_method
+
+    try:
+        method = registry.load("methods", "neulite", validate=validate_method)
+    except UnknownNameError:
+        return stage_workloads(model), "stage models from fedbench.models.cutting, cross-entropy loss"
+    workloads = [w for w in method.workloads(model, method.parse_options({})) if w.name != "full"]
+    return workloads, "the neulite method's workloads"
+
+
+def block_memory(
+    model: BlockModel, input_shape: tuple[int, int, int], batch_size: int, optimizer: object | None = None
+) -> tuple[pd.DataFrame, str]:
+    """Peak bytes (and breakdown) of one local step of every block's stage and of the full model."""
+    from fedbench.memory import MemoryModel, SGDSpec
+    from fedbench.training import cross_entropy_loss
+
+    memory = MemoryModel(optimizer or SGDSpec())
+    workloads, source = neulite_workloads(model)
+    rows = []
+    for workload in [*workloads, Workload("full", model)]:
+        report = memory.report(workload.model, workload.trainable, batch_size, input_shape,
+                               loss_fn=workload.loss_fn or cross_entropy_loss)
+        rows.append({"label": workload.name, **{k: getattr(report, k) for k in MEMORY_COLUMNS[1:]}})
+    return pd.DataFrame(rows, columns=list(MEMORY_COLUMNS)), source
+
+
+def block_times(
+    model_name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    batch_size: int,
+    samples: int,
+    epochs: int,
+    device_class: str,
+    width: float = 1.0,
+) -> pd.DataFrame:
+    """Simulated seconds of one device's round per block (NeuLite stage) and for the full model."""
+    from fedbench.clock import stage_round_times
+
+    times = stage_round_times(model_name, input_shape, num_classes, batch_size, samples, epochs,
+                              device_class_name=device_class, width=width)
+    return pd.DataFrame(
+        [{"label": t.label, "compute_s": t.compute_s, "comm_s": t.comm_s, "total_s": t.total_s} for t in times],
+        columns=list(TIME_COLUMNS),
+    )
+
+
+def reduction(frame: pd.DataFrame, value: str) -> float:
+    """1 − (largest block ÷ full model) of ``value``: the paper's "reduced by up to" figure."""
+    blocks = frame[frame["label"] != "full"][value]
+    full = frame.loc[frame["label"] == "full", value].iloc[0]
+    return 1.0 - float(blocks.max()) / float(full)

@@ -1,0 +1,77 @@
+"""Write a :class:`~fedbench.reports.tables.Table` as Markdown, LaTeX or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from fedbench.errors import ConfigError
+from fedbench.reports.tables import MISSING, Table
+
+FORMATS = ("md", "tex", "csv")
+
+
+def to_markdown(table: Table) -> str:
+    """A GitHub table; the best inclusive values in ``**bold**``, the note below it."""
+    lines = [
+        "| " + " | ".join(table.columns) + " |",
+        "|" + "---|" * len(table.columns),
+    ]
+    for row in table.rows:
+        lines.append("| " + " | ".join(f"**{c.text}**" if c.bold else c.text for c in row) + " |")
+    text = "\n".join(lines) + "\n"
+    return text + (f"\n{table.note}\n" if table.note else "")
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "α": r"$\alpha$", MISSING: "--", "`": ""}
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+    for symbol, replacement in _LATEX_SYMBOLS.items():
+        out = out.replace(symbol, replacement)
+    return out
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``)."""
+    spec = "ll" + "r" * (len(table.columns) - 2)
+    body = []
+    for row in table.rows:
+        cells = [rf"\textbf{{{latex_escape(c.text)}}}" if c.bold else latex_escape(c.text) for c in row]
+        body.append(" & ".join(cells) + r" \\")
+    return "\n".join([
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.note)}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(latex_escape(c) for c in table.columns) + r" \\",
+        r"\midrule",
+        *body,
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
+    ]) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """Plain cells (no bold); a missing cell is empty, "NA" stays "NA"."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(table.columns)
+    for row in table.rows:
+        writer.writerow("" if c.text == MISSING else c.text for c in row)
+    return buffer.getvalue()
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def render(table: Table, fmt: str) -> str:
+    check_format(fmt)
+    return {"md": to_markdown, "tex": to_latex, "csv": to_csv}[fmt](table)

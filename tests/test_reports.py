@@ -1,0 +1,280 @@
+"""`fedbench report`: tables and figures from a tiny MLflow store built here, plus one real end-to-end run.
+
+The fake runs are test data logged through ``MlflowClient`` in the layout the
+tracker writes (tags ``fedbench.*``, flattened config params, per-round metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from fedbench.cli import app
+
+runner = CliRunner()
+
+# run: (method, dataset, model, partition, seed, eval/accuracy per round or None, PR, extra params)
+GRID = [
+    ("fedavg", "cifar10", "resnet18", "dirichlet", 1, [0.1, 0.5, 0.6, 0.7], 1.0, {}),
+    ("fedavg", "cifar10", "resnet18", "dirichlet", 2, [0.1, 0.6, 0.7, 0.8], 1.0, {}),
+    ("exclusivefl", "cifar10", "resnet18", "dirichlet", 1, [0.2, 0.7, 0.8, 0.9], 0.2, {}),
+    ("exclusivefl", "cifar10", "resnet34", "dirichlet", 1, None, 0.0, {}),
+    ("neulite", "cifar10", "resnet18", "dirichlet", 1, [0.3, 0.7, 0.75, 0.8], 1.0, {}),
+    ("neulite", "cifar10", "resnet34", "dirichlet", 1, [0.2, 0.5, 0.55, 0.6], 1.0, {}),
+    ("heterofl", "cifar10", "resnet18", "dirichlet", 1, None, 1.0, {}),  # crashed metrics: no accuracy
+    ("fedavg", "cifar10", "resnet18", "iid", 1, [0.5, 0.8, 0.85, 0.9], 1.0, {}),
+]
+ABLATION = [
+    ("fedavg", "cifar10", "resnet18", "dirichlet", 1, [0.1, 0.5, 0.6, 0.7], 1.0, {}),
+    ("neulite", "cifar10", "resnet18", "dirichlet", 1, [0.3, 0.7, 0.75, 0.8], 1.0, {}),
+    ("neulite", "cifar10", "resnet18", "dirichlet", 1, [0.3, 0.6, 0.65, 0.7], 1.0,
+     {"options.curriculum_loss": "False"}),
+    ("neulite", "cifar10", "resnet18", "dirichlet", 1, [0.3, 0.65, 0.7, 0.75], 1.0,
+     {"options.co_adaptation": "False"}),
+]
+
+
+def _log_run(client, experiment_id, spec, index, status="FINISHED", clock=False, nhsic=False):
+    from mlflow.entities import Metric, Param
+
+    method, dataset, model, partition, seed, accuracy, pr, extra = spec
+    tags = {"fedbench.method": method, "fedbench.dataset": dataset, "fedbench.model": model,
+            "fedbench.run_key": f"key-{experiment_id}-{index}"}
+    run = client.create_run(experiment_id, tags=tags, start_time=1000 + index)
+    params = {"method": method, "data.dataset": dataset, "model.name": model, "data.partition": partition,
+              "data.alpha": "0.5", "seed": str(seed), "rounds": "4", **extra}
+    metrics = []
+    for round_idx in range(4):
+        metrics.append(Metric("participation/rate", pr, 0, round_idx))
+        if accuracy is not None:
+            metrics.append(Metric("eval/accuracy", accuracy[round_idx], 0, round_idx))
+        if clock:
+            metrics.append(Metric("clock/total_s", 10.0 * (round_idx + 1), 0, round_idx))
+        if nhsic and round_idx % 2 == 1:
+            for block in (1, 2):
+                metrics.append(Metric(f"nhsic/xz/block{block}", 0.9 - 0.1 * round_idx / block, 0, round_idx))
+                metrics.append(Metric(f"nhsic/yz/block{block}", 0.2 + 0.1 * round_idx * block, 0, round_idx))
+    client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+    client.set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store with experiments ``grid`` (Table 1/2), ``ablation`` (Fig. 8, with clock and nHSIC) and
+    ``broken`` (only a failed run)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('reports') / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    ids = {}
+    grid = client.create_experiment("grid")
+    for i, spec in enumerate(GRID):
+        _log_run(client, grid, spec, i)
+    _log_run(client, grid, ("fedavg", "cifar100", "resnet18", "dirichlet", 1, [0.9] * 4, 1.0, {}), 99,
+             status="FAILED")
+    ablation = client.create_experiment("ablation")
+    for i, spec in enumerate(ABLATION):
+        ids[i] = _log_run(client, ablation, spec, i, clock=True, nhsic=(i == 1))
+    broken = client.create_experiment("broken")
+    _log_run(client, broken, GRID[0], 0, status="FAILED")
+    return {"uri": uri, "neulite_run": ids[1], "fedavg_run": ids[0]}
+
+
+def _report(*args):
+    return runner.invoke(app, ["report", *args])
+
+
+TABLE1_MD = """\
+| Method | Incl. | cifar10 resnet18 | cifar10 resnet34 | PR resnet18 | PR resnet34 |
+|---|---|---|---|---|---|
+| exclusivefl | no | 80.0 | NA | 20 | 0 |
+| heterofl | yes | – | – | 100 | – |
+| fedavg | yes | 65.0 ± 7.1 | – | 100 | – |
+| neulite | yes | **75.0** | **55.0** | 100 | 100 |
+"""
+
+
+def test_table1_markdown_matches_the_golden_table_with_na_missing_and_bold_cells(store, tmp_path):
+    result = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(TABLE1_MD)
+    assert "mean of the last 3 evaluations" in result.stdout
+    assert (tmp_path / "table1.md").read_text() == result.stdout
+    assert "run " in result.stderr and "(heterofl, cifar10, resnet18) has no eval/accuracy" in result.stderr
+
+
+def test_table1_best_metric_uses_the_maximum_and_last_changes_the_final_window(store, tmp_path):
+    best = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path),
+                   "--metric", "best")
+    assert "| fedavg | yes | 75.0 ± 7.1 |" in best.stdout  # max 0.7 and 0.8
+    last1 = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path),
+                    "--last", "1")
+    assert "| neulite | yes | **80.0** | **60.0** |" in last1.stdout
+
+
+def test_table2_puts_iid_next_to_non_iid_and_keeps_pr_per_model(store, tmp_path):
+    result = _report("table2", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == ("| Method | Incl. | cifar10 IID resnet18 | cifar10 non-IID α=0.5 resnet18 | "
+                        "cifar10 non-IID α=0.5 resnet34 | PR resnet18 | PR resnet34 |")
+    assert lines[4] == "| fedavg | yes | **85.0** | 65.0 ± 7.1 | – | 100 | – |"
+    assert lines[2] == "| exclusivefl | no | – | 80.0 | NA | 20 | 0 |"
+
+
+def test_latex_and_csv_carry_the_same_cells(store, tmp_path):
+    tex = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path),
+                  "--format", "tex")
+    assert tex.exit_code == 0, tex.output
+    assert r"neulite & yes & \textbf{75.0} & \textbf{55.0} & 100 & 100 \\" in tex.stdout
+    assert r"fedavg & yes & 65.0 $\pm$ 7.1 & -- & 100 & -- \\" in tex.stdout
+    assert tex.stdout.startswith(r"\begin{table}") and r"\toprule" in tex.stdout
+    csv = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path),
+                  "--format", "csv")
+    assert csv.stdout.splitlines()[1] == "exclusivefl,no,80.0,NA,20,0"
+    assert csv.stdout.splitlines()[3] == "fedavg,yes,65.0 ± 7.1,,100,"
+    assert (tmp_path / "table1.csv").exists() and (tmp_path / "table1.tex").exists()
+
+
+def test_curves_draw_the_seed_mean_per_method_against_round_and_virtual_time(store, tmp_path):
+    from fedbench.reports import figures, series
+    from fedbench.reports.runs import load_experiment
+
+    summary, history, _ = load_experiment("grid", store["uri"])
+    frame, _ = series.curves(summary, history, "round")
+    fig = figures.curves_figure(frame, "round")
+    assert len(fig.axes) == 3  # IID r18, non-IID r18, non-IID r34
+    fedavg = next(line for line in fig.axes[1].lines if line.get_label() == "fedavg")
+    assert list(fedavg.get_xdata()) == [1, 2, 3, 4]
+    assert [round(y, 6) for y in fedavg.get_ydata()] == [10.0, 55.0, 65.0, 75.0]
+    assert fig.axes[0].get_xlabel() == "round" and fig.axes[0].get_ylabel() == "test accuracy (%)"
+
+    result = _report("curves", "--experiment", "ablation", "--tracking-uri", store["uri"], "--out", str(tmp_path),
+                     "--x", "virtual_time")
+    assert result.exit_code == 0, result.output
+    png, pdf = result.stdout.split()
+    assert png.endswith("curves-virtual_time.png") and pdf.endswith(".pdf")
+    assert (tmp_path / "curves-virtual_time.png").stat().st_size > 10_000
+    summary, history, _ = load_experiment("ablation", store["uri"], keys=("eval/accuracy", "clock/total_s"))
+    frame, _ = series.curves(summary, history, "virtual_time")
+    assert sorted(set(frame["x"])) == [10.0, 20.0, 30.0, 40.0]
+
+
+def test_ablation_bars_key_neulite_runs_by_their_options_next_to_fedavg(store, tmp_path):
+    from fedbench.reports import figures, series
+    from fedbench.reports.runs import load_experiment
+
+    summary, _, _ = load_experiment("ablation", store["uri"])
+    assert sorted(set(summary["method_label"])) == [  # runs with other options are other rows, not seeds
+        "fedavg", "neulite", "neulite (co_adaptation=False)", "neulite (curriculum_loss=False)"]
+    bars = series.ablation(summary)
+    assert bars["variant"].tolist() == ["FedAvg", "w/o curriculum loss", "w/o co-adaptation", "NeuLite"]
+    assert [round(v, 6) for v in bars["accuracy"]] == [0.6, 0.65, 0.7, 0.75]
+    fig = figures.ablation_figure(bars)
+    heights = [round(p.get_height(), 6) for p in fig.axes[0].patches]
+    assert heights == [60.0, 65.0, 70.0, 75.0]
+    result = _report("ablation", "--experiment", "ablation", "--tracking-uri", store["uri"], "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ablation.pdf").stat().st_size > 1000
+
+
+def test_info_plane_plots_each_blocks_nhsic_path_and_names_missing_metrics(store, tmp_path):
+    result = _report("info-plane", "--run", store["neulite_run"], "--tracking-uri", store["uri"], "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / f"info-plane-{store['neulite_run'][:8]}.png").exists()
+
+    from fedbench.reports import figures, series
+    from fedbench.reports.runs import RunStore
+
+    run_store = RunStore(store["uri"])
+    keys = series.nhsic_keys(run_store.metric_keys(store["neulite_run"]))
+    points = series.info_plane(run_store.histories([store["neulite_run"]], keys), "neulite")
+    assert points[points["block"] == 2]["round"].tolist() == [1, 3]
+    fig = figures.info_plane_figure(points)
+    block1 = fig.axes[0].lines[0]
+    assert [round(v, 6) for v in block1.get_xdata()] == [0.8, 0.6]
+    assert [round(v, 6) for v in block1.get_ydata()] == [0.3, 0.5]
+    assert "nHSIC(X; Z)" in fig.axes[0].get_xlabel()
+
+    missing = _report("info-plane", "--run", store["fedavg_run"], "--tracking-uri", store["uri"])
+    assert missing.exit_code == 2
+    assert "nhsic/xz/block<b>" in missing.output and len(missing.output.strip().splitlines()) == 1
+
+
+def test_memory_report_compares_every_block_with_the_full_model(tmp_path):
+    from fedbench.models import build_model
+    from fedbench.reports import costs, figures
+
+    model = build_model("cnn", (1, 28, 28), 10, width=0.25)
+    frame, _source = costs.block_memory(model, (1, 28, 28), 16)
+    assert frame["label"].tolist()[-1] == "full" and len(frame) == model.num_blocks + 1
+    parts = ["params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes"]
+    assert (frame[parts].sum(axis=1) == frame["peak_bytes"]).all()
+    fig = figures.bars_vs_full(frame, [(p, p) for p in parts], "peak training memory (MiB)", "t", scale=figures.MIB)
+    tops = [p.get_y() + p.get_height() for p in fig.axes[0].patches[-len(frame):]]
+    assert [round(t, 6) for t in tops] == [round(b / figures.MIB, 6) for b in frame["peak_bytes"]]
+    result = _report("memory", "--model", "cnn", "--dataset", "fashion-mnist", "--batch-size", "16",
+                     "--width", "0.25", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "memory-cnn-fashion-mnist-b16.png").stat().st_size > 10_000
+
+
+def test_time_report_draws_compute_and_transfer_per_block(tmp_path):
+    pytest.importorskip("fedbench.clock")
+    result = _report("time", "--model", "cnn", "--dataset", "fashion-mnist", "--width", "0.25",
+                     "--samples", "100", "--epochs", "1", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "time-cnn-fashion-mnist-jetson-tx2.pdf").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["tabel1"], "unknown report 'tabel1' (did you mean 'table1'?)"),
+        (["table1", "--experiment", "nope"], "unknown experiment 'nope'; known: Default, ablation, broken"),
+        (["table1", "--experiment", "broken"], "experiment 'broken' has no finished runs (runs: 1 FAILED)"),
+        (["table1", "--experiment", "grid", "--format", "docx"], "unknown format 'docx'; use one of md, tex, csv"),
+        (["table1", "--experiment", "ablation", "--iid"], "no IID runs for Table 1"),
+        (["curves", "--experiment", "grid", "--x", "virtual_time"], "no run logged clock/total_s"),
+        (["ablation", "--experiment", "broken"], "has no finished runs"),
+        (["info-plane", "--run", "0123456789abcdef"], "run '0123456789abcdef' is not in the tracking store"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code_2(store, args, expected):
+    result = _report(*args, "--tracking-uri", store["uri"]) if args != ["tabel1"] else _report(*args)
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_unreachable_tracking_uri_is_one_line_with_exit_code_2():
+    result = _report("table1", "--experiment", "grid", "--tracking-uri", "http://127.0.0.1:9")
+    assert result.exit_code == 2, result.output
+    assert "cannot" in result.output and "http://127.0.0.1:9" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_two_real_runs_logged_by_the_tracker_render_as_table1(store, tiny_config, tmp_path):
+    tracking_uri = store["uri"]  # one store per file: creating an MLflow database takes seconds
+    from fedbench import engine
+    from fedbench.config import DataConfig
+    from fedbench.tracking import MlflowTracker
+
+    finals = []
+    for seed in (1, 2):
+        config = dataclasses.replace(
+            tiny_config, seed=seed, data=dataclasses.replace(tiny_config.data, partition="dirichlet")
+        )
+        assert isinstance(config.data, DataConfig)
+        result = engine.run(config, tracker=MlflowTracker(tracking_uri, experiment="e2e"))
+        finals.append(sum(result.metric("eval/accuracy")[-3:]) / len(result.metric("eval/accuracy")[-3:]))
+    out = _report("table1", "--experiment", "e2e", "--tracking-uri", tracking_uri, "--out", str(tmp_path))
+    assert out.exit_code == 0, out.output
+    mean = sum(finals) / 2
+    std = math.sqrt(sum((f - mean) ** 2 for f in finals))
+    assert out.stdout.splitlines()[0] == "| Method | Incl. | synthetic cnn | PR cnn |"
+    assert out.stdout.splitlines()[2] == f"| fedavg | yes | **{100 * mean:.1f} ± {100 * std:.1f}** | 100 |"
