@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from fedbench.config import RunConfig
 from fedbench.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -34,6 +35,7 @@ class Checkpoint:
     method_state: dict[str, Any]
     context_state: dict[str, Any]
     metric_rows: list[dict[str, float]]
+    config_params: dict[str, str]  # RunConfig.flat_params() of the run, to name a mismatch
 
 
 def checkpoint_dir() -> Path:
@@ -62,7 +64,14 @@ def save(path: Path, checkpoint: Checkpoint) -> None:
     os.replace(tmp, path)
 
 
-def load(path: Path, expected_run_key: str) -> Checkpoint:
+def _differences(saved: dict[str, str], current: dict[str, str]) -> str:
+    ignored = ("tracking.", "data.data_dir")
+    keys = sorted(k for k in set(saved) | set(current)
+                  if not k.startswith(ignored) and saved.get(k) != current.get(k))
+    return ", ".join(f"{k}: {saved.get(k)} -> {current.get(k)}" for k in keys[:5]) or "unknown fields"
+
+
+def load(path: Path, config: RunConfig) -> Checkpoint:
     """Read a checkpoint; a missing, truncated or foreign file is a one-line :class:`ConfigError`."""
     if not path.is_file():
         raise ConfigError(f"no checkpoint at {path}; the run cannot be resumed (it never finished a round?)")
@@ -72,10 +81,10 @@ def load(path: Path, expected_run_key: str) -> Checkpoint:
         raise ConfigError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it and rerun") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
         raise ConfigError(f"checkpoint {path} has an unknown format; delete it and rerun")
-    if raw["run_key"] != expected_run_key:
+    if raw["run_key"] != config.run_key:
         raise ConfigError(
-            f"checkpoint {path} belongs to run key {raw['run_key']}, not {expected_run_key}: "
-            "the config changed since it was written; rerun instead of resuming"
+            f"checkpoint {path} was written by another config ({_differences(raw['config_params'], config.flat_params())}); "
+            "rerun instead of resuming"
         )
     raw.pop("format")
     return Checkpoint(**raw)

@@ -103,6 +103,7 @@ def run(
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment name." + _default("fedbench"))] = None,
     run_name: Annotated[str | None, typer.Option(help="MLflow run name.")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
+    resume: Annotated[str | None, typer.Option(help="Continue the MLflow run RUN_ID from its last checkpoint (its own config; other flags but --tracking-uri are ignored).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     """Train one method on one data set and log the run to MLflow."""
@@ -125,14 +126,17 @@ def run(
     try:
         if opt:
             overrides["options"] = _parse_opts(opt)
-        cfg = make_config(config, overrides)
-        tracker = (
-            NullTracker()
-            if no_tracking or not cfg.tracking.enabled
-            else MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name)
-        )
+        if resume:
+            cfg, tracker = _resumable_run(resume, tracking_uri)
+        else:
+            cfg = make_config(config, overrides)
+            tracker = (
+                NullTracker()
+                if no_tracking or not cfg.tracking.enabled
+                else MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name)
+            )
         with _RoundProgress(cfg) as progress:
-            result = engine.run(cfg, tracker=tracker, on_round=progress.update)
+            result = engine.run(cfg, tracker=tracker, on_round=progress.update, resume_run_id=resume)
     except FedbenchError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:
@@ -142,6 +146,25 @@ def run(
     summary = f"{cfg.method} on {cfg.data.dataset}: final accuracy {accuracy[-1]:.4f}, best {max(accuracy):.4f}"
     run_id = getattr(tracker, "run_id", None)
     out.print(summary + (f" (MLflow run {run_id}, experiment '{cfg.tracking.experiment}')" if run_id else ""))
+
+
+def _resumable_run(run_id: str, tracking_uri: str | None) -> tuple[RunConfig, Any]:
+    """The config of an unfinished MLflow run and a tracker attached to its store."""
+    import tempfile
+    from pathlib import Path
+
+    from fedbench.tracking import MlflowTracker
+
+    tracker = MlflowTracker(tracking_uri)
+    text, status = tracker.run_config_yaml(run_id)
+    if status == "FINISHED":
+        raise ConfigError(f"run {run_id} already FINISHED; nothing to resume (start a new run instead)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(text)
+        cfg = make_config(path, {"tracking": {"uri": tracking_uri}} if tracking_uri else None)
+    tracker.experiment = cfg.tracking.experiment
+    return cfg, tracker
 
 
 class _RoundProgress:

@@ -114,6 +114,14 @@ class TrackingConfig:
     experiment: str = "fedbench"
     run_name: str | None = None
     enabled: bool = True
+    # Write a resumable checkpoint every N finished rounds (0: never). Needs tracking.
+    checkpoint_every: int = 1
+
+    def __post_init__(self) -> None:
+        _require(
+            self.checkpoint_every >= 0,
+            f"tracking.checkpoint_every ({self.checkpoint_every}) must be >= 0 (0 turns checkpoints off)",
+        )
 
 
 WEIGHTINGS = ("uniform", "samples")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedbench import registry
+from fedbench import checkpoint, registry
 from fedbench.config import RunConfig
 from fedbench.data import FederatedData, ImageDataset
 from fedbench.errors import PluginError
@@ -104,11 +104,11 @@ def run_round(method: Method, round_idx: int) -> RoundResult:
 
 
 def run_rounds(
-    method: Method, on_round: Callable[[RoundResult], None] | None = None
+    method: Method, on_round: Callable[[RoundResult], None] | None = None, first_round: int = 0
 ) -> list[RoundResult]:
-    """Run all rounds of an already prepared method; ``on_round`` sees each finished round."""
+    """Run rounds ``first_round``.. of an already prepared method; ``on_round`` sees each finished round."""
     results = []
-    for round_idx in range(method.ctx.config.rounds):
+    for round_idx in range(first_round, method.ctx.config.rounds):
         result = run_round(method, round_idx)
         results.append(result)
         if on_round is not None:
@@ -120,25 +120,48 @@ def run(
     config: RunConfig,
     tracker: Tracker | None = None,
     on_round: Callable[[RoundResult], None] | None = None,
+    resume_run_id: str | None = None,
 ) -> RunResult:
-    """One complete run. Every finished round is logged before the next starts, so
-    a crash or Ctrl-C never loses a finished round; the tracker records the
-    run as FAILED or KILLED."""
+    """One complete run. Every finished round is logged before the next starts, and
+    checkpointed every ``tracking.checkpoint_every`` rounds, so a crash or Ctrl-C never
+    loses a finished round; the tracker records the run as FAILED or KILLED.
+    With ``resume_run_id`` the run continues from that run's last checkpoint, into
+    the same tracked run, exactly as the uninterrupted run would have gone on."""
     torch.set_num_threads(config.threads)
     tracker = tracker or NullTracker()
     ctx, stats = prepare(config)
     method = make_method(ctx)
     result = RunResult(config=config, partition=stats)
+    first_round = 0
+    if resume_run_id is not None:
+        saved = checkpoint.load(checkpoint.checkpoint_path(resume_run_id), config)
+        method.restore_state(saved.method_state)
+        ctx.restore_state(saved.context_state)
+        first_round = saved.round_idx + 1
+        tracker.resume(resume_run_id, saved.metric_rows)
+        result.rounds = [RoundResult(int(r["round"]), {k: v for k, v in r.items() if k != "round"})
+                         for r in saved.metric_rows]
+    else:
+        tracker.start(config, stats)
+    rows = [{"round": r.round_idx, **r.metrics} for r in result.rounds]
+    every = config.tracking.checkpoint_every
 
     def record(round_result: RoundResult) -> None:
         tracker.log_round(round_result.round_idx, round_result.metrics)
         result.rounds.append(round_result)
+        rows.append({"round": round_result.round_idx, **round_result.metrics})
+        done = round_result.round_idx + 1
+        if tracker.run_id is not None and every and (done % every == 0 or done == config.rounds):
+            checkpoint.save(
+                checkpoint.checkpoint_path(tracker.run_id),
+                checkpoint.Checkpoint(config.run_key, round_result.round_idx, method.checkpoint_state(),
+                                      ctx.checkpoint_state(), rows, config.flat_params()),
+            )
         if on_round is not None:
             on_round(round_result)
 
-    tracker.start(config, stats)
     try:
-        run_rounds(method, record)
+        run_rounds(method, record, first_round=first_round)
     except KeyboardInterrupt:
         tracker.finish("KILLED", "interrupted by the user")
         raise

@@ -109,6 +109,15 @@ class RunContext:
     def num_clients(self) -> int:
         return self.data.num_clients
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The run-long state the context accumulates: who took part, the virtual clock's time."""
+        return {"participants": set(self.participants), "clock_now": self.clock.now if self.clock else None}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        self.participants = set(state["participants"])
+        if self.clock is not None and state["clock_now"] is not None:
+            self.clock.now = state["clock_now"]
+
     def memory_report(
         self, model: nn.Module, trainable: Iterable[str] | None = None, loss_fn: LossFn | None = None
     ) -> MemoryReport:
@@ -287,6 +296,20 @@ class Method:
         """The run's weighting (``uniform`` or ``samples``) applied to the updates' states."""
         weights = normalized_weights([u.num_samples for u in updates], self.ctx.config.weighting)
         return weighted_average([u.state for u in updates], weights)
+
+    # Attributes rebuilt from the context, never checkpointed (back-references, scratch models).
+    transient_attributes: ClassVar[frozenset[str]] = frozenset({"ctx", "_worker"})
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything the method keeps across rounds, for checkpoints. The default takes every
+        attribute except :attr:`transient_attributes`, so a method that keeps its state in
+        attributes (NeuLite's output modules, Oort's utilities) is resumable as it is."""
+        return {k: v for k, v in vars(self).items() if k not in self.transient_attributes}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`checkpoint_state`."""
+        for key, value in state.items():
+            setattr(self, key, value)
 
     def worker_model(self) -> nn.Module:
         """A reusable model instance for local training, so no model is built per client."""

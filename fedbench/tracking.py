@@ -31,18 +31,26 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 class Tracker(Protocol):
+    run_id: str | None
+
     def start(self, config: RunConfig, partition: Mapping[str, Any]) -> None: ...
     def log_round(self, round_idx: int, metrics: Mapping[str, float]) -> None: ...
+    def resume(self, run_id: str, rows: list[dict[str, float]]) -> None: ...
     def finish(self, status: str, error: str | None = None) -> None: ...
 
 
 class NullTracker:
     """Keeps nothing; for tests and library use without MLflow."""
 
+    run_id: str | None = None
+
     def start(self, config: RunConfig, partition: Mapping[str, Any]) -> None:
         pass
 
     def log_round(self, round_idx: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def resume(self, run_id: str, rows: list[dict[str, float]]) -> None:
         pass
 
     def finish(self, status: str, error: str | None = None) -> None:
@@ -128,6 +136,32 @@ class MlflowTracker:
         self._partition = partition
         self._client.log_text(self.run_id, json.dumps(partition, indent=1), "partition/stats.json")
         log.info("MLflow run %s in experiment '%s'", self.run_id, self.experiment)
+
+    def resume(self, run_id: str, rows: list[dict[str, float]]) -> None:
+        """Continue logging into an existing run (``fedbench run --resume``)."""
+        self._client, _ = self._connect()
+        self.run_id = run_id
+        self._rows = list(rows)
+        self._client.update_run(run_id, status="RUNNING")
+        self._client.set_tag(run_id, "fedbench.resumed_after_round", str(len(rows)))
+
+    def run_config_yaml(self, run_id: str) -> tuple[str, str]:
+        """The ``config.yaml`` artifact and the status of an existing run, for resuming it."""
+        client, _ = self._connect()
+        try:
+            run = client.get_run(run_id)
+        except Exception as exc:
+            raise TrackingError(f"no MLflow run {run_id!r} in {self.tracking_uri or 'the default store'}; "
+                                "check the id (mlflow ui shows it) and --tracking-uri") from exc
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = client.download_artifacts(run_id, "config.yaml", tmp)
+            except Exception as exc:
+                raise TrackingError(f"run {run_id} has no config.yaml artifact; it was not made by fedbench run") from exc
+            with open(path) as handle:
+                return handle.read(), run.info.status
 
     def record_failure(self, config: RunConfig, reason: str) -> None:
         """A FAILED run for a config that failed before training (bad data, no device fits), so
