@@ -20,7 +20,9 @@ Shared pieces a method calls instead of re-implementing them
     :func:`overlap_count_average` (HeteroFL-style averaging of slices),
     :mod:`slicing` (width sub-models), :mod:`cutting` (depth/stage sub-models,
     early exits), :func:`evaluate`, the seeded streams :func:`numpy_rng` /
-    :func:`torch_generator` with :attr:`Stream.METHOD` for a method's own draws.
+    :func:`torch_generator` with :attr:`Stream.METHOD` for a method's own draws,
+    :class:`DeviceCost` / :class:`DeviceTime` / :class:`VirtualClock` for a
+    method whose sub-models cost the virtual clock less than the full model.
 
 Running and testing
     :func:`make_config`, :func:`prepare` (data, shards, fleet -> RunContext),
@@ -30,6 +32,7 @@ Running and testing
 from __future__ import annotations
 
 from fedbench.aggregate import normalized_weights, overlap_count_average, weighted_average
+from fedbench.clock import DeviceCost, DeviceTime, VirtualClock
 from fedbench.config import RunConfig, TrainConfig, make_config
 from fedbench.data import FederatedData, ImageDataset
 from fedbench.engine import RoundResult, RunResult, prepare, run, run_rounds
@@ -46,6 +49,8 @@ __all__ = [
     "Assignment",
     "BlockModel",
     "ConfigError",
+    "DeviceCost",
+    "DeviceTime",
     "FederatedData",
     "FedbenchError",
     "Fleet",
@@ -65,6 +70,7 @@ __all__ = [
     "Stream",
     "TrainConfig",
     "Update",
+    "VirtualClock",
     "Workload",
     "build_model",
     "cross_entropy_loss",

@@ -57,7 +57,7 @@ def memory_rows(
     from fedbench.config import FleetConfig, TrainConfig
     from fedbench.fleet import make_fleet
     from fedbench.memory import MemoryModel, SGDSpec
-    from fedbench.method import validate_method
+    from fedbench.method import Workload, validate_method
     from fedbench.models import build_model
     from fedbench.training import cross_entropy_loss
 
@@ -73,8 +73,11 @@ def memory_rows(
                              loss_fn=workload.loss_fn or cross_entropy_loss)
 
     fleet = make_fleet(fleet_config, clients, seed, lambda: memory.peak_bytes(model, batch_size=batch_size))
+    workloads = list(method_cls.workloads(model, method_cls.parse_options({})))
+    if all(w.name != "full" for w in workloads):  # the full model as the reference row
+        workloads.append(Workload("full", model))
     rows = []
-    for workload in method_cls.workloads(model, method_cls.parse_options({})):
+    for workload in workloads:
         found = report(workload)
         rows.append({
             "submodel": workload.name,

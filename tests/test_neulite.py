@@ -161,12 +161,13 @@ def test_fc_only_output_modules_classify_block_k_without_stand_ins():
         assert math.isfinite(float(stage.loss_fn(stage.model, images, labels).detach()))
 
 
-def test_fedbench_memory_lists_one_row_per_neulite_stage():
+def test_fedbench_memory_lists_one_row_per_neulite_stage_and_the_full_model():
     from fedbench.cli_memory import memory_rows
 
     rows = memory_rows("resnet18", "synthetic", 32, "neulite", "uniform-mb", width=0.125)
-    assert [r["submodel"] for r in rows] == ["stage1", "stage2", "stage3", "stage4"]
+    assert [r["submodel"] for r in rows] == ["stage1", "stage2", "stage3", "stage4", "full"]
     assert all(r["peak_bytes"] > 0 and r["pr"] == 1.0 for r in rows)
+    assert max(r["peak_bytes"] for r in rows[:4]) < rows[4]["peak_bytes"]
 
 
 @pytest.mark.parametrize("arch", ["cnn", "resnet18", "resnet34", "vgg11_bn", "squeezenet", "vit"])
