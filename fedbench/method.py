@@ -241,22 +241,7 @@ class Method:
         """Train a copy of the global model on the device's shard with the shared SGD loop."""
         model = self.worker_model()
         model.load_state_dict(self.global_model.state_dict())
-        result = local_sgd(
-            model,
-            self.ctx.data.dataset,
-            self.ctx.data.shards[assignment.client_id],
-            self.ctx.config.train,
-            self.ctx.client_generator(round_idx, assignment.client_id),
-            loss_fn=self.loss,
-        )
-        return Update(
-            client_id=assignment.client_id,
-            num_samples=result.num_samples,
-            state={k: v.detach().clone() for k, v in model.state_dict().items()},
-            loss=result.mean_loss,
-            num_steps=result.num_steps,
-            work=assignment.work,
-        )
+        return self.train_on_device(model, assignment, round_idx, loss_fn=self.loss)
 
     def aggregate(self, round_idx: int, updates: Sequence[Update]) -> None:
         if not updates:
@@ -292,6 +277,43 @@ class Method:
         return device_time(assignment.client_id, self.device_cost(assignment, update), device)
 
     # ------------------------------------------------------ shared pieces
+    def train_on_device(
+        self,
+        model: nn.Module,
+        assignment: Assignment,
+        round_idx: int,
+        *,
+        loss_fn: LossFn | None = None,
+        max_grad_norm: float | None = None,
+        sent: nn.Module | None = None,
+        parameters_only: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> Update:
+        """The shared local SGD loop on the assigned device's shard, with its (seed, round,
+        client) generator, packed as the :class:`Update` the device sends: a copy of the
+        state of ``sent`` (default ``model``), or of its parameters only."""
+        client = assignment.client_id
+        result = local_sgd(
+            model,
+            self.ctx.data.dataset,
+            self.ctx.data.shards[client],
+            self.ctx.config.train,
+            self.ctx.client_generator(round_idx, client),
+            loss_fn=loss_fn or cross_entropy_loss,
+            max_grad_norm=max_grad_norm,
+        )
+        source = sent if sent is not None else model
+        tensors = source.named_parameters() if parameters_only else source.state_dict().items()
+        return Update(
+            client_id=client,
+            num_samples=result.num_samples,
+            state={k: v.detach().clone() for k, v in tensors},
+            loss=result.mean_loss,
+            num_steps=result.num_steps,
+            work=assignment.work,
+            extra=dict(extra or {}),
+        )
+
     def average(self, updates: Sequence[Update]) -> dict[str, torch.Tensor]:
         """The run's weighting (``uniform`` or ``samples``) applied to the updates' states."""
         weights = normalized_weights([u.num_samples for u in updates], self.ctx.config.weighting)

@@ -33,7 +33,6 @@ from fedbench.method import Assignment, Method, RunContext, Update, Workload
 from fedbench.models import BlockModel
 from fedbench.models.cutting import ExitModel, check_block_index, exit_heads
 from fedbench.seeding import Stream, numpy_rng
-from fedbench.training import local_sgd
 
 KD_EPSILON = 1e-7  # added to the distillation targets, as in DepthFL's KLLoss
 EXIT_INIT_KEY = 1  # Stream.MODEL_INIT key of the exits' initialisation (0 is the trunk's)
@@ -289,22 +288,12 @@ class DepthFL(Method):
             consistency_weight(round_idx, opts.rampup_rounds) if opts.kd else 0.0,
             opts.alpha if opts.feddyn else 0.0,
         )
-        result = local_sgd(
-            local, self.ctx.data.dataset, self.ctx.data.shards[client], self.ctx.config.train,
-            self.ctx.client_generator(round_idx, client), loss_fn=loss,
-        )
+        update = self.train_on_device(local, assignment, round_idx, loss_fn=loss, sent=local.net)
         if local.feddyn is not None:
             g_now = {name: g_buf.detach().clone() for name, (g_buf, _) in zip(names, local.feddyn.pairs(), strict=True)}
             trained = {name: p.detach() for name, p in local.net.named_parameters()}
             self.g[client] = feddyn_client_state(g_now, trained, received, opts.alpha)
-        return Update(
-            client_id=client,
-            num_samples=result.num_samples,
-            state={k: v.detach().clone() for k, v in local.net.state_dict().items()},
-            loss=result.mean_loss,
-            num_steps=result.num_steps,
-            work=depth,
-        )
+        return update
 
     def aggregate(self, round_idx: int, updates: Sequence[Update]) -> None:
         if not updates:

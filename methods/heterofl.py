@@ -36,7 +36,7 @@ from fedbench.method import Assignment, Method, RunContext, Update, Workload
 from fedbench.models.base import BlockModel
 from fedbench.models.slicing import IndexSets, Rule, extract, index_sets, layout, positions
 from fedbench.seeding import Stream, torch_generator
-from fedbench.training import LossFn, cross_entropy_loss, local_sgd
+from fedbench.training import LossFn, cross_entropy_loss
 from fedbench.width_training import MaskedCrossEntropy, add_scaler, use_batch_statistics
 from fedbench.widths import (
     HETEROFL_LEVELS,
@@ -153,24 +153,10 @@ class HeteroFL(Method):
         sub = self.client_model(work)
         sets = self.index_sets(sub)
         extract(self.global_model, sub, sets)
-        result = local_sgd(
-            sub,
-            self.ctx.data.dataset,
-            self.ctx.data.shards[assignment.client_id],
-            self.ctx.config.train,
-            self.ctx.client_generator(round_idx, assignment.client_id),
-            loss_fn=self.client_loss(assignment.client_id),
-            max_grad_norm=self.options.max_grad_norm,
-        )
-        return Update(
-            client_id=assignment.client_id,
-            num_samples=result.num_samples,
-            # Parameters only: BN running statistics are neither kept nor sent (sBN recomputes them).
-            state={name: p.detach().clone() for name, p in sub.named_parameters()},
-            loss=result.mean_loss,
-            num_steps=result.num_steps,
-            work=work,
-            extra={"sets": sets},
+        # Parameters only: BN running statistics are neither kept nor sent (sBN recomputes them).
+        return self.train_on_device(
+            sub, assignment, round_idx, loss_fn=self.client_loss(assignment.client_id),
+            max_grad_norm=self.options.max_grad_norm, parameters_only=True, extra={"sets": sets},
         )
 
     def aggregate(self, round_idx: int, updates: Sequence[Update]) -> None:

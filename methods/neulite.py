@@ -47,7 +47,7 @@ from fedbench.models.cutting import (
     prefix_head,
 )
 from fedbench.seeding import Stream, derive_seed
-from fedbench.training import cross_entropy_loss, local_sgd
+from fedbench.training import cross_entropy_loss
 
 log = logging.getLogger(__name__)
 
@@ -323,23 +323,9 @@ class NeuLite(Method):
                 stats.add(terms)
                 return terms.loss
 
-        result = local_sgd(
-            worker,
-            self.ctx.data.dataset,
-            self.ctx.data.shards[assignment.client_id],
-            self.ctx.config.train,
-            self.ctx.client_generator(round_idx, assignment.client_id),
-            loss_fn=loss_fn,
-        )
-        return Update(
-            client_id=assignment.client_id,
-            num_samples=result.num_samples,
-            state={k: v.detach().clone() for k, v in worker.state_dict().items()},
-            loss=result.mean_loss,
-            num_steps=result.num_steps,
-            work=work,
-            extra=stats.as_dict(),
-        )
+        update = self.train_on_device(worker, assignment, round_idx, loss_fn=loss_fn)
+        update.extra.update(stats.as_dict())
+        return update
 
     def aggregate(self, round_idx: int, updates: Sequence[Update]) -> None:
         """Mean of the stage model's whole state, written back into W (prefix + block k) and O_k (§2.8)."""

@@ -31,7 +31,6 @@ from fedbench.method import Assignment, Method, RunContext, Update, Workload
 from fedbench.models import BlockModel
 from fedbench.models.cutting import StageModel, prefix_head, prefix_model
 from fedbench.seeding import Stream, numpy_rng
-from fedbench.training import local_sgd
 
 HEAD_INIT_KEY = 2  # Stream.MODEL_INIT key of the temporary heads' initialisation
 
@@ -161,21 +160,10 @@ class ProgFed(Method):
         for name, param in worker.named_parameters():
             param.requires_grad_(trainable is None or name in trainable)
         try:
-            result = local_sgd(
-                worker, self.ctx.data.dataset, self.ctx.data.shards[assignment.client_id], self.ctx.config.train,
-                self.ctx.client_generator(round_idx, assignment.client_id),
-            )
+            return self.train_on_device(worker, assignment, round_idx)
         finally:
             for param in worker.parameters():
                 param.requires_grad_(True)
-        return Update(
-            client_id=assignment.client_id,
-            num_samples=result.num_samples,
-            state={k: v.detach().clone() for k, v in worker.state_dict().items()},
-            loss=result.mean_loss,
-            num_steps=result.num_steps,
-            work=work,
-        )
 
     def aggregate(self, round_idx: int, updates: Sequence[Update]) -> None:
         if updates:
