@@ -14,11 +14,8 @@ import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-import torch
-
 from fedbench.data import ImageDataset
-from fedbench.datasets.images import Source, decode_all, image_files
+from fedbench.datasets.images import Source, decoded_dataset, image_files
 from fedbench.datasets.layout import Layout, find
 from fedbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
 from fedbench.errors import DataCorruptError
@@ -97,16 +94,9 @@ def _load(data_dir: str | None, train_splits: tuple[str, ...], name: str) -> Ima
     train_labels = [y for split in train_splits for y in read[split][1]]
     test_sources, test_labels = read["test"]
     log.info("CINIC-10 decoding %d train and %d test images from %s", len(train_sources), len(test_sources), folder)
-    return ImageDataset(
-        name=name,
-        train_images=torch.from_numpy(decode_all(train_sources, SIZE_PX)),
-        train_labels=torch.as_tensor(np.asarray(train_labels, dtype=np.int64)),
-        test_images=torch.from_numpy(decode_all(test_sources, SIZE_PX)),
-        test_labels=torch.as_tensor(np.asarray(test_labels, dtype=np.int64)),
-        num_classes=len(CLASSES),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        augment=RandomCropFlip(CROP_PADDING_PX, IMAGENET_MEAN, IMAGENET_STD),
+    return decoded_dataset(
+        name, (train_sources, train_labels), (test_sources, test_labels), size_px=SIZE_PX, num_classes=len(CLASSES), mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, augment=RandomCropFlip(CROP_PADDING_PX, IMAGENET_MEAN, IMAGENET_STD),
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fedbench.data import Augment, ImageDataset
 from fedbench.errors import DataCorruptError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -63,3 +64,28 @@ def decode_all(sources: Sequence[Source], size_px: int, threads: int | None = No
 def image_files(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name (so the order is the same everywhere)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def decoded_dataset(
+    name: str,
+    train: tuple[Sequence[Source], Sequence[int]],
+    test: tuple[Sequence[Source], Sequence[int]],
+    *,
+    size_px: int,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: Augment | None = None,
+) -> ImageDataset:
+    """An :class:`ImageDataset` from (image files, labels) per split, decoded once to uint8."""
+    import torch
+
+    def split(sources: Sequence[Source], labels: Sequence[int]):
+        return torch.from_numpy(decode_all(sources, size_px)), torch.as_tensor(np.asarray(labels, dtype=np.int64))
+
+    train_images, train_labels = split(*train)
+    test_images, test_labels = split(*test)
+    return ImageDataset(
+        name=name, train_images=train_images, train_labels=train_labels, test_images=test_images,
+        test_labels=test_labels, num_classes=num_classes, mean=mean, std=std, augment=augment,
+    )

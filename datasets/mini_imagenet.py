@@ -19,11 +19,8 @@ import csv
 import logging
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from fedbench.data import ImageDataset
-from fedbench.datasets.images import decode_all, image_files
+from fedbench.datasets.images import decoded_dataset, image_files
 from fedbench.datasets.layout import Layout, find
 from fedbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
 from fedbench.errors import DataCorruptError, DataNotFoundError
@@ -108,14 +105,7 @@ def load(data_dir: str | None = None) -> ImageDataset:
     train_files, train_labels, test_files, test_labels = _split_by_class(by_class)
     log.info("Mini-ImageNet decoding %d images of %d classes from %s", len(train_files) + len(test_files),
              len(by_class), folder)
-    return ImageDataset(
-        name="mini-imagenet",
-        train_images=torch.from_numpy(decode_all(train_files, SIZE_PX)),
-        train_labels=torch.as_tensor(np.asarray(train_labels, dtype=np.int64)),
-        test_images=torch.from_numpy(decode_all(test_files, SIZE_PX)),
-        test_labels=torch.as_tensor(np.asarray(test_labels, dtype=np.int64)),
-        num_classes=len(by_class),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        augment=RandomCropFlip(CROP_PADDING_PX, IMAGENET_MEAN, IMAGENET_STD),
+    return decoded_dataset(
+        "mini-imagenet", (train_files, train_labels), (test_files, test_labels), size_px=SIZE_PX, num_classes=len(by_class), mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, augment=RandomCropFlip(CROP_PADDING_PX, IMAGENET_MEAN, IMAGENET_STD),
     )
