@@ -275,6 +275,15 @@ class NeuLite(Method):
             if not ids:
                 log.warning("NeuLite stage %d fits no device (needs %s); its rounds will be skipped",
                             k, format_bytes(self.stage_peak_bytes(k)))
+        rounds, stages = ctx.config.rounds, self.num_stages
+        if self.options.round_robin and rounds % stages:
+            whole_cycles = [r for r in (rounds - rounds % stages, rounds + stages - rounds % stages) if r > 0]
+            log.warning(
+                "NeuLite: %d rounds is not a multiple of the %d stages, so the final full model follows a "
+                "stage-%d round, not a stage-%d one (spec §2.9 takes the final value after the last stage); "
+                "use --rounds %s", rounds, stages, self.stage_of(rounds - 1), stages,
+                " or ".join(map(str, whole_cycles)),
+            )
         self.skipped_rounds = [0] * self.num_stages
         self._workers: dict[int, NeuLiteStage] = {}
         self._stem_after_stage1: dict[str, torch.Tensor] | None = None

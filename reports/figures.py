@@ -127,7 +127,7 @@ def ablation_figure(bars: pd.DataFrame) -> Figure:
 
 def info_plane_figure(points: pd.DataFrame) -> Figure:
     """Fig. 2: one panel per run; per block the path of (nHSIC(X;Z), nHSIC(Y;Z)) over rounds,
-    points shaded from light (early) to dark (late)."""
+    points shaded from light (early) to dark (late), with a colour bar of the round."""
     runs = list(dict.fromkeys(points["run"]))
     fig, axes = _grid(len(runs))
     last_round = max(points["round"].max(), 1)
@@ -138,8 +138,12 @@ def info_plane_figure(points: pd.DataFrame) -> Figure:
             style = _style(i)
             ax.plot(path["xz"], path["yz"], color="0.5", linestyle=style["linestyle"], linewidth=0.8,
                     label=f"block {block}", marker=style["marker"], markersize=0)
-            ax.scatter(path["xz"], path["yz"], c=path["round"], cmap="Greys", vmin=-0.3 * last_round,
-                       vmax=last_round, marker=style["marker"], edgecolors="0.0", linewidths=0.4, s=22)
+            shaded = ax.scatter(path["xz"], path["yz"], c=path["round"], cmap="Greys", vmin=-0.3 * last_round,
+                                vmax=last_round, marker=style["marker"], edgecolors="0.0", linewidths=0.4, s=22)
+        # The shading is time: say so on the figure itself, not only in the caption.
+        colorbar = fig.colorbar(shaded, ax=ax, pad=0.02)
+        colorbar.set_label("round (light = early, dark = late)", fontsize=8)
+        colorbar.ax.set_ylim(0, last_round)
         ax.set_title(run, fontsize=9)
         ax.set_xlabel("nHSIC(X; Z) (unitless, 0–1)")
         ax.set_ylabel("nHSIC(Y; Z) (unitless, 0–1)")

@@ -17,14 +17,21 @@ from fedbench.reports.summary import ACCURACY, VIRTUAL_TIME, Stat
 X_AXES = {"round": "round", "virtual_time": "virtual time (s)"}
 NHSIC_KEY = re.compile(r"^nhsic/(xz|yz)/block(\d+)$")
 
-# NeuLite ablation variants (Fig. 8), keyed by (curriculum_loss, co_adaptation).
-ABLATION_VARIANTS = {
-    (True, True): "NeuLite",
-    (False, True): "w/o curriculum loss",
-    (True, False): "w/o co-adaptation",
-    (False, False): "w/o both",
-}
-ABLATION_ORDER = ("FedAvg", "w/o curriculum loss", "w/o co-adaptation", "w/o both", "NeuLite")
+# NeuLite ablation variants (Fig. 8). Spec §2.11 Decision: the paper's "w/o parameter
+# co-adaptation" is sequential progressive training, i.e. both harmonizer switches off
+# (co_adaptation=False *and* round_robin=False); one switch alone is a variant of its own.
+ABLATION_ORDER = ("FedAvg", "w/o curriculum loss", "w/o co-adaptation", "w/o co-adapted layers",
+                  "w/o round-robin", "w/o both", "NeuLite")
+
+
+def ablation_variant(curriculum_loss: bool, co_adaptation: bool, round_robin: bool) -> str:
+    """The Fig. 8 name of a NeuLite run from its three ablation switches."""
+    if co_adaptation != round_robin:  # only one harmonizer switch off: not one of the paper's bars
+        missing = "co-adapted layers" if not co_adaptation else "round-robin"
+        return f"w/o {missing}" if curriculum_loss else f"w/o curriculum loss, {missing}"
+    harmonizer = co_adaptation
+    return {(True, True): "NeuLite", (False, True): "w/o curriculum loss",
+            (True, False): "w/o co-adaptation", (False, False): "w/o both"}[(curriculum_loss, harmonizer)]
 
 
 def panel_name(row: pd.Series) -> str:
@@ -81,8 +88,8 @@ def _flag(value: object, default: bool = True) -> bool:
 
 def ablation(summary: pd.DataFrame, baseline: str = "fedavg", method: str = "neulite") -> pd.DataFrame:
     """Fig. 8 bars: per setting (data set, model, partition) the final accuracy of FedAvg and of
-    each NeuLite variant, keyed by ``options.curriculum_loss`` / ``options.co_adaptation``
-    (absent = the default, ``True``). Columns ``group, variant, accuracy, std, runs``."""
+    each NeuLite variant, keyed by ``options.curriculum_loss`` / ``options.co_adaptation`` /
+    ``options.round_robin`` (absent = the default, ``True``; see :func:`ablation_variant`). Columns ``group, variant, accuracy, std, runs``."""
     chosen = summary[summary["method"].isin([baseline, method])]
     if not (chosen["method"] == method).any():
         found = ", ".join(sorted(set(summary["method"]))) or "none"
@@ -92,8 +99,8 @@ def ablation(summary: pd.DataFrame, baseline: str = "fedavg", method: str = "neu
         if row["method"] == baseline:
             labels.append("FedAvg" if baseline == "fedavg" else baseline)
         else:
-            key = (_flag(row.get("options.curriculum_loss")), _flag(row.get("options.co_adaptation")))
-            labels.append(ABLATION_VARIANTS[key])
+            labels.append(ablation_variant(*(_flag(row.get(f"options.{name}"))
+                                             for name in ("curriculum_loss", "co_adaptation", "round_robin"))))
     chosen = chosen.assign(variant=labels, group=[panel_name(r) for _, r in chosen.iterrows()])
     rows = []
     for (group, variant), runs in chosen.groupby(["group", "variant"], sort=True):
@@ -102,8 +109,8 @@ def ablation(summary: pd.DataFrame, baseline: str = "fedavg", method: str = "neu
             rows.append({"group": group, "variant": variant, "accuracy": stat.mean, "std": stat.std,
                          "runs": stat.n})
     frame = pd.DataFrame(rows, columns=["group", "variant", "accuracy", "std", "runs"])
-    order = {v: i for i, v in enumerate(ABLATION_ORDER)}
-    return frame.sort_values(["group", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s,
+    order = {v: i for i, v in enumerate(ABLATION_ORDER)}  # other combinations sort last
+    return frame.sort_values(["group", "variant"], key=lambda s: s.map(lambda v: order.get(v, len(order))) if s.name == "variant" else s,
                              ignore_index=True)
 
 

@@ -67,6 +67,20 @@ def test_round_t_trains_stage_t_minus_one_mod_s_plus_one():
     assert [method.stage_of(r) for r in range(9)] == [1, 2, 3, 4, 1, 2, 3, 4, 1]
 
 
+def test_a_round_count_that_ends_mid_cycle_is_warned_about_with_the_nearest_full_cycles(caplog):
+    with caplog.at_level(logging.WARNING, logger="fedbench.methods.neulite"):
+        method_for(config(rounds=9, hsic_probe_per_class=0))
+    assert "9 rounds is not a multiple of the 4 stages" in caplog.text
+    assert "use --rounds 8 or 12" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedbench.methods.neulite"):
+        method_for(config(rounds=8, hsic_probe_per_class=0))
+    assert "not a multiple" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="fedbench.methods.neulite"):
+        method_for(config(rounds=2, hsic_probe_per_class=0))
+    assert "use --rounds 4" in caplog.text and "--rounds 0" not in caplog.text
+
+
 def test_without_round_robin_each_stage_runs_r_over_s_consecutive_rounds():
     method = method_for(config(rounds=8, round_robin=False, hsic_probe_per_class=0))
     assert [method.stage_of(r) for r in range(8)] == [1, 1, 2, 2, 3, 3, 4, 4]

@@ -33,7 +33,7 @@ ABLATION = [
     ("neulite", "cifar10", "resnet18", "dirichlet", 1, [0.3, 0.6, 0.65, 0.7], 1.0,
      {"options.curriculum_loss": "False"}),
     ("neulite", "cifar10", "resnet18", "dirichlet", 1, [0.3, 0.65, 0.7, 0.75], 1.0,
-     {"options.co_adaptation": "False"}),
+     {"options.co_adaptation": "False", "options.round_robin": "False"}),
 ]
 
 
@@ -170,7 +170,7 @@ def test_ablation_bars_key_neulite_runs_by_their_options_next_to_fedavg(store, t
 
     summary, _, _ = load_experiment("ablation", store["uri"])
     assert sorted(set(summary["method_label"])) == [  # runs with other options are other rows, not seeds
-        "fedavg", "neulite", "neulite (co_adaptation=False)", "neulite (curriculum_loss=False)"]
+        "fedavg", "neulite", "neulite (co_adaptation=False, round_robin=False)", "neulite (curriculum_loss=False)"]
     bars = series.ablation(summary)
     assert bars["variant"].tolist() == ["FedAvg", "w/o curriculum loss", "w/o co-adaptation", "NeuLite"]
     assert [round(v, 6) for v in bars["accuracy"]] == [0.6, 0.65, 0.7, 0.75]
@@ -180,6 +180,21 @@ def test_ablation_bars_key_neulite_runs_by_their_options_next_to_fedavg(store, t
     result = _report("ablation", "--experiment", "ablation", "--tracking-uri", store["uri"], "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ablation.pdf").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("switches", "variant"), [
+    ((True, True, True), "NeuLite"),
+    ((False, True, True), "w/o curriculum loss"),
+    ((True, False, False), "w/o co-adaptation"),  # spec §2.11: sequential, no co-adapted layers
+    ((False, False, False), "w/o both"),
+    ((True, False, True), "w/o co-adapted layers"),  # one harmonizer switch alone is not a paper bar
+    ((True, True, False), "w/o round-robin"),
+    ((False, False, True), "w/o curriculum loss, co-adapted layers"),
+])
+def test_ablation_variant_names_follow_the_specs_definition_of_each_bar(switches, variant):
+    from fedbench.reports import series
+
+    assert series.ablation_variant(*switches) == variant
 
 
 def test_info_plane_plots_each_blocks_nhsic_path_and_names_missing_metrics(store, tmp_path):
@@ -199,6 +214,8 @@ def test_info_plane_plots_each_blocks_nhsic_path_and_names_missing_metrics(store
     assert [round(v, 6) for v in block1.get_xdata()] == [0.8, 0.6]
     assert [round(v, 6) for v in block1.get_ydata()] == [0.3, 0.5]
     assert "nHSIC(X; Z)" in fig.axes[0].get_xlabel()
+    colorbar_labels = [ax.get_ylabel() for ax in fig.axes[1:]]
+    assert colorbar_labels == ["round (light = early, dark = late)"]  # the shading is explained
 
     missing = _report("info-plane", "--run", store["fedavg_run"], "--tracking-uri", store["uri"])
     assert missing.exit_code == 2
