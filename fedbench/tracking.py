@@ -8,14 +8,16 @@ apply (``--tracking-uri`` > ``$MLFLOW_TRACKING_URI`` > local ``sqlite:///mlflow.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -82,6 +84,37 @@ def metrics_csv(rows: list[dict[str, float]]) -> str:
     return buffer.getvalue()
 
 
+def sqlite_store_path(tracking_uri: str | None) -> Path | None:
+    """The database file of a local ``sqlite:///`` store (MLflow's URI rules), else None."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+
+
+@contextlib.contextmanager
+def store_lock(tracking_uri: str | None) -> Iterator[None]:
+    """Serialize opening a local SQLite store across processes.
+
+    Two runs that open a fresh database at once (a sweep with ``--max-parallel``, two
+    terminals) race MLflow's schema migration, and the loser fails with alembic's
+    "expected to match one row"; both may also create the same experiment. An
+    exclusive lock on ``<db>.lock`` makes the second wait for the first. Servers and
+    other stores need no lock.
+    """
+    path = sqlite_store_path(tracking_uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class MlflowTracker:
     """Logs a run to MLflow. The store is checked on :meth:`start`, so an
     unreachable server fails the run before any training."""
@@ -98,10 +131,11 @@ class MlflowTracker:
     def _connect(self) -> Any:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=self.tracking_uri)
         try:
-            found = client.get_experiment_by_name(self.experiment)
-            experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+            with store_lock(self.tracking_uri):
+                client = MlflowClient(tracking_uri=self.tracking_uri)
+                found = client.get_experiment_by_name(self.experiment)
+                experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
         except Exception as exc:  # MLflow raises many types for an unreachable store
             uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "the default store"
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

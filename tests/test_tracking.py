@@ -77,3 +77,31 @@ def test_a_broken_run_keeps_its_finished_rounds_and_status(store, tiny_config, m
 def test_metrics_csv_has_one_row_per_round_and_blank_missing_cells():
     text = metrics_csv([{"round": 0, "a": 1.0}, {"round": 1, "a": 2.0, "b": 3.0}])
     assert text.splitlines() == ["round,a,b", "0,1.0,", "1,2.0,3.0"]
+
+
+def test_runs_opening_one_fresh_sqlite_store_at_once_all_connect_to_one_experiment(tmp_path):
+    """Concurrent first connections race MLflow's schema migration without the store lock."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    script = (
+        "from fedbench.tracking import MlflowTracker\n"
+        f"client, experiment_id = MlflowTracker({uri!r}, 'shared')._connect()\n"
+        "print(experiment_id)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outcomes = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    assert [code for code, _, _ in outcomes] == [0, 0], [err[-300:] for _, _, err in outcomes]
+    assert len({out.strip() for _, out, _ in outcomes}) == 1  # one experiment, not one per process
+    assert (tmp_path / "fresh.db.lock").exists()
+
+
+def test_only_local_sqlite_stores_are_locked(tmp_path, monkeypatch):
+    from fedbench.tracking import sqlite_store_path
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert sqlite_store_path(f"sqlite:///{tmp_path}/a.db") == tmp_path / "a.db"
+    assert sqlite_store_path(None).name == "mlflow.db"  # MLflow's default store
+    assert sqlite_store_path("http://mlflow.example:5000") is None
