@@ -250,11 +250,17 @@ def time_command(
     device_class: Annotated[str, typer.Option(help="Device class of fedbench.fleet.DEVICE_CLASSES." + _default("jetson-tx2"))] = "jetson-tx2",
     width: Annotated[float, typer.Option(help="Width multiplier, in (0, 1]." + _default(1.0))] = 1.0,
     data_dir: Annotated[str | None, typer.Option(help="Folder of a data set whose shape is not built in.")] = None,
+    fleet: Annotated[str | None, typer.Option(help="Time synchronous rounds over this fleet profile instead of one device: each round's slowest selected device.")] = None,
+    clients: Annotated[int, typer.Option(help="With --fleet: number of devices, each holding --samples samples." + _default(100))] = 100,
+    clients_per_round: Annotated[int, typer.Option(help="With --fleet: devices per round (K)." + _default(10))] = 10,
+    rounds: Annotated[int, typer.Option(help="With --fleet: rounds sampled (spread over the stages)." + _default(40))] = 40,
+    seed: Annotated[int, typer.Option(help="With --fleet: seed of the fleet and the draws." + _default(42))] = 42,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: reports/out/models/).")] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Fig. 7: simulated time of one device's round per block (NeuLite stage) vs the full model."""
-    from fedbench.config import ModelConfig, TrainConfig
+    """Fig. 7: simulated time of a round per block (NeuLite stage) vs the full model, on one device
+    class or, with --fleet, as synchronous rounds over a whole fleet."""
+    from fedbench.config import ModelConfig, TrainConfig, make_config
     from fedbench.reports import costs, figures
 
     _setup_logging(verbose)
@@ -264,15 +270,32 @@ def time_command(
         from fedbench.cli_memory import dataset_shape
 
         shape, num_classes = dataset_shape(dataset, data_dir)
-        frame = costs.block_times(model, shape, num_classes, batch_size, samples, epochs, device_class, width)
+        if fleet is None:
+            frame = costs.block_times(model, shape, num_classes, batch_size, samples, epochs, device_class, width)
+            where = f"a {device_class}"
+        else:
+            config = make_config(overrides={
+                "data": {"dataset": dataset, "num_clients": clients, "partition": "iid"},
+                "model": {"name": model, "width": width}, "fleet": {"profile": fleet},
+                "train": {"batch_size": batch_size, "local_epochs": epochs},
+                "clients_per_round": clients_per_round, "rounds": rounds, "seed": seed,
+                "tracking": {"enabled": False},
+            })
+            blank = costs.shape_only_dataset(dataset, shape, num_classes, clients * samples)
+            frame = costs.fleet_round_times(config, blank, rounds)
+            where = f"the '{fleet}' fleet ({clients_per_round} of {clients} devices, slowest one)"
     except FedbenchError as exc:
         raise _fail(exc) from None
     parts = [("compute_s", "compute"), ("comm_s", "transfer")]
-    title = f"{model} on {dataset}: {samples} samples × {epochs} epochs on a {device_class}"
+    title = f"{model} on {dataset}: {samples} samples × {epochs} epochs\non {where}"
     fig = figures.bars_vs_full(frame, parts, "time per round (s, simulated)", title)
-    paths = figures.save_figure(fig, out_dir or OUT_ROOT / "models", f"time-{model}-{dataset}-{device_class}")
+    stem = f"time-{model}-{dataset}-" + (device_class if fleet is None else f"fleet-{fleet}")
+    paths = figures.save_figure(fig, out_dir or OUT_ROOT / "models", stem)
     full = frame.loc[frame["label"] == "full", "total_s"].iloc[0]
+    blocks = frame[frame["label"] != "full"]
     err.print(f"full model {full:.1f} s per round; blocks "
-              + ", ".join(f"{t:.1f}" for t in frame.loc[frame["label"] != "full", "total_s"]) + " s",
+              + ", ".join(f"{t:.1f}" for t in blocks["total_s"]) + " s"
+              + ("" if fleet is None else " (devices eligible per block: "
+                 + ", ".join(str(n) for n in blocks["eligible"]) + f" of {clients})"),
               highlight=False)
     _print_paths(paths)

@@ -14,6 +14,8 @@ import logging
 
 import pandas as pd
 
+from fedbench.config import RunConfig
+from fedbench.data import ImageDataset
 from fedbench.errors import UnknownNameError
 from fedbench.method import Workload
 from fedbench.models import BlockModel
@@ -98,3 +100,66 @@ def reduction(frame: pd.DataFrame, value: str) -> float:
     blocks = frame[frame["label"] != "full"][value]
     full = frame.loc[frame["label"] == "full", value].iloc[0]
     return 1.0 - float(blocks.max()) / float(full)
+
+
+FLEET_TIME_COLUMNS = ("label", "compute_s", "comm_s", "total_s", "eligible", "rounds")
+
+
+def shape_only_dataset(name: str, input_shape: tuple[int, int, int], num_classes: int,
+                       num_train: int) -> ImageDataset:
+    """A data set with the right shapes, labels and size but no pixels (zero-stride views):
+    enough for the partitioner, the fleet, the memory model and the clock, which never look
+    at pixel values, so Fig. 7 needs no download."""
+    import torch
+
+    blank = torch.zeros((1, *input_shape), dtype=torch.uint8)
+    return ImageDataset(
+        name=name, train_images=blank.expand(num_train, *input_shape),
+        train_labels=torch.arange(num_train) % num_classes, test_images=blank,
+        test_labels=torch.zeros(1, dtype=torch.int64), num_classes=num_classes,
+        mean=(0.5,) * input_shape[0], std=(0.25,) * input_shape[0],
+    )
+
+
+def fleet_round_times(config: RunConfig, dataset: ImageDataset, rounds: int) -> pd.DataFrame:
+    """Fig. 7 under a whole fleet: the simulated synchronous round (its slowest selected device)
+    of each NeuLite stage and of FedAvg's full model, averaged over ``rounds`` sampled rounds.
+
+    Each round draws its devices exactly as a run of ``config`` would (NeuLite: among the devices
+    whose memory fits the stage; FedAvg: among all), and times them with the method's own
+    ``device_time`` (NeuLite: S_k with its projection MLP and nHSIC terms, T_k uploaded), but trains
+    nothing. ``compute_s``/``comm_s`` are those of each round's slowest device, so they add up to
+    the round time. One row per stage (``block k``) and ``full``; ``eligible`` is the pool size.
+    """
+    from dataclasses import replace
+
+    from fedbench import engine
+    from fedbench.fleet import make_fleet
+    from fedbench.method import RunContext
+
+    rows = []
+    for method_name in ("neulite", "fedavg"):
+        run_config = replace(config, method=method_name, rounds=rounds)
+        data, _ = engine.partition(run_config, dataset)
+        ctx = RunContext(config=run_config, data=data)
+        ctx.fleet = make_fleet(run_config.fleet, data.num_clients, run_config.seed, ctx.full_model_peak_bytes)
+        method = engine.make_method(ctx)
+        for round_idx in range(rounds):
+            assignments = method.assign(round_idx)
+            if not assignments:  # a NeuLite stage no device fits: skipped, as in a run
+                continue
+            slowest = max((method.device_time(a) for a in assignments), key=lambda t: t.total_s)
+            if method_name == "neulite":
+                stage = method.stage_of(round_idx)
+                label, eligible = f"block {stage}", len(method.eligible_ids[stage - 1])
+            else:
+                label, eligible = "full", data.num_clients
+            rows.append({"label": label, "compute_s": slowest.compute_s, "comm_s": slowest.comm_s,
+                         "total_s": slowest.total_s, "eligible": eligible})
+    frame = pd.DataFrame(rows)
+    summary = frame.groupby("label", sort=False).agg(
+        compute_s=("compute_s", "mean"), comm_s=("comm_s", "mean"), total_s=("total_s", "mean"),
+        eligible=("eligible", "first"), rounds=("total_s", "size"),
+    ).reset_index()
+    order = sorted(summary["label"], key=lambda label: (label == "full", label))
+    return summary.set_index("label").loc[order].reset_index()[list(FLEET_TIME_COLUMNS)]

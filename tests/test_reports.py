@@ -248,6 +248,34 @@ def test_time_report_draws_compute_and_transfer_per_block(tmp_path):
     assert (tmp_path / "time-cnn-fashion-mnist-jetson-tx2.pdf").exists()
 
 
+def test_time_report_over_a_fleet_times_each_stages_slowest_selected_device_without_training(tmp_path):
+    from fedbench.config import make_config
+    from fedbench.reports import costs
+
+    config = make_config(overrides={
+        "data": {"dataset": "synthetic", "num_clients": 20, "partition": "iid"}, "model": {"name": "cnn"},
+        "fleet": {"profile": "relative"}, "train": {"batch_size": 16, "local_epochs": 1},
+        "clients_per_round": 4, "rounds": 6, "tracking": {"enabled": False},
+    })
+    blank = costs.shape_only_dataset("synthetic", (3, 16, 16), 10, 20 * 30)
+    assert blank.train_images.stride(0) == 0  # no pixels stored
+    frame = costs.fleet_round_times(config, blank, rounds=6)
+    assert frame["label"].tolist() == ["block 1", "block 2", "full"]
+    assert frame["rounds"].tolist() == [3, 3, 6]  # cnn has 2 stages, round-robin
+    assert frame.loc[frame["label"] == "full", "eligible"].item() == 20  # FedAvg draws from every device
+    assert all(0 < n < 20 for n in frame.loc[frame["label"] != "full", "eligible"])  # relative fleet
+    assert (frame["total_s"] - frame["compute_s"] - frame["comm_s"]).abs().max() < 1e-9
+
+    result = _report("time", "--model", "cnn", "--dataset", "synthetic", "--fleet", "relative", "--clients", "20",
+                     "--clients-per-round", "4", "--rounds", "4", "--samples", "30", "--epochs", "1",
+                     "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "devices eligible per block" in result.output
+    assert (tmp_path / "time-cnn-synthetic-fleet-relative.png").exists()
+    unknown = _report("time", "--model", "cnn", "--dataset", "synthetic", "--fleet", "papr")
+    assert unknown.exit_code == 2 and "papr" in unknown.output and len(unknown.output.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
