@@ -1,7 +1,9 @@
 """CINIC-10 (Darlow et al., 2018): CIFAR-10's classes, 32×32 colour, 90,000 images per split.
 
 Read from the official tree ``train/ valid/ test/``, each with one folder of
-PNGs per class, or straight from the distributed ``CINIC-10.tar.gz``. Like the
+PNGs per class, or straight from the distributed ``CINIC-10.tar.gz`` (no
+extraction needed). When no copy is found, the archive (about 690 MB) is downloaded
+once from the University of Edinburgh's DataShare into the user cache. Like the
 paper, ``cinic10`` trains on ``train`` and tests on ``test``; ``cinic10-trainval``
 trains on ``train`` + ``valid`` (180,000 images). CINIC-10 images are CIFAR-sized,
 so they get the CIFAR pipeline (spec common.md §1.3).
@@ -14,9 +16,9 @@ import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from fedbench.data import ImageDataset
+from fedbench.data import ImageDataset, user_cache_dir
 from fedbench.datasets.images import Source, decoded_dataset, image_files
-from fedbench.datasets.layout import Layout, find
+from fedbench.datasets.layout import Layout, download_file, find
 from fedbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
 from fedbench.errors import DataCorruptError
 
@@ -27,6 +29,8 @@ SIZE_PX = 32
 CROP_PADDING_PX = 4
 ARCHIVE = "CINIC-10.tar.gz"
 SUBDIR = "cinic-10"
+# The link of the official repository's README (github.com/BayesWatch/cinic-10).
+DOWNLOAD_URL = "https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz"
 
 
 def _layout(splits: tuple[str, ...]) -> Layout:
@@ -82,9 +86,15 @@ def _archive_splits(archive: Path, splits: tuple[str, ...]) -> dict[str, tuple[l
     return result
 
 
+def _download() -> Path | None:
+    """The official archive into the user cache; None when offline (the loader reads it as is)."""
+    folder = user_cache_dir() / SUBDIR
+    return folder if download_file(DOWNLOAD_URL, folder / ARCHIVE) is not None else None
+
+
 def _load(data_dir: str | None, train_splits: tuple[str, ...], name: str) -> ImageDataset:
     layout = _layout(train_splits + ("test",))
-    folder = find(layout, data_dir)
+    folder = find(layout, data_dir, download=_download)
     splits = train_splits + ("test",)
     if layout.complete_variant(folder) == "class-folder":
         read = {split: _folder_split(folder, split) for split in splits}

@@ -95,3 +95,25 @@ def find(layout: Layout, data_dir: str | None, download: Callable[[], Path | Non
             log.info("%s downloaded to %s", layout.name, downloaded)
             return downloaded
     raise not_found(layout.name, data_dir, layout.subdir, layout.system_dirs, layout.how_to_get)
+
+
+def download_file(url: str, destination: Path, *, chunk_bytes: int = 1 << 20) -> Path | None:
+    """Fetch ``url`` to ``destination`` atomically (``<name>.part``, then rename), or return
+    None after logging why (offline, HTTP error, disk full), so the caller's not-found error,
+    which says how to get the data by hand, is what the user sees. A download cut short leaves
+    no file that a later search would take for a complete copy."""
+    import shutil
+    import urllib.request
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".part")
+    log.warning("downloading %s to %s (once; later runs read the cached copy)", url, destination)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            shutil.copyfileobj(response, out, chunk_bytes)
+        partial.replace(destination)
+    except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+        partial.unlink(missing_ok=True)
+        log.warning("download of %s failed: %s", url, exc)
+        return None
+    return destination

@@ -232,6 +232,27 @@ def test_cinic10_archive_gives_the_same_tensors_as_the_tree(tmp_path):
     assert torch.equal(from_tree.test_labels, from_archive.test_labels)
 
 
+def test_cinic10_is_downloaded_once_into_the_cache_when_no_copy_is_found(tmp_path, monkeypatch):
+    make_cinic(tmp_path, per_class=1)
+    archive = make_cinic_archive(tmp_path, tmp_path / "cinic-10") / cinic10.ARCHIVE
+    monkeypatch.setattr(cinic10, "DOWNLOAD_URL", archive.as_uri())
+    downloaded = cinic10.load()
+    cached = tmp_path / "empty-cache" / "fedbench" / "data" / "cinic-10" / cinic10.ARCHIVE
+    assert cached.read_bytes() == archive.read_bytes()
+    assert downloaded.num_train == 10 and not list(cached.parent.glob("*.part"))
+    monkeypatch.setattr(cinic10, "DOWNLOAD_URL", (tmp_path / "gone.tar.gz").as_uri())
+    assert torch.equal(cinic10.load().train_images, downloaded.train_images)  # the cached copy, no download
+
+
+def test_a_failed_cinic10_download_leaves_nothing_behind_and_says_how_to_get_the_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(cinic10, "DOWNLOAD_URL", (tmp_path / "offline.tar.gz").as_uri())
+    with pytest.raises(DataNotFoundError, match="datashare.ed.ac.uk") as info:
+        cinic10.load()
+    assert "\n" not in str(info.value)
+    cache = tmp_path / "empty-cache" / "fedbench" / "data" / "cinic-10"
+    assert not cache.exists() or not list(cache.iterdir())  # no .part a later search could mistake
+
+
 def test_truncated_cinic_png_is_a_one_line_error_naming_the_file(tmp_path):
     make_cinic(tmp_path, per_class=1)
     broken = tmp_path / "cinic-10" / "test" / "frog" / "cifar10-test-0.png"
