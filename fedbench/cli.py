@@ -3,6 +3,7 @@ it prints one red line and exits with code 2."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -12,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from fedbench import registry
@@ -44,7 +46,7 @@ def _default(value: Any) -> str:
 
 
 def _fail(exc: FedbenchError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)  # keep [ray] etc.
     return typer.Exit(code=2)
 
 
@@ -91,8 +93,12 @@ def run(
     weight_decay: Annotated[float | None, typer.Option(help="Local SGD weight decay." + _default(_T.weight_decay))] = None,
     weighting: Annotated[str | None, typer.Option(help="Server averaging: uniform or samples." + _default(_R.weighting))] = None,
     eval_every: Annotated[int | None, typer.Option(help="Evaluate every N rounds (and after the last)." + _default(_R.eval_every))] = None,
+    info_plane: Annotated[int | None, typer.Option(help="Log nHSIC of every block output on N test images per class at evaluation rounds (Fig. 2; 0: off)." + _default(_R.info_plane))] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random draw." + _default(_R.seed))] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads." + _default(_R.threads))] = None,
+    executor: Annotated[str | None, typer.Option(help="Where local updates run: serial, process or ray (docs/executors.md)." + _default(_R.executor))] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes or Ray actors of the process/ray executor." + _default(_R.workers))] = None,
+    executor_threads: Annotated[int | None, typer.Option(help="torch threads per local update (default: threads // workers; serial: threads).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Folder holding the data set (else $FEDBENCH_DATA, cache, system folders).")] = None,
     fleet: Annotated[str | None, typer.Option(help="Device fleet profile (see 'fedbench list fleets')." + _default(FleetConfig().profile))] = None,
     low_mb: Annotated[int | None, typer.Option(help="uniform-mb fleet: smallest memory budget, MiB." + _default(FleetConfig().low_mb))] = None,
@@ -103,7 +109,7 @@ def run(
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment name." + _default("fedbench"))] = None,
     run_name: Annotated[str | None, typer.Option(help="MLflow run name.")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
-    resume: Annotated[str | None, typer.Option(help="Continue the MLflow run RUN_ID from its last checkpoint (its own config; other flags but --tracking-uri are ignored).")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue the MLflow run RUN_ID from its last checkpoint (its own config; other flags but --tracking-uri and the executor ones are ignored).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     """Train one method on one data set and log the run to MLflow."""
@@ -118,7 +124,9 @@ def run(
             "train.local_epochs": local_epochs, "train.batch_size": batch_size, "train.lr": lr,
             "train.momentum": momentum, "train.weight_decay": weight_decay, "weighting": weighting,
             "clients_per_round": clients_per_round, "rounds": rounds, "eval_every": eval_every,
+            "info_plane": info_plane,
             "seed": seed, "threads": threads, "tracking.uri": tracking_uri,
+            "executor": executor, "workers": workers, "executor_threads": executor_threads,
             "tracking.experiment": experiment, "tracking.run_name": run_name,
             "fleet.profile": fleet, "fleet.low_mb": low_mb, "fleet.high_mb": high_mb,
         }
@@ -128,6 +136,8 @@ def run(
             overrides["options"] = _parse_opts(opt)
         if resume:
             cfg, tracker = _resumable_run(resume, tracking_uri)
+            execution = {"executor": executor, "workers": workers, "executor_threads": executor_threads}
+            cfg = dataclasses.replace(cfg, **{k: v for k, v in execution.items() if v is not None})
         else:
             cfg = make_config(config, overrides)
             tracker = (
@@ -277,7 +287,7 @@ def main() -> None:
     try:
         app()
     except FedbenchError as exc:  # errors raised outside a command body
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

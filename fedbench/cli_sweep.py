@@ -20,6 +20,7 @@ def sweep_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and their run keys; run nothing.")] = False,
     rerun: Annotated[bool, typer.Option("--rerun", help="Run cells again even if a FINISHED run exists.")] = False,
     max_parallel: Annotated[int, typer.Option(help="Cells run at once, each in its own process.")] = 1,
+    executor: Annotated[str | None, typer.Option(help="Where cells run: serial (here), process (--max-parallel processes; the default when > 1) or ray (Ray tasks; $RAY_ADDRESS for a cluster).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for every cell (else the grid's, else the default).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
@@ -46,9 +47,13 @@ def sweep_command(
             colour = {"FINISHED": "green", "SKIPPED": "cyan", "FAILED": "red"}[outcome.status]
             detail = f" accuracy {outcome.final_accuracy:.4f}" if outcome.final_accuracy is not None else ""
             detail += f" — {outcome.reason}" if outcome.status == "FAILED" else ""
+            if outcome.resumed_after_round is not None:
+                detail += f" (resumed run {outcome.run_id} after round {outcome.resumed_after_round})"
             err.print(f"[{colour}]{outcome.status:8}[/{colour}] #{cell.index} {cell.label}{detail}", highlight=False)
 
-        outcomes = sweep.run_grid(grid, rerun=rerun, max_parallel=max_parallel, tracking_uri=tracking_uri, on_outcome=show)
+        outcomes = sweep.run_grid(
+            grid, rerun=rerun, max_parallel=max_parallel, tracking_uri=tracking_uri, on_outcome=show, executor=executor
+        )
     except FedbenchError as exc:
         raise _fail(exc) from None
     totals = sweep.summarize(outcomes)

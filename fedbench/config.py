@@ -9,6 +9,7 @@ JSON form is hashed into the *run key* that sweeps use to skip finished runs.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -125,6 +126,10 @@ class TrackingConfig:
 
 
 WEIGHTINGS = ("uniform", "samples")
+# How a round's local updates run (fedbench/executors.py).
+EXECUTORS = ("serial", "process", "ray")
+# RunConfig fields that decide where work runs, never what it computes: not in the run key.
+EXECUTION_FIELDS = ("executor", "workers", "executor_threads")
 
 
 class FrozenOptions(dict):
@@ -157,9 +162,18 @@ class RunConfig:
     clients_per_round: int = 10
     eval_every: int = 1
     eval_batch_size: int = 1024
+    # Fig. 2: on evaluation rounds log nHSIC(X; Z_b) and nHSIC(Y; Z_b) of every block output on a
+    # fixed probe of this many test images per class (spec: 200); 0: off.
+    info_plane: int = 0
     weighting: str = "uniform"
     seed: int = 42
     threads: int = 2
+    # Where a round's local updates run (docs/executors.md): `serial` in this process, `process`
+    # in `workers` worker processes, `ray` in `workers` Ray actors, each with `executor_threads`
+    # torch threads (default: threads // workers; serial: threads). Not part of the run key.
+    executor: str = "serial"
+    workers: int = 2
+    executor_threads: int | None = None
 
     def __post_init__(self) -> None:
         # Freeze the options mapping so the whole tree is immutable and hashable in spirit.
@@ -177,11 +191,24 @@ class RunConfig:
         _require(self.eval_every >= 1, f"eval_every ({self.eval_every}) must be >= 1")
         _require(self.eval_batch_size >= 1, f"eval_batch_size ({self.eval_batch_size}) must be >= 1")
         _require(
+            self.info_plane >= 0,
+            f"info_plane ({self.info_plane}) must be >= 0 (probe images per class; 0 turns it off, the spec uses 200)",
+        )
+        _require(
             self.weighting in WEIGHTINGS,
             f"weighting ({self.weighting!r}) must be one of {', '.join(WEIGHTINGS)}",
         )
         _require(self.seed >= 0, f"seed ({self.seed}) must be >= 0")
         _require(self.threads >= 1, f"threads ({self.threads}) must be >= 1")
+        if self.executor not in EXECUTORS:
+            close = difflib.get_close_matches(self.executor, EXECUTORS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown executor '{self.executor}'{hint}; known: {', '.join(EXECUTORS)}")
+        _require(self.workers >= 1, f"workers ({self.workers}) must be >= 1 (worker processes or Ray actors)")
+        _require(
+            self.executor_threads is None or self.executor_threads >= 1,
+            f"executor_threads ({self.executor_threads}) must be >= 1, or unset for threads // workers",
+        )
 
     # ----------------------------------------------------------------- views
     def to_dict(self) -> dict[str, Any]:
@@ -210,6 +237,8 @@ class RunConfig:
         payload = self.to_dict()
         payload.pop("tracking")
         payload["data"].pop("data_dir")
+        for name in EXECUTION_FIELDS:
+            payload.pop(name)
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedbench import checkpoint, registry
+from fedbench import checkpoint, executors, registry
 from fedbench.config import RunConfig
 from fedbench.data import FederatedData, ImageDataset
-from fedbench.errors import PluginError
+from fedbench.errors import ExecutorError, PluginError
+from fedbench.executors import Executor, SerialExecutor
 from fedbench.fleet import make_fleet
 from fedbench.method import Assignment, Method, RunContext, validate_method
 from fedbench.seeding import Stream, numpy_rng
@@ -77,12 +78,13 @@ def make_method(ctx: RunContext) -> Method:
     return method_cls(ctx, method_cls.parse_options(ctx.config.options))
 
 
-def run_round(method: Method, round_idx: int) -> RoundResult:
-    """One round: assign → local updates → aggregate → (evaluate on schedule)."""
+def run_round(method: Method, round_idx: int, executor: Executor | None = None) -> RoundResult:
+    """One round: assign → local updates (where ``executor`` runs them; default: here, one
+    after the other) → aggregate → (evaluate on schedule)."""
     config = method.ctx.config
     start = time.perf_counter()
     assignments = method.assign(round_idx)
-    updates = [method.local_update(a, round_idx) for a in assignments]
+    updates = (executor or SerialExecutor()).local_updates(method, assignments, round_idx)
     method.aggregate(round_idx, updates)
     train_s = time.perf_counter() - start
     metrics: dict[str, float] = {"round/clients": float(len(updates))}
@@ -97,6 +99,8 @@ def run_round(method: Method, round_idx: int) -> RoundResult:
     if (round_idx + 1) % config.eval_every == 0 or round_idx == config.rounds - 1:
         eval_start = time.perf_counter()
         metrics.update(method.evaluate(config.eval_batch_size))
+        if config.info_plane:
+            metrics.update(method.information_plane(config.info_plane))
         metrics["time/eval_s"] = time.perf_counter() - eval_start
     metrics["time/train_s"] = train_s
     metrics["time/round_s"] = time.perf_counter() - start
@@ -104,12 +108,16 @@ def run_round(method: Method, round_idx: int) -> RoundResult:
 
 
 def run_rounds(
-    method: Method, on_round: Callable[[RoundResult], None] | None = None, first_round: int = 0
+    method: Method,
+    on_round: Callable[[RoundResult], None] | None = None,
+    first_round: int = 0,
+    executor: Executor | None = None,
 ) -> list[RoundResult]:
-    """Run rounds ``first_round``.. of an already prepared method; ``on_round`` sees each finished round."""
+    """Run rounds ``first_round``.. of an already prepared method; ``on_round`` sees each finished
+    round. ``executor`` must have been started with ``method``."""
     results = []
     for round_idx in range(first_round, method.ctx.config.rounds):
-        result = run_round(method, round_idx)
+        result = run_round(method, round_idx, executor)
         results.append(result)
         if on_round is not None:
             on_round(result)
@@ -121,13 +129,17 @@ def run(
     tracker: Tracker | None = None,
     on_round: Callable[[RoundResult], None] | None = None,
     resume_run_id: str | None = None,
+    executor: Executor | None = None,
 ) -> RunResult:
     """One complete run. Every finished round is logged before the next starts, and
     checkpointed every ``tracking.checkpoint_every`` rounds, so a crash or Ctrl-C never
     loses a finished round; the tracker records the run as FAILED or KILLED.
     With ``resume_run_id`` the run continues from that run's last checkpoint, into
-    the same tracked run, exactly as the uninterrupted run would have gone on."""
+    the same tracked run, exactly as the uninterrupted run would have gone on.
+    Local updates run where ``config.executor`` says (fedbench/executors.py), or in
+    ``executor`` if given (it is started here; the caller closes it)."""
     torch.set_num_threads(config.threads)
+    executors.check_available(config)
     tracker = tracker or NullTracker()
     ctx, stats = prepare(config)
     method = make_method(ctx)
@@ -161,12 +173,25 @@ def run(
             on_round(round_result)
 
     try:
-        run_rounds(method, record, first_round=first_round)
+        active = executor or executors.make_executor(config)
+        try:
+            active.start(method)
+            run_rounds(method, record, first_round=first_round, executor=active)
+        finally:
+            if executor is None:
+                active.close()
     except KeyboardInterrupt:
         tracker.finish("KILLED", "interrupted by the user")
         raise
     except BaseException as exc:
         tracker.finish("FAILED", f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, ExecutorError) and tracker.run_id is not None:
+            if checkpoint.checkpoint_path(tracker.run_id).is_file():
+                raise ExecutorError(
+                    f"{exc}; run {tracker.run_id} is marked FAILED and keeps its last checkpoint: "
+                    f"fedbench run --resume {tracker.run_id}"
+                ) from exc
+            raise ExecutorError(f"{exc}; run {tracker.run_id} is marked FAILED") from exc
         raise
     tracker.finish("FINISHED")
     return result

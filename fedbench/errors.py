@@ -49,3 +49,7 @@ class MemoryBudgetError(FedbenchError):
 
 class TrackingError(FedbenchError):
     """The experiment tracker (MLflow) cannot be reached or written."""
+
+
+class ExecutorError(FedbenchError):
+    """A worker process or Ray actor of the process or Ray executor died or could not be reached."""

@@ -196,7 +196,7 @@ class RunContext:
         """``min(K, |E|)`` devices drawn uniformly without replacement from ``eligible``
         (all devices by default), in ascending id order (spec common.md §1.1)."""
         pool = np.arange(self.num_clients) if eligible is None else np.asarray(eligible, dtype=np.int64)
-        self.participants.update(int(c) for c in pool)
+        self.participants.update(pool.tolist())  # one C-level pass: this runs every round over up to N ids
         take = min(self.config.clients_per_round, pool.size)
         if take == 0:
             return []
@@ -214,6 +214,7 @@ class Method:
         self.options = options if options is not None else self.options_type()
         self.global_model: BlockModel = ctx.build_model()
         self._worker: nn.Module | None = None
+        self._probe: tuple[torch.Tensor, torch.Tensor] | None = None  # information-plane probe
 
     # ------------------------------------------------------------ options
     @classmethod
@@ -257,6 +258,25 @@ class Method:
         exits and their ensemble) overrides this so the test set is read once."""
         scores = evaluate(self.eval_model(), self.ctx.data.dataset, batch_size)
         return {"eval/accuracy": scores["accuracy"], "eval/loss": scores["loss"]}
+
+    def information_plane(self, per_class: int) -> dict[str, float]:
+        """``nhsic/xz/block<b>`` and ``nhsic/yz/block<b>``: nHSIC(X; Z_b) and nHSIC(Y; Z_b) of every
+        block output Z_b of the global model, on a fixed class-balanced probe of ``per_class`` test
+        images per class (spec neulite §2.11, the paper's Fig. 2). Shared by every method, so the
+        end-to-end (FedAvg) and progressive (NeuLite) paths are measured the same way; the engine
+        calls it on evaluation rounds when ``config.info_plane`` > 0."""
+        from fedbench.hsic import SIGMA, balanced_probe, block_information_plane
+
+        model = self.global_model
+        if not isinstance(model, BlockModel):
+            return {}
+        dataset = self.ctx.data.dataset
+        if self._probe is None:
+            self._probe = balanced_probe(dataset, per_class)
+        images, labels = self._probe
+        sigma = float(getattr(self.options, "sigma", SIGMA))  # NeuLite's kernel width where it sets one
+        return block_information_plane(model, images.to(self.ctx.device), labels.to(self.ctx.device),
+                                       dataset.num_classes, sigma)
 
     def round_metrics(self, round_idx: int, updates: Sequence[Update]) -> dict[str, float]:
         return {}
@@ -320,7 +340,12 @@ class Method:
         return weighted_average([u.state for u in updates], weights)
 
     # Attributes rebuilt from the context, never checkpointed (back-references, scratch models).
-    transient_attributes: ClassVar[frozenset[str]] = frozenset({"ctx", "_worker"})
+    transient_attributes: ClassVar[frozenset[str]] = frozenset({"ctx", "_worker", "_probe"})
+    # Attributes holding per-device state that ``local_update`` reads *and writes*: each a dict
+    # keyed by client id (DepthFL's FedDyn vectors g_m). The process and Ray executors train a
+    # device in another process, so they send it its entry and bring the new one back; anything
+    # else ``local_update`` changes is treated as scratch (docs/executors.md).
+    device_state_attributes: ClassVar[frozenset[str]] = frozenset()
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything the method keeps across rounds, for checkpoints. The default takes every

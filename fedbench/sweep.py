@@ -3,8 +3,12 @@
 A grid file holds a ``base`` run config, the ``axes`` to vary (dotted config
 keys → lists of values) and an ``experiment``. Each cell of the cartesian
 product is one run with a stable key (:attr:`RunConfig.run_key`). Cells already
-FINISHED in the tracking store are skipped, a failing cell is recorded as
-FAILED with its one-line reason and never stops the others.
+FINISHED in the tracking store are skipped, a cell whose last run was cut short
+(RUNNING after a SIGKILL, KILLED, FAILED) and left a checkpoint is resumed from
+it, and a failing cell is recorded as FAILED with its one-line reason and never
+stops the others. Cells run here one after the other, in a pool of processes
+(``max_parallel``) or as Ray tasks (``executor="ray"``: a local Ray, or the
+cluster at ``$RAY_ADDRESS``; log to a shared MLflow server then).
 
     experiment: mini-table1
     base: {rounds: 20, data: {dataset: fashion-mnist}}
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,6 +36,10 @@ from fedbench.errors import ConfigError, FedbenchError, TrackingError
 log = logging.getLogger(__name__)
 
 GRID_KEYS = ("experiment", "base", "axes")
+SWEEP_EXECUTORS = ("serial", "process", "ray")
+UNFINISHED = ("RUNNING", "KILLED", "FAILED")
+# Environment a cell's process needs to see what this one sees (Ray tasks start elsewhere).
+FORWARDED_ENV = ("FEDBENCH_CHECKPOINTS", "FEDBENCH_DATA", "MLFLOW_TRACKING_URI", "XDG_CACHE_HOME")
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class CellOutcome:
     final_accuracy: float | None = None
     run_id: str | None = None
     reason: str = ""
+    resumed_after_round: int | None = None  # the cell continued a cut-short run from this round
 
 
 @dataclass(frozen=True)
@@ -114,15 +124,54 @@ def finished_keys(experiment: str, tracking_uri: str | None) -> set[str]:
             return keys - {""}
 
 
-def run_cell(config: RunConfig) -> CellOutcome:
-    """Run one config with MLflow tracking; a user-caused failure becomes a FAILED outcome."""
+def resumable_runs(experiment: str, tracking_uri: str | None) -> dict[str, str]:
+    """Run key -> id of the newest cut-short run (RUNNING, KILLED, FAILED) of ``experiment``
+    that left a checkpoint here, so a sweep rerun continues it instead of starting over."""
+    from fedbench import checkpoint
+    from fedbench.tracking import MlflowTracker
+
+    client, experiment_id = MlflowTracker(tracking_uri, experiment)._connect()
+    found: dict[str, str] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string="attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1000, page_token=token,
+        )
+        for run in page:
+            key = run.data.tags.get("fedbench.run_key", "")
+            if run.info.status not in UNFINISHED or not key or key in found:
+                continue
+            if checkpoint.checkpoint_path(run.info.run_id).is_file():
+                found[key] = run.info.run_id
+        token = page.token
+        if not token:
+            return found
+
+
+def _checkpoint_round(config: RunConfig, run_id: str) -> int | None:
+    """The last finished round of ``run_id``'s checkpoint, or None if it cannot be resumed."""
+    from fedbench import checkpoint
+
+    try:
+        return checkpoint.load(checkpoint.checkpoint_path(run_id), config).round_idx
+    except ConfigError as exc:
+        log.warning("run %s cannot be resumed (%s); starting the cell over", run_id, exc)
+        return None
+
+
+def run_cell(config: RunConfig, resume_run_id: str | None = None) -> CellOutcome:
+    """Run one config with MLflow tracking (continuing ``resume_run_id`` from its checkpoint
+    if it has a usable one); a user-caused failure becomes a FAILED outcome."""
     from fedbench import engine
     from fedbench.tracking import MlflowTracker
 
     start = time.perf_counter()
     tracker = MlflowTracker(config.tracking.uri, config.tracking.experiment, config.tracking.run_name)
+    after = _checkpoint_round(config, resume_run_id) if resume_run_id else None
+    resume = resume_run_id if after is not None else None
     try:
-        result = engine.run(config, tracker=tracker)
+        result = engine.run(config, tracker=tracker, resume_run_id=resume)
     except FedbenchError as exc:
         if tracker.run_id is None and not isinstance(exc, TrackingError):
             tracker.record_failure(config, str(exc))
@@ -132,13 +181,17 @@ def run_cell(config: RunConfig) -> CellOutcome:
         return CellOutcome(-1, "FAILED", time.perf_counter() - start, run_id=tracker.run_id, reason=reason)
     accuracy = result.metric("eval/accuracy")
     return CellOutcome(
-        -1, "FINISHED", time.perf_counter() - start, accuracy[-1] if accuracy else None, tracker.run_id
+        -1, "FINISHED", time.perf_counter() - start, accuracy[-1] if accuracy else None, tracker.run_id,
+        resumed_after_round=None if after is None else after + 1,
     )
 
 
-def _run_cell_in_worker(index: int, config_dict: dict[str, Any]) -> CellOutcome:
+def _run_cell_in_worker(
+    index: int, config_dict: dict[str, Any], resume_run_id: str | None = None, env: Mapping[str, str] | None = None
+) -> CellOutcome:
+    os.environ.update(env or {})
     config = build_dataclass(RunConfig, config_dict)
-    return replace(run_cell(config), index=index)
+    return replace(run_cell(config, resume_run_id), index=index)
 
 
 def run_grid(
@@ -148,10 +201,22 @@ def run_grid(
     max_parallel: int = 1,
     tracking_uri: str | None = None,
     on_outcome: Callable[[Cell, CellOutcome], None] | None = None,
+    executor: str | None = None,
 ) -> list[CellOutcome]:
-    """Run every cell not yet FINISHED (all with ``rerun``); returns one outcome per cell, in order."""
+    """Run every cell not yet FINISHED (all, from scratch, with ``rerun``); returns one outcome
+    per cell, in order. ``executor``: ``serial`` (here), ``process`` (``max_parallel`` processes;
+    the default when it is > 1) or ``ray`` (Ray tasks)."""
+    executor = executor or ("process" if max_parallel > 1 else "serial")
+    if executor not in SWEEP_EXECUTORS:
+        raise ConfigError(f"sweep executor '{executor}' must be one of {', '.join(SWEEP_EXECUTORS)}")
+    if executor == "ray":
+        from fedbench.executors import require_ray
+
+        require_ray()
     cells = [replace(c, config=_with_uri(c.config, tracking_uri)) for c in grid.cells]
-    done = set() if rerun else finished_keys(grid.experiment, tracking_uri or _uri(cells))
+    uri = tracking_uri or _uri(cells)
+    done = set() if rerun else finished_keys(grid.experiment, uri)
+    resumable = {} if rerun else resumable_runs(grid.experiment, uri)
     outcomes: dict[int, CellOutcome] = {}
     todo: list[Cell] = []
     for cell in cells:
@@ -160,19 +225,57 @@ def run_grid(
             _notify(on_outcome, cell, outcomes[cell.index])
         else:
             todo.append(cell)
-    if max_parallel <= 1:
+    by_index = {c.index: c for c in todo}
+
+    def finish(outcome: CellOutcome) -> None:
+        outcomes[outcome.index] = outcome
+        _notify(on_outcome, by_index[outcome.index], outcome)
+
+    if executor == "serial":
         for cell in todo:
-            outcomes[cell.index] = replace(run_cell(cell.config), index=cell.index)
-            _notify(on_outcome, cell, outcomes[cell.index])
-    else:
-        by_index = {c.index: c for c in todo}
+            finish(replace(run_cell(cell.config, resumable.get(cell.config.run_key)), index=cell.index))
+    elif executor == "process":
         with ProcessPoolExecutor(max_workers=max_parallel, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_run_cell_in_worker, c.index, c.config.to_dict()) for c in todo]
+            futures = [
+                pool.submit(_run_cell_in_worker, c.index, c.config.to_dict(), resumable.get(c.config.run_key))
+                for c in todo
+            ]
             for future in as_completed(futures):
-                outcome = future.result()
-                outcomes[outcome.index] = outcome
-                _notify(on_outcome, by_index[outcome.index], outcome)
+                finish(future.result())
+    else:
+        for outcome in _run_on_ray(todo, resumable):
+            finish(outcome)
     return [outcomes[c.index] for c in cells]
+
+
+def _run_on_ray(cells: list[Cell], resumable: Mapping[str, str]) -> Iterable[CellOutcome]:
+    """Each cell as one Ray task asking for the CPUs its run keeps busy; outcomes as they come."""
+    from fedbench.executors import connect_ray, cpu_demand, require_ray
+
+    if not cells:
+        return
+    ray = require_ray()
+    owns = connect_ray(max(cpu_demand(c.config) for c in cells))
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    try:
+        task = ray.remote(_run_cell_in_worker)
+        pending = {
+            task.options(num_cpus=cpu_demand(c.config), max_retries=0).remote(
+                c.index, c.config.to_dict(), resumable.get(c.config.run_key), env
+            ): c
+            for c in cells
+        }
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(ready[0])
+            try:
+                yield ray.get(ready[0])
+            except Exception as exc:  # the task's process died: that cell fails, the others go on
+                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                yield CellOutcome(cell.index, "FAILED", reason=f"Ray task failed: {reason}")
+    finally:
+        if owns:
+            ray.shutdown()
 
 
 def summarize(outcomes: Iterable[CellOutcome]) -> dict[str, float]:

@@ -209,6 +209,7 @@ class DepthFL(Method):
     """Depth-scaled FL: each device trains the deepest exit-model prefix its memory holds."""
 
     options_type = DepthFLOptions
+    device_state_attributes = frozenset({"g"})  # FedDyn's g_m lives on device m
 
     def __init__(self, ctx: RunContext, options: DepthFLOptions | None = None) -> None:
         super().__init__(ctx, options)

@@ -34,7 +34,7 @@ from torch import nn
 
 from fedbench.errors import ConfigError, MemoryBudgetError
 from fedbench.evaluation import evaluate
-from fedbench.hsic import SIGMA, balanced_probe, block_information_plane, nhsic, one_hot
+from fedbench.hsic import SIGMA, nhsic, one_hot
 from fedbench.memory import format_bytes
 from fedbench.method import Assignment, Method, RunContext, Update, Workload
 from fedbench.models import BlockModel
@@ -69,7 +69,6 @@ class NeuLiteOptions:
     sigma: float = SIGMA  # nHSIC kernel bandwidth (released code: 5)
     freeze_bn_stats: bool = False  # True: frozen BN layers in eval mode (the code trains their stats)
     replicate_stem_artifact: bool = False  # the code's stem-BN restore at stage-1 rounds (§2.3)
-    hsic_probe_per_class: int = 20  # test images per class for nhsic/* metrics; 0: off
 
     def __post_init__(self) -> None:
         for name in ("lambda1", "lambda2"):
@@ -84,8 +83,6 @@ class NeuLiteOptions:
             raise ConfigError(
                 f"options.output_module ({self.output_module!r}) must be one of {', '.join(OUTPUT_MODULES)}"
             )
-        if self.hsic_probe_per_class < 0:
-            raise ConfigError(f"options.hsic_probe_per_class ({self.hsic_probe_per_class}) must be >= 0")
 
     def lambdas(self, num_stages: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(λ1, λ2) per stage: the given tuples, or the linear schedules of spec §2.7."""
@@ -287,7 +284,6 @@ class NeuLite(Method):
         self.skipped_rounds = [0] * self.num_stages
         self._workers: dict[int, NeuLiteStage] = {}
         self._stem_after_stage1: dict[str, torch.Tensor] | None = None
-        self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def workloads(cls, model: BlockModel, options: Any) -> list[Workload]:
@@ -366,22 +362,13 @@ class NeuLite(Method):
         return metrics
 
     def evaluation_metrics(self, k: int) -> dict[str, float]:
-        """The just-trained stage model's accuracy (k < S; at S it is ``eval/accuracy``) and the
-        information plane of every block on the fixed probe (spec §2.9, §2.11)."""
-        dataset = self.ctx.data.dataset
-        metrics: dict[str, float] = {}
-        if k < self.num_stages:
-            scores = evaluate(self.stages[k - 1].model, dataset, self.ctx.config.eval_batch_size)
-            metrics[f"eval/stage{k}/accuracy"] = scores["accuracy"]
-        if self.options.hsic_probe_per_class > 0:
-            if self._probe is None:
-                self._probe = balanced_probe(dataset, self.options.hsic_probe_per_class)
-            images, labels = self._probe
-            metrics.update(block_information_plane(
-                self.global_model, images.to(self.ctx.device), labels.to(self.ctx.device),
-                dataset.num_classes, self.options.sigma,
-            ))
-        return metrics
+        """The just-trained stage model's accuracy (k < S; at S it is ``eval/accuracy``), spec §2.9.
+        The information plane of every block (§2.11) is the engine's, for every method:
+        ``--info-plane N``."""
+        if k == self.num_stages:
+            return {}
+        scores = evaluate(self.stages[k - 1].model, self.ctx.data.dataset, self.ctx.config.eval_batch_size)
+        return {f"eval/stage{k}/accuracy": scores["accuracy"]}
 
     def device_cost(self, assignment: Assignment, update: Update | None = None) -> Any:
         """Download the whole S_k; upload T_k and every BN buffer of S_k (spec §2.5 Decision)."""

@@ -100,3 +100,23 @@ def test_client_shards_are_index_arrays_that_cover_the_train_set_once(tiny_confi
     assert all(shard.dtype == torch.int64 for shard in ctx.data.shards)
     joined = torch.cat(ctx.data.shards).sort().values
     assert torch.equal(joined, torch.arange(ctx.data.dataset.num_train))
+
+
+def test_info_plane_logs_every_blocks_nhsic_for_fedavg_on_evaluation_rounds_only(tiny_config):
+    config = dataclasses.replace(tiny_config, rounds=3, eval_every=2, info_plane=2)
+    result = engine.run(config)
+    logged = [sorted(k for k in r.metrics if k.startswith("nhsic/")) for r in result.rounds]
+    blocks = engine.make_method(engine.prepare(config)[0]).global_model.num_blocks
+    expected = sorted(f"nhsic/{t}/block{b}" for t in ("xz", "yz") for b in range(1, blocks + 1))
+    assert logged == [[], expected, expected]  # evaluation rounds 2 and 3 (the last)
+    assert all(0.0 <= result.rounds[1].metrics[k] <= 1.0 + 1e-6 for k in expected)
+    assert not any(k.startswith("nhsic/") for r in engine.run(tiny_config).rounds for k in r.metrics)  # off by default
+
+
+def test_a_negative_info_plane_probe_is_a_one_line_config_error(tiny_config):
+    import pytest
+
+    from fedbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"info_plane \(-1\) must be >= 0"):
+        dataclasses.replace(tiny_config, info_plane=-1)

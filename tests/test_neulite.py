@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -63,26 +64,26 @@ def resnet18(width: float = 0.125, shape=SHAPE):
 
 # ------------------------------------------------------------------ schedule
 def test_round_t_trains_stage_t_minus_one_mod_s_plus_one():
-    method = method_for(config(rounds=9, hsic_probe_per_class=0))
+    method = method_for(config(rounds=9))
     assert [method.stage_of(r) for r in range(9)] == [1, 2, 3, 4, 1, 2, 3, 4, 1]
 
 
 def test_a_round_count_that_ends_mid_cycle_is_warned_about_with_the_nearest_full_cycles(caplog):
     with caplog.at_level(logging.WARNING, logger="fedbench.methods.neulite"):
-        method_for(config(rounds=9, hsic_probe_per_class=0))
+        method_for(config(rounds=9))
     assert "9 rounds is not a multiple of the 4 stages" in caplog.text
     assert "use --rounds 8 or 12" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="fedbench.methods.neulite"):
-        method_for(config(rounds=8, hsic_probe_per_class=0))
+        method_for(config(rounds=8))
     assert "not a multiple" not in caplog.text
     with caplog.at_level(logging.WARNING, logger="fedbench.methods.neulite"):
-        method_for(config(rounds=2, hsic_probe_per_class=0))
+        method_for(config(rounds=2))
     assert "use --rounds 4" in caplog.text and "--rounds 0" not in caplog.text
 
 
 def test_without_round_robin_each_stage_runs_r_over_s_consecutive_rounds():
-    method = method_for(config(rounds=8, round_robin=False, hsic_probe_per_class=0))
+    method = method_for(config(rounds=8, round_robin=False))
     assert [method.stage_of(r) for r in range(8)] == [1, 1, 2, 2, 3, 3, 4, 4]
 
 
@@ -119,13 +120,13 @@ def test_curriculum_loss_false_drops_the_projection_mlp_and_trains_on_cross_entr
     stages = NeuLite.workloads(resnet18(), NeuLiteOptions(curriculum_loss=False))
     assert all(s.loss_fn is None and s.model.mlp is None for s in stages)
     assert not any(n.startswith("mlp.") for s in stages for n in s.trainable)
-    method = method_for(config(rounds=1, model="cnn", curriculum_loss=False, hsic_probe_per_class=0))
+    method = method_for(config(rounds=1, model="cnn", curriculum_loss=False))
     metrics = engine.run_round(method, 0).metrics
     assert "neulite/ce" not in metrics and math.isfinite(metrics["train/loss"])
 
 
 def test_only_the_stage_trainable_set_gets_gradients_and_frozen_parameters_do_not_change():
-    method = method_for(config(rounds=4, hsic_probe_per_class=0))
+    method = method_for(config(rounds=4))
     stage2 = method.stages[1]
     before = {n: p.detach().clone() for n, p in method.global_model.named_parameters()}
     others = {(s.name, n): p.detach().clone() for s in method.stages for n, p in s.model.named_parameters()
@@ -148,14 +149,14 @@ def test_only_the_stage_trainable_set_gets_gradients_and_frozen_parameters_do_no
 
 
 def test_freeze_bn_stats_keeps_frozen_batchnorm_statistics():
-    method = method_for(config(rounds=4, freeze_bn_stats=True, hsic_probe_per_class=0))
+    method = method_for(config(rounds=4, freeze_bn_stats=True))
     before = method.global_model.stem.bn.running_mean.clone()
     train_round(method, 1)
     assert torch.equal(method.global_model.stem.bn.running_mean, before)
 
 
 def test_replicate_stem_artifact_restores_the_stem_statistics_of_the_last_stage_one_round():
-    method = method_for(config(rounds=5, replicate_stem_artifact=True, hsic_probe_per_class=0))
+    method = method_for(config(rounds=5, replicate_stem_artifact=True))
     train_round(method, 0)
     after_stage1 = method.global_model.stem.bn.running_mean.clone()
     train_round(method, 1)  # stage 2 trains the stem's BN statistics in train mode
@@ -206,7 +207,7 @@ def test_every_resnet18_stage_needs_less_memory_than_the_full_model():
 
 
 def test_frozen_parameters_cost_no_gradient_or_optimizer_memory():
-    method = method_for(config(rounds=1, hsic_probe_per_class=0))
+    method = method_for(config(rounds=1))
     stage = method.stages[3]
     report = method.ctx.memory_report(stage.model, stage.trainable, stage.loss_fn)
     params = dict(stage.model.named_parameters())
@@ -287,7 +288,7 @@ def test_information_plane_gives_one_pair_of_values_per_block(synthetic_data):
 # ------------------------------------------------------------------ end to end
 def test_two_rounds_run_end_to_end_with_finite_loss_and_the_same_result_for_the_same_seed():
     def run():
-        result = engine.run(config(rounds=2, model="cnn", width=0.25, hsic_probe_per_class=2))
+        result = engine.run(dataclasses.replace(config(rounds=2, model="cnn", width=0.25), info_plane=2))
         return [{k: v for k, v in r.metrics.items() if not k.startswith("time/")} for r in result.rounds]
 
     first, second = run(), run()
@@ -302,7 +303,7 @@ def test_two_rounds_run_end_to_end_with_finite_loss_and_the_same_result_for_the_
 def test_a_stage_no_device_can_train_is_skipped_with_a_warning_and_counted(caplog):
     # cnn, width 1, batch 32, 16×16: stage 1 needs 2.6 MiB, stage 2 (full model + MLP) 3.4 MiB
     fleet = {"profile": "uniform-mb", "low_mb": 3, "high_mb": 3}
-    cfg = config(rounds=4, model="cnn", width=1.0, fleet=fleet, hsic_probe_per_class=0)
+    cfg = config(rounds=4, model="cnn", width=1.0, fleet=fleet)
     with caplog.at_level(logging.WARNING, logger="fedbench.methods.neulite"):
         method = method_for(cfg)
         rounds = engine.run_rounds(method)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 import pytest
@@ -91,3 +92,69 @@ def test_a_bad_grid_is_one_line_before_anything_runs(tmp_path, text, fragment):
     assert fragment in str(info.value)
     result = CliRunner().invoke(app, ["sweep", str(path)])
     assert result.exit_code == 2 and result.output.startswith("error:")
+
+
+RESUMABLE = """
+experiment: resumable
+base:
+  method: fedavg
+  rounds: 3
+  clients_per_round: 2
+  data: {dataset: synthetic, num_clients: 4, partition: iid}
+  model: {width: 0.25}
+  train: {local_epochs: 1}
+axes:
+  seed: [1]
+"""
+
+
+def test_a_sweep_rerun_resumes_a_cell_killed_mid_run_from_its_checkpoint(tmp_path, tracking_uri, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from fedbench import engine
+    from fedbench.tracking import MlflowTracker
+
+    monkeypatch.setenv("FEDBENCH_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(RESUMABLE))
+    (cell,) = sweep.load_grid(path).cells
+    config = sweep._with_uri(cell.config, tracking_uri)
+
+    def die_after_first_round(result):
+        raise KeyboardInterrupt
+
+    tracker = MlflowTracker(tracking_uri, config.tracking.experiment)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(config, tracker=tracker, on_round=die_after_first_round)
+    client = MlflowClient(tracking_uri)
+    client.update_run(tracker.run_id, "RUNNING")  # what a SIGKILL leaves behind
+
+    (outcome,) = sweep.run_grid(sweep.load_grid(path), tracking_uri=tracking_uri)
+    assert outcome.status == "FINISHED" and outcome.run_id == tracker.run_id
+    assert outcome.resumed_after_round == 1
+    history = sorted(client.get_metric_history(tracker.run_id, "eval/accuracy"), key=lambda m: m.step)
+    plain = engine.run(dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, enabled=False)))
+    assert [m.value for m in history] == plain.metric("eval/accuracy")
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_a_ray_sweep_runs_each_cell_as_a_ray_task(tmp_path, grid_file):
+    ray = pytest.importorskip("ray")
+    grid = sweep.load_grid(grid_file)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = sweep.run_grid(grid, tracking_uri=f"sqlite:///{tmp_path / 'ray.db'}", executor="ray")
+    finally:
+        if started:
+            ray.shutdown()
+    assert [o.status for o in on_ray] == ["FINISHED", "FAILED", "FINISHED", "FAILED"]
+    assert "unknown dataset 'no-such-data'" in on_ray[1].reason
+    here = sweep.run_grid(grid, tracking_uri=f"sqlite:///{tmp_path / 'here.db'}")
+    assert [o.final_accuracy for o in on_ray] == [o.final_accuracy for o in here]
+
+
+def test_an_unknown_sweep_executor_is_one_line(grid_file):
+    result = CliRunner().invoke(app, ["sweep", str(grid_file), "--executor", "slurm"])
+    assert result.exit_code == 2 and result.output.startswith("error: sweep executor 'slurm' must be one of")

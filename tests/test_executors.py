@@ -1,0 +1,252 @@
+"""Executors (issue 12 §2): serial, process and Ray give bit-identical runs for every method;
+bad executor settings, a missing Ray and a dying worker are one line each."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedbench import checkpoint, engine, registry
+from fedbench.cli import app
+from fedbench.config import make_config
+from fedbench.errors import ConfigError, ExecutorError
+from fedbench.executors import ProcessExecutor, ProcessPool, SerialExecutor, make_executor
+from fedbench.method import Assignment, Method
+from fedbench.replica import split_work
+
+BUILTIN_METHODS = sorted(info.name for info in registry.available("methods") if info.builtin)
+
+
+def config_for(method: str, executor: str = "serial", **extra):
+    """3 rounds of 3 of 6 devices, so devices train again (DepthFL's per-device state matters);
+    the ``relative`` fleet gives the width and depth methods more than one kind of work."""
+    values = {
+        "method": method,
+        "data": {"dataset": "synthetic", "num_clients": 8, "partition": "dirichlet"},
+        "train": {"local_epochs": 1, "batch_size": 32},
+        "model": {"name": "cnn", "width": 0.25},
+        "fleet": {"profile": "relative"},
+        "clients_per_round": 3,
+        "rounds": 3,
+        "threads": 1,
+        "executor": executor,
+        "workers": 2,
+        "executor_threads": 1,
+        "tracking": {"enabled": False},
+    }
+    values.update(extra)
+    return make_config(overrides=values)
+
+
+def outcome(config, executor):
+    """Per-round metrics (no wall times), the evaluated model and the server's other state."""
+    ctx, _ = engine.prepare(config)
+    method = engine.make_method(ctx)
+    executor.start(method)
+    rounds = engine.run_rounds(method, executor=executor)
+    metrics = [{k: v for k, v in r.metrics.items() if not k.startswith("time/")} for r in rounds]
+    model = {k: v.clone() for k, v in method.eval_model().state_dict().items()}
+    return metrics, model, server_state(method)
+
+
+def _holds_module(value) -> bool:
+    if isinstance(value, torch.nn.Module):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_module(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_module(v) for v in value)
+    return dataclasses.is_dataclass(value) and _holds_module(vars(value))
+
+
+def server_state(method):
+    """The method's public state that holds no module (modules are scratch copies or are
+    checked through the evaluated model): DepthFL's per-device g_m, Oort's arms, TiFL's credits."""
+    return {k: v for k, v in method.checkpoint_state().items() if not k.startswith("_") and not _holds_module(v)}
+
+
+def assert_equal(a, b, where="state"):
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_equal(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_equal(x, y, f"{where}[{i}]")
+    elif dataclasses.is_dataclass(a) or hasattr(a, "__dict__") and not callable(a):
+        assert_equal(vars(a), vars(b), where)
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def assert_same(first, second):
+    (metrics_a, model_a, state_a), (metrics_b, model_b, state_b) = first, second
+    assert metrics_a == metrics_b
+    assert_equal(model_a, model_b, "model")
+    assert_equal(state_a, state_b)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """Two spawned workers with one thread each, shared by the tests of this module."""
+    workers = ProcessPool(2, 1)
+    yield workers
+    workers.close()
+
+
+@pytest.mark.parametrize("method", BUILTIN_METHODS)
+def test_every_method_gives_bit_identical_results_serially_and_in_worker_processes(method, pool):
+    config = config_for(method)
+    serial = outcome(config, SerialExecutor(1))
+    process = outcome(dataclasses.replace(config, executor="process"), ProcessExecutor(2, 1, pool=pool))
+    assert_same(serial, process)
+
+
+def test_the_executor_does_not_change_the_run_key():
+    keys = {config_for("fedavg", executor=e, workers=w).run_key for e in ("serial", "process") for w in (1, 3)}
+    assert len(keys) == 1
+
+
+def test_assignments_are_split_longest_first_to_the_least_loaded_worker():
+    assert split_work([5, 1, 4, 3, 2], 2) == [[0, 1, 4], [2, 3]]  # loads 8 and 7
+    assert split_work([7], 3) == [[0], [], []]
+
+
+# ------------------------------------------------------------------ bad input
+runner = CliRunner()
+TINY = ["--method", "fedavg", "--dataset", "synthetic", "--clients", "4", "--clients-per-round", "2",
+        "--partition", "iid", "--local-epochs", "1", "--width", "0.25", "--rounds", "1", "--no-tracking"]
+
+
+def one_line_error(args):
+    result = runner.invoke(app, ["run", *TINY, *args], env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("error: "), result.output
+    return result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--executor", "proces"], "unknown executor 'proces' (did you mean 'process'?); known: serial, process, ray"),
+        (["--executor", "process", "--workers", "0"], "workers (0) must be >= 1"),
+        (["--executor-threads", "0"], "executor_threads (0) must be >= 1"),
+    ],
+)
+def test_bad_executor_settings_are_one_line(args, fragment):
+    assert fragment in one_line_error(args)
+
+
+def test_the_ray_executor_without_ray_is_one_line_with_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    assert 'pip install "fedbench[ray]"' in one_line_error(["--executor", "ray"])
+    with pytest.raises(ConfigError, match="needs Ray"):
+        make_executor(config_for("fedavg", executor="ray"))
+
+
+def test_the_command_line_runs_a_process_executor():
+    result = runner.invoke(app, ["run", *TINY, "--executor", "process", "--workers", "2", "--executor-threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "final accuracy" in result.output
+
+
+class _ExitOnArrival:
+    """A work object whose unpickling ends the process that receives it (a worker dying)."""
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+
+class _Recorder:
+    """A tracker that keeps the final status instead of writing to MLflow."""
+
+    run_id = "dying-worker-run"
+
+    def __init__(self) -> None:
+        self.status: tuple[str, str | None] | None = None
+
+    def start(self, config, partition):
+        pass
+
+    def resume(self, run_id, rows):
+        pass
+
+    def log_round(self, round_idx, metrics):
+        pass
+
+    def finish(self, status, error=None):
+        self.status = (status, error)
+
+
+def test_a_dying_worker_fails_the_run_in_one_line_and_keeps_the_checkpoint(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDBENCH_CHECKPOINTS", str(tmp_path))
+    honest = Method.assign
+
+    def assign(self, round_idx):
+        found = honest(self, round_idx)
+        return found if round_idx == 0 else [Assignment(found[0].client_id, _ExitOnArrival()), *found[1:]]
+
+    monkeypatch.setattr(Method, "assign", assign)
+    config = config_for("fedavg", executor="process", fleet={"profile": "homogeneous"})
+    tracker = _Recorder()
+    with pytest.raises(ExecutorError) as info:
+        engine.run(config, tracker=tracker)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "exited with code 3 while training round 2" in message
+    assert "fedbench run --resume dying-worker-run" in message
+    assert tracker.status[0] == "FAILED" and "exited with code 3" in tracker.status[1]
+
+    monkeypatch.setattr(Method, "assign", honest)
+    saved = checkpoint.load(checkpoint.checkpoint_path(tracker.run_id), config)
+    assert saved.round_idx == 0  # round 1 finished and was kept; round 2 was lost
+    resumed = engine.run(dataclasses.replace(config, executor="serial"), tracker=tracker,
+                         resume_run_id=tracker.run_id)
+    plain = engine.run(dataclasses.replace(config, executor="serial"))
+    assert resumed.metric("eval/accuracy") == plain.metric("eval/accuracy")
+
+
+# ------------------------------------------------------------------------ ray
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize("method", ["fedavg", "neulite", "depthfl"])
+def test_ray_actors_give_the_same_results_as_the_serial_executor(method, local_ray):
+    config = config_for(method)
+    serial = outcome(config, SerialExecutor(1))
+    executor = make_executor(dataclasses.replace(config, executor="ray"))
+    try:
+        assert_same(serial, outcome(config, executor))
+    finally:
+        executor.close()
+    assert local_ray.is_initialized()  # an executor leaves a Ray it did not start running
+
+
+def test_a_dying_ray_actor_fails_the_round_in_one_line(monkeypatch, local_ray):
+    honest = Method.assign
+    monkeypatch.setattr(
+        Method, "assign", lambda self, r: [Assignment(a.client_id, _ExitOnArrival()) for a in honest(self, r)]
+    )
+    with pytest.raises(ExecutorError, match="a Ray actor of the executor died while training round 1") as info:
+        engine.run(config_for("fedavg", executor="ray"))
+    assert "\n" not in str(info.value)
