@@ -7,6 +7,7 @@ an import at the end of :mod:`fedbench.cli`.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any
 
@@ -53,42 +54,58 @@ def memory_rows(
     data_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per workload of ``method`` on ``model_name``: peak, breakdown and PR under the fleet."""
-    from fedbench import registry
     from fedbench.config import FleetConfig, TrainConfig
     from fedbench.fleet import make_fleet
-    from fedbench.memory import MemoryModel, SGDSpec
-    from fedbench.method import Workload, validate_method
-    from fedbench.models import build_model
-    from fedbench.training import cross_entropy_loss
 
-    train = TrainConfig(batch_size=batch_size)  # validates the batch size
+    TrainConfig(batch_size=batch_size)  # validates the batch size
     fleet_config = FleetConfig(profile=fleet_profile, low_mb=low_mb, high_mb=high_mb)
-    method_cls = registry.load("methods", method, validate=validate_method)
     shape, num_classes = dataset_shape(dataset, data_dir)
-    model = build_model(model_name, shape, num_classes, width=width)
-    memory = MemoryModel(SGDSpec.from_train(train))
-
-    def report(workload: Any) -> Any:
-        return memory.report(workload.model, workload.trainable, batch_size, shape,
-                             loss_fn=workload.loss_fn or cross_entropy_loss)
-
-    fleet = make_fleet(fleet_config, clients, seed, lambda: memory.peak_bytes(model, batch_size=batch_size))
-    workloads = list(method_cls.workloads(model, method_cls.parse_options({})))
-    if all(w.name != "full" for w in workloads):  # the full model as the reference row
-        workloads.append(Workload("full", model))
-    rows = []
-    for workload in workloads:
-        found = report(workload)
-        rows.append({
-            "submodel": workload.name,
+    reports, full_peak_bytes = workload_reports(model_name, shape, num_classes, width, method, batch_size)
+    fleet = make_fleet(fleet_config, clients, seed, lambda: full_peak_bytes)
+    return [
+        {
+            "submodel": name,
             "peak_bytes": found.peak_bytes,
             "params_bytes": found.params_bytes,
             "grads_bytes": found.grads_bytes,
             "optimizer_bytes": found.optimizer_bytes,
             "activations_bytes": found.activations_bytes,
             "pr": fleet.participation_rate(found.peak_bytes),
-        })
-    return rows
+        }
+        for name, found in reports
+    ]
+
+
+@functools.lru_cache(maxsize=256)
+def workload_reports(
+    model_name: str, shape: tuple[int, int, int], num_classes: int, width: float, method: str, batch_size: int
+) -> tuple[tuple[tuple[str, Any], ...], int]:
+    """``(sub-model name, MemoryReport)`` of each workload of ``method`` (default options) plus the
+    full model, at the default SGD, and the full model's cross-entropy peak (the ``relative``
+    fleet's reference). Cached for the process: the answer depends on these arguments
+    only, and building the method's sub-models costs more than looking the reports up."""
+    import torch
+
+    from fedbench import registry
+    from fedbench.config import TrainConfig
+    from fedbench.memory import MemoryModel, SGDSpec
+    from fedbench.method import Workload, validate_method
+    from fedbench.models import build_model
+    from fedbench.training import cross_entropy_loss
+
+    method_cls = registry.load("methods", method, validate=validate_method)
+    # Shapes are all the memory model reads: on the meta device nothing is initialised or computed.
+    with torch.device("meta"):
+        model = build_model(model_name, shape, num_classes, width=width)
+        workloads = list(method_cls.workloads(model, method_cls.parse_options({})))
+    if all(w.name != "full" for w in workloads):  # the full model as the reference row
+        workloads.append(Workload("full", model))
+    memory = MemoryModel(SGDSpec.from_train(TrainConfig(batch_size=batch_size)))
+    reports = tuple(
+        (w.name, memory.report(w.model, w.trainable, batch_size, shape, loss_fn=w.loss_fn or cross_entropy_loss))
+        for w in workloads
+    )
+    return reports, memory.peak_bytes(model, batch_size=batch_size, input_shape=shape)
 
 
 @app.command("memory")

@@ -15,6 +15,7 @@ Every draw uses the run seed's FLEET stream, so a fleet is a function of
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,9 +90,18 @@ class Fleet:
         budgets = [d.memory_bytes for d in self.devices]
         return None if any(b is None for b in budgets) else max(budgets)  # type: ignore[type-var]
 
+    @functools.cached_property
+    def _ids_and_budgets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Device ids and budgets (unlimited: +inf) as arrays, so eligibility is one vector
+        comparison rather than a Python loop over N devices each round."""
+        ids = np.array([d.device_id for d in self.devices], dtype=np.int64)
+        budgets = np.array([np.inf if d.memory_bytes is None else d.memory_bytes for d in self.devices], dtype=np.float64)
+        return ids, budgets
+
     def eligible(self, peak_bytes: int) -> list[int]:
         """Ids of the devices whose budget holds a step needing ``peak_bytes``."""
-        return [d.device_id for d in self.devices if d.fits(peak_bytes)]
+        ids, budgets = self._ids_and_budgets
+        return ids[budgets >= peak_bytes].tolist()
 
     def participation_rate(self, peak_bytes: int) -> float:
         return len(self.eligible(peak_bytes)) / len(self.devices)

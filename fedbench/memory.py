@@ -32,6 +32,7 @@ import dataclasses
 import itertools
 import logging
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -300,14 +301,21 @@ def model_signature(model: nn.Module) -> Hashable:
     return ("structure", type(model).__qualname__, repr(model), shapes)
 
 
+# Reports shared by every MemoryModel of the process: a key holds everything that changes the
+# answer (optimizer and dtype included), so `fedbench memory` over many methods, a sweep of runs
+# in one process and the fleet fit each trace a (sub-)model once. Bounded, oldest out first.
+_SHARED_CACHE: OrderedDict[Hashable, MemoryReport] = OrderedDict()
+SHARED_CACHE_SIZE = 4096
+
+
 class MemoryModel:
-    """:func:`peak_training_bytes` with a cache keyed by
+    """:func:`peak_training_bytes` with a process-wide cache keyed by
     (model signature, trainable set, batch, input shape, dtype, optimizer, loss)."""
 
     def __init__(self, optimizer: OptimizerFactory = SGDSpec(), dtype: torch.dtype = torch.float32) -> None:
         self.optimizer = optimizer
         self.dtype = dtype
-        self._cache: dict[Hashable, MemoryReport] = {}
+        self._cache = _SHARED_CACHE
 
     def report(
         self,
@@ -321,11 +329,15 @@ class MemoryModel:
         shape = tuple(input_shape if input_shape is not None else getattr(model, "input_shape", ()))
         key = (model_signature(model), chosen, batch_size, shape, self.dtype, self.optimizer, loss_fn)
         found = self._cache.get(key)
-        if found is None:
+        if found is not None:
+            self._cache.move_to_end(key)
+        else:
             found = peak_training_bytes(
                 model, chosen, batch_size, shape or None, self.optimizer, loss_fn, dtype=self.dtype
             )
             self._cache[key] = found
+            while len(self._cache) > SHARED_CACHE_SIZE:
+                self._cache.popitem(last=False)
             log.debug("memory of %s (%d trainable tensors, batch %d): %d bytes",
                       _arch_name(model), len(chosen), batch_size, found.peak_bytes)
         return found

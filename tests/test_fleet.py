@@ -120,3 +120,9 @@ def test_fedbench_memory_prints_one_json_row_for_a_method_without_sub_models():
         row["params_bytes"] + row["grads_bytes"] + row["optimizer_bytes"] + row["activations_bytes"]
     )
     assert row["pr"] == pytest.approx(PAPER_FIT_TABLE[0][4])  # relative keeps ResNet18's share
+
+
+def test_eligible_devices_are_exactly_those_whose_budget_holds_the_peak_boundary_included():
+    fleet = make_fleet(FleetConfig(profile="uniform-mb", low_mb=100, high_mb=900), 300, seed=3)
+    for peak in (0, 100 * MIB, budgets(fleet)[7], 500 * MIB + 1, 10**15):
+        assert fleet.eligible(peak) == [d.device_id for d in fleet.devices if d.fits(peak)]

@@ -164,3 +164,20 @@ def test_peak_bytes_match_the_golden_file():
     with GOLDEN.open(newline="") as handle:
         expected = list(csv.DictReader(handle))
     assert rows == expected, "peaks changed; if intended: FEDBENCH_ACCEPT=1 python -m pytest tests/test_memory.py"
+
+
+def test_memory_models_share_one_process_wide_cache():
+    first = MemoryModel().report(build_model("cnn", FMNIST, 10), batch_size=12)
+    assert MemoryModel().report(build_model("cnn", FMNIST, 10), batch_size=12) is first
+    assert MemoryModel(SGDSpec(momentum=0.0)).report(build_model("cnn", FMNIST, 10), batch_size=12) is not first
+
+
+def test_fedbench_memory_rows_are_cached_for_the_process_and_match_a_real_model():
+    from fedbench.cli_memory import memory_rows, workload_reports
+
+    rows = memory_rows("cnn", "fashion-mnist", 16, "fedavg", "relative")
+    hits = workload_reports.cache_info().hits
+    assert memory_rows("cnn", "fashion-mnist", 16, "fedavg", "relative") == rows
+    assert workload_reports.cache_info().hits == hits + 1
+    real = peak_training_bytes(build_model("cnn", FMNIST, 10), batch_size=16)  # built on the CPU, initialised
+    assert rows[0]["peak_bytes"] == real.peak_bytes and rows[0]["activations_bytes"] == real.activations_bytes
