@@ -236,7 +236,7 @@ def stage_round_times(
     state both ways. Labels are ``block <k>`` and ``full``.
     """
     from fedbench.models import build_model
-    from fedbench.models.cutting import StageModel, coadaptation_scope
+    from fedbench.models.cutting import StageModel, stage_trainable
 
     device = device_class(device_class_name)
     clock = VirtualClock(batch_size, tuple(input_shape), epochs)
@@ -245,9 +245,7 @@ def stage_round_times(
     rows = []
     for k in range(1, model.num_blocks + 1):
         stage = StageModel(model, k)
-        block = {f"blocks.{k - 1}.{n}" for n, _ in model.blocks[k - 1].named_parameters()}
-        own = {n for n, _ in stage.named_parameters() if n.startswith(("standins.", "head."))}
-        trainable = block | own | set(coadaptation_scope(model, k)) if k > 1 else None
+        trainable = stage_trainable(model, stage)
         cost = clock.cost(stage, samples, trainable, bytes_down=state_bytes(stage),
                           bytes_up=trainable_upload_bytes(stage, trainable))
         rows.append((f"block {k}", cost))

@@ -28,19 +28,10 @@ TIME_COLUMNS = ("label", "compute_s", "comm_s", "total_s")
 
 def stage_workloads(model: BlockModel) -> list[Workload]:
     """NeuLite's stage k = 1..S as memory-model workloads (cross-entropy loss, no projection MLP)."""
-    from fedbench.models.cutting import StageModel, coadaptation_scope
+    from fedbench.models.cutting import StageModel, stage_trainable
 
-    workloads = []
-    for k in range(1, model.num_blocks + 1):
-        stage = StageModel(model, k)
-        if k == 1:
-            trainable = None  # stem, block 1, stand-ins and head: everything in S_1
-        else:
-            block = {f"blocks.{k - 1}.{n}" for n, _ in model.blocks[k - 1].named_parameters()}
-            own = {n for n, _ in stage.named_parameters() if n.startswith(("standins.", "head."))}
-            trainable = frozenset(block | own | set(coadaptation_scope(model, k)))
-        workloads.append(Workload(f"block {k}", stage, trainable))
-    return workloads
+    stages = [StageModel(model, k) for k in range(1, model.num_blocks + 1)]
+    return [Workload(f"block {s.stage}", s, stage_trainable(model, s)) for s in stages]
 
 
 def neulite_workloads(model: BlockModel) -> tuple[list[Workload], str]:

@@ -19,6 +19,7 @@ from fedbench.errors import ConfigError, ExecutorError
 from fedbench.executors import ProcessExecutor, ProcessPool, SerialExecutor, make_executor
 from fedbench.method import Assignment, Method
 from fedbench.replica import split_work
+from fedbench.tracking import NullTracker
 
 BUILTIN_METHODS = sorted(info.name for info in registry.available("methods") if info.builtin)
 
@@ -169,22 +170,13 @@ class _ExitOnArrival:
         return (os._exit, (3,))
 
 
-class _Recorder:
+class _Recorder(NullTracker):
     """A tracker that keeps the final status instead of writing to MLflow."""
 
     run_id = "dying-worker-run"
 
     def __init__(self) -> None:
         self.status: tuple[str, str | None] | None = None
-
-    def start(self, config, partition):
-        pass
-
-    def resume(self, run_id, rows):
-        pass
-
-    def log_round(self, round_idx, metrics):
-        pass
 
     def finish(self, status, error=None):
         self.status = (status, error)

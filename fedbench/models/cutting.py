@@ -292,3 +292,15 @@ def coadaptation_scope(model: BlockModel, k: int) -> tuple[str, ...]:
     if modules and not names:
         raise PluginError(f"model '{model.arch}': co-adaptation scope of stage {k} has no parameters")
     return names
+
+
+def stage_trainable(model: BlockModel, stage: StageModel) -> frozenset[str] | None:
+    """NeuLite's trainable set T_k of a bare stage model (no projection MLP): all of S_1 (None),
+    else block k, the stage's stand-ins and head, and the co-adapted part of block k−1. The one
+    definition used where stages are costed without the method (Fig. 6/7 reports, the clock)."""
+    k = stage.stage
+    if k == 1:
+        return None
+    block = {f"blocks.{k - 1}.{n}" for n, _ in model.blocks[k - 1].named_parameters()}
+    own = {n for n, _ in stage.named_parameters() if n.startswith(("standins.", "head."))}
+    return frozenset(block | own | set(coadaptation_scope(model, k)))
