@@ -1,47 +1,139 @@
-"""Memory model vs a real allocator: CPU profiler always, CUDA ``max_memory_allocated`` when a GPU exists.
+"""Memory model vs a real allocator: CUDA ``max_memory_allocated`` when a GPU exists, CPU profiler on request.
 
-    python benchmarks/bench_memory_cuda.py            # Markdown table on stdout
+    python benchmarks/bench_memory_cuda.py                         # Markdown table on stdout
+    python benchmarks/bench_memory_cuda.py --json out.json --cpu   # also the CPU profiler, and JSON rows
 
-Each row: one full-model training step (SGD momentum 0.9, wd 5e-4, steady state) at
-the given batch; the model's prediction uses the same optimizer path as the
-reference (per-tensor on CPU, torch's default multi-tensor ``foreach`` on CUDA).
-CUDA rows are skipped without a CUDA device.
+Each row is one workload a method trains (``Method.workloads``: FedAvg's full model,
+NeuLite's stages with their frozen prefix and curriculum loss, DepthFL's exit models
+with distillation, HeteroFL's width levels, ProgFed's growing prefixes) at one batch
+size: one steady-state training step (SGD momentum 0.9, wd 5e-4) measured on the
+device, next to :class:`fedbench.memory.MemoryModel`'s prediction for the same
+optimizer path (per-tensor on CPU, torch's default multi-tensor ``foreach`` on CUDA).
+Both count the resident model and optimizer state and exclude the input batch.
+Library workspaces (cuDNN's convolution scratch) are allocated through torch's caching
+allocator during the step, so CUDA rows include them; the memory model does not know
+them (they depend on the algorithm cuDNN picks). Without a CUDA device, CUDA rows are
+skipped.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
 import torch
 
-from fedbench.memory import SGDSpec, peak_training_bytes
+from fedbench import registry
+from fedbench.cli_memory import KNOWN_SHAPES
+from fedbench.memory import MemoryModel, SGDSpec
 from fedbench.memory_validation import cuda_peak_bytes, profiled_peak_bytes
+from fedbench.method import Workload, validate_method
 from fedbench.models import build_model
+from fedbench.training import cross_entropy_loss
 
-CASES = [
-    ("cnn", (1, 28, 28), 16), ("cnn", (1, 28, 28), 64),
-    ("resnet18", (3, 32, 32), 16), ("resnet18", (3, 32, 32), 64),
-    ("vgg11_bn", (3, 32, 32), 64), ("resnet34", (3, 32, 32), 64),
-]
+DATASET_OF_MODEL = {"cnn": "fashion-mnist"}  # every other model: CIFAR-10 inputs, as in the paper
+MIB = 1024 * 1024
 
 
-def main() -> None:
-    print("| model | batch | reference | measured bytes | memory model bytes | error |")
-    print("|---|---|---|---|---|---|")
-    for arch, shape, batch in CASES:
-        rows = []
-        torch.manual_seed(0)
-        if arch in ("cnn", "resnet18"):
-            predicted = peak_training_bytes(build_model(arch, shape, 10), batch_size=batch).peak_bytes
-            rows.append(("CPU profiler", profiled_peak_bytes(build_model(arch, shape, 10), batch_size=batch), predicted))
-        if torch.cuda.is_available():
-            predicted = peak_training_bytes(
-                build_model(arch, shape, 10), batch_size=batch, optimizer=SGDSpec(foreach=True)
-            ).peak_bytes
-            rows.append(("CUDA max_memory_allocated",
-                         cuda_peak_bytes(build_model(arch, shape, 10), batch_size=batch), predicted))
-        for reference, measured, predicted in rows:
-            error = 100 * (predicted - measured) / measured
-            print(f"| {arch} | {batch} | {reference} | {measured:,} | {predicted:,} | {error:+.2f} % |")
+def workloads(arch: str, method: str) -> tuple[tuple[int, ...], int, list[Workload]]:
+    """The method's workloads (default options) on a real, seeded ``arch``; FedAvg's is the full model."""
+    shape, num_classes = KNOWN_SHAPES[DATASET_OF_MODEL.get(arch, "cifar10")]
+    torch.manual_seed(0)
+    model = build_model(arch, shape, num_classes)
+    method_cls = registry.load("methods", method, validate=validate_method)
+    found = list(method_cls.workloads(model, method_cls.parse_options({})))
+    return shape, num_classes, found or [Workload("full", model)]
+
+
+def materialized(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy with real storage: workloads a method declares on the meta device (HeteroFL's width
+    levels) get small random weights, which is all a memory measurement needs."""
+    model = copy.deepcopy(model)
+    if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        return model
+    model.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+            if name.endswith("running_var"):
+                tensor.fill_(1.0)
+            elif tensor.is_floating_point():
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * 0.1 - 0.05)
+            else:
+                tensor.zero_()
+    return model
+
+
+def measure(arch: str, method: str, batch: int, cpu: bool) -> list[dict]:
+    shape, num_classes, found = workloads(arch, method)
+    rows = []
+    for work in found:
+        loss_fn = work.loss_fn or cross_entropy_loss
+        for reference, optimizer, run in (
+            ("cuda", SGDSpec(foreach=True), cuda_peak_bytes if torch.cuda.is_available() else None),
+            ("cpu", SGDSpec(), profiled_peak_bytes if cpu else None),
+        ):
+            if run is None:
+                continue
+            report = MemoryModel(optimizer).report(work.model, work.trainable, batch, shape, loss_fn=loss_fn)
+            start = time.perf_counter()
+            measured = run(materialized(work.model), work.trainable, batch, shape, num_classes, optimizer, loss_fn)
+            rows.append({
+                "model": arch, "method": method, "workload": work.name, "batch": batch, "reference": reference,
+                "measured_bytes": int(measured), "predicted_bytes": int(report.peak_bytes),
+                "error_pct": 100.0 * (report.peak_bytes - measured) / measured,
+                "params_bytes": report.params_bytes, "grads_bytes": report.grads_bytes,
+                "optimizer_bytes": report.optimizer_bytes, "activations_bytes": report.activations_bytes,
+                "measure_s": time.perf_counter() - start,
+            })
+            if reference == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet18,cnn,resnet34,vgg11_bn,squeezenet")
+    parser.add_argument("--methods", default="fedavg,neulite,depthfl,heterofl,progfed")
+    parser.add_argument("--batches", default="16,64")
+    parser.add_argument("--cpu", action="store_true", help="also measure on CPU with torch.profiler (slow)")
+    parser.add_argument("--json", type=Path, help="write the rows (and the environment) here")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available() and not args.cpu:
+        print("no CUDA device: nothing to measure (add --cpu for the CPU profiler rows)", file=sys.stderr)
+        return 1
+    environment = {
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    print(f"<!-- {json.dumps(environment)} -->")
+    print("| model | method | workload | batch | reference | measured MiB | memory model MiB | error |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows: list[dict] = []
+    for arch in args.models.split(","):
+        for method in args.methods.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
+                try:
+                    found = measure(arch, method, batch, args.cpu)
+                except Exception as exc:  # one combination that cannot be built must not end the table
+                    print(f"| {arch} | {method} | – | {batch} | – | – | – | {type(exc).__name__}: {exc} |")
+                    continue
+                for row in found:
+                    rows.append(row)
+                    print(f"| {arch} | {method} | {row['workload']} | {batch} | {row['reference']} "
+                          f"| {row['measured_bytes'] / MIB:.1f} | {row['predicted_bytes'] / MIB:.1f} "
+                          f"| {row['error_pct']:+.2f} % |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"environment": environment, "rows": rows}, indent=1))
+    worst = max((abs(r["error_pct"]) for r in rows), default=0.0)
+    print(f"\n{len(rows)} rows; largest |error| {worst:.2f} %")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

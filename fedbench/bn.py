@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fedbench.data import ImageDataset
+from fedbench.training import placed_on
 
 BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -26,6 +27,7 @@ def recompute_bn_statistics(
     indices: torch.Tensor,
     batch_size: int,
     generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
 ) -> int:
     """Replace the running statistics of every BatchNorm in ``model`` (in place) by the
     cumulative average over the training samples ``indices``, fed through the training
@@ -43,13 +45,14 @@ def recompute_bn_statistics(
     model.train()
     used = 0
     try:
-        for start in range(0, int(indices.numel()), batch_size):
-            batch = indices[start : start + batch_size]
-            if batch.numel() < 2:  # a one-sample batch has no variance
-                continue
-            images, _ = dataset.train_batch(batch, generator)
-            model(images)
-            used += int(batch.numel())
+        with placed_on(model, device):
+            for start in range(0, int(indices.numel()), batch_size):
+                batch = indices[start : start + batch_size]
+                if batch.numel() < 2:  # a one-sample batch has no variance
+                    continue
+                images, _ = dataset.train_batch(batch, generator)  # drawn on the CPU, as in training
+                model(images.to(device))
+                used += int(batch.numel())
     finally:
         for m, (momentum, track) in zip(layers, saved, strict=True):
             m.momentum, m.track_running_stats = momentum, track

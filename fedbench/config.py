@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -130,6 +131,8 @@ WEIGHTINGS = ("uniform", "samples")
 EXECUTORS = ("serial", "process", "ray")
 # RunConfig fields that decide where work runs, never what it computes: not in the run key.
 EXECUTION_FIELDS = ("executor", "workers", "executor_threads")
+# Compute devices a run may use (RunConfig.device).
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
 
 class FrozenOptions(dict):
@@ -174,6 +177,10 @@ class RunConfig:
     executor: str = "serial"
     workers: int = 2
     executor_threads: int | None = None
+    # Where local training and evaluation compute: `cpu`, `cuda` or `cuda:N` (docs/gpu.md). The
+    # server's state (global model, aggregation, the memory model's meta runs) stays on the CPU.
+    # Part of the run key when not `cpu`: a GPU changes the arithmetic, hence the result.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         # Freeze the options mapping so the whole tree is immutable and hashable in spirit.
@@ -209,6 +216,15 @@ class RunConfig:
             self.executor_threads is None or self.executor_threads >= 1,
             f"executor_threads ({self.executor_threads}) must be >= 1, or unset for threads // workers",
         )
+        _require(
+            DEVICE_PATTERN.fullmatch(self.device) is not None,
+            f"device ({self.device!r}) must be cpu, cuda or cuda:N (e.g. cuda:0)",
+        )
+        _require(
+            self.device == "cpu" or self.executor == "serial",
+            f"device {self.device} runs with the serial executor only (got executor {self.executor!r}); "
+            "one GPU is faster than worker processes sharing it: drop --executor",
+        )
 
     # ----------------------------------------------------------------- views
     def to_dict(self) -> dict[str, Any]:
@@ -239,6 +255,8 @@ class RunConfig:
         payload["data"].pop("data_dir")
         for name in EXECUTION_FIELDS:
             payload.pop(name)
+        if payload["device"] == "cpu":  # runs from before the field existed keep their key
+            payload.pop("device")
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

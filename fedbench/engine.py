@@ -16,7 +16,7 @@ import torch
 from fedbench import checkpoint, executors, registry
 from fedbench.config import RunConfig
 from fedbench.data import FederatedData, ImageDataset
-from fedbench.errors import ExecutorError, PluginError
+from fedbench.errors import ConfigError, ExecutorError, PluginError
 from fedbench.executors import Executor, SerialExecutor
 from fedbench.fleet import make_fleet
 from fedbench.method import Assignment, Method, RunContext, validate_method
@@ -140,6 +140,7 @@ def run(
     ``executor`` if given (it is started here; the caller closes it)."""
     torch.set_num_threads(config.threads)
     executors.check_available(config)
+    check_device(config.device)
     tracker = tracker or NullTracker()
     ctx, stats = prepare(config)
     method = make_method(ctx)
@@ -195,6 +196,20 @@ def run(
         raise
     tracker.finish("FINISHED")
     return result
+
+
+def check_device(device: str) -> None:
+    """Fail before loading anything if ``device`` (``cpu``, ``cuda``, ``cuda:N``) is not here."""
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(f"device {device} asked for, but torch ({torch.__version__}, {built}) sees no CUDA GPU; "
+                          "run with --device cpu or on a machine with an NVIDIA GPU")
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
 
 
 def _validate_callable(name: str, obj: object) -> None:

@@ -42,7 +42,7 @@ from fedbench.fleet import Fleet
 from fedbench.memory import MemoryModel, MemoryReport, SGDSpec, format_bytes
 from fedbench.models import BlockModel, build_model
 from fedbench.seeding import Stream, numpy_rng, torch_generator
-from fedbench.training import LossFn, cross_entropy_loss, local_sgd
+from fedbench.training import LossFn, cross_entropy_loss, local_sgd, placed_on
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,7 +256,7 @@ class Method:
         """Metrics of an evaluation round: ``eval/accuracy`` and ``eval/loss`` of
         :meth:`eval_model` on the test set. A method with several outputs to score (DepthFL's
         exits and their ensemble) overrides this so the test set is read once."""
-        scores = evaluate(self.eval_model(), self.ctx.data.dataset, batch_size)
+        scores = evaluate(self.eval_model(), self.ctx.data.dataset, batch_size, self.ctx.config.device)
         return {"eval/accuracy": scores["accuracy"], "eval/loss": scores["loss"]}
 
     def information_plane(self, per_class: int) -> dict[str, float]:
@@ -275,8 +275,9 @@ class Method:
             self._probe = balanced_probe(dataset, per_class)
         images, labels = self._probe
         sigma = float(getattr(self.options, "sigma", SIGMA))  # NeuLite's kernel width where it sets one
-        return block_information_plane(model, images.to(self.ctx.device), labels.to(self.ctx.device),
-                                       dataset.num_classes, sigma)
+        device = self.ctx.config.device
+        with placed_on(model, device):
+            return block_information_plane(model, images.to(device), labels.to(device), dataset.num_classes, sigma)
 
     def round_metrics(self, round_idx: int, updates: Sequence[Update]) -> dict[str, float]:
         return {}
@@ -313,15 +314,16 @@ class Method:
         client) generator, packed as the :class:`Update` the device sends: a copy of the
         state of ``sent`` (default ``model``), or of its parameters only."""
         client = assignment.client_id
-        result = local_sgd(
-            model,
-            self.ctx.data.dataset,
-            self.ctx.data.shards[client],
-            self.ctx.config.train,
-            self.ctx.client_generator(round_idx, client),
-            loss_fn=loss_fn or cross_entropy_loss,
-            max_grad_norm=max_grad_norm,
-        )
+        with placed_on(model, self.ctx.config.device):  # --device cuda: computes there, comes back
+            result = local_sgd(
+                model,
+                self.ctx.data.dataset,
+                self.ctx.data.shards[client],
+                self.ctx.config.train,
+                self.ctx.client_generator(round_idx, client),
+                loss_fn=loss_fn or cross_entropy_loss,
+                max_grad_norm=max_grad_norm,
+            )
         source = sent if sent is not None else model
         tensors = source.named_parameters() if parameters_only else source.state_dict().items()
         return Update(

@@ -7,7 +7,8 @@ land once for everyone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,32 @@ class LocalResult:
     mean_loss: float
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` computes: the device of its first parameter (CPU for a parameterless one)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+@contextlib.contextmanager
+def placed_on(model: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
+    """Hold ``model`` on ``device`` for the block and bring it back where it was.
+
+    The server keeps every model on the CPU; with ``--device cuda`` only the compute
+    (local SGD, evaluation) moves to the GPU, one model at a time, so methods need no
+    device logic of their own. ``Module.to`` swaps parameters in place: modules that
+    share parameters with ``model`` move with it and come back with it.
+    """
+    device = torch.device(device)
+    home = model_device(model)
+    if device == home:
+        yield model
+        return
+    model.to(device)
+    try:
+        yield model
+    finally:
+        model.to(home)
+
+
 def make_optimizer(parameters: Iterable[nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
     """Fresh SGD each round: momentum is not carried across rounds (spec common.md §1.3)."""
     return torch.optim.SGD(
@@ -52,7 +79,8 @@ def local_sgd(
 ) -> LocalResult:
     """``train.local_epochs`` epochs of minibatch SGD on the samples ``indices``.
 
-    Only parameters with ``requires_grad`` are optimised, so a method freezes a
+    Runs where ``model`` is (see :func:`placed_on`); batches are drawn on the CPU and
+    moved there. Only parameters with ``requires_grad`` are optimised, so a method freezes a
     part of the model by switching it off before the call. Batches are shuffled
     with ``generator`` (seeded per round and client). The last partial batch is
     kept, except a batch of one sample, which BatchNorm cannot train on.
@@ -60,9 +88,10 @@ def local_sgd(
     backward (HeteroFL/FedRolex clip to 1.0); None: no clipping.
     """
     model.train()
+    device = model_device(model)
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), train)
     num = int(indices.numel())
-    total_loss = torch.zeros((), dtype=torch.float64)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
     steps = 0
     for _ in range(train.local_epochs):
         order = indices[torch.randperm(num, generator=generator)]
@@ -70,7 +99,8 @@ def local_sgd(
             batch = order[start : start + train.batch_size]
             if batch.numel() < 2:
                 continue
-            images, labels = dataset.train_batch(batch, generator)
+            images, labels = dataset.train_batch(batch, generator)  # on the CPU: augmentation's generator is
+            images, labels = images.to(device), labels.to(device)  # a CPU one, so draws match the CPU run's
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model, images, labels)
             loss.backward()

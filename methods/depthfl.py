@@ -33,6 +33,7 @@ from fedbench.method import Assignment, Method, RunContext, Update, Workload
 from fedbench.models import BlockModel
 from fedbench.models.cutting import ExitModel, check_block_index, exit_heads
 from fedbench.seeding import Stream, numpy_rng
+from fedbench.training import placed_on
 
 KD_EPSILON = 1e-7  # added to the distillation targets, as in DepthFL's KLLoss
 EXIT_INIT_KEY = 1  # Stream.MODEL_INIT key of the exits' initialisation (0 is the trunk's)
@@ -313,23 +314,28 @@ class DepthFL(Method):
         """Every exit and their ensemble in one pass; the ensemble is the headline (spec §8.6, Q11)."""
         self.full.eval()
         positions = [int(k) for k in self.exits.keys()] + [self.global_model.num_blocks]
-        correct = [0] * len(positions)
-        ensemble_correct, loss_sum, count = 0, 0.0, 0
-        for images, labels in self.ctx.data.dataset.test_batches(batch_size):
-            outputs = self.full(images)
-            for index, logits in enumerate(outputs):
-                correct[index] += int((logits.argmax(dim=1) == labels).sum())
-            ensemble = torch.stack(outputs).mean(dim=0)
-            ensemble_correct += int((ensemble.argmax(dim=1) == labels).sum())
-            loss_sum += float(F.cross_entropy(ensemble, labels, reduction="sum"))
-            count += int(labels.numel())
+        device = torch.device(self.ctx.config.device)
+        correct = torch.zeros(len(positions), dtype=torch.int64, device=device)
+        ensemble_correct = torch.zeros((), dtype=torch.int64, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        count = 0
+        with placed_on(self.full, device):
+            for images, labels in self.ctx.data.dataset.test_batches(batch_size):
+                images, labels = images.to(device), labels.to(device)
+                outputs = self.full(images)
+                for index, logits in enumerate(outputs):
+                    correct[index] += (logits.argmax(dim=1) == labels).sum()
+                ensemble = torch.stack(outputs).mean(dim=0)
+                ensemble_correct += (ensemble.argmax(dim=1) == labels).sum()
+                loss_sum += F.cross_entropy(ensemble, labels, reduction="sum")
+                count += int(labels.numel())
         self.full.train()
         count = max(count, 1)
-        metrics = {f"eval/exit{k}/accuracy": c / count for k, c in zip(positions, correct, strict=True)}
+        metrics = {f"eval/exit{k}/accuracy": c / count for k, c in zip(positions, correct.tolist(), strict=True)}
         metrics.update({
-            "eval/accuracy": ensemble_correct / count,
-            "eval/ensemble/accuracy": ensemble_correct / count,
-            "eval/loss": loss_sum / count,
+            "eval/accuracy": int(ensemble_correct) / count,
+            "eval/ensemble/accuracy": int(ensemble_correct) / count,
+            "eval/loss": float(loss_sum) / count,
         })
         return metrics
 

@@ -185,7 +185,8 @@ class HeteroFL(Method):
             generator = torch_generator(self.ctx.config.seed, Stream.METHOD, _SBN_KEY, self.aggregations)
             indices = sbn_indices(self.ctx.data.shards, self.options.sbn_max_samples, generator)
             recompute_bn_statistics(
-                self.global_model, self.ctx.data.dataset, indices, self.ctx.config.eval_batch_size, generator
+                self.global_model, self.ctx.data.dataset, indices, self.ctx.config.eval_batch_size, generator,
+                self.ctx.config.device,
             )
         return self.global_model
 

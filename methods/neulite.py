@@ -367,7 +367,8 @@ class NeuLite(Method):
         ``--info-plane N``."""
         if k == self.num_stages:
             return {}
-        scores = evaluate(self.stages[k - 1].model, self.ctx.data.dataset, self.ctx.config.eval_batch_size)
+        config = self.ctx.config
+        scores = evaluate(self.stages[k - 1].model, self.ctx.data.dataset, config.eval_batch_size, config.device)
         return {f"eval/stage{k}/accuracy": scores["accuracy"]}
 
     def device_cost(self, assignment: Assignment, update: Update | None = None) -> Any:

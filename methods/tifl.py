@@ -26,6 +26,7 @@ import torch
 from fedbench.errors import ConfigError
 from fedbench.method import Assignment, Method, RunContext, Update
 from fedbench.seeding import Stream, numpy_rng
+from fedbench.training import placed_on
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,9 @@ class TiFL(Method):
         was_training = model.training
         model.eval()
         images, labels = self.ctx.data.dataset.train_batch(self._eval_indices[tier_idx])
-        accuracy = float((model(images).argmax(dim=1) == labels).float().mean())
+        device = self.ctx.config.device
+        with placed_on(model, device):
+            accuracy = float((model(images.to(device)).argmax(dim=1) == labels.to(device)).float().mean())
         model.train(was_training)
         return accuracy
 
