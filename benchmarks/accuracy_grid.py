@@ -58,6 +58,13 @@ def summarize(result: engine.RunResult, wall_s: float) -> dict[str, Any]:
     }
 
 
+def progress(method: str, finished: engine.RoundResult, start: float) -> None:
+    """One line per evaluation round, so a run cut short still shows its pace and its curve."""
+    if "eval/accuracy" in finished.metrics:
+        print(f"  {method} round {finished.round_idx + 1}: accuracy {finished.metrics['eval/accuracy']:.4f}, "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", required=True, help="comma-separated method names")
@@ -72,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         try:
             config = make_config(None, dotted_to_nested(settings))
+            result = engine.run(config, on_round=lambda r, m=method, t=start: progress(m, r, t))
             line: dict[str, Any] = {"method": method, "settings": settings,
-                                    **summarize(engine.run(config), time.perf_counter() - start)}
+                                    **summarize(result, time.perf_counter() - start)}
         except Exception as exc:  # keep going: one broken method must not cost the others' results
             failures += 1
             line = {"method": method, "settings": settings, "error": f"{type(exc).__name__}: {exc}",

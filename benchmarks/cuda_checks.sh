@@ -2,9 +2,12 @@
 # Everything fedbench checks on a CUDA GPU, in order of importance, each step bounded in time:
 #   1. the memory model against torch.cuda.max_memory_allocated (every workload of five methods,
 #      five models, batches 16 and 64)                      -> OUT/memory_cuda.{md,json}
+#   1b. the same with cuDNN limited to algorithms without workspace (CUDNN_CONV_WSCAP_DBG=0, MiB),
+#      which separates cuDNN's scratch from what the memory model counts -> OUT/memory_cuda_ws0.{md,json}
 #   2. one 2-round --device cuda run of every registered method on synthetic data -> OUT/smoke.jsonl
 #   3. the width/depth baselines at full width, ResNet18 on Fashion-MNIST, 30 rounds -> OUT/grid.jsonl
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
+# STEPS="1 1b 2 3" (the default) picks steps; GRID_METHODS the methods of step 3.
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow): runs go through
 # benchmarks/accuracy_grid.py. Install fedbench first (pip install --no-deps -e .) for its entry points.
 set -u
@@ -13,23 +16,33 @@ FMNIST=${2:-}
 GRID_SECONDS=${3:-300}
 GRID_METHODS=${GRID_METHODS:-fedavg,allsmall,heterofl,fedrolex,depthfl,progfed}
 PY=${PYTHON:-python3}
+STEPS=" ${STEPS:-1 1b 2 3} "
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
 
 { nvidia-smi -L; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
   'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"; nproc; } >"$OUT/env.txt" 2>&1
 
-echo "== 1. memory model vs CUDA allocator"
-timeout 150 $PY benchmarks/bench_memory_cuda.py --json "$OUT/memory_cuda.json" >"$OUT/memory_cuda.md" 2>&1
-tail -n 3 "$OUT/memory_cuda.md"
+if [[ $STEPS == *" 1 "* ]]; then
+  echo "== 1. memory model vs CUDA allocator"
+  timeout 150 $PY benchmarks/bench_memory_cuda.py --json "$OUT/memory_cuda.json" >"$OUT/memory_cuda.md" 2>&1
+  tail -n 1 "$OUT/memory_cuda.md"
+fi
+if [[ $STEPS == *" 1b "* ]]; then
+  echo "== 1b. memory model vs CUDA allocator, cuDNN workspace capped at 0"
+  CUDNN_CONV_WSCAP_DBG=0 timeout 150 $PY benchmarks/bench_memory_cuda.py --json "$OUT/memory_cuda_ws0.json" \
+    >"$OUT/memory_cuda_ws0.md" 2>&1
+  tail -n 1 "$OUT/memory_cuda_ws0.md"
+fi
+if [[ $STEPS == *" 2 "* ]]; then
+  echo "== 2. every method, 2 rounds on --device cuda"
+  timeout 60 $PY benchmarks/accuracy_grid.py \
+    --methods "$($PY -c 'from fedbench import registry; print(",".join(p.name for p in registry.available("methods")))')" \
+    --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 --set rounds=2 \
+    --set device=cuda --set tracking.enabled=false --out "$OUT/smoke.jsonl"
+fi
 
-echo "== 2. every method, 2 rounds on --device cuda"
-timeout 60 $PY benchmarks/accuracy_grid.py \
-  --methods "$($PY -c 'from fedbench import registry; print(",".join(p.name for p in registry.available("methods")))')" \
-  --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 --set rounds=2 \
-  --set device=cuda --set tracking.enabled=false --out "$OUT/smoke.jsonl"
-
-if [ -n "$FMNIST" ] && [ "$GRID_SECONDS" -gt 0 ]; then
+if [[ $STEPS == *" 3 "* ]] && [ -n "$FMNIST" ] && [ "$GRID_SECONDS" -gt 0 ]; then
   echo "== 3. full-width ResNet18 baselines on Fashion-MNIST (stops after ${GRID_SECONDS}s)"
   timeout "$GRID_SECONDS" $PY benchmarks/accuracy_grid.py \
     --methods "$GRID_METHODS" \

@@ -54,11 +54,15 @@ def placed_on(model: nn.Module, device: torch.device | str) -> Iterator[nn.Modul
     if device == home:
         yield model
         return
-    model.to(device)
+    # Evaluation runs under inference mode, where new tensors would be inference tensors that no
+    # later training step may update in place: the copies are made outside it.
+    with torch.inference_mode(False):
+        model.to(device)
     try:
         yield model
     finally:
-        model.to(home)
+        with torch.inference_mode(False):
+            model.to(home)
 
 
 def make_optimizer(parameters: Iterable[nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:

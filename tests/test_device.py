@@ -60,6 +60,7 @@ class RecordingLinear(nn.Linear):
         self.moves: list[torch.device] = []
 
     def to(self, device):  # type: ignore[override]
+        assert not torch.is_inference_mode_enabled(), "copies made in inference mode cannot be trained later"
         self.moves.append(torch.device(device))
         return self
 
@@ -70,6 +71,14 @@ def test_placed_on_moves_the_model_there_and_back_even_on_error():
         assert model.moves == [torch.device("cuda:1")]
         raise RuntimeError("boom")
     assert model.moves == [torch.device("cuda:1"), torch.device("cpu")]
+
+
+def test_placed_on_inside_inference_mode_moves_with_normal_tensors():
+    """Evaluation moves the global model under inference mode; its parameters must stay trainable."""
+    model = RecordingLinear()
+    with torch.inference_mode(), placed_on(model, "cuda"):
+        pass
+    assert model.moves == [torch.device("cuda"), torch.device("cpu")]
 
 
 @no_cuda
