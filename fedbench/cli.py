@@ -114,8 +114,8 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     """Train one method on one data set and log the run to MLflow."""
-    from fedbench import engine
-    from fedbench.tracking import MlflowTracker, NullTracker
+    from fedbench.tracking import NullTracker
+    from fedbench.tracking_process import ProcessTracker
 
     _setup_logging(verbose)
     overrides = dotted_to_nested(
@@ -132,6 +132,7 @@ def run(
             "fleet.profile": fleet, "fleet.low_mb": low_mb, "fleet.high_mb": high_mb,
         }
     )
+    tracker: Any = None
     try:
         if opt:
             overrides["options"] = _parse_opts(opt)
@@ -141,11 +142,14 @@ def run(
             cfg = dataclasses.replace(cfg, **{k: v for k, v in execution.items() if v is not None})
         else:
             cfg = make_config(config, overrides)
+            # Started before torch is imported, so MLflow's start-up overlaps the run's (tracking_process.py).
             tracker = (
                 NullTracker()
                 if no_tracking or not cfg.tracking.enabled
-                else MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name)
+                else ProcessTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name)
             )
+        from fedbench import engine
+
         with _RoundProgress(cfg) as progress:
             result = engine.run(cfg, tracker=tracker, on_round=progress.update, resume_run_id=resume)
     except FedbenchError as exc:
@@ -153,6 +157,10 @@ def run(
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow]: finished rounds are logged; the run is marked KILLED")
         raise typer.Exit(code=130) from None
+    finally:
+        close = getattr(tracker, "close", None)
+        if close is not None:
+            close()  # a run that failed before it started leaves no logging helper behind
     accuracy = result.metric("eval/accuracy")
     summary = f"{cfg.method} on {cfg.data.dataset}: final accuracy {accuracy[-1]:.4f}, best {max(accuracy):.4f}"
     run_id = getattr(tracker, "run_id", None)

@@ -149,6 +149,9 @@ class FrozenOptions(dict):
     def __deepcopy__(self, memo: dict) -> FrozenOptions:
         return self
 
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        return FrozenOptions, (dict(self),)  # pickle rebuilds it whole (its items cannot be set one by one)
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:

@@ -125,8 +125,14 @@ class MlflowTracker:
         self.run_name = run_name
         self.run_id: str | None = None
         self._client: Any = None
+        self._connection: tuple[Any, str] | None = None
         self._rows: list[dict[str, float]] = []
         self._partition: Mapping[str, Any] = {}
+
+    def connect(self) -> None:
+        """Open the store and find or create the experiment now (else :meth:`start` does)."""
+        if self._connection is None:
+            self._connection = self._connect()
 
     def _connect(self) -> Any:
         from mlflow.tracking import MlflowClient
@@ -145,10 +151,17 @@ class MlflowTracker:
             ) from exc
         return client, experiment_id
 
-    def start(self, config: RunConfig, partition: Mapping[str, Any]) -> None:
+    def start(
+        self, config: RunConfig, partition: Mapping[str, Any], option_values: Mapping[str, str] | None = None
+    ) -> None:
+        """Create the run and log its params, config and partition. ``option_values``: the
+        method's options with defaults, as :func:`fedbench.method.option_params` gives them
+        (computed here if not given; that loads the method, hence torch)."""
         from mlflow.entities import Param
 
-        self._client, experiment_id = self._connect()
+        self.connect()
+        assert self._connection is not None
+        self._client, experiment_id = self._connection
         tags = {
             "fedbench.method": config.method,
             "fedbench.dataset": config.data.dataset,
@@ -158,9 +171,11 @@ class MlflowTracker:
         }
         run = self._client.create_run(experiment_id, tags=tags, run_name=self.run_name)
         self.run_id = run.info.run_id
-        from fedbench.method import option_params  # loads the method plugin: not at import time
+        if option_values is None:
+            from fedbench.method import option_params  # loads the method plugin: not at import time
 
-        flat = config.flat_params() | option_params(config)  # every option, defaults included
+            option_values = option_params(config)
+        flat = config.flat_params() | dict(option_values)  # every option, defaults included
         params = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
         summary = {k: v for k, v in partition.items() if k != "clients"}
         params += [Param(f"partition.{k}", str(v)) for k, v in summary.items()]
@@ -173,7 +188,9 @@ class MlflowTracker:
 
     def resume(self, run_id: str, rows: list[dict[str, float]]) -> None:
         """Continue logging into an existing run (``fedbench run --resume``)."""
-        self._client, _ = self._connect()
+        self.connect()
+        assert self._connection is not None
+        self._client = self._connection[0]
         self.run_id = run_id
         self._rows = list(rows)
         self._client.update_run(run_id, status="RUNNING")

@@ -109,6 +109,9 @@ def test_tuple_and_bool_options_from_the_command_line_reach_the_method_and_mlflo
 
     client = RecordingClient()
     monkeypatch.setattr(MlflowTracker, "_connect", lambda self: (client, "0"))
+    # In this process, so the recording client sees the params (the CLI's helper process is
+    # tested against a real store in tests/test_tracking.py).
+    monkeypatch.setattr("fedbench.tracking_process.ProcessTracker", MlflowTracker)
     install(site, "fedbench-knobs", {"knobs": OPTIONS_PLUGIN}, {"knobs": "knobs:Knobs"})
     result = runner.invoke(app, [*TINY_RUN, "--method", "knobs", "--opt", "widths=[0.5, 1]", "--opt", "shuffle=false"])
     assert result.exit_code == 0, result.output

@@ -7,8 +7,10 @@ import dataclasses
 import pytest
 
 from fedbench import engine
+from fedbench.errors import TrackingError
 from fedbench.method import Method
 from fedbench.tracking import MlflowTracker, metrics_csv
+from fedbench.tracking_process import ProcessTracker
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +107,45 @@ def test_only_local_sqlite_stores_are_locked(tmp_path, monkeypatch):
     assert sqlite_store_path(f"sqlite:///{tmp_path}/a.db") == tmp_path / "a.db"
     assert sqlite_store_path(None).name == "mlflow.db"  # MLflow's default store
     assert sqlite_store_path("http://mlflow.example:5000") is None
+
+
+# ------------------------------------------------------- the logging helper process
+def test_the_helper_process_logs_what_the_in_process_tracker_logs(store, tiny_config):
+    tracker = ProcessTracker(store, experiment="helper")
+    engine.run(tiny_config, tracker=tracker)
+    client = _client(store)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data.dataset"] == "synthetic" and run.data.params["partition.size_min"]
+    assert run.data.tags["fedbench.run_key"] == tiny_config.run_key
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "eval/accuracy")] == list(
+        range(tiny_config.rounds))
+    assert {"config.yaml", "metrics.csv", "partition"} <= {a.path for a in client.list_artifacts(tracker.run_id)}
+    assert tracker._process.returncode == 0  # finished and exited
+
+
+def test_the_helper_marks_an_interrupted_run_killed_and_keeps_its_rounds(store, tiny_config, monkeypatch):
+    monkeypatch.setattr(engine, "make_method", lambda ctx: _InterruptInSecondRound(ctx))
+    tracker = ProcessTracker(store, experiment="helper-killed")
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(dataclasses.replace(tiny_config, rounds=3), tracker=tracker)
+    client = _client(store)
+    assert client.get_run(tracker.run_id).info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "eval/accuracy")] == [0]
+
+
+def test_an_unreachable_store_fails_start_with_one_line_and_the_helper_exits(tiny_config):
+    tracker = ProcessTracker("http://127.0.0.1:9", experiment="nowhere")
+    with pytest.raises(TrackingError, match=r"cannot reach the MLflow tracking store at http://127.0.0.1:9") as info:
+        tracker.start(tiny_config, {})
+    assert "\n" not in str(info.value)
+    tracker.close()
+    tracker.close()  # idempotent
+    assert tracker._process.returncode == 0
+
+
+def test_a_helper_that_dies_is_a_tracking_error_not_a_hang(store, tiny_config):
+    tracker = ProcessTracker(store, experiment="helper-dies")
+    tracker._process.kill()
+    with pytest.raises(TrackingError, match="MLflow logging process exited"):
+        tracker.start(tiny_config, {})
