@@ -6,6 +6,7 @@ between methods is a hook of :class:`fedbench.method.Method`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -142,6 +143,24 @@ def run(
     executors.check_available(config)
     check_device(config.device)
     tracker = tracker or NullTracker()
+    with contextlib.ExitStack() as cleanup:
+        if executor is None:
+            executor = executors.make_executor(config)  # worker processes/actors start now ...
+            cleanup.callback(executor.close)
+            begin = getattr(executor, "begin", None)
+            if begin is not None:
+                begin(config)  # ... and load their copy of the run while this process loads its own
+        return _run_prepared(config, tracker, on_round, resume_run_id, executor)
+
+
+def _run_prepared(
+    config: RunConfig,
+    tracker: Tracker,
+    on_round: Callable[[RoundResult], None] | None,
+    resume_run_id: str | None,
+    active: Executor,
+) -> RunResult:
+    """:func:`run` once its executor exists (started here; closed by the caller)."""
     ctx, stats = prepare(config)
     method = make_method(ctx)
     result = RunResult(config=config, partition=stats)
@@ -174,13 +193,8 @@ def run(
             on_round(round_result)
 
     try:
-        active = executor or executors.make_executor(config)
-        try:
-            active.start(method)
-            run_rounds(method, record, first_round=first_round, executor=active)
-        finally:
-            if executor is None:
-                active.close()
+        active.start(method)
+        run_rounds(method, record, first_round=first_round, executor=active)
     except KeyboardInterrupt:
         tracker.finish("KILLED", "interrupted by the user")
         raise

@@ -42,7 +42,11 @@ RAY_INSTALL = 'pip install "fedbench[ray]"'
 
 
 class Executor(Protocol):
-    """Runs a round's local updates; ``start`` once per run, before the first round."""
+    """Runs a round's local updates; ``start`` once per run, before the first round.
+
+    An executor may also have ``begin(config)``: called by the engine as soon as the config is
+    known, before the server loads data, so that workers load their copy of the run meanwhile
+    (``start`` then waits for them)."""
 
     def start(self, method: Method) -> None: ...
     def local_updates(self, method: Method, assignments: Sequence[Assignment], round_idx: int) -> list[Update]: ...
@@ -254,8 +258,15 @@ class ProcessPool:
 
     def setup(self, config: RunConfig) -> None:
         """Every worker builds its replica of the run (data, context, method)."""
+        self.send_setup(config)
+        self.wait_setup()
+
+    def send_setup(self, config: RunConfig) -> None:
+        """Ask every worker to build its replica; :meth:`wait_setup` collects the answers."""
         for index in range(self.size):
             self.send(index, ("setup", config.to_dict()))
+
+    def wait_setup(self) -> None:
         for index in range(self.size):
             self.receive(index, "loading the run")
 
@@ -287,10 +298,22 @@ class ProcessExecutor:
         self.pool = pool if pool is not None else ProcessPool(workers, threads)
         self._owns_pool = pool is None
         self._sync: ServerSync | None = None
+        self._begun: RunConfig | None = None
+
+    def begin(self, config: RunConfig) -> None:
+        """Workers start loading the run now, while the server prepares its own copy."""
+        self.pool.send_setup(config)
+        self._begun = config
 
     def start(self, method: Method) -> None:
         self._sync = ServerSync(method)
-        self.pool.setup(method.ctx.config)
+        if self._begun is not None and self._begun == method.ctx.config:
+            self.pool.wait_setup()
+        else:
+            if self._begun is not None:  # begun with another config: collect that, then set up again
+                self.pool.wait_setup()
+            self.pool.setup(method.ctx.config)
+        self._begun = None
 
     def local_updates(self, method: Method, assignments: Sequence[Assignment], round_idx: int) -> list[Update]:
         if not assignments:
@@ -347,6 +370,8 @@ class RayExecutor:
         actor = self.ray.remote(num_cpus=threads)(RayWorker)
         self.actors = [actor.remote(threads) for _ in range(workers)]
         self._sync: ServerSync | None = None
+        self._setup_refs: list[Any] = []
+        self._begun: RunConfig | None = None
 
     def _get(self, refs: list[Any], what: str) -> list[Any]:
         ray = self.ray
@@ -361,10 +386,17 @@ class RayExecutor:
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ExecutorError(f"a Ray actor of the executor died while {what} ({reason}); the round is lost") from None
 
+    def begin(self, config: RunConfig) -> None:
+        """Actors start loading the run now, while the server prepares its own copy."""
+        self._setup_refs = [a.setup.remote(config.to_dict()) for a in self.actors]
+        self._begun = config
+
     def start(self, method: Method) -> None:
         self._sync = ServerSync(method)
-        config = method.ctx.config.to_dict()
-        self._get([a.setup.remote(config) for a in self.actors], "loading the run")
+        if self._begun is None or self._begun != method.ctx.config:
+            self.begin(method.ctx.config)
+        self._get(self._setup_refs, "loading the run")
+        self._setup_refs, self._begun = [], None
 
     def local_updates(self, method: Method, assignments: Sequence[Assignment], round_idx: int) -> list[Update]:
         if not assignments:

@@ -242,3 +242,54 @@ def test_a_dying_ray_actor_fails_the_round_in_one_line(monkeypatch, local_ray):
     with pytest.raises(ExecutorError, match="a Ray actor of the executor died while training round 1") as info:
         engine.run(config_for("fedavg", executor="ray"))
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------- worker start-up beside the server's
+class _RecordingExecutor(SerialExecutor):
+    """Serial, but notes when the engine begins, starts and closes it."""
+
+    def __init__(self, calls: list[str]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def begin(self, config) -> None:
+        self.calls.append("begin")
+
+    def start(self, method) -> None:
+        self.calls.append("start")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_the_engine_begins_its_executor_before_preparing_the_run_and_closes_it(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(engine.executors, "make_executor", lambda config: _RecordingExecutor(calls))
+    real_prepare = engine.prepare
+    monkeypatch.setattr(engine, "prepare", lambda config: (calls.append("prepare"), real_prepare(config))[1])
+    engine.run(config_for("fedavg"))
+    assert calls == ["begin", "prepare", "start", "close"]
+
+
+def test_an_executor_begun_for_a_run_that_fails_to_prepare_is_closed(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(engine.executors, "make_executor", lambda config: _RecordingExecutor(calls))
+
+    def broken_prepare(config):
+        raise ConfigError("no data here")
+
+    monkeypatch.setattr(engine, "prepare", broken_prepare)
+    with pytest.raises(ConfigError, match="no data here"):
+        engine.run(config_for("fedavg"))
+    assert calls == ["begin", "close"]
+
+
+def test_workers_begun_early_or_for_another_config_give_the_serial_results(pool):
+    config = config_for("fedavg")
+    serial = outcome(config, SerialExecutor(1))
+    early = ProcessExecutor(2, 1, pool=pool)
+    early.begin(dataclasses.replace(config, executor="process"))
+    assert_same(serial, outcome(dataclasses.replace(config, executor="process"), early))
+    stale = ProcessExecutor(2, 1, pool=pool)
+    stale.begin(dataclasses.replace(config, executor="process", seed=config.seed + 1))
+    assert_same(serial, outcome(dataclasses.replace(config, executor="process"), stale))
