@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from fedbench import meta_outputs
 from fedbench.errors import ConfigError
 from fedbench.training import LossFn, cross_entropy_loss
 
@@ -138,7 +139,7 @@ class _LiveStorages(TorchDispatchMode):
         return None if entry is None else entry[0]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch protocol)
-        out = func(*args, **(kwargs or {}))
+        out = meta_outputs.call(func, args, kwargs or {})  # the kernel, or its remembered outputs
         for leaf in tree_flatten(out)[0]:
             if isinstance(leaf, torch.Tensor):
                 self.register(leaf)
@@ -223,7 +224,8 @@ def peak_training_bytes(
         if opt is not None:  # warm-up: one update creates the steady state's optimizer state
             for param in params:
                 param.grad = torch.empty_like(param)
-            opt.step()
+            with meta_outputs.RememberedKernels():
+                opt.step()
             opt.zero_grad(set_to_none=True)
         tracker = _LiveStorages()
         tracker.recording = False

@@ -14,6 +14,7 @@ channel spaces its tensor axes live in (:func:`tag`), which
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from fedbench import meta_outputs
 from fedbench.errors import ConfigError
 
 
@@ -274,12 +276,16 @@ class BlockModel(nn.Module):
         """Per-sample output shape after each block (from one forward on a zero image)."""
         was_training = self.training
         self.eval()
+        device = _device_of(self)
+        # On the meta device (the memory model's sub-models) remembered kernel outputs make this cheap.
+        remembered = meta_outputs.RememberedKernels() if device.type == "meta" else contextlib.nullcontext()
         try:
-            x = self.stem(torch.zeros(1, *self.input_shape, device=_device_of(self)))
-            shapes = []
-            for block in self.blocks:
-                x = block(x)
-                shapes.append(tuple(x.shape[1:]))
+            with remembered:
+                x = self.stem(torch.zeros(1, *self.input_shape, device=device))
+                shapes = []
+                for block in self.blocks:
+                    x = block(x)
+                    shapes.append(tuple(x.shape[1:]))
         finally:
             self.train(was_training)
         return shapes
