@@ -30,7 +30,12 @@ import torch
 from fedbench import registry
 from fedbench.cli_memory import KNOWN_SHAPES
 from fedbench.memory import MemoryModel, SGDSpec
-from fedbench.memory_validation import cuda_peak_bytes, profiled_peak_bytes
+from fedbench.memory_validation import (
+    cuda_peak_bytes,
+    cuda_step_allocations,
+    profiled_peak_bytes,
+    where_allocated,
+)
 from fedbench.method import Workload, validate_method
 from fedbench.models import build_model
 from fedbench.training import cross_entropy_loss
@@ -102,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="16,64")
     parser.add_argument("--cpu", action="store_true", help="also measure on CPU with torch.profiler (slow)")
     parser.add_argument("--json", type=Path, help="write the rows (and the environment) here")
+    parser.add_argument("--explain", type=int, default=0, metavar="K",
+                        help="for the K CUDA rows CUDA exceeds most, list what is live at its peak and where "
+                             "it was allocated (torch's allocator history with C++ frames)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() and not args.cpu:
         print("no CUDA device: nothing to measure (add --cpu for the CPU profiler rows)", file=sys.stderr)
@@ -132,7 +140,29 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"environment": environment, "rows": rows}, indent=1))
     worst = max((abs(r["error_pct"]) for r in rows), default=0.0)
     print(f"\n{len(rows)} rows; largest |error| {worst:.2f} %")
+    cuda_rows = [r for r in rows if r["reference"] == "cuda"]
+    for row in sorted(cuda_rows, key=lambda r: r["predicted_bytes"] - r["measured_bytes"])[: args.explain]:
+        explain(row)
     return 0
+
+
+def explain(row: dict) -> None:
+    """What CUDA holds at the peak of one row's step, largest allocations first, with where each
+    was allocated, and the share whose frames name cuDNN or a workspace."""
+    shape, num_classes, found = workloads(row["model"], row["method"])
+    work = next(w for w in found if w.name == row["workload"])
+    peak, live = cuda_step_allocations(
+        materialized(work.model), work.trainable, row["batch"], shape, num_classes, SGDSpec(foreach=True),
+        work.loss_fn or cross_entropy_loss,
+    )
+    library = sum(e["size"] for e in live if any(k in where_allocated(e, 50).lower() for k in ("cudnn", "workspace")))
+    print(f"\n### {row['model']} {row['method']} {row['workload']} batch {row['batch']}: measured "
+          f"{row['measured_bytes'] / MIB:.1f} MiB, memory model {row['predicted_bytes'] / MIB:.1f} MiB; "
+          f"step trace peak {peak / MIB:.1f} MiB above the state before it, of which allocated under "
+          f"cuDNN/workspace frames {library / MIB:.1f} MiB")
+    for event in live[:12]:
+        print(f"  {event['size'] / MIB:9.2f} MiB  {where_allocated(event)}")
+    torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

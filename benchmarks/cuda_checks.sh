@@ -2,12 +2,14 @@
 # Everything fedbench checks on a CUDA GPU, in order of importance, each step bounded in time:
 #   1. the memory model against torch.cuda.max_memory_allocated (every workload of five methods,
 #      five models, batches 16 and 64)                      -> OUT/memory_cuda.{md,json}
-#   1b. the same with cuDNN limited to algorithms without workspace (CUDNN_CONV_WSCAP_DBG=0, MiB),
-#      which separates cuDNN's scratch from what the memory model counts -> OUT/memory_cuda_ws0.{md,json}
+#   1b. the same with CUDNN_CONV_WSCAP_DBG=0 (no effect with torch 2.11 + cuDNN 9.19: not a default step)
+#                                                            -> OUT/memory_cuda_ws0.{md,json}
+#   1c. for the 4 rows CUDA exceeds most: what is live at the peak and where it was allocated
+#      (torch's allocator history with C++ frames)          -> OUT/memory_explain.md
 #   2. one 2-round --device cuda run of every registered method on synthetic data -> OUT/smoke.jsonl
 #   3. the width/depth baselines at full width, ResNet18 on Fashion-MNIST, 30 rounds -> OUT/grid.jsonl
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
-# STEPS="1 1b 2 3" (the default) picks steps; GRID_METHODS the methods of step 3.
+# STEPS="1 1c 2 3" (the default; 1b on request) picks steps; GRID_METHODS the methods of step 3.
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow): runs go through
 # benchmarks/accuracy_grid.py. Install fedbench first (pip install --no-deps -e .) for its entry points.
 set -u
@@ -16,7 +18,7 @@ FMNIST=${2:-}
 GRID_SECONDS=${3:-300}
 GRID_METHODS=${GRID_METHODS:-fedavg,allsmall,heterofl,fedrolex,depthfl,progfed}
 PY=${PYTHON:-python3}
-STEPS=" ${STEPS:-1 1b 2 3} "
+STEPS=" ${STEPS:-1 1c 2 3} "
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
 
@@ -33,6 +35,11 @@ if [[ $STEPS == *" 1b "* ]]; then
   CUDNN_CONV_WSCAP_DBG=0 timeout 150 $PY benchmarks/bench_memory_cuda.py --json "$OUT/memory_cuda_ws0.json" \
     >"$OUT/memory_cuda_ws0.md" 2>&1
   tail -n 1 "$OUT/memory_cuda_ws0.md"
+fi
+if [[ $STEPS == *" 1c "* ]]; then
+  echo "== 1c. what CUDA holds beyond the memory model, for the 4 largest excesses"
+  timeout 240 $PY benchmarks/bench_memory_cuda.py --models resnet18,cnn --explain 4 >"$OUT/memory_explain.md" 2>&1
+  grep "^###" "$OUT/memory_explain.md"
 fi
 if [[ $STEPS == *" 2 "* ]]; then
   echo "== 2. every method, 2 rounds on --device cuda"

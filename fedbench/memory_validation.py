@@ -20,6 +20,7 @@ import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -121,3 +122,62 @@ def cuda_peak_bytes(
     step()
     torch.cuda.synchronize()
     return int(torch.cuda.max_memory_allocated()) - before + _resident_bytes(model, optimizer_state)
+
+
+# ----------------------------------------------------------- attributing CUDA's excess
+ALLOCATOR_FRAMES = ("c10::cuda::CUDACachingAllocator", "CUDACachingAllocator", "c10::", "_record_memory_history",
+                    "torch::unwind", "torch::CapturedTraceback")
+
+
+def live_at_peak(events: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+    """Replay a CUDA allocator trace (``torch.cuda.memory._snapshot()["device_traces"][i]``): the
+    highest sum of live allocations and the ``alloc`` events live at that moment, largest first.
+    An allocation ends at ``free_requested`` (when the tensor dies), as ``memory_allocated`` counts."""
+    live: dict[int, dict[str, Any]] = {}
+    total = peak = 0
+    at_peak: list[dict[str, Any]] = []
+    for event in events:
+        action = event.get("action")
+        if action == "alloc":
+            live[event["addr"]] = event
+            total += event["size"]
+            if total > peak:
+                peak, at_peak = total, list(live.values())
+        elif action == "free_requested" and event["addr"] in live:
+            total -= live.pop(event["addr"])["size"]
+    return peak, sorted(at_peak, key=lambda e: -e["size"])
+
+
+def where_allocated(event: dict[str, Any], depth: int = 3) -> str:
+    """The innermost frames of an allocation outside the allocator itself, innermost first."""
+    names = [f.get("name", "?") for f in event.get("frames", [])]
+    useful = [n for n in names if not any(n.startswith(prefix) for prefix in ALLOCATOR_FRAMES)]
+    return " < ".join(useful[:depth]) or "(no frames)"
+
+
+def cuda_step_allocations(
+    model: nn.Module,
+    trainable: Iterable[str] | None = None,
+    batch_size: int = 64,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    optimizer: OptimizerFactory = SGDSpec(foreach=True),
+    loss_fn: LossFn = cross_entropy_loss,
+) -> tuple[int, list[dict[str, Any]]]:
+    """:func:`live_at_peak` of one steady-state CUDA step, with C++ and Python frames recorded
+    for every allocation (needs a CUDA device), to name what CUDA holds beyond the memory model."""
+    step, _batch_bytes, _state = _prepared_step(
+        model, trainable, batch_size,
+        tuple(input_shape or model.input_shape), int(num_classes or model.num_classes),
+        optimizer, loss_fn, torch.device("cuda"),
+    )
+    torch.cuda.synchronize()
+    torch.cuda.memory._record_memory_history(enabled="all", context="all", stacks="all", max_entries=200_000)
+    try:
+        step()
+        torch.cuda.synchronize()
+        snapshot = torch.cuda.memory._snapshot()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    events = snapshot["device_traces"][torch.cuda.current_device()]
+    return live_at_peak(events)

@@ -181,3 +181,28 @@ def test_fedbench_memory_rows_are_cached_for_the_process_and_match_a_real_model(
     assert workload_reports.cache_info().hits == hits + 1
     real = peak_training_bytes(build_model("cnn", FMNIST, 10), batch_size=16)  # built on the CPU, initialised
     assert rows[0]["peak_bytes"] == real.peak_bytes and rows[0]["activations_bytes"] == real.activations_bytes
+
+
+def test_live_at_peak_replays_an_allocator_trace_and_names_where_memory_was_allocated():
+    """The CUDA attribution step (benchmarks/bench_memory_cuda.py --explain) on a hand-made trace."""
+    from fedbench.memory_validation import live_at_peak, where_allocated
+
+    def alloc(addr, size, *names):
+        return {"action": "alloc", "addr": addr, "size": size,
+                "frames": [{"name": "c10::cuda::CUDACachingAllocator::malloc"}, *({"name": n} for n in names)]}
+
+    trace = [
+        alloc(1, 100, "at::native::empty_cuda", "forward"),
+        alloc(2, 50, "at::native::cudnn_convolution_backward_weight", "backward"),
+        {"action": "free_requested", "addr": 2, "size": 50},
+        {"action": "free_completed", "addr": 2, "size": 50},
+        alloc(3, 70, "at::native::cudnn_convolution_backward_input", "backward"),
+        alloc(4, 10, "at::native::add", "step"),
+        {"action": "free_requested", "addr": 3, "size": 70},
+        {"action": "segment_alloc", "addr": 9, "size": 2 << 20},
+    ]
+    peak, live = live_at_peak(trace)
+    assert peak == 180
+    assert [e["addr"] for e in live] == [1, 3, 4]  # largest first
+    assert where_allocated(live[1], depth=1) == "at::native::cudnn_convolution_backward_input"
+    assert where_allocated({"frames": []}) == "(no frames)"
