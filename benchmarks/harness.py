@@ -211,7 +211,7 @@ def _fedbench_child(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
     config = {**WORKLOAD, "rounds": args.rounds, "data": {**WORKLOAD["data"], "num_clients": args.clients},
-              "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "bench"}}
+              "tracking": {"uri": os.environ.get("FEDBENCH_BENCH_STORE", "sqlite:///mlflow.db"), "experiment": "bench"}}
     if args.method:
         config["method"] = args.method
     Path("w.yaml").write_text(yaml.safe_dump(config))
