@@ -151,3 +151,33 @@ def test_help_shows_defaults():
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "(default: 64)" in text and "(default: fashion-mnist)" in text
+
+
+def test_a_tracked_run_logs_through_the_helper_process_into_the_store(tmp_path):
+    """The CLI's real path: MLflow in a helper process started before torch is imported."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [arg for arg in TINY if arg != "--no-tracking"]
+    result = runner.invoke(app, ["run", *args, "--tracking-uri", uri, "--experiment", "cli-helper"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cli-helper").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method"] == "fedavg"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")] == [0]
+
+
+def test_an_unreachable_tracking_store_is_one_line_and_leaves_no_helper_behind():
+    from pathlib import Path
+
+    _fails_with(["run", *[a for a in TINY if a != "--no-tracking"], "--tracking-uri", "http://127.0.0.1:9"],
+                "cannot reach the MLflow tracking store at http://127.0.0.1:9")
+    helpers = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"fedbench.tracking_process" in cmdline.read_bytes():
+                helpers.append(cmdline.parent.name)
+        except OSError:  # the process ended while we looked
+            pass
+    assert helpers == []
