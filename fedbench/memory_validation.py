@@ -33,13 +33,16 @@ def _prepared_step(
     model: nn.Module,
     trainable: Iterable[str] | None,
     batch_size: int,
-    input_shape: tuple[int, ...],
-    num_classes: int,
+    input_shape: tuple[int, ...] | None,
+    num_classes: int | None,
     optimizer: OptimizerFactory,
     loss_fn: LossFn,
     device: torch.device,
 ):
-    """Freeze, warm up (so optimizer state exists); returns ``(step, batch bytes, optimizer state)``."""
+    """Freeze, warm up (so optimizer state exists); returns ``(step, batch bytes, optimizer state)``.
+    ``input_shape`` and ``num_classes`` default to the model's own."""
+    input_shape = tuple(input_shape or model.input_shape)
+    num_classes = int(num_classes or model.num_classes)
     chosen = None if trainable is None else set(trainable)
     model.to(device).train()
     for name, param in model.named_parameters():
@@ -84,9 +87,7 @@ def profiled_peak_bytes(
     from torch.profiler import ProfilerActivity, profile
 
     step, batch_bytes, _state = _prepared_step(
-        model, trainable, batch_size,
-        tuple(input_shape or model.input_shape), int(num_classes or model.num_classes),
-        optimizer, loss_fn, torch.device("cpu"),
+        model, trainable, batch_size, input_shape, num_classes, optimizer, loss_fn, torch.device("cpu"),
     )
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         step()
@@ -110,9 +111,7 @@ def cuda_peak_bytes(
     """Peak bytes of one real CUDA step from the caching allocator (needs a CUDA device)."""
     device = torch.device("cuda")
     step, _batch_bytes, optimizer_state = _prepared_step(
-        model, trainable, batch_size,
-        tuple(input_shape or model.input_shape), int(num_classes or model.num_classes),
-        optimizer, loss_fn, device,
+        model, trainable, batch_size, input_shape, num_classes, optimizer, loss_fn, device,
     )
     # Library workspaces (cuBLAS, cuDNN) allocated in the warm-up stay allocated; count only
     # the rise above the state before the step, plus the resident model and optimizer state.
@@ -167,9 +166,7 @@ def cuda_step_allocations(
     """:func:`live_at_peak` of one steady-state CUDA step, with C++ and Python frames recorded
     for every allocation (needs a CUDA device), to name what CUDA holds beyond the memory model."""
     step, _batch_bytes, _state = _prepared_step(
-        model, trainable, batch_size,
-        tuple(input_shape or model.input_shape), int(num_classes or model.num_classes),
-        optimizer, loss_fn, torch.device("cuda"),
+        model, trainable, batch_size, input_shape, num_classes, optimizer, loss_fn, torch.device("cuda"),
     )
     torch.cuda.synchronize()
     torch.cuda.memory._record_memory_history(enabled="all", context="all", stacks="all", max_entries=200_000)
