@@ -256,13 +256,9 @@ class ProcessPool:
         proc.join(timeout=5)
         raise ExecutorError(f"worker process {index} (pid {proc.pid}) {_died(what, proc.exitcode)}; the round is lost")
 
-    def setup(self, config: RunConfig) -> None:
-        """Every worker builds its replica of the run (data, context, method)."""
-        self.send_setup(config)
-        self.wait_setup()
-
     def send_setup(self, config: RunConfig) -> None:
-        """Ask every worker to build its replica; :meth:`wait_setup` collects the answers."""
+        """Ask every worker to build its replica of the run (data, context, method);
+        :meth:`wait_setup` collects the answers."""
         for index in range(self.size):
             self.send(index, ("setup", config.to_dict()))
 
@@ -307,12 +303,13 @@ class ProcessExecutor:
 
     def start(self, method: Method) -> None:
         self._sync = ServerSync(method)
-        if self._begun is not None and self._begun == method.ctx.config:
+        config = method.ctx.config
+        if self._begun is not None and self._begun != config:  # begun for another run: drain, redo
             self.pool.wait_setup()
-        else:
-            if self._begun is not None:  # begun with another config: collect that, then set up again
-                self.pool.wait_setup()
-            self.pool.setup(method.ctx.config)
+            self._begun = None
+        if self._begun is None:
+            self.begin(config)
+        self.pool.wait_setup()
         self._begun = None
 
     def local_updates(self, method: Method, assignments: Sequence[Assignment], round_idx: int) -> list[Update]:

@@ -70,7 +70,7 @@ class FedProx(Method):
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # With --device cuda the engine trains on the GPU: tensors a loss keeps must follow the
         # batch there (once per device, not once per step).
-        if any(w.device != images.device for w in self.global_weights.values()):
+        if next(iter(self.global_weights.values())).device != images.device:  # all on one device
             self.global_weights = {name: w.to(images.device) for name, w in self.global_weights.items()}
         proximal = proximal_term(model, self.global_weights)
         return super().loss(model, images, labels) + self.options.mu / 2 * proximal
