@@ -33,6 +33,7 @@ from fedbench.memory import MemoryModel, SGDSpec
 from fedbench.memory_validation import (
     cuda_peak_bytes,
     cuda_step_allocations,
+    is_library_workspace,
     profiled_peak_bytes,
     where_allocated,
 )
@@ -148,18 +149,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def explain(row: dict) -> None:
     """What CUDA holds at the peak of one row's step, largest allocations first, with where each
-    was allocated, and the share whose frames name cuDNN or a workspace."""
+    was allocated, and how much of it is library scratch (cuDNN's convolution workspace)."""
     shape, num_classes, found = workloads(row["model"], row["method"])
     work = next(w for w in found if w.name == row["workload"])
     peak, live = cuda_step_allocations(
         materialized(work.model), work.trainable, row["batch"], shape, num_classes, SGDSpec(foreach=True),
         work.loss_fn or cross_entropy_loss,
     )
-    library = sum(e["size"] for e in live if any(k in where_allocated(e, 50).lower() for k in ("cudnn", "workspace")))
+    library = sum(e["size"] for e in live if is_library_workspace(e))
     print(f"\n### {row['model']} {row['method']} {row['workload']} batch {row['batch']}: measured "
           f"{row['measured_bytes'] / MIB:.1f} MiB, memory model {row['predicted_bytes'] / MIB:.1f} MiB; "
-          f"step trace peak {peak / MIB:.1f} MiB above the state before it, of which allocated under "
-          f"cuDNN/workspace frames {library / MIB:.1f} MiB")
+          f"step trace peak {peak / MIB:.1f} MiB above the state before it, of which library "
+          f"workspace {library / MIB:.1f} MiB")
     for event in live[:12]:
         print(f"  {event['size'] / MIB:9.2f} MiB  {where_allocated(event)}")
     torch.cuda.empty_cache()

@@ -154,6 +154,18 @@ def where_allocated(event: dict[str, Any], depth: int = 3) -> str:
     return " < ".join(useful[:depth]) or "(no frames)"
 
 
+# Functions that allocate a library's scratch space (not a tensor) through torch's allocator.
+WORKSPACE_ALLOCATORS = ("at::native::run_conv_plan", "workspace")
+
+
+def is_library_workspace(event: dict[str, Any]) -> bool:
+    """Whether an allocation is a library's scratch space: its innermost frame outside the
+    allocator is one that requests a workspace (cuDNN's execution-plan runner), not an op that
+    creates an output tensor (whose frames may also name cuDNN)."""
+    innermost = where_allocated(event, depth=1).lower()
+    return any(name.lower() in innermost for name in WORKSPACE_ALLOCATORS)
+
+
 def cuda_step_allocations(
     model: nn.Module,
     trainable: Iterable[str] | None = None,

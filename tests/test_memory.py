@@ -185,7 +185,7 @@ def test_fedbench_memory_rows_are_cached_for_the_process_and_match_a_real_model(
 
 def test_live_at_peak_replays_an_allocator_trace_and_names_where_memory_was_allocated():
     """The CUDA attribution step (benchmarks/bench_memory_cuda.py --explain) on a hand-made trace."""
-    from fedbench.memory_validation import live_at_peak, where_allocated
+    from fedbench.memory_validation import is_library_workspace, live_at_peak, where_allocated
 
     def alloc(addr, size, *names):
         return {"action": "alloc", "addr": addr, "size": size,
@@ -198,11 +198,14 @@ def test_live_at_peak_replays_an_allocator_trace_and_names_where_memory_was_allo
         {"action": "free_completed", "addr": 2, "size": 50},
         alloc(3, 70, "at::native::cudnn_convolution_backward_input", "backward"),
         alloc(4, 10, "at::native::add", "step"),
+        alloc(5, 40, "at::native::run_conv_plan", "at::native::cudnn_convolution_backward_input"),
+        {"action": "free_requested", "addr": 5, "size": 40},
         {"action": "free_requested", "addr": 3, "size": 70},
         {"action": "segment_alloc", "addr": 9, "size": 2 << 20},
     ]
     peak, live = live_at_peak(trace)
-    assert peak == 180
-    assert [e["addr"] for e in live] == [1, 3, 4]  # largest first
+    assert peak == 220
+    assert [e["addr"] for e in live] == [1, 3, 5, 4]  # largest first
+    assert [is_library_workspace(e) for e in live] == [False, False, True, False]
     assert where_allocated(live[1], depth=1) == "at::native::cudnn_convolution_backward_input"
     assert where_allocated({"frames": []}) == "(no frames)"
