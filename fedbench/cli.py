@@ -27,6 +27,7 @@ from fedbench.config import (
     make_config,
 )
 from fedbench.errors import ConfigError, FedbenchError
+from fedbench.worker_start import start_early
 
 app = typer.Typer(
     name="fedbench",
@@ -148,6 +149,8 @@ def run(
                 if no_tracking or not cfg.tracking.enabled
                 else ProcessTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name)
             )
+        if cfg.executor == "process":  # workers' imports overlap the server's (worker_start.py)
+            start_early()
         from fedbench import engine
 
         with _RoundProgress(cfg) as progress:

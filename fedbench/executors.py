@@ -1,8 +1,9 @@
 """Executors: where a round's local updates run (``RunConfig.executor``, docs/executors.md).
 
 ``serial`` (default)  every ``local_update`` in this process, one after the other.
-``process``           ``workers`` spawned worker processes, each with ``executor_threads``
-                      torch threads and its own copy of the run (data loaded once per worker).
+``process``           ``workers`` worker processes (forked from a preloaded forkserver,
+                      :mod:`fedbench.worker_start`), each with ``executor_threads`` torch
+                      threads and its own copy of the run (data loaded once per worker).
 ``ray``               the same workers as Ray actors, on a local Ray or the cluster at
                       ``$RAY_ADDRESS`` (``pip install "fedbench[ray]"``).
 
@@ -25,7 +26,6 @@ import signal
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from fedbench.config import RunConfig, build_dataclass
 from fedbench.errors import ConfigError, ExecutorError, FedbenchError
 from fedbench.method import Assignment, Method, Update
 from fedbench.replica import ServerSync, WorkerReplica, WorkerResult, split_work
+from fedbench.worker_start import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +203,10 @@ def _process_worker(conn: Connection, threads: int) -> None:
 
 
 class ProcessPool:
-    """``workers`` spawned processes with ``threads`` torch threads each, reusable across runs."""
+    """``workers`` processes with ``threads`` torch threads each, reusable across runs."""
 
     def __init__(self, workers: int, threads: int) -> None:
-        context = get_context("spawn")
+        context = worker_context()
         self.threads = threads
         self._conns: list[Connection] = []
         self._procs: list[Any] = []

@@ -44,6 +44,7 @@ from torch.utils._pytree import tree_flatten
 
 from fedbench import meta_outputs
 from fedbench.errors import ConfigError
+from fedbench.sgd import LocalSGD, StepOptimizer
 from fedbench.training import LossFn, cross_entropy_loss
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,9 @@ class SGDSpec:
     weight_decay: float = 5e-4
     foreach: bool = False
 
-    def __call__(self, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.SGD(
-            list(parameters),
+    def __call__(self, parameters: Iterable[nn.Parameter]) -> LocalSGD:
+        return LocalSGD(
+            parameters,
             lr=self.lr,
             momentum=self.momentum,
             weight_decay=self.weight_decay,
@@ -80,7 +81,7 @@ class SGDSpec:
         return cls(lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, foreach=foreach)
 
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], StepOptimizer]
 
 
 @dataclass(frozen=True)

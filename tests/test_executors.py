@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def assert_same(first, second):
 
 @pytest.fixture(scope="module")
 def pool():
-    """Two spawned workers with one thread each, shared by the tests of this module."""
+    """Two workers with one thread each, shared by the tests of this module."""
     workers = ProcessPool(2, 1)
     yield workers
     workers.close()
@@ -157,10 +158,31 @@ def test_the_ray_executor_without_ray_is_one_line_with_the_pip_command(monkeypat
         make_executor(config_for("fedavg", executor="ray"))
 
 
-def test_the_command_line_runs_a_process_executor():
+def test_the_command_line_runs_a_process_executor_and_starts_its_forkserver_first(monkeypatch):
+    import fedbench.cli
+
+    started = []
+    real_start = fedbench.cli.start_early
+    monkeypatch.setattr(fedbench.cli, "start_early", lambda: (started.append(True), real_start()))
     result = runner.invoke(app, ["run", *TINY, "--executor", "process", "--workers", "2", "--executor-threads", "1"])
     assert result.exit_code == 0, result.output
     assert "final accuracy" in result.output
+    assert started == [True]
+
+
+def _parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_are_forked_from_one_forkserver_that_has_torch_loaded(pool):
+    """Why: workers that import torch themselves made the process executor 10-15 % slower than
+    serial on 2 cores (worker_start.py)."""
+    parents = {_parent_pid(pid) for pid in pool.pids()}
+    assert len(parents) == 1 and os.getpid() not in parents
+    forkserver = parents.pop()
+    assert "forkserver" in Path(f"/proc/{forkserver}/cmdline").read_text()
+    assert "libtorch" in Path(f"/proc/{forkserver}/maps").read_text()
 
 
 class _ExitOnArrival:
