@@ -3,8 +3,11 @@
 Issue 12's acceptance run: fedavg, Fashion-MNIST, cnn, 100 clients (Dirichlet alpha 0.5),
 10 per round, 1 local epoch, 10 rounds. Each variant runs in a fresh subprocess; this script
 samples the memory of that process and all its descendants (worker processes, Ray's
-raylet/GCS/actors) every 0.2 s from /proc and reports the peak of their sum, both RSS (shared
-library pages counted once per process) and PSS (shared pages split between the processes).
+raylet/GCS/actors) from /proc and reports the peak of their sum, both RSS (shared library pages
+counted once per process; ``statm``, every 0.2 s) and PSS (shared pages split between the
+processes; ``smaps_rollup``, every 2 s). Reading ``smaps_rollup`` walks a process's page tables
+under its memory lock — 17 ms for one 1 GB run here — so sampling it every 0.2 s took a third of
+a core from a 3-process variant and made it look 3-5 % slower than it is.
 
     python benchmarks/bench_executors.py                     # table, then the rows as JSON
     python benchmarks/bench_executors.py --rounds 3 --variants serial-2t process-2x1
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -43,16 +47,23 @@ WORKLOAD = {
 
 def run_one(overrides_json: str, out_path: str) -> None:
     """In the subprocess: one run; per-round metrics (as float hex) and timings to ``out_path``."""
-    from fedbench import engine
     from fedbench.config import make_config
+    from fedbench.worker_start import start_early
 
     config = make_config(overrides=json.loads(overrides_json))
+    if config.executor == "process":  # as `fedbench run` does, before torch is imported
+        start_early()
+    from fedbench import engine
+
     start = time.perf_counter()
     result = engine.run(config)
+    run_s = time.perf_counter() - start
     rounds = [{k: float(v).hex() for k, v in r.metrics.items() if not k.startswith("time/")} for r in result.rounds]
     Path(out_path).write_text(json.dumps({
-        "run_s": time.perf_counter() - start,
+        "run_s": run_s,
         "train_s": sum(r.metrics["time/train_s"] for r in result.rounds),
+        # preparing the run and waiting for workers before round 1, closing them after the last
+        "outside_rounds_s": run_s - sum(r.metrics["time/round_s"] for r in result.rounds),
         "rounds": rounds,
     }))
 
@@ -73,19 +84,31 @@ def _tree(root: int) -> list[int]:
     return found
 
 
-def _memory_kib(pids: list[int]) -> tuple[int, int]:
-    """Summed (RSS, PSS) in KiB of ``pids`` (processes that ended meanwhile count 0)."""
-    rss = pss = 0
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _rss_kib(pids: list[int]) -> int:
+    """Summed RSS in KiB of ``pids`` (cheap: ``statm``; processes that ended meanwhile count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _pss_kib(pids: list[int]) -> int:
+    """Summed PSS in KiB of ``pids`` (costly: ``smaps_rollup``, see the module docstring)."""
+    total = 0
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1])
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
         except OSError:
             continue
-    return rss, pss
+    return total
 
 
 def measure(name: str, rounds: int, out_dir: Path) -> dict:
@@ -94,15 +117,20 @@ def measure(name: str, rounds: int, out_dir: Path) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--run-one", json.dumps(overrides), str(out)])
     peak_rss = peak_pss = 0
+    samples = 0
     while proc.poll() is None:
-        rss, pss = _memory_kib(_tree(proc.pid))
-        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        pids = _tree(proc.pid)
+        peak_rss = max(peak_rss, _rss_kib(pids))
+        if samples % 10 == 0:
+            peak_pss = max(peak_pss, _pss_kib(pids))
+        samples += 1
         time.sleep(0.2)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed with exit code {proc.returncode}")
     found = json.loads(out.read_text())
     return {"variant": name, "wall_s": wall, "run_s": found["run_s"], "train_s": found["train_s"],
+            "outside_rounds_s": found["outside_rounds_s"],
             "peak_rss_mib": peak_rss / 1024, "peak_pss_mib": peak_pss / 1024, "rounds": found["rounds"]}
 
 
@@ -126,10 +154,11 @@ def main() -> None:
         final = row["rounds"][-1]
         row["final_accuracy"] = float.fromhex(final["eval/accuracy"])
         row["final_train_loss"] = float.fromhex(final["train/loss"])
-    print(f"{'variant':13} {'wall s':>7} {'train s':>8} {'peak RSS MiB':>13} {'peak PSS MiB':>13} "
+    print(f"{'variant':13} {'wall s':>7} {'train s':>8} {'outside rounds s':>16} {'peak RSS MiB':>13} {'peak PSS MiB':>13} "
           f"{'final acc':>10} {'train loss':>18}  bit-identical to")
     for row in results:
-        print(f"{row['variant']:13} {row['wall_s']:7.1f} {row['train_s']:8.1f} {row['peak_rss_mib']:13.0f} "
+        print(f"{row['variant']:13} {row['wall_s']:7.1f} {row['train_s']:8.1f} {row['outside_rounds_s']:16.2f} "
+              f"{row['peak_rss_mib']:13.0f} "
               f"{row['peak_pss_mib']:13.0f} {row['final_accuracy']:10.4f} {row['final_train_loss']:18.15f}  "
               f"{row['identical_to'] or 'DIFFERS'}")
     rows = json.dumps([{k: v for k, v in r.items() if k != "rounds"} for r in results], indent=1)
