@@ -2,13 +2,14 @@
 
 Constructing the first ``torch.optim.Optimizer`` in a process imports ``torch._dynamo`` (its
 ``add_param_group`` is wrapped by ``torch._disable_dynamo``, which imports the compiler on first
-call): about 1 s on this machine, paid by every ``fedbench run``, every worker process of the
-process executor and every ``fedbench memory``. fedbench needs none of the Optimizer machinery
-(hooks, param groups, state dicts: the optimizer is rebuilt each round, spec common.md §1.3), so
-:class:`LocalSGD` keeps the parameters and momentum buffers itself and calls torch's functional
-``torch.optim.sgd.sgd`` — the same kernels as ``torch.optim.SGD``, so the updates are
-bit-identical (tests/test_sgd.py), with the same per-tensor path on CPU and multi-tensor
-(``foreach``) path on CUDA by default.
+call): about 1 s on this machine, paid by every worker process of the process executor before
+its first update. (The server imports it anyway: its meta-device tracing for the clock and the
+memory model reaches other wrapped functions; docs/performance.md.) fedbench needs none of the
+Optimizer machinery (hooks, param groups, state dicts: the optimizer is rebuilt each round,
+spec common.md §1.3), so :class:`LocalSGD` keeps the parameters and momentum buffers itself
+and calls torch's functional ``torch.optim.sgd.sgd`` — the same kernels as ``torch.optim.SGD``,
+so the updates are bit-identical (tests/test_sgd.py), with the same per-tensor path on CPU and
+multi-tensor (``foreach``) path on CUDA by default.
 """
 
 from __future__ import annotations
