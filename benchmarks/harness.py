@@ -143,12 +143,17 @@ class ChildResult:
     peak_rss_bytes: int
 
 
-def run_child(args: list[str], timeout_s: float = 900) -> ChildResult:
+def run_child(args: list[str], timeout_s: float = 900, trace_cache: str | None = None) -> ChildResult:
     """Run ``harness.py <args>`` in a fresh process (its own temporary folder as cwd, so MLflow's
-    store and checkpoints land there) and return its JSON report and its own peak RSS."""
+    store and checkpoints land there) and return its JSON report and its own peak RSS.
+
+    The child's trace cache (fedbench/trace_cache.py) is an empty folder of its own, so every
+    figure is that of a machine's first run, unless ``trace_cache`` names a folder to share
+    (a user's later runs)."""
     with tempfile.TemporaryDirectory(prefix="fedbench-bench-") as tmp:
         out = Path(tmp) / "report.json"
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "FEDBENCH_CHECKPOINTS": str(Path(tmp) / "ckpt")}
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "FEDBENCH_CHECKPOINTS": str(Path(tmp) / "ckpt"),
+               "FEDBENCH_TRACE_CACHE": trace_cache or str(Path(tmp) / "traces")}
         t0 = time.time()
         cmd = [sys.executable, str(HERE / "harness.py"), *args, "--out", str(out), "--t0", repr(t0)]
         proc = subprocess.Popen(cmd, cwd=tmp, env=env)

@@ -84,18 +84,17 @@ def workload_reports(
     full model, at the default SGD, and the full model's cross-entropy peak (the ``relative``
     fleet's reference). Cached for the process: the answer depends on these arguments
     only, and building the method's sub-models costs more than looking the reports up."""
-    import torch
-
     from fedbench import registry
     from fedbench.config import TrainConfig
     from fedbench.memory import MemoryModel, SGDSpec
+    from fedbench.meta_outputs import building_on_meta
     from fedbench.method import Workload, validate_method
     from fedbench.models import build_model
     from fedbench.training import cross_entropy_loss
 
     method_cls = registry.load("methods", method, validate=validate_method)
     # Shapes are all the memory model reads: on the meta device nothing is initialised or computed.
-    with torch.device("meta"):
+    with building_on_meta():
         model = build_model(model_name, shape, num_classes, width=width)
         workloads = list(method_cls.workloads(model, method_cls.parse_options({})))
     if all(w.name != "full" for w in workloads):  # the full model as the reference row

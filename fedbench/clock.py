@@ -32,9 +32,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fedbench import trace_cache
 from fedbench.errors import ConfigError
 from fedbench.fleet import DEVICE_CLASSES, Device, DeviceClass
-from fedbench.memory import _check_trainable, _meta_copy, model_signature
+from fedbench.memory import _check_trainable, meta_training_copy, model_signature
 from fedbench.training import LossFn, cross_entropy_loss
 
 log = logging.getLogger(__name__)
@@ -128,13 +129,9 @@ def count_step_flops(
     gradients; the loss must work on meta tensors (it must not read values).
     """
     chosen = _check_trainable(model, trainable)
-    meta = _meta_copy(model, torch.float32)
-    meta.train()
-    for name, param in meta.named_parameters():
-        param.requires_grad_(name in chosen)
     images = torch.empty((batch_size, *input_shape), device="meta")
     labels = torch.zeros((batch_size,), device="meta", dtype=torch.int64)
-    with FlopCounterMode(display=False) as counter:
+    with meta_training_copy(model, torch.float32, chosen) as meta, FlopCounterMode(display=False) as counter:
         loss = loss_fn(meta, images, labels)
         if loss.requires_grad:
             loss.backward()
@@ -164,7 +161,10 @@ class VirtualClock:
         key = (model_signature(model), chosen, loss_fn, self.batch_size, self.input_shape)
         found = self._flops.get(key)
         if found is None:
-            found = count_step_flops(model, chosen, self.batch_size, self.input_shape, loss_fn)
+            found = trace_cache.cached(
+                "flops", key, (model, loss_fn),
+                lambda: count_step_flops(model, chosen, self.batch_size, self.input_shape, loss_fn),
+            )
             self._flops[key] = found
             log.debug("training FLOPs of %s (%d trainable tensors): %.4g per sample",
                       getattr(model, "arch", type(model).__name__), len(chosen), found)

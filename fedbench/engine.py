@@ -163,6 +163,7 @@ def _run_prepared(
     """:func:`run` once its executor exists (started here; closed by the caller)."""
     ctx, stats = prepare(config)
     method = make_method(ctx)
+    _trace_before_round_one(method)
     result = RunResult(config=config, partition=stats)
     first_round = 0
     if resume_run_id is not None:
@@ -210,6 +211,23 @@ def _run_prepared(
         raise
     tracker.finish("FINISHED")
     return result
+
+
+def _trace_before_round_one(method: Method) -> None:
+    """The meta-device traces round 1 needs at the latest, taken before the run is created.
+
+    The first meta trace of a process imports torch's compiler (1 s; fedbench/trace_cache.py).
+    Here it lands while the tracking helper process is still opening its store and the main
+    process would only wait for it, instead of inside round 1: the full model's memory (every
+    round's participation metrics) and the global model's training FLOPs (the virtual clock of
+    every method that keeps the default device cost). Both are cached, so nothing is traced twice;
+    with the traces on disk neither traces at all.
+    """
+    ctx = method.ctx
+    ctx.participation_metrics()
+    model = getattr(method, "global_model", None)
+    if ctx.fleet is not None and ctx.clock is not None and isinstance(model, torch.nn.Module):
+        ctx.clock.step_flops(model)
 
 
 def check_device(device: str) -> None:

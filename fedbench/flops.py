@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fedbench.meta_outputs import building_on_meta
+
 
 @dataclass(frozen=True)
 class Flops:
@@ -105,6 +107,6 @@ def model_flops(
     """
     from fedbench.models import build_model
 
-    with torch.device("meta"):
+    with building_on_meta():
         model = build_model(arch, tuple(input_shape), num_classes, width=width)
     return block_flops(model)

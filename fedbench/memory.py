@@ -27,13 +27,14 @@ remaining gap to a real allocator (< 1 % on CPU, see docs/memory.md).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
 import logging
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from fedbench import meta_outputs
+from fedbench import meta_outputs, trace_cache
 from fedbench.errors import ConfigError
 from fedbench.sgd import LocalSGD, StepOptimizer
 from fedbench.training import LossFn, cross_entropy_loss
@@ -162,6 +163,39 @@ def _meta_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
+@contextlib.contextmanager
+def meta_training_copy(model: nn.Module, dtype: torch.dtype, trainable: frozenset[str]) -> Iterator[nn.Module]:
+    """``model`` on the meta device in training mode, with exactly ``trainable`` requiring gradients.
+
+    A model that already lives on meta in ``dtype`` (the sub-models ``fedbench memory`` and the
+    width methods build) is lent as it is and put back afterwards (gradient flags, gradients,
+    modes): deep-copying module trees was a sixth of a memory sweep. Any other model (a run's
+    model with real weights) is copied to meta without its data.
+    """
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if not all(t.is_meta and (t.dtype == dtype or not t.is_floating_point()) for t in tensors):
+        copied = _meta_copy(model, dtype)
+        copied.train()
+        for name, param in copied.named_parameters():
+            param.requires_grad_(name in trainable)
+        yield copied
+        return
+    params = dict(model.named_parameters())
+    saved = {name: (param.requires_grad, param.grad) for name, param in params.items()}
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.train()
+        for name, param in params.items():
+            param.requires_grad_(name in trainable)
+        yield model
+    finally:
+        for name, param in params.items():
+            param.requires_grad_(saved[name][0])
+            param.grad = saved[name][1]
+        for module, training in modes:
+            module.training = training
+
+
 def _arch_name(model: nn.Module) -> str:
     return str(getattr(model, "arch", type(model).__name__))
 
@@ -204,10 +238,19 @@ def peak_training_bytes(
     num_classes = int(num_classes if num_classes is not None else getattr(model, "num_classes", 2))
     chosen = _check_trainable(model, trainable)
 
-    meta = _meta_copy(model, dtype)
-    meta.train()
-    for name, param in meta.named_parameters():
-        param.requires_grad_(name in chosen)
+    with meta_training_copy(model, dtype, chosen) as meta:
+        return _traced_step(meta, batch_size, input_shape, optimizer, loss_fn, dtype)
+
+
+def _traced_step(
+    meta: nn.Module,
+    batch_size: int,
+    input_shape: tuple[int, ...],
+    optimizer: OptimizerFactory,
+    loss_fn: LossFn,
+    dtype: torch.dtype,
+) -> MemoryReport:
+    """The trace and replay of :func:`peak_training_bytes` on a prepared meta model."""
     params = [p for p in meta.parameters() if p.requires_grad]
     opt = optimizer(params) if params else None
     images = torch.empty((batch_size, *input_shape), device="meta", dtype=dtype)
@@ -247,7 +290,7 @@ def peak_training_bytes(
         grads = {tracker.serial_of(p.grad) for p in params if p.grad is not None}
     except RuntimeError as exc:
         raise ConfigError(
-            f"model '{_arch_name(model)}' cannot take inputs of shape {input_shape} "
+            f"model '{_arch_name(meta)}' cannot take inputs of shape {input_shape} "
             f"at batch {batch_size}: {str(exc).splitlines()[0]}"
         ) from exc
 
@@ -313,7 +356,8 @@ SHARED_CACHE_SIZE = 4096
 
 class MemoryModel:
     """:func:`peak_training_bytes` with a process-wide cache keyed by
-    (model signature, trainable set, batch, input shape, dtype, optimizer, loss)."""
+    (model signature, trainable set, batch, input shape, dtype, optimizer, loss), and behind it
+    the on-disk cache of :mod:`fedbench.trace_cache` shared by every process."""
 
     def __init__(self, optimizer: OptimizerFactory = SGDSpec(), dtype: torch.dtype = torch.float32) -> None:
         self.optimizer = optimizer
@@ -335,9 +379,14 @@ class MemoryModel:
         if found is not None:
             self._cache.move_to_end(key)
         else:
-            found = peak_training_bytes(
-                model, chosen, batch_size, shape or None, self.optimizer, loss_fn, dtype=self.dtype
-            )
+            found = MemoryReport(**trace_cache.cached(
+                "memory",
+                (model_signature(model), chosen, batch_size, shape, self.dtype, self.optimizer, loss_fn),
+                (model, self.optimizer, loss_fn),
+                lambda: peak_training_bytes(
+                    model, chosen, batch_size, shape or None, self.optimizer, loss_fn, dtype=self.dtype
+                ).as_dict(),
+            ))
             self._cache[key] = found
             while len(self._cache) > SHARED_CACHE_SIZE:
                 self._cache.popitem(last=False)

@@ -16,7 +16,8 @@ unchanged in shape: later calls return that argument without running. Views, and
 else that does not pass these checks on its first call, always run for real.
 
 :class:`RememberedKernels` applies the same to meta computations outside the memory model
-(a model's block output shapes, the optimizer's warm-up step).
+(a model's block output shapes, the optimizer's warm-up step), and :func:`building_on_meta`
+builds modules on the meta device without running their weight initialisation.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Hashable
 from typing import Any
 
 import torch
+from torch.utils._device import DeviceContext, _device_constructors
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # key -> (structure, tensor descriptions) or None (this signature always runs for real)
@@ -171,3 +173,41 @@ def clear() -> None:
     _KNOWN.clear()
     _RETURNS_SELF.clear()
 
+
+
+class _BuildOnMeta(DeviceContext):
+    """``torch.device("meta")`` that returns a meta tensor untouched from ``torch.nn.init`` and the
+    value-only in-place fills.
+
+    On the meta device a tensor has no values, yet each initialiser still runs: torch's Python
+    reference kernels validate and "fill" it, about 1 ms per ``kaiming_normal_``, and the first
+    of them imports torch's compiler (1 s). A sweep of sub-models (every width of every model)
+    spent most of its building time there. One mode rather than a second one on top of the device
+    context: every torch call made while building (``dim()``, ``size()``) passes through each.
+    """
+
+    _SKIPPED = frozenset({
+        torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_, torch.Tensor.fill_,
+        torch.Tensor.bernoulli_, torch.Tensor.exponential_, torch.Tensor.random_,
+        torch.Tensor.log_normal_, torch.Tensor.cauchy_, torch.Tensor.geometric_,
+        *(getattr(torch.nn.init, name) for name in dir(torch.nn.init)
+          if name.endswith("_") and not name.startswith("_") and callable(getattr(torch.nn.init, name))),
+    })
+
+    def __init__(self) -> None:
+        super().__init__("meta")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch protocol)
+        kwargs = kwargs or {}
+        if func in self._SKIPPED:
+            target = args[0] if args else kwargs.get("tensor")  # nn.init passes it by keyword
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        elif func in _device_constructors() and kwargs.get("device") is None:
+            kwargs["device"] = self.device
+        return func(*args, **kwargs)
+
+
+def building_on_meta() -> DeviceContext:
+    """``with torch.device("meta")``, minus the weight initialisation nobody can read there."""
+    return _BuildOnMeta()

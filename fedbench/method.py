@@ -40,6 +40,7 @@ from fedbench.errors import ConfigError, FedbenchError, MemoryBudgetError, Plugi
 from fedbench.evaluation import evaluate
 from fedbench.fleet import Fleet
 from fedbench.memory import MemoryModel, MemoryReport, SGDSpec, format_bytes
+from fedbench.meta_outputs import building_on_meta
 from fedbench.models import BlockModel, build_model
 from fedbench.seeding import Stream, numpy_rng, torch_generator
 from fedbench.training import LossFn, cross_entropy_loss, local_sgd, placed_on
@@ -153,8 +154,13 @@ class RunContext:
         return ids
 
     def full_model_peak_bytes(self) -> int:
-        """Peak of one local step of the run's full model, all trainable (cached)."""
-        return self.memory_report(self.build_model()).peak_bytes
+        """Peak of one local step of the run's full model, all trainable (cached). Built on the
+        meta device: the memory model reads shapes only, so no weights are drawn."""
+        dataset = self.data.dataset
+        with building_on_meta():
+            model = build_model(self.config.model.name, dataset.input_shape, dataset.num_classes,
+                                width=self.config.model.width)
+        return self.memory_report(model).peak_bytes
 
     def participation_metrics(self) -> dict[str, float]:
         """``participation/rate``: PR = |union over the run of the pools sampled from| / N

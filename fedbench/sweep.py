@@ -39,7 +39,9 @@ GRID_KEYS = ("experiment", "base", "axes")
 SWEEP_EXECUTORS = ("serial", "process", "ray")
 UNFINISHED = ("RUNNING", "KILLED", "FAILED")
 # Environment a cell's process needs to see what this one sees (Ray tasks start elsewhere).
-FORWARDED_ENV = ("FEDBENCH_CHECKPOINTS", "FEDBENCH_DATA", "MLFLOW_TRACKING_URI", "XDG_CACHE_HOME")
+FORWARDED_ENV = (
+    "FEDBENCH_CHECKPOINTS", "FEDBENCH_DATA", "FEDBENCH_TRACE_CACHE", "MLFLOW_TRACKING_URI", "XDG_CACHE_HOME",
+)
 
 
 @dataclass(frozen=True)

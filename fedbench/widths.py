@@ -17,6 +17,7 @@ import torch
 
 from fedbench.errors import ConfigError, MemoryBudgetError, PluginError
 from fedbench.memory import format_bytes
+from fedbench.meta_outputs import building_on_meta
 from fedbench.models.base import BlockModel
 
 # HeteroFL's complexity levels a..e, shrink ratio 1/2 ([C-HFL] `model_split_rate`).
@@ -71,7 +72,7 @@ def level_model(model: BlockModel, level: float, device: torch.device | str = "m
     on the meta device: for the memory model and for sub-model shapes, no weights are drawn."""
     from fedbench.models import build_model
 
-    with torch.device(device):
+    with building_on_meta() if torch.device(device).type == "meta" else torch.device(device):
         if model.builder is not None:
             narrow = model.builder(model.input_shape, model.num_classes, width=level * model.width)
             narrow.builder = model.builder

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Hermetic: no test reads or writes the user's trace cache (tests/test_trace_cache.py turns one on).
+os.environ["FEDBENCH_TRACE_CACHE"] = "off"
 torch.set_num_threads(2)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"

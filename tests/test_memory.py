@@ -209,3 +209,21 @@ def test_live_at_peak_replays_an_allocator_trace_and_names_where_memory_was_allo
     assert [is_library_workspace(e) for e in live] == [False, False, True, False]
     assert where_allocated(live[1], depth=1) == "at::native::cudnn_convolution_backward_input"
     assert where_allocated({"frames": []}) == "(no frames)"
+
+
+def test_a_meta_model_is_traced_in_place_and_put_back_as_it_was():
+    """Models already on meta are lent to the trace rather than deep-copied; nothing of the
+    trace (gradient flags, gradients, training mode) may stay behind, and the answer is the
+    one the copy of a real model gives."""
+    real = build_model("cnn", (1, 28, 28), 10, width=0.5)
+    with torch.device("meta"):
+        lent = build_model("cnn", (1, 28, 28), 10, width=0.5)
+    lent.eval()
+    first = next(lent.parameters())
+    first.requires_grad_(False)
+    flags = [p.requires_grad for p in lent.parameters()]
+    trainable = [name for name, _ in real.named_parameters()][2:]
+    assert peak_training_bytes(lent, trainable, batch_size=8) == peak_training_bytes(real, trainable, batch_size=8)
+    assert [p.requires_grad for p in lent.parameters()] == flags
+    assert all(p.grad is None for p in lent.parameters())
+    assert not any(m.training for m in lent.modules())

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fedbench import meta_outputs
+from fedbench import meta_outputs, trace_cache
 from fedbench.errors import ConfigError
 
 
@@ -271,13 +271,26 @@ class BlockModel(nn.Module):
         names = {id(m): name for name, m in self.named_modules()}
         return tuple(names[id(m)] for m in modules)
 
-    @torch.no_grad()
     def block_output_shapes(self) -> list[tuple[int, ...]]:
-        """Per-sample output shape after each block (from one forward on a zero image)."""
+        """Per-sample output shape after each block (from one forward on a zero image).
+
+        A meta-device model (the sub-models of the memory model and of width methods) takes the
+        answer from the trace cache when one is stored for the same architecture, width and
+        input: the forward would be the only meta computation of such a process.
+        """
+        if _device_of(self).type != "meta":
+            return self._traced_block_output_shapes()
+        key = (type(self), self.arch, self.width, tuple(self.input_shape), self.num_classes)
+        shapes = trace_cache.cached("shapes", key, (self,),
+                                    lambda: [list(s) for s in self._traced_block_output_shapes()])
+        return [tuple(s) for s in shapes]
+
+    @torch.no_grad()
+    def _traced_block_output_shapes(self) -> list[tuple[int, ...]]:
         was_training = self.training
         self.eval()
         device = _device_of(self)
-        # On the meta device (the memory model's sub-models) remembered kernel outputs make this cheap.
+        # On the meta device remembered kernel outputs make this cheap.
         remembered = meta_outputs.RememberedKernels() if device.type == "meta" else contextlib.nullcontext()
         try:
             with remembered:

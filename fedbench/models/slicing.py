@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from fedbench.errors import ConfigError, PluginError
+from fedbench.meta_outputs import building_on_meta
 from fedbench.models.base import AXES_ATTR, Axis, BlockModel
 
 IndexSets = dict[str, torch.Tensor]  # channel space -> global indices, in sub-model order
@@ -181,7 +182,7 @@ def submodel(
             f"sub-model width ({width}) must be in (0, {full.width}] for this '{full.arch}' model"
         )
     device = next(full.parameters()).device
-    with torch.device("meta"):
+    with building_on_meta():
         if full.builder is not None:
             sub = full.builder(full.input_shape, full.num_classes, width=width)
         else:

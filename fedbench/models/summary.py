@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from fedbench.errors import ConfigError, FedbenchError
 from fedbench.flops import model_flops
+from fedbench.meta_outputs import building_on_meta
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -33,7 +32,7 @@ def model_summary(
 
     if num_classes < 1:
         raise ConfigError(f"--num-classes ({num_classes}) must be >= 1")
-    with torch.device("meta"):
+    with building_on_meta():
         model = build_model(name, input_shape, num_classes, width=width)
     flops = model_flops(name, tuple(input_shape), num_classes, width)
     return {

@@ -1,0 +1,184 @@
+"""Answers of meta-device traces (memory reports, step FLOPs) kept on disk between processes.
+
+A trace gives the same answer every time the same code traces the same sub-model, yet every
+process paid for it again: each cell of a sweep, each ``fedbench memory``, each run before its
+first round ends. And the first meta trace of a process imports torch's compiler
+(``torch._dynamo``, about 1 s on 2 cores), because torch wraps every dispatch mode's hook and
+several of its Python meta kernels in ``torch._disable_dynamo``. A process that finds all its
+traces here does no meta work for them and never pays that import.
+
+**Key.** A digest of everything the answer depends on: the caller's key (model signature,
+trainable names, batch, input shape, dtype, optimizer, loss), the torch and fedbench versions,
+and the source text of fedbench itself and of every other module that defines a layer, loss or
+optimizer taking part (``methods/``, a plugin, a test). Editing any of those files makes new
+keys, so an editable install or a plugin under development never reads a stale answer and
+nothing has to be invalidated by hand. A key with a part that has no stable text (a lambda, a
+class defined in a REPL, an object printed with its address) is not cached.
+
+**Where.** ``$FEDBENCH_TRACE_CACHE``, else ``$XDG_CACHE_HOME/fedbench/traces``
+(``~/.cache/fedbench/traces``); ``FEDBENCH_TRACE_CACHE=off`` turns it off. One small JSON file
+per entry, written to a temporary name and renamed, so the parallel runs of a sweep share it
+safely; a file that cannot be read or written is skipped (logged at debug level), never an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+ENV = "FEDBENCH_TRACE_CACHE"
+OFF = frozenset({"off", "0", "false", "no", "none"})
+FORMAT = 1  # bump when the stored layout changes
+
+
+class _Unstable(Exception):
+    """A key part whose text could differ between processes describing the same thing."""
+
+
+def cache_dir() -> Path | None:
+    """The folder entries live in, or None when the cache is turned off."""
+    env = os.environ.get(ENV, "").strip()
+    if env.lower() in OFF:
+        return None
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fedbench" / "traces"
+
+
+def _text(value: Any) -> str:
+    """Text that names ``value`` the same way in every process (raises _Unstable otherwise)."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_text(v) for v in value) + ")"
+    if isinstance(value, (frozenset, set)):
+        return "{" + ", ".join(sorted(_text(v) for v in value)) + "}"
+    if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
+        name = f"{value.__module__}.{value.__qualname__}"
+        if "<" in name:  # <lambda>, <locals>: two different functions can share the name
+            raise _Unstable(name)
+        return name
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    if "<" in kind:
+        raise _Unstable(kind)
+    if dataclasses.is_dataclass(value):  # every field, also those its repr leaves out
+        fields = ", ".join(f"{f.name}={_text(getattr(value, f.name))}" for f in dataclasses.fields(value))
+        return f"{kind}({fields})"
+    described = f"{kind}:{value!r}"
+    if " at 0x" in described:
+        raise _Unstable(described)
+    return described
+
+
+def _defining_modules(value: Any) -> set[str]:
+    """Modules whose code decides what ``value`` computes: the classes of a model's layers, the
+    module of a function, the class of a callable object (and of dataclass fields holding any)."""
+    if isinstance(value, nn.Module):
+        return {type(m).__module__ for m in value.modules()}
+    if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
+        return {value.__module__}
+    found = {type(value).__module__}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for item in dataclasses.fields(value):
+            found |= _defining_modules(getattr(value, item.name))
+    return found
+
+
+@cache
+def _file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@cache
+def _package_digest() -> str:
+    """fedbench's own source: any edit to the tracer, the models or the engine changes every key."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(_file_digest(str(path)).encode())
+    return digest.hexdigest()
+
+
+def _module_digest(name: str) -> str:
+    if name == "builtins" or name.split(".")[0] in ("torch", "fedbench"):
+        return name  # torch: its version is in the key; fedbench: the package digest covers it
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if not path or not os.path.isfile(path):
+        raise _Unstable(f"module {name} has no source file")
+    return f"{name}:{_file_digest(path)}"
+
+
+def _digest(kind: str, key: Iterable[Any], code: Iterable[Any]) -> tuple[str, str] | None:
+    """(file name, key text) of an entry, or None when the key cannot be named stably."""
+    from fedbench import __version__
+
+    try:
+        key_text = _text(tuple(key))
+        modules = set().union(*(_defining_modules(obj) for obj in code))
+        code_text = ";".join(sorted(_module_digest(name) for name in modules))
+    except _Unstable as exc:
+        log.debug("trace of %s not cached: %s", kind, exc)
+        return None
+    full = "\n".join((f"format {FORMAT}", kind, key_text, f"torch {torch.__version__}",
+                      f"fedbench {__version__} {_package_digest()}", code_text))
+    return hashlib.sha256(full.encode()).hexdigest(), full
+
+
+def _read(path: Path, full_key: str) -> Any:
+    try:
+        stored = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.debug("unreadable trace cache entry %s: %s", path, exc)
+        return None
+    if not isinstance(stored, dict) or stored.get("key") != full_key:
+        return None
+    return stored.get("value")
+
+
+def _write(path: Path, full_key: str, value: Any) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+            json.dump({"key": full_key, "value": value}, handle)
+        os.replace(handle.name, path)
+    except OSError as exc:
+        log.debug("trace cache entry %s not written: %s", path, exc)
+
+
+def cached(kind: str, key: Iterable[Any], code: Iterable[Any], compute: Callable[[], Any]) -> Any:
+    """``compute()``, or the answer a process with the same code stored for the same key.
+
+    ``key`` holds every input of the trace; ``code`` the objects whose defining modules decide
+    its answer (model, loss, optimizer). ``compute`` must return JSON data (a dict of numbers, a
+    number) and, like every trace, depend on nothing but those.
+    """
+    folder = cache_dir()
+    named = _digest(kind, key, code) if folder is not None else None
+    if named is None:
+        return compute()
+    digest, full_key = named
+    path = folder / kind / f"{digest}.json"
+    found = _read(path, full_key)
+    if found is None:
+        found = compute()
+        _write(path, full_key, found)
+    return found
