@@ -225,9 +225,9 @@ def _trace_before_round_one(method: Method) -> None:
     """
     ctx = method.ctx
     ctx.participation_metrics()
-    model = getattr(method, "global_model", None)
-    if ctx.fleet is not None and ctx.clock is not None and isinstance(model, torch.nn.Module):
-        ctx.clock.step_flops(model)
+    default_cost = type(method).device_cost is Method.device_cost
+    if default_cost and ctx.fleet is not None and ctx.clock is not None:
+        ctx.clock.step_flops(method.global_model)
 
 
 def check_device(device: str) -> None:

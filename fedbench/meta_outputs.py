@@ -174,7 +174,6 @@ def clear() -> None:
     _RETURNS_SELF.clear()
 
 
-
 class _BuildOnMeta(DeviceContext):
     """``torch.device("meta")`` that returns a meta tensor untouched from ``torch.nn.init`` and the
     value-only in-place fills.

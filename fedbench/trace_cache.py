@@ -104,24 +104,28 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
 @cache
 def _package_digest() -> str:
     """fedbench's own source: any edit to the tracer, the models or the engine changes every key."""
-    root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
+    for path in sorted(_PACKAGE_ROOT.rglob("*.py")):
+        digest.update(str(path.relative_to(_PACKAGE_ROOT)).encode())
         digest.update(_file_digest(str(path)).encode())
     return digest.hexdigest()
 
 
 def _module_digest(name: str) -> str:
-    if name == "builtins" or name.split(".")[0] in ("torch", "fedbench"):
-        return name  # torch: its version is in the key; fedbench: the package digest covers it
+    if name == "builtins" or name.split(".")[0] == "torch":
+        return name  # torch's version is in the key
     module = sys.modules.get(name)
     path = getattr(module, "__file__", None)
     if not path or not os.path.isfile(path):
         raise _Unstable(f"module {name} has no source file")
+    if Path(path).resolve().is_relative_to(_PACKAGE_ROOT):
+        return name  # the package digest covers it (fedbench.methods lives outside, in methods/)
     return f"{name}:{_file_digest(path)}"
 
 

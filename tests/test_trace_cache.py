@@ -194,3 +194,13 @@ def test_second_run_does_no_meta_work(tmp_path):
     assert list((tmp_path / "traces").rglob("*.json"))
     assert second["dynamo"] is False
     assert second == {**first, "dynamo": False}
+
+
+def test_method_modules_outside_the_package_folder_are_keyed_by_their_source():
+    """``fedbench.methods`` is installed from methods/, outside fedbench/ whose digest covers the
+    engine: an edit to a built-in method must change the key too."""
+    import fedbench.methods.depthfl  # noqa: F401
+
+    assert trace_cache._module_digest("fedbench.memory") == "fedbench.memory"
+    name, digest = trace_cache._module_digest("fedbench.methods.depthfl").split(":")
+    assert name == "fedbench.methods.depthfl" and len(digest) == 64
