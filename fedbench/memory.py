@@ -265,7 +265,10 @@ def _traced_step(
             opt.step()
 
     try:
-        if opt is not None:  # warm-up: one update creates the steady state's optimizer state
+        allocate_state = getattr(opt, "allocate_state", None)
+        if allocate_state is not None:  # the steady state's optimizer state, without a step (LocalSGD)
+            allocate_state()
+        elif opt is not None:  # any other optimizer: one warm-up update creates it
             for param in params:
                 param.grad = torch.empty_like(param)
             with meta_outputs.RememberedKernels():

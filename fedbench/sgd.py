@@ -67,6 +67,15 @@ class LocalSGD:
             if buf is not None
         }
 
+    def allocate_state(self) -> None:
+        """Create the momentum buffers a first step would (uninitialised, on the parameters'
+        device). The memory model needs the steady state's tensors, not their values; on the meta
+        device a warm-up step costs a tenth of a ``fedbench memory`` sweep."""
+        if self.momentum:
+            self.momentum_buffers = [
+                torch.empty_like(p) if buf is None else buf for p, buf in zip(self.params, self.momentum_buffers, strict=True)
+            ]
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for param in self.params:
             if param.grad is None:

@@ -227,3 +227,19 @@ def test_a_meta_model_is_traced_in_place_and_put_back_as_it_was():
     assert [p.requires_grad for p in lent.parameters()] == flags
     assert all(p.grad is None for p in lent.parameters())
     assert not any(m.training for m in lent.modules())
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_allocated_sgd_state_gives_the_report_of_a_warm_up_step(foreach):
+    """LocalSGD creates its momentum buffers without a step for the memory model; any other
+    optimizer (here torch's own SGD) gets a real warm-up update: both steady states are equal."""
+    model = build_model("resnet18", (3, 32, 32), 10, width=0.25)
+    spec = SGDSpec(foreach=foreach)
+
+    def torch_sgd(params):
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                               foreach=foreach)
+
+    trainable = [name for name, _ in model.named_parameters()][4:]
+    assert peak_training_bytes(model, trainable, batch_size=8, optimizer=spec) == peak_training_bytes(
+        model, trainable, batch_size=8, optimizer=torch_sgd)
