@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -68,6 +69,8 @@ def _text(value: Any) -> str:
         return "(" + ", ".join(_text(v) for v in value) + ")"
     if isinstance(value, (frozenset, set)):
         return "{" + ", ".join(sorted(_text(v) for v in value)) + "}"
+    if inspect.ismethod(value):  # a bound method computes with its object's state
+        return f"{_text(value.__self__)}.{value.__name__}"
     if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
         name = f"{value.__module__}.{value.__qualname__}"
         if "<" in name:  # <lambda>, <locals>: two different functions can share the name
@@ -90,6 +93,8 @@ def _defining_modules(value: Any) -> set[str]:
     module of a function, the class of a callable object (and of dataclass fields holding any)."""
     if isinstance(value, nn.Module):
         return {type(m).__module__ for m in value.modules()}
+    if inspect.ismethod(value):
+        return {value.__module__} | _defining_modules(value.__self__)
     if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
         return {value.__module__}
     found = {type(value).__module__}

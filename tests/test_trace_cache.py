@@ -68,6 +68,22 @@ def test_a_dataclass_is_named_by_every_field_not_its_repr(cache_dir):
     assert compute.calls == 2
 
 
+@dataclasses.dataclass(frozen=True)
+class WithMethod:
+    scale: float
+
+    def loss(self, model, images, labels):
+        return self.scale
+
+
+def test_a_bound_method_is_named_with_its_object(cache_dir):
+    compute = Counter(1)
+    trace_cache.cached("memory", (WithMethod(1.0).loss,), (WithMethod(1.0).loss,), compute)
+    trace_cache.cached("memory", (WithMethod(2.0).loss,), (WithMethod(2.0).loss,), compute)
+    trace_cache.cached("memory", (WithMethod(2.0).loss,), (WithMethod(2.0).loss,), compute)
+    assert compute.calls == 2
+
+
 @pytest.mark.parametrize("unstable", [lambda: 0, object()])
 def test_a_key_without_stable_text_is_not_cached(cache_dir, unstable):
     compute = Counter(7)
