@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from fedbench.config import RunConfig
+from fedbench.data import fedbench_cache_home
 from fedbench.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -43,8 +44,7 @@ def checkpoint_dir() -> Path:
     env = os.environ.get("FEDBENCH_CHECKPOINTS")
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fedbench" / "checkpoints"
+    return fedbench_cache_home() / "checkpoints"
 
 
 def checkpoint_path(run_id: str) -> Path:

@@ -95,10 +95,14 @@ class FederatedData:
 
 
 # --------------------------------------------------------------- locating data
+def fedbench_cache_home() -> Path:
+    """``$XDG_CACHE_HOME/fedbench`` (``~/.cache/fedbench``): downloads, checkpoints and traces live below."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "fedbench"
+
+
 def user_cache_dir() -> Path:
-    """Where fedbench keeps downloaded data: ``$XDG_CACHE_HOME/fedbench`` (``~/.cache/fedbench``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fedbench" / "data"
+    """Where fedbench keeps downloaded data: ``~/.cache/fedbench/data``."""
+    return fedbench_cache_home() / "data"
 
 
 def candidate_dirs(data_dir: str | None, subdir: str, system_dirs: Sequence[str] = ()) -> list[Path]:

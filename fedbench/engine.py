@@ -226,7 +226,7 @@ def _trace_before_round_one(method: Method) -> None:
     ctx = method.ctx
     ctx.participation_metrics()
     default_cost = type(method).device_cost is Method.device_cost
-    if default_cost and ctx.fleet is not None and ctx.clock is not None:
+    if default_cost and ctx.fleet is not None:
         ctx.clock.step_flops(method.global_model)
 
 

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedbench.data import fedbench_cache_home
+
 log = logging.getLogger(__name__)
 
 ENV = "FEDBENCH_TRACE_CACHE"
@@ -57,8 +59,7 @@ def cache_dir() -> Path | None:
         return None
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fedbench" / "traces"
+    return fedbench_cache_home() / "traces"
 
 
 def _text(value: Any) -> str:
