@@ -16,6 +16,7 @@ from fedbench.errors import ConfigError
 from fedbench.memory import MemoryModel, SGDSpec, peak_training_bytes
 from fedbench.memory_validation import profiled_peak_bytes
 from fedbench.models import build_model
+from fedbench.sgd import LocalSGD
 
 GOLDEN = Path(__file__).parent / "golden" / "memory_peaks.csv"
 FMNIST, CIFAR = (1, 28, 28), (3, 32, 32)
@@ -243,3 +244,36 @@ def test_allocated_sgd_state_gives_the_report_of_a_warm_up_step(foreach):
     trainable = [name for name, _ in model.named_parameters()][4:]
     assert peak_training_bytes(model, trainable, batch_size=8, optimizer=spec) == peak_training_bytes(
         model, trainable, batch_size=8, optimizer=torch_sgd)
+
+
+@pytest.mark.parametrize("arch,momentum,weight_decay", [
+    ("resnet18", 0.9, 5e-4), ("resnet18", 0.0, 5e-4), ("resnet18", 0.9, 0.0), ("vit", 0.9, 5e-4),
+    ("squeezenet", 0.0, 0.0),
+])
+def test_the_sgd_update_stated_by_local_sgd_gives_the_report_of_tracing_it(arch, momentum, weight_decay, monkeypatch):
+    """LocalSGD states the per-tensor update's temporaries instead of letting the memory model trace
+    four ops per parameter; the reports must be those of the traced update (frozen blocks too)."""
+    shape = (3, 84, 84) if arch == "vit" else CIFAR
+    model = build_model(arch, shape, 10, width=0.25)
+    spec = SGDSpec(momentum=momentum, weight_decay=weight_decay)
+    cases = [dict(batch_size=8), dict(batch_size=4, trainable=[n for n, _ in model.named_parameters()][6:])]
+    stated = [peak_training_bytes(model, optimizer=spec, **case) for case in cases]
+    monkeypatch.setattr(LocalSGD, "update_temporaries", lambda self: None)
+    traced = [peak_training_bytes(model, optimizer=spec, **case) for case in cases]
+    assert stated == traced
+
+
+def test_local_sgd_states_no_temporaries_where_the_update_is_not_per_tensor():
+    params = [nn.Parameter(torch.empty(3, 2, device="meta")), nn.Parameter(torch.empty(5, device="meta"))]
+    for p in params:
+        p.grad = torch.empty_like(p)
+    per_tensor = LocalSGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=False)
+    assert per_tensor.update_temporaries() is None  # first step: it still creates the momentum buffers
+    per_tensor.allocate_state()
+    assert per_tensor.update_temporaries() == [24, 20]
+    assert LocalSGD(params, lr=0.1, momentum=0.9, foreach=False).update_temporaries() is None
+    no_decay = LocalSGD(params, lr=0.1, foreach=False)
+    assert no_decay.update_temporaries() == []
+    multi_tensor = LocalSGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
+    multi_tensor.allocate_state()
+    assert multi_tensor.update_temporaries() is None  # its temporaries are alive together: traced
