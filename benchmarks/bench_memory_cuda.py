@@ -2,6 +2,7 @@
 
     python benchmarks/bench_memory_cuda.py                         # Markdown table on stdout
     python benchmarks/bench_memory_cuda.py --json out.json --cpu   # also the CPU profiler, and JSON rows
+    python benchmarks/bench_memory_cuda.py --per-tensor            # also CUDA with CPU's per-tensor SGD
 
 Each row is one workload a method trains (``Method.workloads``: FedAvg's full model,
 NeuLite's stages with their frozen prefix and curriculum loss, DepthFL's exit models
@@ -74,13 +75,16 @@ def materialized(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def measure(arch: str, method: str, batch: int, cpu: bool) -> list[dict]:
+def measure(arch: str, method: str, batch: int, cpu: bool, per_tensor: bool = False) -> list[dict]:
     shape, num_classes, found = workloads(arch, method)
     rows = []
+    on_cuda = torch.cuda.is_available()
     for work in found:
         loss_fn = work.loss_fn or cross_entropy_loss
         for reference, optimizer, run in (
-            ("cuda", SGDSpec(foreach=True), cuda_peak_bytes if torch.cuda.is_available() else None),
+            ("cuda", SGDSpec(foreach=True), cuda_peak_bytes if on_cuda else None),
+            # CUDA with the per-tensor update a CPU run uses, whose temporaries LocalSGD states
+            ("cuda-per-tensor", SGDSpec(foreach=False), cuda_peak_bytes if on_cuda and per_tensor else None),
             ("cpu", SGDSpec(), profiled_peak_bytes if cpu else None),
         ):
             if run is None:
@@ -96,7 +100,7 @@ def measure(arch: str, method: str, batch: int, cpu: bool) -> list[dict]:
                 "optimizer_bytes": report.optimizer_bytes, "activations_bytes": report.activations_bytes,
                 "measure_s": time.perf_counter() - start,
             })
-            if reference == "cuda":
+            if reference.startswith("cuda"):
                 torch.cuda.empty_cache()
     return rows
 
@@ -107,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="fedavg,neulite,depthfl,heterofl,progfed")
     parser.add_argument("--batches", default="16,64")
     parser.add_argument("--cpu", action="store_true", help="also measure on CPU with torch.profiler (slow)")
+    parser.add_argument("--per-tensor", action="store_true",
+                        help="also CUDA rows with the per-tensor SGD update (CPU's path) instead of foreach")
     parser.add_argument("--json", type=Path, help="write the rows (and the environment) here")
     parser.add_argument("--explain", type=int, default=0, metavar="K",
                         help="for the K CUDA rows CUDA exceeds most, list what is live at its peak and where "
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
                 try:
-                    found = measure(arch, method, batch, args.cpu)
+                    found = measure(arch, method, batch, args.cpu, args.per_tensor)
                 except Exception as exc:  # one combination that cannot be built must not end the table
                     print(f"| {arch} | {method} | – | {batch} | – | – | – | {type(exc).__name__}: {exc} |")
                     continue

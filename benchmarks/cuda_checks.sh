@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything fedbench checks on a CUDA GPU, in order of importance, each step bounded in time:
 #   1. the memory model against torch.cuda.max_memory_allocated (every workload of five methods,
-#      five models, batches 16 and 64)                      -> OUT/memory_cuda.{md,json}
+#      five models, batches 16 and 64; SGD's foreach and per-tensor paths) -> OUT/memory_cuda.{md,json}
 #   1b. the same with CUDNN_CONV_WSCAP_DBG=0 (no effect with torch 2.11 + cuDNN 9.19: not a default step)
 #                                                            -> OUT/memory_cuda_ws0.{md,json}
 #   1c. for the 4 rows CUDA exceeds most: what is live at the peak and where it was allocated
@@ -27,7 +27,7 @@ export PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
 
 if [[ $STEPS == *" 1 "* ]]; then
   echo "== 1. memory model vs CUDA allocator"
-  timeout 150 $PY benchmarks/bench_memory_cuda.py --json "$OUT/memory_cuda.json" >"$OUT/memory_cuda.md" 2>&1
+  timeout 300 $PY benchmarks/bench_memory_cuda.py --per-tensor --json "$OUT/memory_cuda.json" >"$OUT/memory_cuda.md" 2>&1
   tail -n 1 "$OUT/memory_cuda.md"
 fi
 if [[ $STEPS == *" 1b "* ]]; then
