@@ -224,11 +224,29 @@ def _fedbench_child(args: argparse.Namespace) -> dict[str, Any]:
     sgd_s: list[float] = []
     round_end: list[float] = []
     metrics: list[dict[str, float]] = []
+    phases: dict[str, float] = {}  # start-up milestones, seconds since process start
+
+    def timed_phase(owner: Any, name: str) -> None:
+        """Record when ``owner.name`` is first entered and left (``name_begin_s`` / ``name_end_s``)."""
+        original = getattr(owner, name)
+
+        def wrapper(*a: Any, **k: Any) -> Any:
+            phases.setdefault(f"{name}_begin_s", time.time() - args.t0)
+            try:
+                return original(*a, **k)
+            finally:
+                phases.setdefault(f"{name}_end_s", time.time() - args.t0)
+
+        setattr(owner, name, wrapper)
 
     def patch(engine: Any) -> None:
         """Timers around the SGD loop and the round, put in when the CLI imports the engine (not
         before: the CLI's start-up order, e.g. MLflow's helper starting before torch, is measured)."""
-        from fedbench import method, training
+        from fedbench import method, tracking_process, training
+
+        phases["engine_imported_s"] = time.time() - args.t0  # torch is in by then
+        timed_phase(engine, "_trace_before_round_one")  # round 1's meta traces (torch._dynamo's import)
+        timed_phase(tracking_process.ProcessTracker, "start")  # waiting for MLflow's helper to create the run
 
         def timed_sgd(*a: Any, **k: Any) -> Any:
             start = time.perf_counter()
@@ -268,6 +286,8 @@ def _fedbench_child(args: argparse.Namespace) -> dict[str, Any]:
         "train_s": [m["time/train_s"] for m in metrics],
         "accuracy": [m.get("eval/accuracy") for m in metrics],
         "done_since_start_s": time.time() - args.t0,
+        "startup_phases": {k: round(v, 3) for k, v in phases.items()},
+        "compiler_imported": "torch._dynamo" in sys.modules,
     }
 
 

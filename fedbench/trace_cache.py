@@ -19,6 +19,11 @@ class defined in a REPL, an object printed with its address) is not cached.
 (``~/.cache/fedbench/traces``); ``FEDBENCH_TRACE_CACHE=off`` turns it off. One small JSON file
 per entry, written to a temporary name and renamed, so the parallel runs of a sweep share it
 safely; a file that cannot be read or written is skipped (logged at debug level), never an error.
+
+**Bounded.** Every code edit makes new keys, so old entries would pile up. A hit marks its entry
+used (its modification time); the first time a process adds an entry of a kind it counts that
+kind's entries and, above :data:`MAX_ENTRIES`, deletes the least recently used down to three
+quarters of it.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ log = logging.getLogger(__name__)
 ENV = "FEDBENCH_TRACE_CACHE"
 OFF = frozenset({"off", "0", "false", "no", "none"})
 FORMAT = 1  # bump when the stored layout changes
+MAX_ENTRIES = 2000  # per kind (a memory report is ~8 KB: ~16 MB); a full memory sweep stores ~150
+_CHECKED: set[Path] = set()  # kind folders this process has bounded already
 
 
 class _Unstable(Exception):
@@ -161,7 +168,31 @@ def _read(path: Path, full_key: str) -> Any:
         return None
     if not isinstance(stored, dict) or stored.get("key") != full_key:
         return None
+    try:
+        os.utime(path)  # used now: the last entry to go when the folder is bounded
+    except OSError:
+        pass
     return stored.get("value")
+
+
+def _bound(folder: Path) -> None:
+    """Delete the least recently used entries of ``folder`` if it holds more than MAX_ENTRIES."""
+    if folder in _CHECKED:
+        return
+    _CHECKED.add(folder)
+    try:
+        entries = [(e.stat().st_mtime, e.path) for e in os.scandir(folder) if e.name.endswith(".json")]
+    except OSError:
+        return
+    if len(entries) <= MAX_ENTRIES:
+        return
+    entries.sort()
+    for _, path in entries[: len(entries) - MAX_ENTRIES * 3 // 4]:
+        try:
+            os.remove(path)
+        except OSError:  # another process removed it first, or it is not ours to remove
+            pass
+    log.debug("trace cache %s bounded: %d entries removed", folder, len(entries) - MAX_ENTRIES * 3 // 4)
 
 
 def _write(path: Path, full_key: str, value: Any) -> None:
@@ -172,6 +203,8 @@ def _write(path: Path, full_key: str, value: Any) -> None:
         os.replace(handle.name, path)
     except OSError as exc:
         log.debug("trace cache entry %s not written: %s", path, exc)
+        return
+    _bound(path.parent)
 
 
 def cached(kind: str, key: Iterable[Any], code: Iterable[Any], compute: Callable[[], Any]) -> Any:

@@ -93,6 +93,26 @@ def test_a_key_without_stable_text_is_not_cached(cache_dir, unstable):
     assert not cache_dir.exists()
 
 
+def test_the_folder_is_bounded_least_recently_used_first(cache_dir, monkeypatch):
+    monkeypatch.setattr(trace_cache, "MAX_ENTRIES", 8)
+    monkeypatch.setattr(trace_cache, "_CHECKED", {cache_dir / "memory"})  # this process bounded it already
+    compute = Counter(1)
+
+    def entry(i):
+        return cache_dir / "memory" / f"{trace_cache._digest('memory', ('entry', i), ())[0]}.json"
+
+    for i in range(10):
+        trace_cache.cached("memory", ("entry", i), (), compute)
+        os.utime(entry(i), (1_000_000 + i, 1_000_000 + i))  # entry 0 the oldest
+    trace_cache.cached("memory", ("entry", 0), (), compute)  # a hit: now the most recently used
+    assert compute.calls == 10 and len(list(entry(0).parent.glob("*.json"))) == 10
+
+    trace_cache._CHECKED.clear()  # the next process's first new entry bounds the folder: 11 > 8, down to 6
+    trace_cache.cached("memory", ("entry", 10), (), compute)
+    kept = {i for i in range(11) if entry(i).exists()}
+    assert kept == {0, 6, 7, 8, 9, 10}
+
+
 def test_turned_off(cache_dir, monkeypatch):
     monkeypatch.setenv(trace_cache.ENV, "off")
     compute = Counter(7)
