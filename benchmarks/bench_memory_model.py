@@ -2,6 +2,8 @@
 method's sub-models (ViT at Mini-ImageNet size, the others at CIFAR-10 size, batch 64), in a
 fresh process with an empty trace cache, once cold and once again (cached in the process); then
 the same sweep in a second process that finds the traces on disk (fedbench/trace_cache.py).
+Also one exact trace of each full model's step with torch's meta kernels warm (fedbench's own
+per-step cost, ``full_model_trace_ms``).
 Goals: < 5 s cold, < 0.1 s cached.
 
     python benchmarks/bench_memory_model.py
@@ -24,6 +26,7 @@ def sweep_seconds() -> dict:
         "cold_s": round(first["cold_s"], 3), "cached_s": round(first["cached_s"], 4),
         "next_process_s": round(second["cold_s"], 3), "import_s": round(first["import_s"], 3),
         "rows": first["rows"], "models": len(first["models"]), "methods": len(first["methods"]),
+        "full_model_trace_ms": first["full_model_trace_ms"],
     }
 
 
@@ -37,3 +40,4 @@ if __name__ == "__main__":
     print(f"{result['models']} models x {result['methods']} methods, {result['rows']} rows: "
           f"cold {result['cold_s']:.2f} s, cached {result['cached_s']:.4f} s, "
           f"next process (traces on disk) {result['next_process_s']:.2f} s (imports {result['import_s']:.2f} s)")
+    print("one full-model step trace, meta kernels warm (ms, CPU time, best of 5):", result["full_model_trace_ms"])

@@ -45,6 +45,9 @@ def rows(data: dict[str, Any]) -> list[tuple[str, str, str]]:
              + (f"; later runs {fixed['existing_store_cached_traces_s']:.2f} s (same configuration), "
                 f"{fixed['existing_store_cold_traces_s']:.2f} s (new sub-models)"
                 if "existing_store_cached_traces_s" in fixed else "")),
+            *([("3. where that first run's start-up went", "",
+                "; ".join(f"{k.removesuffix('_s').lstrip('_')} {v:.2f} s" for k, v in fixed["startup_phases"].items()))]
+              if "startup_phases" in fixed else []),
             ("3. peak RSS of a W run", "≤ 1.5 GiB", f"{fixed['peak_rss_mib']:.0f} MiB"),
             ("3. W end to end (fedbench run ÷ plain loop)", "≤ 1.15",
              f"{fixed['end_to_end_ratio']:.3f} ({fixed['end_to_end_fedbench_s']:.1f} s / {fixed['end_to_end_plain_s']:.1f} s)"),
