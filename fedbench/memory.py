@@ -193,7 +193,8 @@ def meta_training_copy(model: nn.Module, dtype: torch.dtype, trainable: frozense
     modes): deep-copying module trees was a sixth of a memory sweep. Any other model (a run's
     model with real weights) is copied to meta without its data.
     """
-    tensors = itertools.chain(model.parameters(), model.buffers())
+    params = dict(model.named_parameters())
+    tensors = itertools.chain(params.values(), model.buffers())
     if not all(t.is_meta and (t.dtype == dtype or not t.is_floating_point()) for t in tensors):
         copied = _meta_copy(model, dtype)
         copied.train()
@@ -201,7 +202,6 @@ def meta_training_copy(model: nn.Module, dtype: torch.dtype, trainable: frozense
             param.requires_grad_(name in trainable)
         yield copied
         return
-    params = dict(model.named_parameters())
     saved = {name: (param.requires_grad, param.grad) for name, param in params.items()}
     modes = [(module, module.training) for module in model.modules()]
     try:
@@ -272,7 +272,8 @@ def _traced_step(
     dtype: torch.dtype,
 ) -> MemoryReport:
     """The trace and replay of :func:`peak_training_bytes` on a prepared meta model."""
-    params = [p for p in meta.parameters() if p.requires_grad]
+    all_params = list(meta.parameters())  # walked once: each walk recurses through every module
+    params = [p for p in all_params if p.requires_grad]
     opt = optimizer(params) if params else None
     images = torch.empty((batch_size, *input_shape), device="meta", dtype=dtype)
     labels = torch.zeros((batch_size,), device="meta", dtype=torch.int64)
@@ -303,9 +304,7 @@ def _traced_step(
             opt.zero_grad(set_to_none=True)
         tracker = _LiveStorages()
         tracker.recording = False
-        resident = {
-            tracker.register(t) for t in itertools.chain(meta.parameters(), meta.buffers())
-        }
+        resident = {tracker.register(t) for t in itertools.chain(all_params, meta.buffers())}
         optim_state = {
             tracker.register(t)
             for state in (opt.state.values() if opt is not None else ())
@@ -352,7 +351,7 @@ def _traced_step(
         optimizer_bytes=optimizer_bytes,
         activations_bytes=activations_bytes,
         trainable_params=sum(p.numel() for p in params),
-        total_params=sum(p.numel() for p in meta.parameters()),
+        total_params=sum(p.numel() for p in all_params),
     )
 
 

@@ -205,6 +205,26 @@ def test_building_on_meta_skips_only_meta_initialisation():
     assert torch.zeros(1).device.type == "cpu"  # the default device is back
 
 
+def test_like_factories_on_meta_keep_torch_s_layout_and_real_tensors_keep_their_values():
+    sources = [torch.empty(4, 3, device="meta"), torch.empty(2, 3, 5, 5, device="meta", dtype=torch.float16),
+               torch.empty(6, 4, device="meta").t(), torch.empty((), device="meta", dtype=torch.int64)]
+    factories = [(torch.zeros_like, ()), (torch.ones_like, ()), (torch.empty_like, ()), (torch.full_like, (2.0,)),
+                 (torch.randn_like, ())]
+    for source in sources:
+        for factory, extra in factories:
+            if factory is torch.randn_like and not source.is_floating_point():
+                continue
+            expected = factory(source, *extra)
+            with building_on_meta():
+                found = factory(source, *extra)
+            assert (found.shape, found.stride(), found.dtype, found.device) == (
+                expected.shape, expected.stride(), expected.dtype, expected.device)
+    with building_on_meta():
+        real = torch.ones_like(torch.zeros(3, device="cpu"))  # real data: computed as ever
+        assert torch.zeros_like(torch.empty(2, device="meta"), dtype=torch.int32).dtype == torch.int32
+    assert torch.equal(real, torch.ones(3))
+
+
 def test_second_run_does_no_meta_work(tmp_path):
     """The point of the cache: a run whose traces are stored never imports torch's compiler."""
     script = textwrap.dedent("""
