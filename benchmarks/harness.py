@@ -320,25 +320,41 @@ def _plain_child(args: argparse.Namespace) -> dict[str, Any]:
     return {"train_s": train_s, "eval_s": eval_s, "accuracy": accuracy, "done_since_start_s": time.time() - args.t0}
 
 
+MEMORY_DATASET_OF = {"vit": "mini-imagenet"}  # ViT's own data set; every other model at CIFAR-10 size
+
+
+def builtin_names() -> tuple[list[str], list[str]]:
+    """(built-in models, built-in methods): what the memory sweep covers."""
+    from fedbench import registry
+
+    return ([i.name for i in registry.available("models") if i.builtin],
+            [i.name for i in registry.available("methods") if i.builtin])
+
+
+def memory_sweep(models: list[str], methods: list[str]) -> int:
+    """``fedbench memory`` rows of every model x method (batch 64, the uniform-mb fleet); the row count."""
+    from fedbench.cli_memory import memory_rows
+
+    return sum(len(memory_rows(model, MEMORY_DATASET_OF.get(model, "cifar10"), 64, name, "uniform-mb"))
+               for model in models for name in methods)
+
+
 def _memory_child(args: argparse.Namespace) -> dict[str, Any]:
     """``fedbench memory`` rows for every model x every built-in method, twice (cold, then cached)."""
     start = time.perf_counter()
-    from fedbench import registry
-    from fedbench.cli_memory import memory_rows
+    from fedbench import registry  # noqa: F401  (what a `fedbench memory` process imports)
+    from fedbench.cli_memory import memory_rows  # noqa: F401
 
     import_s = time.perf_counter() - start
-    methods = [i.name for i in registry.available("methods") if i.builtin]
-    models = [i.name for i in registry.available("models") if i.builtin]
-    dataset_of = {"vit": "mini-imagenet"}  # ViT's own data set; every other model at CIFAR-10 size
+    models, methods = builtin_names()
     passes = []
     for _ in range(2):
-        t0, rows = time.perf_counter(), 0
-        for model in models:
-            for name in methods:
-                rows += len(memory_rows(model, dataset_of.get(model, "cifar10"), 64, name, "uniform-mb"))
+        t0 = time.perf_counter()
+        rows = memory_sweep(models, methods)
         passes.append(time.perf_counter() - t0)
     return {"import_s": import_s, "cold_s": passes[0], "cached_s": passes[1], "rows": rows,
-            "models": models, "methods": methods, "full_model_trace_ms": _full_model_trace_ms(models, dataset_of)}
+            "models": models, "methods": methods,
+            "full_model_trace_ms": _full_model_trace_ms(models, MEMORY_DATASET_OF)}
 
 
 def _full_model_trace_ms(models: list[str], dataset_of: dict[str, str]) -> dict[str, float]:

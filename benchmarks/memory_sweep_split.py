@@ -24,11 +24,12 @@ def main() -> None:
 
     compiler_s = time.perf_counter() - start - torch_s - sympy_s
 
-    from fedbench import memory, registry
-    from fedbench.cli_memory import memory_rows, workload_reports
+    from harness import builtin_names, memory_sweep
 
-    methods = [i.name for i in registry.available("methods") if i.builtin]
-    models = [i.name for i in registry.available("models") if i.builtin]
+    from fedbench import memory
+    from fedbench.cli_memory import workload_reports
+
+    models, methods = builtin_names()
     traced = [0.0]
     untimed = memory.peak_training_bytes
 
@@ -44,9 +45,7 @@ def main() -> None:
     def sweep() -> tuple[float, float]:
         traced[0] = 0.0
         begin = time.perf_counter()
-        for model in models:
-            for name in methods:
-                memory_rows(model, {"vit": "mini-imagenet"}.get(model, "cifar10"), 64, name, "uniform-mb")
+        memory_sweep(models, methods)
         return time.perf_counter() - begin, traced[0]
 
     first, first_traces = sweep()

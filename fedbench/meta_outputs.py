@@ -175,6 +175,15 @@ def call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return out
 
 
+def empty_like(tensor: torch.Tensor) -> torch.Tensor:
+    """``torch.empty_like(tensor)``, a dense tensor through the C++ factory: on the meta device
+    ``empty_like`` (and every ``*_like``) computes the layout in a Python reference kernel, ~30 µs
+    a call, which sub-model builds and the memory model's optimizer state make thousands of."""
+    if tensor.layout == torch.strided and tensor.is_contiguous():
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
+    return torch.empty_like(tensor)
+
+
 class RememberedKernels(TorchDispatchMode):
     """Inside it, meta ops run through :func:`call` (for meta computations that track nothing)."""
 
@@ -211,9 +220,8 @@ class _BuildOnMeta(DeviceContext):
           if name.endswith("_") and not name.startswith("_") and callable(getattr(torch.nn.init, name))),
     })
 
-    # ``torch.*_like`` of a meta tensor is a fresh tensor of its layout whatever the fill; on meta
-    # torch computes that layout in a Python reference kernel (~0.1 ms; DepthFL's FedDyn state
-    # makes two per parameter of every exit model).
+    # ``torch.*_like`` of a meta tensor is a fresh tensor of its layout whatever the fill
+    # (see empty_like; DepthFL's FedDyn state makes two per parameter of every exit model).
     _LIKE = frozenset({torch.empty_like, torch.zeros_like, torch.ones_like, torch.full_like,
                        torch.rand_like, torch.randn_like})
 
@@ -228,9 +236,8 @@ class _BuildOnMeta(DeviceContext):
                 return target
         elif func in self._LIKE:
             source = args[0] if args else None
-            if (not kwargs and isinstance(source, torch.Tensor) and source.is_meta
-                    and source.layout == torch.strided and source.is_contiguous()):
-                return torch.empty(source.shape, dtype=source.dtype, device="meta")
+            if not kwargs and isinstance(source, torch.Tensor) and source.is_meta:
+                return empty_like(source)  # inside its own hook a mode is off: no recursion
         elif func in _device_constructors() and kwargs.get("device") is None:
             kwargs["device"] = self.device
         return func(*args, **kwargs)

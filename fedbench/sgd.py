@@ -22,6 +22,8 @@ from torch import nn
 from torch.optim.optimizer import _default_to_fused_or_foreach
 from torch.optim.sgd import sgd
 
+from fedbench import meta_outputs
+
 
 class StepOptimizer(Protocol):
     """What the local loop and the memory model need of an optimizer; ``torch.optim`` optimizers
@@ -32,14 +34,6 @@ class StepOptimizer(Protocol):
     def zero_grad(self, set_to_none: bool = True) -> None: ...
 
     def step(self) -> None: ...
-
-
-def _uninitialised_like(param: torch.Tensor) -> torch.Tensor:
-    """``torch.empty_like(param)``; a dense parameter through the C++ factory, because on the meta
-    device ``empty_like`` runs torch's Python reference (~30 µs, a twentieth of a ResNet trace)."""
-    if param.is_contiguous():
-        return torch.empty(param.shape, dtype=param.dtype, device=param.device)
-    return torch.empty_like(param)
 
 
 class LocalSGD:
@@ -82,7 +76,7 @@ class LocalSGD:
         device a warm-up step costs a tenth of a ``fedbench memory`` sweep."""
         if self.momentum:
             self.momentum_buffers = [
-                _uninitialised_like(p) if buf is None else buf
+                meta_outputs.empty_like(p) if buf is None else buf
                 for p, buf in zip(self.params, self.momentum_buffers, strict=True)
             ]
 
