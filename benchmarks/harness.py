@@ -223,6 +223,7 @@ def _fedbench_child(args: argparse.Namespace) -> dict[str, Any]:
 
     sgd_s: list[float] = []
     round_end: list[float] = []
+    round_logged: list[float] = []  # when each round was in the MLflow store: a round is finished then
     metrics: list[dict[str, float]] = []
     phases: dict[str, float] = {}  # start-up milestones, seconds since process start
 
@@ -246,7 +247,16 @@ def _fedbench_child(args: argparse.Namespace) -> dict[str, Any]:
 
         phases["engine_imported_s"] = time.time() - args.t0  # torch is in by then
         timed_phase(engine, "_trace_before_round_one")  # round 1's meta traces (torch._dynamo's import)
-        timed_phase(tracking_process.ProcessTracker, "start")  # waiting for MLflow's helper to create the run
+        timed_phase(tracking_process.ProcessTracker, "start")  # sending (or waiting for) the run's creation
+        original_log_round = tracking_process.ProcessTracker.log_round
+
+        def timed_log_round(*a: Any, **k: Any) -> Any:
+            try:
+                return original_log_round(*a, **k)
+            finally:
+                round_logged.append(time.time())
+
+        tracking_process.ProcessTracker.log_round = timed_log_round
 
         def timed_sgd(*a: Any, **k: Any) -> Any:
             start = time.perf_counter()
@@ -280,6 +290,7 @@ def _fedbench_child(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "clients": args.clients,
         "round_end_since_start_s": [t - args.t0 for t in round_end],
+        "round_logged_since_start_s": [t - args.t0 for t in round_logged],
         "round_wall_s": walls,
         "sgd_s": sgd_s,
         "eval_s": [m.get("time/eval_s", 0.0) for m in metrics],

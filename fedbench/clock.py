@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from fedbench import trace_cache
 from fedbench.errors import ConfigError
@@ -131,6 +130,8 @@ def count_step_flops(
     chosen = _check_trainable(model, trainable)
     images = torch.empty((batch_size, *input_shape), device="meta")
     labels = torch.zeros((batch_size,), device="meta", dtype=torch.int64)
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton (0.1 s): only when tracing
+
     with meta_training_copy(model, torch.float32, chosen) as meta, FlopCounterMode(display=False) as counter:
         loss = loss_fn(meta, images, labels)
         if loss.requires_grad:

@@ -19,7 +19,6 @@ from functools import lru_cache
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from fedbench.meta_outputs import building_on_meta
 
@@ -61,6 +60,8 @@ def count_flops(module: nn.Module, inputs: torch.Tensor, input_grad: bool = True
     gradient (true inside a network, false for the first layer on images).
     """
     inputs = inputs.detach().requires_grad_(input_grad)
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton (0.1 s): only when tracing
+
     with FlopCounterMode(display=False) as forward:
         output = module(inputs)
     if not output.requires_grad:  # nothing to differentiate (a parameter-free, input-free module)

@@ -2,10 +2,7 @@
 
 A trace gives the same answer every time the same code traces the same sub-model, yet every
 process paid for it again: each cell of a sweep, each ``fedbench memory``, each run before its
-first round ends. And the first meta trace of a process imports torch's compiler
-(``torch._dynamo``, about 1 s on 2 cores), because torch wraps every dispatch mode's hook and
-several of its Python meta kernels in ``torch._disable_dynamo``. A process that finds all its
-traces here does no meta work for them and never pays that import.
+first round ends. A process that finds all its traces here does no meta work for them.
 
 **Key.** A digest of everything the answer depends on: the caller's key (model signature,
 trainable names, batch, input shape, dtype, optimizer, loss), the torch and fedbench versions,
@@ -44,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedbench.compiler_guard import compiler_left_out
 from fedbench.data import fedbench_cache_home
 
 log = logging.getLogger(__name__)
@@ -212,16 +210,19 @@ def cached(kind: str, key: Iterable[Any], code: Iterable[Any], compute: Callable
 
     ``key`` holds every input of the trace; ``code`` the objects whose defining modules decide
     its answer (model, loss, optimizer). ``compute`` must return JSON data (a dict of numbers, a
-    number) and, like every trace, depend on nothing but those.
+    number) and, like every trace, depend on nothing but those. It runs without torch's compiler
+    (fedbench/compiler_guard.py): a trace compiles nothing.
     """
     folder = cache_dir()
     named = _digest(kind, key, code) if folder is not None else None
     if named is None:
-        return compute()
+        with compiler_left_out():
+            return compute()
     digest, full_key = named
     path = folder / kind / f"{digest}.json"
     found = _read(path, full_key)
     if found is None:
-        found = compute()
+        with compiler_left_out():
+            found = compute()
         _write(path, full_key, found)
     return found
