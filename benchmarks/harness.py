@@ -247,7 +247,7 @@ def _fedbench_child(args: argparse.Namespace) -> dict[str, Any]:
 
         phases["engine_imported_s"] = time.time() - args.t0  # torch is in by then
         timed_phase(engine, "_trace_before_round_one")  # round 1's meta traces (torch._dynamo's import)
-        timed_phase(tracking_process.ProcessTracker, "start")  # sending (or waiting for) the run's creation
+        timed_phase(tracking_process.ProcessTracker, "start")  # waiting for MLflow's helper to create the run
         original_log_round = tracking_process.ProcessTracker.log_round
 
         def timed_log_round(*a: Any, **k: Any) -> Any:

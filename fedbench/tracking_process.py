@@ -5,19 +5,12 @@ SQLAlchemy engine, schema check, experiment lookup), all single-threaded Python,
 ``fedbench run`` spends the same seconds importing torch and loading data. In one process
 the two add up; :class:`ProcessTracker` starts a helper process the moment the config is
 known, which imports MLflow and opens the store while the main process prepares the run.
-Every call after that is a request and its reply over a pipe, answered in order.
-
+Every call after that is a request and its reply over a pipe, answered in order:
+:meth:`ProcessTracker.start` still waits for the store (an unreachable store fails the run
+before round 1, as with :class:`fedbench.tracking.MlflowTracker`), and
 :meth:`ProcessTracker.log_round` returns once the round is in the store, so a finished round
-is never only in flight. :meth:`ProcessTracker.start` waits for the run to exist when the store
-is a server (an unreachable one fails the run before round 1, as with
-:class:`fedbench.tracking.MlflowTracker`). A local SQLite store is the one case where the
-helper may still be busy when round 1 could begin: a *new* store first gets MLflow's whole
-schema (67 migrations, ~1.5 s of Python). There ``start`` sends the run without waiting,
-round 1 trains meanwhile, and its ``log_round`` collects the run id first; an error the helper
-has already reported (a corrupt or unwritable database) still fails the run before round 1,
-and any later one fails it when round 1 is logged, before any round counts as finished.
-The helper ignores Ctrl-C (the main process marks the run KILLED through it) and exits when
-the main process closes the pipe or dies.
+is never only in flight. The helper ignores Ctrl-C (the main process marks the run KILLED
+through it) and exits when the main process closes the pipe or dies.
 
     python -m fedbench.tracking_process READ_FD WRITE_FD     # the helper; started by ProcessTracker
 """
@@ -26,18 +19,15 @@ from __future__ import annotations
 
 import os
 import pickle
-import select
 import signal
 import subprocess
 import sys
 import traceback
-from collections import deque
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 from fedbench.config import RunConfig
 from fedbench.errors import FedbenchError, TrackingError
-from fedbench.tracking import sqlite_store_path
 
 
 class ProcessTracker:
@@ -59,19 +49,14 @@ class ProcessTracker:
         os.close(child_writes)
         self._requests: BinaryIO | None = os.fdopen(parent_writes, "wb")
         self._replies: BinaryIO | None = os.fdopen(parent_reads, "rb")
-        self._owed: deque[str] = deque()  # requests sent whose replies are not read yet, in order
+        self._unanswered = 0
         self._send("connect", tracking_uri, experiment, run_name)  # the reply is read by the next call
 
     # ----------------------------------------------------------- Tracker
     def start(self, config: RunConfig, partition: Mapping[str, Any]) -> None:
-        """Create the run: waited for on a server; on a local SQLite store sent ahead (module doc)."""
         from fedbench.method import option_params  # the method is loaded here already; not in the helper
 
-        self._send("start", config, dict(partition), option_params(config))
-        if sqlite_store_path(self.tracking_uri) is None:
-            self._collect()
-        else:
-            self._collect_ready()
+        self.run_id = self._call("start", config, dict(partition), option_params(config))
 
     def resume(self, run_id: str, rows: list[dict[str, float]]) -> None:
         self._call("resume", run_id, rows)
@@ -82,11 +67,6 @@ class ProcessTracker:
 
     def finish(self, status: str, error: str | None = None) -> None:
         try:
-            if "start" in self._owed:  # the run failed or was stopped in round 1, its start unanswered
-                try:
-                    self._collect()
-                except TrackingError:
-                    return  # no run was created; the run's own error is the one to report
             if self.run_id is not None:
                 self._call("finish", status, error)
         finally:
@@ -117,42 +97,21 @@ class ProcessTracker:
             self._requests.flush()
         except (BrokenPipeError, OSError):
             self._raise_dead()
-        self._owed.append(name)
+        self._unanswered += 1
 
     def _call(self, name: str, *args: Any) -> Any:
-        """Send a request and return its reply, after the replies still owed (connect, start)."""
+        """Send a request and return its reply, after the replies still owed (the connect)."""
         self._send(name, *args)
-        return self._collect()
-
-    def _collect(self) -> Any:
-        """Read every owed reply, in order; the last one's value."""
         value = None
-        while self._owed:
-            value = self._read_reply()
-        return value
-
-    def _collect_ready(self) -> None:
-        """Read the owed replies that have already arrived, without waiting for the others."""
-        while self._owed and self._replies is not None:
+        while self._unanswered:
             try:
-                ready, _, _ = select.select([self._replies], [], [], 0)
-            except (OSError, ValueError):  # a platform without select on pipes: read them later
-                return
-            if not ready:
-                return
-            self._read_reply()
-
-    def _read_reply(self) -> Any:
-        try:
-            status, value = pickle.load(self._replies)  # type: ignore[arg-type]
-        except (EOFError, OSError, pickle.UnpicklingError):
-            self._raise_dead()
-        name = self._owed.popleft()
-        if status == "error":
-            self._owed.clear()  # the helper answers every request; those behind an error are moot
-            raise value
-        if name == "start":
-            self.run_id = value
+                status, value = pickle.load(self._replies)  # type: ignore[arg-type]
+            except (EOFError, OSError, pickle.UnpicklingError):
+                self._raise_dead()
+            self._unanswered -= 1
+            if status == "error":
+                self._unanswered = 0  # the helper answers every request; those behind an error are moot
+                raise value
         return value
 
     def _raise_dead(self) -> None:
