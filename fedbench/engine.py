@@ -216,12 +216,12 @@ def _run_prepared(
 def _trace_before_round_one(method: Method) -> None:
     """The meta-device traces round 1 needs at the latest, taken before the run is created.
 
-    The first meta trace of a process imports torch's compiler (1 s; fedbench/trace_cache.py).
-    Here it lands while the tracking helper process is still opening its store and the main
-    process would only wait for it, instead of inside round 1: the full model's memory (every
-    round's participation metrics) and the global model's training FLOPs (the virtual clock of
-    every method that keeps the default device cost). Both are cached, so nothing is traced twice;
-    with the traces on disk neither traces at all.
+    A process's first meta traces pay one-time costs (torch's meta kernels, sympy; not the
+    compiler: fedbench/compiler_guard.py). Here they land while the tracking helper process is
+    still opening its store and the main process would only wait for it, instead of inside
+    round 1: the full model's memory (every round's participation metrics) and the global model's
+    training FLOPs (the virtual clock of every method that keeps the default device cost). Both
+    are cached, so nothing is traced twice; with the traces on disk neither traces at all.
     """
     ctx = method.ctx
     ctx.participation_metrics()

@@ -3,8 +3,8 @@
 Constructing the first ``torch.optim.Optimizer`` in a process imports ``torch._dynamo`` (its
 ``add_param_group`` is wrapped by ``torch._disable_dynamo``, which imports the compiler on first
 call): about 1 s on this machine, paid by every worker process of the process executor before
-its first update. (The server imports it anyway: its meta-device tracing for the clock and the
-memory model reaches other wrapped functions; docs/performance.md.) fedbench needs none of the
+its first update. (The server's meta-device traces for the clock and the memory model reach
+other wrapped functions; they run without the compiler too: fedbench/compiler_guard.py.) fedbench needs none of the
 Optimizer machinery (hooks, param groups, state dicts: the optimizer is rebuilt each round,
 spec common.md §1.3), so :class:`LocalSGD` keeps the parameters and momentum buffers itself
 and calls torch's functional ``torch.optim.sgd.sgd`` — the same kernels as ``torch.optim.SGD``,
