@@ -278,11 +278,16 @@ def _fedbench_child(args: argparse.Namespace) -> dict[str, Any]:
         engine.run_round = timed_round
 
     sys.meta_path.insert(0, _AfterImport("fedbench.engine", patch))
-    from fedbench import cli
+    import fedbench
+
+    if (Path(fedbench.__file__).parent / "launch.py").is_file():
+        from fedbench.launch import main as fedbench_command  # what the `fedbench` console script runs
+    else:  # code from before the launcher (an A/B run against an older commit on PYTHONPATH)
+        from fedbench.cli import main as fedbench_command
 
     sys.argv = ["fedbench", "run", "--config", "w.yaml"]
     try:
-        cli.main()
+        fedbench_command()
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise

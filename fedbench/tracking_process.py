@@ -17,6 +17,7 @@ through it) and exits when the main process closes the pipe or dies.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -24,31 +25,70 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from fedbench.config import RunConfig
 from fedbench.errors import FedbenchError, TrackingError
+
+
+class _Helper(NamedTuple):
+    process: subprocess.Popen
+    requests: BinaryIO
+    replies: BinaryIO
+
+
+def _spawn_helper() -> _Helper:
+    child_reads, parent_writes = os.pipe()
+    parent_reads, child_writes = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedbench.tracking_process", str(child_reads), str(child_writes)],
+        pass_fds=(child_reads, child_writes),
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(child_reads)
+    os.close(child_writes)
+    return _Helper(process, os.fdopen(parent_writes, "wb"), os.fdopen(parent_reads, "rb"))
+
+
+# A helper started before the command line was parsed (fedbench/launch.py), waiting for the
+# ProcessTracker that adopts it. One per process, like multiprocessing's forkserver.
+_early_helper: _Helper | None = None
+
+
+def start_helper_early() -> None:
+    """Start the helper now, before the caller knows the store; the next :class:`ProcessTracker`
+    adopts it (its MLflow import is then already under way). Idempotent."""
+    global _early_helper
+    if _early_helper is None:
+        _early_helper = _spawn_helper()
+
+
+def stop_early_helper() -> None:
+    """Stop a helper started early that no tracker adopted (the run was untracked, or failed first)."""
+    global _early_helper
+    helper, _early_helper = _early_helper, None
+    if helper is None:
+        return
+    for stream in (helper.requests, helper.replies):
+        with contextlib.suppress(OSError):
+            stream.close()
+    helper.process.kill()  # it may be importing MLflow still: no need to let it finish
+    helper.process.wait()
 
 
 class ProcessTracker:
     """A :class:`fedbench.tracking.Tracker` whose MLflow client lives in a helper process."""
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "fedbench", run_name: str | None = None):
+        global _early_helper
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_name = run_name
         self.run_id: str | None = None
-        child_reads, parent_writes = os.pipe()
-        parent_reads, child_writes = os.pipe()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "fedbench.tracking_process", str(child_reads), str(child_writes)],
-            pass_fds=(child_reads, child_writes),
-            stdin=subprocess.DEVNULL,
-        )
-        os.close(child_reads)
-        os.close(child_writes)
-        self._requests: BinaryIO | None = os.fdopen(parent_writes, "wb")
-        self._replies: BinaryIO | None = os.fdopen(parent_reads, "rb")
+        helper, _early_helper = _early_helper or _spawn_helper(), None
+        self._process = helper.process
+        self._requests: BinaryIO | None = helper.requests
+        self._replies: BinaryIO | None = helper.replies
         self._unanswered = 0
         self._send("connect", tracking_uri, experiment, run_name)  # the reply is read by the next call
 
@@ -135,6 +175,8 @@ def _as_sendable(exc: Exception) -> Exception:
 
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     """The helper's loop: one reply per request, in order, until the pipe closes."""
+    import mlflow.tracking  # noqa: F401  (its first job: started before the first request may arrive)
+
     from fedbench.tracking import MlflowTracker
 
     tracker: MlflowTracker | None = None
