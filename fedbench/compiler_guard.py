@@ -44,11 +44,15 @@ class _StandIn(types.ModuleType):
         return fn
 
     def forget(self) -> None:
-        """Drop the unwrapped answers so the next call outside the trace asks the real compiler."""
+        """Drop the unwrapped answers so the next call outside the trace asks the real compiler.
+
+        torch keeps the answer on the function (``__dynamo_disable`` today); any attribute of
+        that kind holding the function itself is dropped, so a renamed memo is forgotten too."""
         for fn in self.served:
-            if getattr(fn, _MEMO, None) is fn:
-                with contextlib.suppress(AttributeError, TypeError):
-                    delattr(fn, _MEMO)
+            with contextlib.suppress(TypeError):  # a function without a __dict__ keeps no memo
+                for name, value in list(vars(fn).items()):
+                    if value is fn and (name == _MEMO or "dynamo" in name):
+                        delattr(fn, name)
         self.served.clear()
 
     def __getattr__(self, name: str) -> Any:

@@ -70,3 +70,17 @@ def test_nested_guards_leave_one_stand_in_and_remove_it_once():
             assert sys.modules["torch._dynamo"] is outer
         assert "torch._dynamo" not in sys.modules
     """)
+
+
+def test_the_stand_in_forgets_its_answers_whatever_torch_names_the_memo():
+    from fedbench.compiler_guard import _StandIn
+
+    def guarded():
+        return 1
+
+    stand_in = _StandIn()
+    guarded.__dynamo_disable = stand_in.disable(guarded)  # what torch's wrapper stores today
+    guarded._dynamo_disabled_fn = stand_in.disable(guarded)  # a memo under another name
+    guarded.unrelated = guarded  # not a memo: kept
+    stand_in.forget()
+    assert set(vars(guarded)) == {"unrelated"}
