@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 _NAME = "torch._dynamo"
-_MEMO = "__dynamo_disable"  # where torch._disable_dynamo caches the wrapped function on ``fn``
 
 
 class _StandIn(types.ModuleType):
@@ -37,7 +36,6 @@ class _StandIn(types.ModuleType):
     def __init__(self) -> None:
         super().__init__(_NAME)
         self.served: list[Callable[..., Any]] = []
-        self.replaced = False
 
     def disable(self, fn: Callable[..., Any], recursive: bool = True, wrapping: bool = True) -> Callable[..., Any]:
         self.served.append(fn)
@@ -46,12 +44,12 @@ class _StandIn(types.ModuleType):
     def forget(self) -> None:
         """Drop the unwrapped answers so the next call outside the trace asks the real compiler.
 
-        torch keeps the answer on the function (``__dynamo_disable`` today); any attribute of
-        that kind holding the function itself is dropped, so a renamed memo is forgotten too."""
+        torch keeps the answer on the function (``__dynamo_disable`` today); any dynamo-named
+        attribute holding the function itself is dropped, so a renamed memo is forgotten too."""
         for fn in self.served:
             with contextlib.suppress(TypeError):  # a function without a __dict__ keeps no memo
                 for name, value in list(vars(fn).items()):
-                    if value is fn and (name == _MEMO or "dynamo" in name):
+                    if value is fn and "dynamo" in name:
                         delattr(fn, name)
         self.served.clear()
 
@@ -63,11 +61,11 @@ class _StandIn(types.ModuleType):
         return getattr(importlib.import_module(_NAME), name)
 
     def step_aside(self) -> None:
+        """Leave ``sys.modules`` and ``torch`` (idempotent) and forget every answer given."""
         if sys.modules.get(_NAME) is self:
             del sys.modules[_NAME]
         if torch.__dict__.get("_dynamo") is self:
             delattr(torch, "_dynamo")
-        self.replaced = True
         self.forget()
 
 
@@ -82,5 +80,4 @@ def compiler_left_out() -> Iterator[None]:
     try:
         yield
     finally:
-        if not stand_in.replaced:
-            stand_in.step_aside()
+        stand_in.step_aside()  # a no-op if something already swapped the real compiler in

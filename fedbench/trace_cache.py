@@ -213,16 +213,18 @@ def cached(kind: str, key: Iterable[Any], code: Iterable[Any], compute: Callable
     number) and, like every trace, depend on nothing but those. It runs without torch's compiler
     (fedbench/compiler_guard.py): a trace compiles nothing.
     """
+    def trace() -> Any:
+        with compiler_left_out():
+            return compute()
+
     folder = cache_dir()
     named = _digest(kind, key, code) if folder is not None else None
     if named is None:
-        with compiler_left_out():
-            return compute()
+        return trace()
     digest, full_key = named
     path = folder / kind / f"{digest}.json"
     found = _read(path, full_key)
     if found is None:
-        with compiler_left_out():
-            found = compute()
+        found = trace()
         _write(path, full_key, found)
     return found

@@ -50,6 +50,13 @@ def _spawn_helper() -> _Helper:
     return _Helper(process, os.fdopen(parent_writes, "wb"), os.fdopen(parent_reads, "rb"))
 
 
+def _close_pipes(*streams: BinaryIO) -> None:
+    """Close our ends of the helper's pipes; the helper may have closed its ends first."""
+    for stream in streams:
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
 # A helper started before the command line was parsed (fedbench/launch.py), waiting for the
 # ProcessTracker that adopts it. One per process, like multiprocessing's forkserver.
 _early_helper: _Helper | None = None
@@ -69,9 +76,7 @@ def stop_early_helper() -> None:
     helper, _early_helper = _early_helper, None
     if helper is None:
         return
-    for stream in (helper.requests, helper.replies):
-        with contextlib.suppress(OSError):
-            stream.close()
+    _close_pipes(helper.requests, helper.replies)
     helper.process.kill()  # it may be importing MLflow still: no need to let it finish
     helper.process.wait()
 
@@ -116,11 +121,7 @@ class ProcessTracker:
         """Let the helper finish what it was sent and exit; idempotent."""
         if self._requests is None:
             return
-        for stream in (self._requests, self._replies):
-            try:
-                stream.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
+        _close_pipes(self._requests, self._replies)  # type: ignore[arg-type]
         self._requests = self._replies = None
         try:
             self._process.wait(timeout=30)
