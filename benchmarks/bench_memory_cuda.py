@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from fedbench import registry
-from fedbench.cli_memory import KNOWN_SHAPES
 from fedbench.memory import MemoryModel, SGDSpec
+from fedbench.memory_table import KNOWN_SHAPES
 from fedbench.memory_validation import (
     cuda_peak_bytes,
     cuda_step_allocations,

@@ -347,37 +347,38 @@ def builtin_names() -> tuple[list[str], list[str]]:
             [i.name for i in registry.available("methods") if i.builtin])
 
 
-def memory_sweep(models: list[str], methods: list[str]) -> int:
-    """``fedbench memory`` rows of every model x method (batch 64, the uniform-mb fleet); the row count."""
-    from fedbench.cli_memory import memory_rows
+def memory_sweep(models: list[str], methods: list[str], jobs: int = 0) -> int:
+    """``fedbench memory`` rows of every model x method (batch 64, the uniform-mb fleet) in ``jobs``
+    worker processes (0: one per core, 1: this process alone); the row count."""
+    from fedbench.memory_table import memory_table
 
-    return sum(len(memory_rows(model, MEMORY_DATASET_OF.get(model, "cifar10"), 64, name, "uniform-mb"))
-               for model in models for name in methods)
+    pairs = [(model, MEMORY_DATASET_OF.get(model, "cifar10"), name) for model in models for name in methods]
+    return len(memory_table(pairs, 64, "uniform-mb", jobs=jobs))
 
 
 def _memory_child(args: argparse.Namespace) -> dict[str, Any]:
     """``fedbench memory`` rows for every model x every built-in method, twice (cold, then cached)."""
     start = time.perf_counter()
     from fedbench import registry  # noqa: F401  (what a `fedbench memory` process imports)
-    from fedbench.cli_memory import memory_rows  # noqa: F401
+    from fedbench.memory_table import memory_table  # noqa: F401
 
     import_s = time.perf_counter() - start
     models, methods = builtin_names()
     passes = []
     for _ in range(2):
         t0 = time.perf_counter()
-        rows = memory_sweep(models, methods)
+        rows = memory_sweep(models, methods, args.jobs)
         passes.append(time.perf_counter() - t0)
     return {"import_s": import_s, "cold_s": passes[0], "cached_s": passes[1], "rows": rows,
-            "models": models, "methods": methods,
+            "models": models, "methods": methods, "jobs": args.jobs,
             "full_model_trace_ms": _full_model_trace_ms(models, MEMORY_DATASET_OF)}
 
 
 def _full_model_trace_ms(models: list[str], dataset_of: dict[str, str]) -> dict[str, float]:
     """One exact trace of each full model's training step (batch 64), the process-wide caches
     bypassed but torch's meta kernels already warm: fedbench's own per-step cost, best of 5."""
-    from fedbench.cli_memory import KNOWN_SHAPES
     from fedbench.memory import peak_training_bytes
+    from fedbench.memory_table import KNOWN_SHAPES
     from fedbench.meta_outputs import building_on_meta
     from fedbench.models import build_model
 
@@ -401,6 +402,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--method", default=None)
+    parser.add_argument("--jobs", type=int, default=0, help="memory: worker processes (0: one per core)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--t0", type=float, default=None, help="the parent's clock just before the spawn")
     args = parser.parse_args()

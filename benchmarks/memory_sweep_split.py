@@ -27,7 +27,7 @@ def main() -> None:
     from harness import builtin_names, memory_sweep
 
     from fedbench import memory
-    from fedbench.cli_memory import workload_reports
+    from fedbench.memory_table import clear_caches
 
     models, methods = builtin_names()
     traced = [0.0]
@@ -45,12 +45,12 @@ def main() -> None:
     def sweep() -> tuple[float, float]:
         traced[0] = 0.0
         begin = time.perf_counter()
-        memory_sweep(models, methods)
+        memory_sweep(models, methods, jobs=1)  # in this process: it times the traces here
         return time.perf_counter() - begin, traced[0]
 
     first, first_traces = sweep()
     memory._SHARED_CACHE.clear()
-    workload_reports.cache_clear()
+    clear_caches()
     warm, warm_traces = sweep()
     print(f"imports: torch {torch_s:.2f} s, symbolic_shapes/sympy {sympy_s:.2f} s, torch._dynamo {compiler_s:.2f} s")
     print(f"first sweep {first:.2f} s (traces {first_traces:.2f} s); the same sweep with every meta kernel warm "

@@ -234,7 +234,9 @@ class Method:
     @classmethod
     def workloads(cls, model: BlockModel, options: Any) -> list[Workload]:
         """The (sub-)models this method trains, for ``fedbench memory`` and the fleet fit.
-        Methods without sub-models train the full model."""
+        Methods without sub-models train the full model. Build sub-models beside ``model`` or
+        share its modules, but leave it as it was: ``fedbench memory`` lends one built model to
+        every method in turn (a method that changes it gets a model of its own, at a cost)."""
         return [Workload("full", model)]
 
     # -------------------------------------------------------------- hooks

@@ -173,17 +173,6 @@ def test_memory_models_share_one_process_wide_cache():
     assert MemoryModel(SGDSpec(momentum=0.0)).report(build_model("cnn", FMNIST, 10), batch_size=12) is not first
 
 
-def test_fedbench_memory_rows_are_cached_for_the_process_and_match_a_real_model():
-    from fedbench.cli_memory import memory_rows, workload_reports
-
-    rows = memory_rows("cnn", "fashion-mnist", 16, "fedavg", "relative")
-    hits = workload_reports.cache_info().hits
-    assert memory_rows("cnn", "fashion-mnist", 16, "fedavg", "relative") == rows
-    assert workload_reports.cache_info().hits == hits + 1
-    real = peak_training_bytes(build_model("cnn", FMNIST, 10), batch_size=16)  # built on the CPU, initialised
-    assert rows[0]["peak_bytes"] == real.peak_bytes and rows[0]["activations_bytes"] == real.activations_bytes
-
-
 def test_live_at_peak_replays_an_allocator_trace_and_names_where_memory_was_allocated():
     """The CUDA attribution step (benchmarks/bench_memory_cuda.py --explain) on a hand-made trace."""
     from fedbench.memory_validation import is_library_workspace, live_at_peak, where_allocated

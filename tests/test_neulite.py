@@ -177,7 +177,7 @@ def test_fc_only_output_modules_classify_block_k_without_stand_ins():
 
 
 def test_fedbench_memory_lists_one_row_per_neulite_stage_and_the_full_model():
-    from fedbench.cli_memory import memory_rows
+    from fedbench.memory_table import memory_rows
 
     rows = memory_rows("resnet18", "synthetic", 32, "neulite", "uniform-mb", width=0.125)
     assert [r["submodel"] for r in rows] == ["stage1", "stage2", "stage3", "stage4", "full"]

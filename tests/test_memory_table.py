@@ -1,0 +1,146 @@
+"""`fedbench memory`'s rows (fedbench/memory_table.py): one pair or a table of many, traced here
+or in worker processes, with one built model lent to every method in turn."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from torch import nn
+from typer.testing import CliRunner
+
+import fedbench.models
+from fedbench import memory_table, registry
+from fedbench.cli import app
+from fedbench.errors import FedbenchError, UnknownNameError
+from fedbench.memory import _SHARED_CACHE, peak_training_bytes
+from fedbench.method import Method, Workload
+from fedbench.models import build_model
+
+FMNIST = (1, 28, 28)
+runner = CliRunner()
+
+
+class Plain(Method):
+    pass
+
+
+class Other(Method):
+    pass
+
+
+class AddsLayer(Method):
+    """Breaks the ``workloads`` contract: adds a layer to the model it is lent."""
+
+    @classmethod
+    def workloads(cls, model, options):
+        model.extra = nn.Linear(512, 512)
+        return [Workload("full", model)]
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """Empty memory caches, no trace cache, and the test methods above findable by name."""
+    methods = {"plain": Plain, "other": Other, "adds": AddsLayer}
+    real_load = registry.load
+    monkeypatch.setattr(registry, "load", lambda kind, name, validate=None: (
+        methods[name] if kind == "methods" and name in methods else real_load(kind, name, validate)))
+    monkeypatch.setenv("FEDBENCH_TRACE_CACHE", "off")
+    memory_table.clear_caches()
+    _SHARED_CACHE.clear()
+
+
+def test_rows_are_cached_for_the_process_and_match_a_real_model(monkeypatch):
+    rows = memory_table.memory_rows("cnn", "fashion-mnist", 16, "fedavg", "relative")
+    with monkeypatch.context() as patched:
+        patched.setattr(memory_table, "_traced_reports", None)  # a second call must not trace
+        assert memory_table.memory_rows("cnn", "fashion-mnist", 16, "fedavg", "relative") == rows
+    real = peak_training_bytes(build_model("cnn", FMNIST, 10), batch_size=16)  # built on the CPU, initialised
+    assert rows[0]["peak_bytes"] == real.peak_bytes and rows[0]["activations_bytes"] == real.activations_bytes
+
+
+def test_methods_share_one_built_full_model(fresh, monkeypatch):
+    built = []
+    original = fedbench.models.build_model
+    monkeypatch.setattr(fedbench.models, "build_model", lambda *a, **k: built.append(a) or original(*a, **k))
+    first = memory_table.memory_rows("cnn", "fashion-mnist", 16, "plain", "uniform-mb")
+    second = memory_table.memory_rows("cnn", "fashion-mnist", 16, "other", "uniform-mb")
+    assert len(built) == 1 and first == second
+
+
+def test_every_builtin_method_leaves_the_lent_model_as_it_found_it(fresh):
+    model = memory_table._shared_meta_model("cnn", FMNIST, 10, 1.0)
+    for info in registry.available("methods"):
+        if info.builtin:
+            memory_table.workload_reports("cnn", FMNIST, 10, 1.0, info.name, 16)
+            assert memory_table._shared_meta_model("cnn", FMNIST, 10, 1.0) is model, info.name
+
+
+def test_a_method_that_changes_the_lent_model_does_not_change_later_methods_rows(fresh):
+    """One that does (a layer whose weights cost memory) gets a model no other method sees."""
+    changed = memory_table.memory_rows("cnn", "fashion-mnist", 16, "adds", "uniform-mb")
+    plain = memory_table.memory_rows("cnn", "fashion-mnist", 16, "plain", "uniform-mb")
+    expected = peak_training_bytes(build_model("cnn", FMNIST, 10), batch_size=16)
+    assert changed[0]["peak_bytes"] > expected.peak_bytes  # the layer costs memory: it would show
+    assert plain[0]["peak_bytes"] == expected.peak_bytes
+
+
+PAIRS = [("cnn", "fashion-mnist", "fedavg"), ("cnn", "fashion-mnist", "heterofl"),
+         ("resnet18", "synthetic", "neulite")]
+
+
+def test_a_table_traced_in_worker_processes_equals_one_traced_here_and_stays_cached(monkeypatch):
+    monkeypatch.setenv("FEDBENCH_TRACE_CACHE", "off")  # the workers must trace, not read
+    memory_table.clear_caches()
+    in_workers = memory_table.memory_table(PAIRS, 16, "uniform-mb", jobs=2)
+    memory_table.clear_caches()
+    _SHARED_CACHE.clear()
+    here = memory_table.memory_table(PAIRS, 16, "uniform-mb", jobs=1)
+    assert in_workers == here
+    assert [(r["model"], r["method"]) for r in here][:2] == [("cnn", "fedavg"), ("cnn", "heterofl")]
+    assert {r["dataset"] for r in here} == {"fashion-mnist", "synthetic"}
+    memory_table.clear_caches()
+    memory_table.memory_table(PAIRS, 16, "uniform-mb", jobs=2)
+    monkeypatch.setattr(memory_table, "_traced_reports", None)  # asking again neither traces nor forks
+    monkeypatch.setattr(memory_table, "_traced_in_worker", None)
+    assert memory_table.memory_table(PAIRS, 16, "uniform-mb", jobs=2) == here
+
+
+def test_a_user_error_in_a_worker_comes_back_as_one_line_naming_its_pair(monkeypatch):
+    monkeypatch.setenv("FEDBENCH_TRACE_CACHE", "off")
+    keys = [memory_table.ReportsKey("cnn", FMNIST, 10, 1.0, "fedavg", 16),
+            memory_table.ReportsKey("vgg11_bn", (1, 8, 8), 10, 1.0, "fedavg", 16)]  # too small for VGG
+    memory_table.clear_caches()
+    for jobs in (2, 1):
+        with pytest.raises(FedbenchError, match=r"^vgg11_bn / fedavg: model 'vgg11_bn' needs inputs of at least 16×16"):
+            memory_table.trace_all(keys, jobs=jobs)
+
+
+def test_unknown_names_and_bad_jobs_fail_before_any_worker_starts(monkeypatch):
+    monkeypatch.setattr(memory_table, "_traced_in_worker", None)
+    with pytest.raises(UnknownNameError, match="nope"):
+        memory_table.memory_table([("cnn", "fashion-mnist", "nope")], 16, "uniform-mb")
+    with pytest.raises(UnknownNameError, match="resnet99"):
+        memory_table.memory_table([("resnet99", "fashion-mnist", "fedavg")], 16, "uniform-mb")
+    with pytest.raises(FedbenchError, match=r"jobs \(-1\) must be >= 0"):
+        memory_table.memory_table(PAIRS, 16, "uniform-mb", jobs=-1)
+
+
+def test_fedbench_memory_prints_a_table_of_several_methods_and_models():
+    result = runner.invoke(app, ["memory", "--model", "cnn", "--dataset", "fashion-mnist", "--batch-size", "16",
+                                 "--method", "fedavg,exclusivefl", "--jobs", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    assert [(r["model"], r["method"], r["submodel"]) for r in rows] == [
+        ("cnn", "fedavg", "full"), ("cnn", "exclusivefl", "full")]
+    assert rows[0]["peak_bytes"] == rows[1]["peak_bytes"]
+    result = runner.invoke(app, ["memory", "--model", "cnn", "--dataset", "fashion-mnist", "--method", "all",
+                                 "--jobs", "1"])
+    assert result.exit_code == 0, result.output
+    assert all(info.name[:4] in result.output for info in registry.available("methods"))
+
+
+def test_fedbench_memory_with_an_unknown_name_in_a_list_fails_with_one_line():
+    result = runner.invoke(app, ["memory", "--model", "cnn", "--dataset", "fashion-mnist", "--method", "fedavg,nope"])
+    assert result.exit_code == 2
+    assert "nope" in result.output and len(result.output.strip().splitlines()) == 1
