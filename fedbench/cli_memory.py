@@ -29,7 +29,10 @@ def _names(given: str, kind: str) -> list[str]:
     from fedbench import registry
 
     if given.strip() == "all":
-        return [info.name for info in registry.available(kind)]
+        found = [info.name for info in registry.available(kind)]
+        if not found:
+            raise typer.BadParameter(f"no {kind} are registered; install fedbench (pip install -e .) for its entry points")
+        return found
     names = [name.strip() for name in given.split(",") if name.strip()]
     if not names:
         raise typer.BadParameter(f"no {kind} named; give a name, a comma-separated list or 'all'")
