@@ -4,6 +4,8 @@ or in worker processes, with one built model lent to every method in turn."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 from torch import nn
@@ -114,6 +116,33 @@ def test_a_user_error_in_a_worker_comes_back_as_one_line_naming_its_pair(monkeyp
     for jobs in (2, 1):
         with pytest.raises(FedbenchError, match=r"^vgg11_bn / fedavg: model 'vgg11_bn' needs inputs of at least 16×16"):
             memory_table.trace_all(keys, jobs=jobs)
+
+
+def _dies_on_vgg(key):
+    if key.model_name == "vgg11_bn":
+        os._exit(3)
+    return "ok", memory_table.workload_reports(*key)
+
+
+def _bug_on_vgg(key):
+    if key.model_name == "vgg11_bn":
+        raise ZeroDivisionError("a bug in a worker")
+    return "ok", memory_table.workload_reports(*key)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked (and see this patch) on Linux")
+def test_a_worker_that_dies_fails_the_table_with_one_line_and_a_bug_keeps_its_type(monkeypatch):
+    monkeypatch.setenv("FEDBENCH_TRACE_CACHE", "off")
+    keys = [memory_table.ReportsKey("cnn", FMNIST, 10, 1.0, "fedavg", 16),
+            memory_table.ReportsKey("vgg11_bn", (3, 32, 32), 10, 0.0625, "fedavg", 16)]
+    memory_table.clear_caches()
+    monkeypatch.setattr(memory_table, "_traced_in_worker", _dies_on_vgg)
+    with pytest.raises(FedbenchError, match=r"^a worker process died; [12] of 2 \(model, method\) pairs were not traced; try --jobs 1$"):
+        memory_table.trace_all(keys, jobs=2)
+    memory_table.clear_caches()
+    monkeypatch.setattr(memory_table, "_traced_in_worker", _bug_on_vgg)
+    with pytest.raises(ZeroDivisionError, match="a bug in a worker"):
+        memory_table.trace_all(keys, jobs=2)
 
 
 def test_unknown_names_and_bad_jobs_fail_before_any_worker_starts(monkeypatch):
