@@ -59,7 +59,11 @@ def rows(data: dict[str, Any]) -> list[tuple[str, str, str]]:
         out.append((f"4. `fedbench memory`, {memory['models']} models × {memory['methods']} methods "
                     f"({memory['rows']} rows)", "< 5 s; cached < 0.1 s",
                     f"{memory['cold_s']:.1f} s; cached {memory['cached_s']:.3f} s"
-                    + (f"; next process {memory['next_process_s']:.1f} s" if "next_process_s" in memory else "")))
+                    + (f"; next process {memory['next_process_s']:.1f} s" if "next_process_s" in memory else "")
+                    + (f"; in one process (--jobs 1) {memory['serial_cold_s']:.1f} s, next {memory['serial_next_process_s']:.1f} s"
+                       if "serial_cold_s" in memory else "")
+                    + (f"; the whole `fedbench memory --model all --method all` command {memory['command_s']:.1f} s "
+                       f"(--jobs 1: {memory['serial_command_s']:.1f} s)" if "command_s" in memory else "")))
     methods = {k.split("[", 1)[1].rstrip("]"): v for k, v in found.items() if k.startswith("test_method_round_cost[")}
     if "fedavg" in methods:
         base = methods["fedavg"]["round_s"]
