@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from fedbench.errors import ConfigError, FedbenchError
+from fedbench.gc_pause import collector_paused
 
 # (input shape, classes) of the built-in data sets, so no data has to be read.
 KNOWN_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
@@ -86,13 +87,20 @@ def _remember(key: ReportsKey, value: tuple[tuple[tuple[str, Any], ...], int]) -
 
 def _traced_reports(key: ReportsKey) -> tuple[tuple[tuple[str, Any], ...], int]:
     from fedbench import registry
+    from fedbench.method import validate_method
+
+    method_cls = registry.load("methods", key.method, validate=validate_method)
+    with collector_paused():  # building sub-models is a burst of short-lived objects too
+        return _reports_of(method_cls, key)
+
+
+def _reports_of(method_cls: Any, key: ReportsKey) -> tuple[tuple[tuple[str, Any], ...], int]:
     from fedbench.config import TrainConfig
     from fedbench.memory import MemoryModel, SGDSpec
     from fedbench.meta_outputs import building_on_meta
-    from fedbench.method import Workload, validate_method
+    from fedbench.method import Workload
     from fedbench.training import cross_entropy_loss
 
-    method_cls = registry.load("methods", key.method, validate=validate_method)
     model = _shared_meta_model(key.model_name, key.shape, key.num_classes, key.width)
     before = _state_of(model)
     try:

@@ -43,6 +43,7 @@ from torch import nn
 
 from fedbench.compiler_guard import compiler_left_out
 from fedbench.data import fedbench_cache_home
+from fedbench.gc_pause import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +212,11 @@ def cached(kind: str, key: Iterable[Any], code: Iterable[Any], compute: Callable
     ``key`` holds every input of the trace; ``code`` the objects whose defining modules decide
     its answer (model, loss, optimizer). ``compute`` must return JSON data (a dict of numbers, a
     number) and, like every trace, depend on nothing but those. It runs without torch's compiler
-    (fedbench/compiler_guard.py): a trace compiles nothing.
+    (fedbench/compiler_guard.py): a trace compiles nothing; and with the garbage collector held
+    off (fedbench/gc_pause.py): a trace's objects are freed by reference counting.
     """
     def trace() -> Any:
-        with compiler_left_out():
+        with compiler_left_out(), collector_paused():
             return compute()
 
     folder = cache_dir()
