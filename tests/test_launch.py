@@ -30,6 +30,39 @@ def test_only_a_tracked_run_starts_the_helper_early(args, early):
     assert launch.wants_helper(args) is early
 
 
+@pytest.mark.parametrize(
+    ("args", "torch_first"),
+    [
+        (["run"], True),
+        (["run", "--no-tracking", "--rounds", "2"], True),
+        (["memory", "--model", "all"], True),
+        (["memory", "--help"], False),
+        (["run", "-h"], False),
+        (["list", "methods"], False),
+        (["--help"], False),
+        ([], False),
+    ],
+)
+def test_commands_that_need_torch_import_it_first(args, torch_first):
+    assert launch.needs_torch(args) is torch_first
+
+
+def test_torch_is_imported_with_the_collector_held_off_and_restored():
+    import gc
+    import subprocess
+
+    code = ("import gc, sys\n"
+            "from fedbench import launch\n"
+            "seen = []\n"
+            "gc.callbacks.append(lambda phase, info: seen.append(info['generation']))\n"
+            "launch.import_torch()\n"
+            "assert 'torch' in sys.modules and gc.isenabled(), 'torch imported, collector back on'\n"
+            "print(max(seen, default=-1))\n")
+    collections = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(collections.stdout) < 2  # no full collection (torch's own code asks for a young one)
+    assert gc.isenabled()
+
+
 @pytest.fixture
 def spawned(monkeypatch):
     """Every helper process started, in order."""
