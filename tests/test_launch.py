@@ -47,7 +47,7 @@ def test_commands_that_need_torch_import_it_first(args, torch_first):
     assert launch.needs_torch(args) is torch_first
 
 
-def test_torch_is_imported_with_the_collector_held_off_and_restored():
+def test_torch_is_imported_with_the_collector_held_off_then_frozen():
     import gc
     import subprocess
 
@@ -57,6 +57,7 @@ def test_torch_is_imported_with_the_collector_held_off_and_restored():
             "gc.callbacks.append(lambda phase, info: seen.append(info['generation']))\n"
             "launch.import_torch()\n"
             "assert 'torch' in sys.modules and gc.isenabled(), 'torch imported, collector back on'\n"
+            "assert gc.get_freeze_count() > 50_000, 'what torch made is frozen'\n"
             "print(max(seen, default=-1))\n")
     collections = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(collections.stdout) < 2  # no full collection (torch's own code asks for a young one)
