@@ -65,7 +65,8 @@ def memory_command(
                                low_mb, high_mb, data_dir)
         else:
             rows = memory_table([(m, dataset, name) for m in models for name in methods], batch_size, fleet,
-                                width, clients, seed, low_mb, high_mb, data_dir, jobs)
+                                jobs=jobs, width=width, clients=clients, seed=seed, low_mb=low_mb,
+                                high_mb=high_mb, data_dir=data_dir)
     except FedbenchError as exc:
         raise _fail(exc) from None
     if as_json:

@@ -206,28 +206,20 @@ def memory_rows(
 
 
 def memory_table(
-    pairs: Sequence[tuple[str, str, str]],
-    batch_size: int,
-    fleet_profile: str,
-    width: float = 1.0,
-    clients: int = 100,
-    seed: int = 42,
-    low_mb: int = 100,
-    high_mb: int = 900,
-    data_dir: str | None = None,
-    jobs: int = 0,
+    pairs: Sequence[tuple[str, str, str]], batch_size: int, fleet_profile: str, *, jobs: int = 0, **options: Any
 ) -> list[dict[str, Any]]:
-    """:func:`memory_rows` of every ``(model, data set, method)`` in ``pairs``, each row also naming
-    its model, data set and method; pairs are traced in ``jobs`` worker processes (0: one per core,
-    1: here, one after the other)."""
+    """:func:`memory_rows` of every ``(model, data set, method)`` in ``pairs`` (``options``: its
+    keyword options, ``width`` to ``data_dir``), each row also naming its model, data set and
+    method; pairs are traced in ``jobs`` worker processes (0: one per core, 1: here, in turn)."""
     from fedbench import registry
     from fedbench.config import FleetConfig, TrainConfig
     from fedbench.method import validate_method
 
     if jobs < 0:
         raise ConfigError(f"jobs ({jobs}) must be >= 0 (0: one worker per core, 1: no workers)")
+    width, data_dir = options.get("width", 1.0), options.get("data_dir")
     TrainConfig(batch_size=batch_size)
-    FleetConfig(profile=fleet_profile, low_mb=low_mb, high_mb=high_mb)
+    FleetConfig(profile=fleet_profile, low_mb=options.get("low_mb", 100), high_mb=options.get("high_mb", 900))
     if not 0 < width <= 1:
         raise ConfigError(f"model width ({width}) must be in (0, 1]")
     for name in dict.fromkeys(method for _, _, method in pairs):  # unknown names fail here, at once
@@ -242,8 +234,7 @@ def memory_table(
     return [
         {"model": model, "dataset": dataset, "method": method, **row}
         for model, dataset, method in pairs
-        for row in memory_rows(model, dataset, batch_size, method, fleet_profile, width, clients, seed,
-                               low_mb, high_mb, data_dir)
+        for row in memory_rows(model, dataset, batch_size, method, fleet_profile, **options)
     ]
 
 

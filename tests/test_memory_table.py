@@ -173,3 +173,13 @@ def test_fedbench_memory_with_an_unknown_name_in_a_list_fails_with_one_line():
     result = runner.invoke(app, ["memory", "--model", "cnn", "--dataset", "fashion-mnist", "--method", "fedavg,nope"])
     assert result.exit_code == 2
     assert "nope" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_table_passes_the_fleet_and_width_options_on_to_every_row():
+    options = {"width": 0.5, "clients": 20, "seed": 3, "low_mb": 1, "high_mb": 30}
+    table = memory_table.memory_table([("cnn", "fashion-mnist", "fedavg")], 16, "uniform-mb", jobs=1, **options)
+    rows = memory_table.memory_rows("cnn", "fashion-mnist", 16, "fedavg", "uniform-mb", **options)
+    assert table == [{"model": "cnn", "dataset": "fashion-mnist", "method": "fedavg", **row} for row in rows]
+    assert rows != memory_table.memory_rows("cnn", "fashion-mnist", 16, "fedavg", "uniform-mb")
+    with pytest.raises(FedbenchError, match=r"model width \(1.5\) must be in \(0, 1\]"):
+        memory_table.memory_table([("cnn", "fashion-mnist", "fedavg")], 16, "uniform-mb", width=1.5)
