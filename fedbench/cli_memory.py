@@ -1,8 +1,6 @@
-"""``fedbench memory``: the memory model's peak per sub-model a method trains, and the PR under a fleet.
-
-Needs no data: known data sets' input shapes come from a small table (a data set
-not in it is loaded once to read its shape). Registered on the main ``app`` by
-an import at the end of :mod:`fedbench.cli`.
+"""``fedbench memory``: the memory model's peak per sub-model a method trains, and the PR under a
+fleet, for one model and method or a table of several (rows from :mod:`fedbench.memory_table`).
+Registered on the main ``app`` by an import at the end of :mod:`fedbench.cli`.
 """
 
 from __future__ import annotations

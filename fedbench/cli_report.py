@@ -196,7 +196,7 @@ def info_plane_command(
 
 
 def _model_and_shape(model: str, dataset: str, width: float, data_dir: str | None) -> tuple[Any, tuple, int]:
-    from fedbench.cli_memory import dataset_shape
+    from fedbench.memory_table import dataset_shape
     from fedbench.config import ModelConfig
     from fedbench.models import build_model
 
@@ -267,7 +267,7 @@ def time_command(
     try:
         TrainConfig(batch_size=batch_size, local_epochs=epochs)
         ModelConfig(name=model, width=width)
-        from fedbench.cli_memory import dataset_shape
+        from fedbench.memory_table import dataset_shape
 
         shape, num_classes = dataset_shape(dataset, data_dir)
         if fleet is None:
