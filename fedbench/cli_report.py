@@ -196,8 +196,8 @@ def info_plane_command(
 
 
 def _model_and_shape(model: str, dataset: str, width: float, data_dir: str | None) -> tuple[Any, tuple, int]:
-    from fedbench.memory_table import dataset_shape
     from fedbench.config import ModelConfig
+    from fedbench.memory_table import dataset_shape
     from fedbench.models import build_model
 
     ModelConfig(name=model, width=width)  # validates the width
