@@ -15,27 +15,21 @@ Goals: < 5 s cold, < 0.1 s cached.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from harness import run_child
+from harness import command_seconds, run_child
 
 
-def command_seconds(jobs: int) -> float:
+def all_pairs_command_seconds(jobs: int) -> float:
     """Wall time of ``fedbench memory --model all --method all --dataset cifar10`` (every
     registered model and method, plugins included) in a fresh process with an empty trace cache:
     what a user waits for, interpreter start and imports included."""
+    fedbench = str(Path(sys.executable).with_name("fedbench"))
     with tempfile.TemporaryDirectory(prefix="fedbench-traces-") as traces:
-        fedbench = str(Path(sys.executable).with_name("fedbench"))
-        start = time.perf_counter()
-        subprocess.run([fedbench, "memory", "--model", "all", "--method", "all", "--dataset", "cifar10",
-                        "--jobs", str(jobs), "--json"], check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "FEDBENCH_TRACE_CACHE": traces})
-        return time.perf_counter() - start
+        return command_seconds([fedbench, "memory", "--model", "all", "--method", "all", "--dataset", "cifar10",
+                                "--jobs", str(jobs), "--json"], FEDBENCH_TRACE_CACHE=traces)
 
 
 def sweep_seconds() -> dict:
@@ -52,7 +46,7 @@ def sweep_seconds() -> dict:
             found.update({"import_s": round(first["import_s"], 3), "rows": first["rows"],
                           "models": len(first["models"]), "methods": len(first["methods"]),
                           "full_model_trace_ms": first["full_model_trace_ms"]})
-        found[f"{label}command_s"] = round(command_seconds(jobs), 3)
+        found[f"{label}command_s"] = round(all_pairs_command_seconds(jobs), 3)
     return found
 
 

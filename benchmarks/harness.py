@@ -174,11 +174,11 @@ def run_child(args: list[str], timeout_s: float = 900, trace_cache: str | None =
         return ChildResult(report, wall, report.pop("peak_rss_bytes"))
 
 
-def command_seconds(cmd: list[str]) -> float:
-    """Wall time of one command in a fresh process (output discarded)."""
+def command_seconds(cmd: list[str], **env: str) -> float:
+    """Wall time of one command in a fresh process (output discarded), ``env`` added to ours."""
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+                   env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **env})
     return time.perf_counter() - start
 
 

@@ -59,7 +59,7 @@ def memory_command(
     models, methods = _names(model, "models"), _names(method, "methods")
     try:
         if len(models) == len(methods) == 1:
-            rows = memory_rows(model.strip(), dataset, batch_size, method.strip(), fleet, width, clients, seed,
+            rows = memory_rows(models[0], dataset, batch_size, methods[0], fleet, width, clients, seed,
                                low_mb, high_mb, data_dir)
         else:
             rows = memory_table([(m, dataset, name) for m in models for name in methods], batch_size, fleet,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 from collections.abc import Iterator
 
 
@@ -28,3 +29,13 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def import_frozen(module: str) -> None:
+    """Import ``module`` with the collector paused, then freeze every object the process holds
+    (``gc.freeze``): a large library's modules live as long as the process, and each full
+    collection would otherwise walk them again. For processes that own their lifetime (the
+    ``fedbench`` command, its MLflow helper), not for a library call."""
+    with collector_paused():
+        importlib.import_module(module)
+    gc.freeze()

@@ -44,13 +44,9 @@ def needs_torch(args: list[str]) -> bool:
 def import_torch() -> None:
     """``import torch`` without the garbage collector's passes over the objects it makes, now or
     in any later collection of this process."""
-    import gc
+    from fedbench.gc_pause import import_frozen
 
-    from fedbench.gc_pause import collector_paused
-
-    with collector_paused():
-        import torch  # noqa: F401
-    gc.freeze()
+    import_frozen("torch")
 
 
 def main() -> None:

@@ -13,10 +13,11 @@ writes its traces to the on-disk cache (:mod:`fedbench.trace_cache`) that later 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 from fedbench.errors import ConfigError, FedbenchError
@@ -35,7 +36,9 @@ KNOWN_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
 }
 
 
+@functools.lru_cache(maxsize=32)
 def dataset_shape(dataset: str, data_dir: str | None) -> tuple[tuple[int, int, int], int]:
+    """(input shape, classes); a data set not in KNOWN_SHAPES is loaded once per process to read it."""
     if dataset in KNOWN_SHAPES:
         return KNOWN_SHAPES[dataset]
     from fedbench import engine
@@ -244,34 +247,31 @@ def trace_all(keys: Sequence[ReportsKey], jobs: int = 0) -> None:
     missing = [key for key in dict.fromkeys(keys) if key not in _REPORTS]
     workers = min(jobs or os.cpu_count() or 1, len(missing))
     if workers <= 1:
-        for key in missing:
-            try:
-                workload_reports(*key)
-            except FedbenchError as exc:
-                raise FedbenchError(f"{key.model_name} / {key.method}: {exc}") from exc
+        _collect(missing, map(_traced_in_worker, missing))
         return
-    _trace_in_workers(missing, workers)
-
-
-def _trace_in_workers(keys: Sequence[ReportsKey], workers: int) -> None:
     from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
 
     # In order, model by model: the workers take the next pair as they finish one. (Keeping each
     # model's pairs in one worker, which then builds it and warms its kernels once, measured no
     # faster: two workers on two cores each run ~25 % slower than one alone, whatever they share.)
     with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(),
                              initializer=_start_worker) as pool:
-        answers = pool.map(_traced_in_worker, keys)
-        for done, key in enumerate(keys):
-            try:
-                verdict, value = next(answers)
-            except BrokenProcessPool:  # killed, out of memory: which pair it was holding is unknown
-                raise FedbenchError(f"a worker process died; {len(keys) - done} of {len(keys)} (model, method) "
-                                    "pairs were not traced; try --jobs 1") from None
-            if verdict == "error":
-                raise FedbenchError(f"{key.model_name} / {key.method}: {value}")
-            _remember(key, value)
+        _collect(missing, pool.map(_traced_in_worker, missing))
+
+
+def _collect(keys: Sequence[ReportsKey], answers: Iterator[tuple[str, Any]]) -> None:
+    """Remember each key's answer, in order; the first user error fails the table naming its pair."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    for done, key in enumerate(keys):
+        try:
+            verdict, value = next(answers)
+        except BrokenProcessPool:  # killed, out of memory: which pair it was holding is unknown
+            raise FedbenchError(f"a worker process died; {len(keys) - done} of {len(keys)} (model, method) "
+                                "pairs were not traced; try --jobs 1") from None
+        if verdict == "error":
+            raise FedbenchError(f"{key.model_name} / {key.method}: {value}")
+        _remember(key, value)
 
 
 def _start_worker() -> None:

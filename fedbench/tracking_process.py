@@ -176,13 +176,9 @@ def _as_sendable(exc: Exception) -> Exception:
 
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     """The helper's loop: one reply per request, in order, until the pipe closes."""
-    import gc
+    from fedbench.gc_pause import import_frozen
 
-    from fedbench.gc_pause import collector_paused
-
-    with collector_paused():  # its first job, started before the first request may arrive
-        import mlflow.tracking  # noqa: F401
-    gc.freeze()  # MLflow's modules live as long as the helper: no collection walks them again
+    import_frozen("mlflow.tracking")  # its first job, started before the first request may arrive
 
     from fedbench.tracking import MlflowTracker
 
