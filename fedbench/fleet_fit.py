@@ -6,11 +6,15 @@
 The paper publishes PRs but neither its device budgets nor its architectures.
 A target "method M on model X has PR p" says that a share p of the devices has a
 budget of at least the peak of M's smallest workload on X (the memory model, batch
-64, CIFAR-10 shapes). One distribution of budgets cannot meet every target when
-the peaks are ordered differently from the PRs, so the shares are fitted by
-weighted isotonic least squares (the survival function of a budget distribution
-cannot rise with the threshold); ResNet34's ExclusiveFL PR of 0 is a hard
-constraint. The fitted shares become the knots of a piecewise-linear CDF.
+64, CIFAR-10 shapes). Two kinds of target are hard constraints, met exactly:
+NeuLite's 100 % (the paper's claim of inclusiveness: its cheapest stage fits every
+device, so the smallest budget is at least that stage's peak) and ResNet34's
+ExclusiveFL PR of 0 (no budget reaches its full model). One distribution of budgets
+cannot meet every other target when the peaks are ordered differently from the PRs,
+so those shares are fitted by isotonic least squares between the hard bounds (the
+survival function of a budget distribution cannot rise with the threshold), each
+target weighted by the number of the paper's accuracy results measured under it.
+The fitted shares become the knots of a piecewise-linear CDF.
 
 Thresholds come from the registered models and methods; a target whose model or
 method is not registered is skipped unless ``--peak METHOD:MODEL=MIB`` gives its
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +37,7 @@ from fedbench.fleet import MIB, quantile_budgets, stratified_quantiles
 from fedbench.seeding import Stream, numpy_rng
 
 CIFAR10_SHAPE, CIFAR10_CLASSES, BATCH_SIZE = (3, 32, 32), 10, 64
-EXACT_WEIGHT = 1e6
+KNOT_DECIMALS = 3  # MiB decimals of the generated knots
 REFERENCE = ("exclusivefl", "resnet18")
 
 
@@ -41,19 +46,39 @@ class Target:
     method: str
     model: str
     paper_pr: float
-    exact: bool = False  # must be met exactly (ResNet34: nobody fits the full model)
+    exact: bool = False  # a hard constraint: everyone (PR 1) or nobody (PR 0) fits
     variants: tuple[str, ...] = ()  # registered models that may stand for `model`; the best fit wins
 
+    def __post_init__(self) -> None:
+        # A hard PR strictly between 0 and 1 would pin one knot of the CDF, not bound the fit.
+        if self.exact and self.paper_pr not in (0.0, 1.0):
+            raise ValueError(f"exact target {self.method}:{self.model} must have PR 0 or 1, not {self.paper_pr}")
+
+
+# spec Q5: the paper's SqueezeNet is unpublished; with or without the stem pool. One variant
+# stands for SqueezeNet in every target of a fit.
+SQUEEZENET_VARIANTS = ("squeezenet", "squeezenet_nopool")
+
+# Distinct experiments (data set x partition) the paper reports per model, Tables 1 and 2: a
+# target's weight in the fit, so that a PR behind more published accuracies counts more.
+# ResNet18: CIFAR-10 IID and non-IID, CINIC-10, CIFAR-100 IID and non-IID; ResNet34: CIFAR-10 and
+# CIFAR-100, IID and non-IID; VGG11_bn and SqueezeNet: CIFAR-10, CINIC-10, CIFAR-100 (non-IID).
+MODEL_WEIGHTS: dict[str, float] = {"resnet18": 5.0, "resnet34": 4.0, "vgg11_bn": 3.0, "squeezenet": 3.0}
 
 # NeuLite paper, Table 1/2 (PR column).
 TARGETS: tuple[Target, ...] = (
     Target("exclusivefl", "resnet18", 0.18),
     Target("exclusivefl", "vgg11_bn", 0.22),
-    # spec Q5: the paper's SqueezeNet is unpublished; with or without the stem pool.
-    Target("exclusivefl", "squeezenet", 0.11, variants=("squeezenet", "squeezenet_nopool")),
+    Target("exclusivefl", "squeezenet", 0.11, variants=SQUEEZENET_VARIANTS),
     Target("exclusivefl", "resnet34", 0.0, exact=True),
     Target("depthfl", "resnet18", 0.43),
+    Target("depthfl", "vgg11_bn", 0.43),
+    Target("depthfl", "squeezenet", 0.39, variants=SQUEEZENET_VARIANTS),
     Target("depthfl", "resnet34", 0.36),
+    Target("neulite", "resnet18", 1.0, exact=True),
+    Target("neulite", "vgg11_bn", 1.0, exact=True),
+    Target("neulite", "squeezenet", 1.0, exact=True, variants=SQUEEZENET_VARIANTS),
+    Target("neulite", "resnet34", 1.0, exact=True),
 )
 
 
@@ -77,30 +102,26 @@ def isotonic_non_increasing(values: list[float], weights: list[float]) -> list[f
     return [v for v, _, n in blocks for _ in range(int(n))]
 
 
+def knot_value(threshold_mib: float, share: float) -> float:
+    """A threshold rounded to the knots' decimals on the side that keeps a hard share exact: up
+    when everyone must fit (share 1), strictly below when nobody may (share 0)."""
+    scale = 10**KNOT_DECIMALS
+    if share >= 1.0:
+        return math.ceil(threshold_mib * scale) / scale
+    if share <= 0.0:
+        return (math.ceil(threshold_mib * scale) - 1) / scale
+    return round(threshold_mib, KNOT_DECIMALS)
+
+
 def knots_from_fit(thresholds_mib: list[float], shares: list[float]) -> list[tuple[float, float]]:
     """CDF knots ``(budget MiB, P(budget < value))`` meeting ``P(budget >= t_j) = share_j``."""
     low = min(100.0, 0.5 * thresholds_mib[0])
     knots = [(low, 0.0)]
     for t, share in zip(thresholds_mib, shares, strict=True):
-        knots.append((t, round(1.0 - share, 6)))
+        knots.append((knot_value(t, share), round(1.0 - share, 6)))
     if knots[-1][1] < 1.0:
         knots.append((max(900.0, 1.25 * thresholds_mib[-1]), 1.0))
     return knots
-
-
-def exits_loss(model, images, labels):  # noqa: ANN001, ANN201 (LossFn)
-    """Sum of the exits' cross-entropies: DepthFL's loss at depth 1, where there is no distillation."""
-    import torch.nn.functional as F
-
-    return sum(F.cross_entropy(logits, labels) for logits in model(images))
-
-
-def depthfl_depth1(model):  # noqa: ANN001, ANN201
-    """DepthFL's depth-1 local model (stem, block 1, exit 1), from the model zoo's cutting
-    helpers; used while the depthfl method is not registered."""
-    from fedbench.models.cutting import ExitModel, exit_heads
-
-    return ExitModel(model, exit_heads(model, [1]), 1)
 
 
 def measure_thresholds(overrides: dict[tuple[str, str], float]) -> tuple[list[Threshold], list[str]]:
@@ -131,32 +152,59 @@ def measure_thresholds(overrides: dict[tuple[str, str], float]) -> tuple[list[Th
                     for w in method_cls.workloads(model, method_cls.parse_options({}))
                 )
                 found.append(Threshold(target, peak, "memory model", name))
-            elif target.method == "depthfl":
-                peak = memory.report(depthfl_depth1(model), None, BATCH_SIZE, CIFAR10_SHAPE, loss_fn=exits_loss)
-                found.append(Threshold(target, peak.peak_bytes, "memory model, depth-1 ExitModel", name))
             else:
                 skipped.append(f"{target.method}:{name} skipped ({target.method} not registered)")
     return found, skipped
 
 
 def choices(thresholds: list[Threshold]) -> list[list[Threshold]]:
-    """Every way of picking one variant per target."""
-    by_target: dict[Target, list[Threshold]] = {}
+    """Every way of picking one registered variant per paper model (the same variant in every
+    target on that model: a fleet is fitted to one SqueezeNet, not one per method)."""
+    variants: dict[str, list[str]] = {}
     for t in thresholds:
-        by_target.setdefault(t.target, []).append(t)
-    return [list(combo) for combo in itertools.product(*by_target.values())]
+        names = variants.setdefault(t.target.model, [])
+        if t.model not in names:
+            names.append(t.model)
+    picks = [dict(zip(variants, combo, strict=True)) for combo in itertools.product(*variants.values())]
+    return [[t for t in thresholds if t.model == pick[t.target.model]] for pick in picks]
 
 
 def fit(thresholds: list[Threshold], num_devices: int = 100, seed: int = 42) -> dict:
-    """The least-squares fit over every choice of model variants; the best one wins."""
+    """The weighted least-squares fit over every choice of model variants; the best one wins."""
     return min((fit_one(c, num_devices, seed) for c in choices(thresholds)), key=lambda r: r["sse"])
 
 
+def target_weight(target: Target) -> float:
+    """The target's weight in the least squares (:data:`MODEL_WEIGHTS`; 1 for a model the paper's
+    tables do not have)."""
+    return MODEL_WEIGHTS.get(target.model, 1.0)
+
+
+def fitted_shares(ordered: list[Threshold]) -> list[float]:
+    """Shares of devices at or above each threshold (``ordered`` by peak): 1 up to the highest
+    threshold that everyone must fit, 0 from the lowest that nobody may, and between them the
+    isotonic least-squares fit of the other targets."""
+    floor = max((t.peak_bytes for t in ordered if t.target.exact and t.target.paper_pr == 1.0), default=-1)
+    ceiling = min((t.peak_bytes for t in ordered if t.target.exact and t.target.paper_pr == 0.0),
+                  default=math.inf)
+    if floor >= ceiling:
+        raise SystemExit("the hard targets contradict each other: a workload everyone must fit "
+                         "needs as much memory as one nobody may fit")
+    free = [i for i, t in enumerate(ordered) if floor < t.peak_bytes < ceiling]
+    fitted = isotonic_non_increasing([ordered[i].target.paper_pr for i in free],
+                                     [target_weight(ordered[i].target) for i in free])
+    shares = [1.0 if t.peak_bytes <= floor else 0.0 for t in ordered]
+    for i, share in zip(free, fitted, strict=True):
+        shares[i] = share
+    return shares
+
+
 def fit_one(thresholds: list[Threshold], num_devices: int, seed: int) -> dict:
+    """One choice of variants: shares, knots, the PRs realised on the seed's fleet and the
+    squared error of the soft targets."""
     ordered = sorted(thresholds, key=lambda t: t.peak_bytes)
-    weights = [EXACT_WEIGHT if t.target.exact else 1.0 for t in ordered]
-    shares = isotonic_non_increasing([t.target.paper_pr for t in ordered], weights)
-    sse = sum(w * (s - t.target.paper_pr) ** 2 for w, s, t in zip(weights, shares, ordered, strict=True))
+    shares = fitted_shares(ordered)
+    sse = sum(target_weight(t.target) * (s - t.target.paper_pr) ** 2 for s, t in zip(shares, ordered, strict=True))
     knots = knots_from_fit([t.peak_bytes / MIB for t in ordered], shares)
     # PRs on the fleet a run actually draws (seed 42, N = 100), not just in expectation.
     quantiles = stratified_quantiles(num_devices, numpy_rng(seed, Stream.FLEET, 0))
@@ -167,6 +215,15 @@ def fit_one(thresholds: list[Threshold], num_devices: int, seed: int) -> dict:
         for t in thresholds
     ]
     return {"knots": knots, "rows": rows, "sse": sse}
+
+
+def mean_absolute_errors(rows: list[tuple]) -> dict[str, tuple[float, int]]:
+    """Per method, the mean absolute error of the fitted PRs against the paper's, in points, and
+    the number of targets it is taken over."""
+    errors: dict[str, list[float]] = {}
+    for method, _model, _peak, paper_pr, fitted, _source in rows:
+        errors.setdefault(method, []).append(abs(paper_pr - fitted))
+    return {m: (100 * sum(e) / len(e), len(e)) for m, e in errors.items()}
 
 
 def render_module(result: dict, reference_bytes: int, command: str) -> str:
@@ -220,10 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'method':12} {'model':17} {'peak MiB':>9} {'paper PR':>8} {'fitted PR':>9}  source")
     for method, model, peak, paper_pr, fitted, source in result["rows"]:
         print(f"{method:12} {model:17} {peak / MIB:9.1f} {paper_pr:8.2f} {fitted:9.2f}  {source}")
-    exclusive = [(p, f) for m, _, _, p, f, _ in result["rows"] if m == "exclusivefl"]
-    if exclusive:
-        mae = sum(abs(p - f) for p, f in exclusive) / len(exclusive)
-        print(f"ExclusiveFL mean absolute error: {100 * mae:.1f} points over {len(exclusive)} targets")
+    for method, (mae, count) in mean_absolute_errors(result["rows"]).items():
+        print(f"{method} mean absolute error: {mae:.1f} points over {count} targets")
     print("knots (MiB, CDF): " + ", ".join(f"({v:.1f}, {p:.3f})" for v, p in result["knots"]))
     if args.write:
         command = "python -m fedbench.fleet_fit " + " ".join(

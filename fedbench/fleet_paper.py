@@ -4,13 +4,19 @@ Budgets follow a piecewise-linear CDF through these knots (MiB, cumulative proba
 """
 
 PAPER_BUDGET_KNOTS_MIB: tuple[tuple[float, float], ...] = (
-    (100.000, 0.000000),
-    (288.296, 0.570000),
-    (353.710, 0.640000),
-    (397.344, 0.800000),
-    (408.501, 0.800000),
+    (50.365, 0.000000),
+    (100.730, 0.000000),
+    (112.256, 0.000000),
+    (135.715, 0.000000),
+    (142.928, 0.000000),
+    (218.315, 0.000000),
+    (245.532, 0.000000),
+    (280.425, 0.673333),
+    (288.296, 0.673333),
+    (353.710, 0.673333),
+    (397.344, 0.805000),
+    (408.501, 0.805000),
     (684.519, 1.000000),
-    (887.829, 1.000000),
 )
 
 # Full-model peak of the reference (ExclusiveFL on ResNet18, batch 64, CIFAR-10): `relative`
@@ -21,8 +27,14 @@ PAPER_REFERENCE_PEAK_BYTES: int = 416644896
 PAPER_FIT_TABLE: tuple[tuple[str, str, int, float, float, str], ...] = (
     ('exclusivefl', 'resnet18', 416644896, 0.18, 0.20, 'memory model'),
     ('exclusivefl', 'vgg11_bn', 428344512, 0.22, 0.20, 'memory model'),
-    ('exclusivefl', 'squeezenet_nopool', 930956104, 0.11, 0.00, 'memory model'),
+    ('exclusivefl', 'squeezenet', 294046792, 0.11, 0.32, 'memory model'),
     ('exclusivefl', 'resnet34', 717770656, 0.00, 0.00, 'memory model'),
-    ('depthfl', 'resnet18', 302300736, 0.43, 0.43, 'memory model'),
-    ('depthfl', 'resnet34', 370891344, 0.36, 0.36, 'memory model'),
+    ('depthfl', 'resnet18', 302300736, 0.43, 0.32, 'memory model'),
+    ('depthfl', 'vgg11_bn', 105622320, 0.43, 1.00, 'memory model'),
+    ('depthfl', 'squeezenet', 228919760, 0.39, 1.00, 'memory model'),
+    ('depthfl', 'resnet34', 370891344, 0.36, 0.32, 'memory model'),
+    ('neulite', 'resnet18', 149870680, 1.00, 1.00, 'memory model'),
+    ('neulite', 'vgg11_bn', 142307088, 1.00, 1.00, 'memory model'),
+    ('neulite', 'squeezenet', 117707908, 1.00, 1.00, 'memory model'),
+    ('neulite', 'resnet34', 257458376, 1.00, 1.00, 'memory model'),
 )

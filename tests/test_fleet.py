@@ -10,7 +10,15 @@ from fedbench.cli import app
 from fedbench.config import FleetConfig, make_config
 from fedbench.errors import ConfigError, UnknownNameError
 from fedbench.fleet import DEVICE_CLASSES, MIB, make_fleet, quantile_budgets
-from fedbench.fleet_fit import isotonic_non_increasing, knots_from_fit
+from fedbench.fleet_fit import (
+    Target,
+    Threshold,
+    choices,
+    fitted_shares,
+    isotonic_non_increasing,
+    knot_value,
+    knots_from_fit,
+)
 from fedbench.fleet_paper import PAPER_FIT_TABLE, PAPER_REFERENCE_PEAK_BYTES
 
 runner = CliRunner()
@@ -74,6 +82,66 @@ def test_knots_with_equal_probability_leave_no_budget_between_them():
     values = quantile_budgets(knots, np.linspace(0.001, 0.999, 999))
     assert not np.any((values > 200.0) & (values < 300.0))
     assert values.max() <= 400.0
+
+
+@pytest.mark.parametrize("model", ["resnet18", "vgg11_bn", "squeezenet", "resnet34"])
+def test_under_the_paper_fleet_some_neulite_stage_fits_every_device(model):
+    """The paper's NeuLite PR of 100 % (Tables 1 and 2): the smallest budget holds the cheapest stage."""
+    from fedbench.memory_table import memory_rows
+
+    rows = memory_rows(model, "cifar10", 64, "neulite", "paper")
+    assert max(r["pr"] for r in rows if r["submodel"].startswith("stage")) == 1.0
+    cheapest = min(r["peak_bytes"] for r in rows if r["submodel"].startswith("stage"))
+    for seed, n in ((0, 10), (7, 1000), (123, 37)):  # any draw, not just the fitted seed-42 fleet of 100
+        assert min(budgets(make_fleet(FleetConfig(profile="paper"), n, seed))) >= cheapest
+
+
+def _threshold(method: str, model: str, pr: float, mib: float, exact: bool = False, variant: str = "") -> Threshold:
+    return Threshold(Target(method, model, pr, exact=exact), int(mib * MIB), "test", variant or model)
+
+
+def test_hard_targets_bound_the_fit_and_the_others_are_fitted_between_them():
+    ordered = [
+        _threshold("depthfl", "a", 0.4, 100),            # below a workload everyone must fit: forced to 1
+        _threshold("neulite", "b", 1.0, 150, exact=True),
+        _threshold("exclusivefl", "c", 0.1, 200),         # c and d violate the order: pooled
+        _threshold("depthfl", "d", 0.5, 250),
+        _threshold("exclusivefl", "e", 0.0, 300, exact=True),
+        _threshold("depthfl", "f", 0.3, 400),             # above a workload nobody may fit: forced to 0
+    ]
+    assert fitted_shares(ordered) == pytest.approx([1.0, 1.0, 0.3, 0.3, 0.0, 0.0])
+
+
+def test_contradictory_hard_targets_are_refused():
+    with pytest.raises(SystemExit, match="contradict"):
+        fitted_shares([_threshold("exclusivefl", "a", 0.0, 100, exact=True),
+                       _threshold("neulite", "b", 1.0, 200, exact=True)])
+
+
+def test_a_hard_target_must_be_everyone_or_nobody():
+    with pytest.raises(ValueError, match="PR 0 or 1"):
+        Target("neulite", "resnet18", 0.5, exact=True)
+
+
+def test_one_variant_stands_for_a_model_in_every_target_of_a_fit():
+    variants = [
+        _threshold("exclusivefl", "squeezenet", 0.11, 280, variant="squeezenet"),
+        _threshold("exclusivefl", "squeezenet", 0.11, 880, variant="squeezenet_nopool"),
+        _threshold("neulite", "squeezenet", 1.0, 110, exact=True, variant="squeezenet"),
+        _threshold("neulite", "squeezenet", 1.0, 300, exact=True, variant="squeezenet_nopool"),
+        _threshold("exclusivefl", "resnet18", 0.18, 400),
+    ]
+    picked = [sorted((t.target.method, t.model) for t in choice) for choice in choices(variants)]
+    assert picked == [
+        [("exclusivefl", "resnet18"), ("exclusivefl", "squeezenet"), ("neulite", "squeezenet")],
+        [("exclusivefl", "resnet18"), ("exclusivefl", "squeezenet_nopool"), ("neulite", "squeezenet_nopool")],
+    ]
+
+
+def test_knots_of_hard_shares_round_to_the_side_that_keeps_them_exact():
+    assert knot_value(142.9271, 1.0) == 142.928 and knot_value(142.928, 1.0) == 142.928  # at or above
+    assert knot_value(684.5181, 0.0) == 684.518 and knot_value(684.518, 0.0) == 684.517  # strictly below
+    assert knot_value(397.3446, 0.2) == 397.345
 
 
 def test_an_unknown_fleet_profile_lists_the_known_ones():
