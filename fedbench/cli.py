@@ -1,20 +1,32 @@
 """The ``fedbench`` command line. The only place that catches :class:`FedbenchError`:
-it prints one red line and exits with code 2."""
+it prints one red line and exits with code 2.
+
+Any other exception is a bug; it is one line too (exit code 1) unless ``--verbose`` asks for
+its traceback, so that what a user sees is always the cause, not the call stack. Ctrl-C and
+SIGTERM are one line as well (exit codes 130 and 143).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from fedbench import registry
 from fedbench.config import (
@@ -23,13 +35,88 @@ from fedbench.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
+    check_writable,
     dotted_to_nested,
     make_config,
 )
 from fedbench.errors import ConfigError, FedbenchError
 from fedbench.worker_start import start_early
 
+# Set by each command's --verbose (through _setup_logging): show tracebacks of unexpected errors.
+_verbose = False
+# Exit codes of a run stopped by Ctrl-C (128 + SIGINT) and by SIGTERM (128 + SIGTERM).
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so that a run stops as on Ctrl-C: the engine
+    marks it KILLED and the command exits with :data:`EXIT_TERMINATED`."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` instead of ending the process at once,
+    which would leave the tracked run RUNNING. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(_signum: int, _frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_error(message: str) -> None:
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # keep [ray] etc.
+
+
+def _interrupted_line(exc: KeyboardInterrupt, run_id: str | None = None, resuming: str | None = None) -> int:
+    """Print the one line for Ctrl-C or SIGTERM and return the exit code. Names the run only if
+    one was created (or, with ``resuming``, reopened): before that, nothing was logged and
+    nothing is marked KILLED."""
+    what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(exc, Terminated) else (
+        "interrupted", EXIT_INTERRUPTED)
+    if run_id is None and resuming:
+        err.print(f"[yellow]{what}[/yellow] before run {resuming} was reopened; it is left as it was",
+                  highlight=False, soft_wrap=True)
+    elif run_id is None:
+        err.print(f"[yellow]{what}[/yellow] before a run was created; nothing was logged", highlight=False)
+    else:
+        err.print(f"[yellow]{what}[/yellow]: finished rounds are logged; run {run_id} is marked KILLED "
+                  f"(continue it: fedbench run --resume {run_id})", highlight=False, soft_wrap=True)
+    return code
+
+
+class _Commands(TyperGroup):
+    """The top-level command group: an unexpected exception is one line (exit code 1) unless
+    ``--verbose`` was given, and Ctrl-C outside a run is one line (exit code 130)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except FedbenchError as exc:  # raised outside a command's own handler
+            _print_error(str(exc))
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(code=_interrupted_line(exc)) from None
+        except Exception as exc:
+            if _verbose:
+                raise
+            reason = " ".join(str(exc).split())
+            _print_error(f"unexpected {type(exc).__name__}{': ' + reason if reason else ''} "
+                         "(a bug in fedbench or a plugin; rerun with --verbose for the traceback)")
+            raise typer.Exit(code=1) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="fedbench",
     help="Federated learning on memory-constrained devices: NeuLite and its baselines on one engine.",
     no_args_is_help=True,
@@ -47,7 +134,7 @@ def _default(value: Any) -> str:
 
 
 def _fail(exc: FedbenchError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)  # keep [ray] etc.
+    _print_error(str(exc))
     return typer.Exit(code=2)
 
 
@@ -68,6 +155,8 @@ def _parse_opts(pairs: list[str]) -> dict[str, Any]:
 
 
 def _setup_logging(verbose: bool) -> None:
+    global _verbose
+    _verbose = verbose
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
@@ -111,6 +200,7 @@ def run(
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment name." + _default("fedbench"))] = None,
     run_name: Annotated[str | None, typer.Option(help="MLflow run name.")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
+    keep_checkpoint: Annotated[bool | None, typer.Option("--keep-checkpoint", help="Keep the run's checkpoint after it finishes (default: removed once the run is recorded FINISHED).")] = None,
     resume: Annotated[str | None, typer.Option(help="Continue the MLflow run RUN_ID from its last checkpoint (its own config; other flags but --tracking-uri and the executor ones are ignored).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
@@ -129,37 +219,47 @@ def run(
             "info_plane": info_plane,
             "seed": seed, "threads": threads, "device": device, "tracking.uri": tracking_uri,
             "executor": executor, "workers": workers, "executor_threads": executor_threads,
-            "tracking.experiment": experiment, "tracking.run_name": run_name,
+            "tracking.experiment": experiment, "tracking.run_name": run_name, "tracking.keep_checkpoint": keep_checkpoint,
             "fleet.profile": fleet, "fleet.low_mb": low_mb, "fleet.high_mb": high_mb,
         }
     )
     tracker: Any = None
     try:
-        if opt:
-            overrides["options"] = _parse_opts(opt)
-        if resume:
-            cfg, tracker = _resumable_run(resume, tracking_uri)
-            execution = {"executor": executor, "workers": workers, "executor_threads": executor_threads}
-            cfg = dataclasses.replace(cfg, **{k: v for k, v in execution.items() if v is not None})
-        else:
-            cfg = make_config(config, overrides)
-            # Started before torch is imported, so MLflow's start-up overlaps the run's (tracking_process.py).
-            tracker = (
-                NullTracker()
-                if no_tracking or not cfg.tracking.enabled
-                else ProcessTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name)
-            )
-        if cfg.executor == "process":  # workers' imports overlap the server's (worker_start.py)
-            start_early()
-        from fedbench import engine
+        with sigterm_raises():
+            if opt:
+                overrides["options"] = _parse_opts(opt)
+            if resume is not None:
+                if not resume.strip():
+                    raise ConfigError("--resume needs a run id, got an empty one; copy it from the output of "
+                                      "'fedbench run' or from mlflow ui")
+                cfg, tracker = _resumable_run(resume, tracking_uri)
+                execution = {"executor": executor, "workers": workers, "executor_threads": executor_threads}
+                cfg = dataclasses.replace(cfg, **{k: v for k, v in execution.items() if v is not None})
+            else:
+                cfg = make_config(config, overrides)
+                _check_data_dir(cfg.data.data_dir)
+                # Started before torch is imported, so MLflow's start-up overlaps the run's (tracking_process.py).
+                tracker = (
+                    NullTracker()
+                    if no_tracking or not cfg.tracking.enabled
+                    else ProcessTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name)
+                )
+            if not isinstance(tracker, NullTracker) and cfg.tracking.checkpoint_every:
+                from fedbench.checkpoint import checkpoint_dir
 
-        with _RoundProgress(cfg) as progress:
-            result = engine.run(cfg, tracker=tracker, on_round=progress.update, resume_run_id=resume)
+                check_writable(checkpoint_dir(), "checkpoint folder",
+                               "set FEDBENCH_CHECKPOINTS to a writable folder (or tracking.checkpoint_every: 0)")
+            if cfg.executor == "process":  # workers' imports overlap the server's (worker_start.py)
+                start_early()
+            from fedbench import engine
+
+            with _RoundProgress(cfg) as progress:
+                result = engine.run(cfg, tracker=tracker, on_round=progress.update,
+                                    resume_run_id=resume or None)
     except FedbenchError as exc:
         raise _fail(exc) from None
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/yellow]: finished rounds are logged; the run is marked KILLED")
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as exc:
+        raise typer.Exit(code=_interrupted_line(exc, getattr(tracker, "run_id", None), resume)) from None
     finally:
         close = getattr(tracker, "close", None)
         if close is not None:
@@ -170,13 +270,20 @@ def run(
     out.print(summary + (f" (MLflow run {run_id}, experiment '{cfg.tracking.experiment}')" if run_id else ""))
 
 
+def _check_data_dir(data_dir: str | None) -> None:
+    """A file given where the data set's folder belongs is named as such (not "does not exist")."""
+    if data_dir and Path(data_dir).expanduser().is_file():
+        raise ConfigError(f"--data-dir {data_dir} is a file, expected a folder holding the data set")
+
+
 def _resumable_run(run_id: str, tracking_uri: str | None) -> tuple[RunConfig, Any]:
     """The config of an unfinished MLflow run and a tracker attached to its store."""
     import tempfile
     from pathlib import Path
 
-    from fedbench.tracking import MlflowTracker
+    from fedbench.tracking import MlflowTracker, require_store
 
+    require_store(tracking_uri)  # a mistyped store path is named, not created empty
     tracker = MlflowTracker(tracking_uri)
     text, status = tracker.run_config_yaml(run_id)
     if status == "FINISHED":
@@ -246,8 +353,10 @@ def list_plugins(
     input_shape: Annotated[str, typer.Option(help="Models: input shape C,H,W for parameter and FLOP counts.")] = "3,32,32",
     num_classes: Annotated[int, typer.Option(help="Models: number of classes.")] = 10,
     width: Annotated[float, typer.Option(help="Models: width multiplier, in (0, 1].")] = 1.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details (and tracebacks of unexpected errors).")] = False,
 ) -> None:
     """List registered methods, datasets, models, partitioners or fleet profiles."""
+    _setup_logging(verbose)
     try:
         infos = registry.available(kind.value)
     except FedbenchError as exc:
@@ -288,19 +397,22 @@ def list_plugins(
             out.print(f"[yellow]{row['name']}[/yellow]: {row['error']}", highlight=False, soft_wrap=True)
 
 
+import fedbench.cli_checkpoints  # noqa: E402, F401  (registers `fedbench checkpoints` on app)
 import fedbench.cli_memory  # noqa: E402, F401  (registers `fedbench memory` on app)
 import fedbench.cli_partition  # noqa: E402, F401  (registers `fedbench partition` on app)
 import fedbench.cli_report  # noqa: E402, F401  (registers `fedbench report` on app)
 import fedbench.cli_sweep  # noqa: E402, F401  (registers `fedbench sweep` on app)
 
 
-def main() -> None:
-    """Console-script entry point."""
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point (``args``: the arguments after ``fedbench``; default: ``sys.argv``)."""
     try:
-        app()
+        app(args=args, prog_name="fedbench")
     except FedbenchError as exc:  # errors raised outside a command body
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _print_error(str(exc))
         sys.exit(2)
+    except KeyboardInterrupt as exc:  # while the command line itself is being set up
+        sys.exit(_interrupted_line(exc))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,20 @@ def _names(given: str, kind: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _check_sizes(clients: int, jobs: int) -> None:
+    """Refuse a fleet too large to hold (before it is drawn) and a negative worker count."""
+    from fedbench.config import MAX_CLIENTS
+    from fedbench.errors import ConfigError
+
+    if jobs < 0:
+        raise ConfigError(f"--jobs ({jobs}) must be >= 0 (0: one worker process per core, 1: none)")
+    if clients < 1:
+        raise ConfigError(f"--clients ({clients}) must be >= 1")
+    if clients > MAX_CLIENTS:
+        raise ConfigError(f"--clients ({clients}) is above {MAX_CLIENTS:,}, the most devices fedbench simulates "
+                          "(the whole fleet is drawn in memory); lower --clients")
+
+
 @app.command("memory")
 def memory_command(
     model: Annotated[str, typer.Option(help="Model architecture (see 'fedbench list models'); several: a,b or all." + _default(_M.name))] = _M.name,
@@ -58,6 +72,7 @@ def memory_command(
     _setup_logging(verbose)
     models, methods = _names(model, "models"), _names(method, "methods")
     try:
+        _check_sizes(clients, jobs)
         if len(models) == len(methods) == 1:
             rows = memory_rows(models[0], dataset, batch_size, methods[0], fleet, width, clients, seed,
                                low_mb, high_mb, data_dir)

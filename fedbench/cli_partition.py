@@ -17,7 +17,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from fedbench.cli import _D, _R, _default, _fail, _setup_logging, app, out
+from fedbench.cli import _D, _R, _check_data_dir, _default, _fail, _setup_logging, app, out
 from fedbench.config import DIRICHLET_VARIANTS, dotted_to_nested, make_config
 from fedbench.errors import ConfigError, FedbenchError
 
@@ -55,6 +55,7 @@ def partition_command(
     overrides.update(clients_per_round=1, tracking={"enabled": False})
     try:
         config = make_config(overrides=overrides)
+        _check_data_dir(config.data.data_dir)
         loaded = engine.load_dataset(config)
         _, stats = engine.partition(config, loaded)
         report = {

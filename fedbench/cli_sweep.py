@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fedbench.cli import _fail, _setup_logging, app, err, out
+from fedbench.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
+    _fail,
+    _setup_logging,
+    app,
+    err,
+    out,
+    sigterm_raises,
+)
 from fedbench.errors import FedbenchError
 
 
@@ -29,33 +39,40 @@ def sweep_command(
 
     _setup_logging(verbose)
     try:
-        if max_parallel < 1:
-            from fedbench.errors import ConfigError
+        with sigterm_raises():
+            if max_parallel < 1:
+                from fedbench.errors import ConfigError
 
-            raise ConfigError(f"--max-parallel ({max_parallel}) must be >= 1")
-        grid = sweep.load_grid(grid_file)
-        if dry_run:
-            table = Table(title=f"{len(grid.cells)} cells of experiment '{grid.experiment}'")
-            for column in ("#", "cell", "run key"):
-                table.add_column(column)
-            for cell in grid.cells:
-                table.add_row(str(cell.index), cell.label, cell.config.run_key)
-            out.print(table)
-            return
+                raise ConfigError(f"--max-parallel ({max_parallel}) must be >= 1")
+            if dry_run:
+                _dry_run(grid_file)
+                return
+            grid = sweep.load_grid(grid_file)
+            from fedbench.checkpoint import checkpoint_dir
+            from fedbench.config import check_writable
 
-        def show(cell: sweep.Cell, outcome: sweep.CellOutcome) -> None:
-            colour = {"FINISHED": "green", "SKIPPED": "cyan", "FAILED": "red"}[outcome.status]
-            detail = f" accuracy {outcome.final_accuracy:.4f}" if outcome.final_accuracy is not None else ""
-            detail += f" — {outcome.reason}" if outcome.status == "FAILED" else ""
-            if outcome.resumed_after_round is not None:
-                detail += f" (resumed run {outcome.run_id} after round {outcome.resumed_after_round})"
-            err.print(f"[{colour}]{outcome.status:8}[/{colour}] #{cell.index} {cell.label}{detail}", highlight=False)
+            check_writable(checkpoint_dir(), "checkpoint folder", "set FEDBENCH_CHECKPOINTS to a writable folder")
 
-        outcomes = sweep.run_grid(
-            grid, rerun=rerun, max_parallel=max_parallel, tracking_uri=tracking_uri, on_outcome=show, executor=executor
-        )
+            def show(cell: sweep.Cell, outcome: sweep.CellOutcome) -> None:
+                colour = {"FINISHED": "green", "SKIPPED": "cyan", "FAILED": "red"}[outcome.status]
+                detail = f" accuracy {outcome.final_accuracy:.4f}" if outcome.final_accuracy is not None else ""
+                detail += f" — {outcome.reason}" if outcome.status == "FAILED" else ""
+                if outcome.resumed_after_round is not None:
+                    detail += f" (resumed run {outcome.run_id} after round {outcome.resumed_after_round})"
+                err.print(f"[{colour}]{outcome.status:8}[/{colour}] #{cell.index} {cell.label}{detail}", highlight=False)
+
+            outcomes = sweep.run_grid(
+                grid, rerun=rerun, max_parallel=max_parallel, tracking_uri=tracking_uri, on_outcome=show,
+                executor=executor,
+            )
     except FedbenchError as exc:
         raise _fail(exc) from None
+    except KeyboardInterrupt as exc:  # the cell that was running is marked KILLED by the engine
+        what, code = (("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(exc, Terminated)
+                      else ("interrupted", EXIT_INTERRUPTED))
+        err.print(f"[yellow]{what}[/yellow]: finished cells are logged and a running cell is marked KILLED; "
+                  "run the sweep again to continue", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=code) from None
     totals = sweep.summarize(outcomes)
     table = Table(title=f"sweep '{grid.experiment}'")
     for column in ("done", "skipped", "failed", "run time"):
@@ -64,3 +81,16 @@ def sweep_command(
     out.print(table)
     if totals["failed"]:
         raise typer.Exit(code=1)
+
+
+def _dry_run(grid_file: str) -> None:
+    """List the cells one line each, as each is validated, so a large grid shows progress at once."""
+    from fedbench import sweep
+
+    experiment, base, axes = sweep.read_grid(grid_file)
+    count = 1
+    for values in axes.values():
+        count *= len(values)
+    out.print(f"{count} cells of experiment '{experiment}' (#, cell, run key):", highlight=False)
+    for cell in sweep.iter_cells(base, axes):
+        out.print(f"{cell.index}\t{cell.label}\t{cell.config.run_key}", highlight=False, soft_wrap=True)

@@ -30,6 +30,14 @@ def _require(condition: bool, message: str) -> None:
 
 
 DIRICHLET_VARIANTS = ("per-sample", "cumsum")
+# Upper bounds on sizes that are allocated up front, so that a typo (an extra zero or three) is one
+# line before anything is allocated instead of a MemoryError minutes later. Every client's device
+# profile, shard index and selection state live in memory for the whole run, and no federated data
+# set fedbench loads has more training samples than this (a client needs at least one).
+MAX_CLIENTS = 1_000_000
+# nHSIC builds n x n kernel matrices over the n = per-class x classes probe images (the spec uses
+# 200 per class); at 1,000 per class and 10 classes one matrix is already 10^8 entries.
+MAX_INFO_PLANE = 1_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +56,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.num_clients >= 1, f"data.num_clients ({self.num_clients}) must be >= 1")
+        _require(
+            self.num_clients <= MAX_CLIENTS,
+            f"data.num_clients ({self.num_clients}) is above {MAX_CLIENTS:,}, the most clients fedbench simulates "
+            "(every client's device, shard and selection state stay in memory); lower --clients",
+        )
         _require(
             self.alpha > 0 and math.isfinite(self.alpha),
             f"data.alpha ({self.alpha}) must be > 0 (smaller is more non-IID; try 0.5)",
@@ -118,6 +131,8 @@ class TrackingConfig:
     enabled: bool = True
     # Write a resumable checkpoint every N finished rounds (0: never). Needs tracking.
     checkpoint_every: int = 1
+    # Keep the checkpoint after the run is recorded FINISHED (default: it is removed then).
+    keep_checkpoint: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -203,6 +218,11 @@ class RunConfig:
         _require(
             self.info_plane >= 0,
             f"info_plane ({self.info_plane}) must be >= 0 (probe images per class; 0 turns it off, the spec uses 200)",
+        )
+        _require(
+            self.info_plane <= MAX_INFO_PLANE,
+            f"info_plane ({self.info_plane}) is above {MAX_INFO_PLANE:,} probe images per class: nHSIC holds "
+            "n x n kernel matrices over all probe images; the spec uses 200",
         )
         _require(
             self.weighting in WEIGHTINGS,
@@ -345,28 +365,61 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a mapping, with one-line errors for every failure."""
+def load_yaml(path: str | Path, what: str = "config file", fix: str = "pass an existing YAML file to --config") -> dict[str, Any]:
+    """Read a YAML file into a mapping, with one-line errors for every failure.
+
+    ``what`` names the file in messages (``config file``, ``grid``) and ``fix`` says what to do
+    when it is missing, so each command's message points at its own argument.
+    """
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory, expected a YAML file")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+        raise ConfigError(f"{what} {path} does not exist; {fix}")
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from exc
+        raise ConfigError(f"{what} {path} cannot be read ({exc.strerror})") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "expected a YAML file"
+        ) from exc
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from exc
+        raise ConfigError(f"{what} {path} is not valid YAML{where}; fix its syntax") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+        raise ConfigError(f"{what} {path} must hold a mapping of keys, got {type(loaded).__name__}")
     return loaded
+
+
+def check_writable(folder: str | Path, what: str, fix: str) -> None:
+    """Fail now, with one line, if files cannot be created in ``folder`` (made if missing).
+
+    Checkpoints and MLflow artifacts are first written after round 1 or after the run is
+    created; checking before anything runs turns a traceback (and a run left RUNNING) into one
+    line. ``what`` names the folder in the message (``checkpoint folder``), ``fix`` says what
+    to do about it.
+    """
+    import tempfile
+
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".fedbench-write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{what} {path} is not writable ({reason}); {fix}") from exc
 
 
 def make_config(

@@ -116,6 +116,11 @@ def candidate_dirs(data_dir: str | None, subdir: str, system_dirs: Sequence[str]
         roots.append(Path(data_dir).expanduser())
     env = os.environ.get("FEDBENCH_DATA")
     if env:
+        # Set but wrong: an error, as for --data-dir; falling back to other copies would hide it.
+        if not Path(env).expanduser().is_dir():
+            state = "is a file, expected a folder" if Path(env).expanduser().is_file() else "does not exist"
+            raise DataNotFoundError(f"FEDBENCH_DATA={env} {state}; point it at the folder holding the data sets, "
+                                    "or unset it")
         roots.append(Path(env).expanduser())
     roots.append(user_cache_dir())
     found: list[Path] = []

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
@@ -36,6 +37,10 @@ from fedbench.errors import ConfigError, FedbenchError, TrackingError
 log = logging.getLogger(__name__)
 
 GRID_KEYS = ("experiment", "base", "axes")
+# The most cells one grid may hold. Every cell is validated and kept in memory before the first one
+# runs, and each is a whole training run: a grid past this is almost always a mistyped axis, and
+# a real one this large is better split into several grids (and experiments).
+MAX_GRID_CELLS = 10_000
 SWEEP_EXECUTORS = ("serial", "process", "ray")
 UNFINISHED = ("RUNNING", "KILLED", "FAILED")
 # Environment a cell's process needs to see what this one sees (Ray tasks start elsewhere).
@@ -78,7 +83,16 @@ class Grid:
 
 def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Grid:
     """Read and expand a grid file; every cell is validated before anything runs."""
-    raw = load_yaml(path)
+    experiment, base, axes = read_grid(path, overrides)
+    return Grid(experiment, expand(base, axes))
+
+
+def read_grid(
+    path: str | Path, overrides: Mapping[str, Any] | None = None
+) -> tuple[str, dict[str, Any], Mapping[str, list[Any]]]:
+    """A grid file's experiment, base config and axes, checked but not expanded, so that
+    ``--dry-run`` can list cells as they are built (:func:`iter_cells`)."""
+    raw = load_yaml(path, "grid", "pass an existing grid YAML file (docs/sweeps.md)")
     unknown = sorted(set(raw) - set(GRID_KEYS))
     if unknown:
         raise ConfigError(f"grid {path}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(GRID_KEYS)}")
@@ -88,24 +102,34 @@ def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None) -> G
         raise ConfigError(f"grid {path}: 'base' must be a mapping of run-config keys")
     if not isinstance(axes, Mapping) or not all(isinstance(v, list) and v for v in axes.values()):
         raise ConfigError(f"grid {path}: 'axes' must map dotted config keys to non-empty lists, e.g. seed: [1, 2]")
+    size = math.prod(len(v) for v in axes.values())
+    if size > MAX_GRID_CELLS:
+        lengths = " x ".join(str(len(v)) for v in axes.values())
+        raise ConfigError(
+            f"grid {path} has {size:,} cells ({lengths}), above {MAX_GRID_CELLS:,}, the most one sweep "
+            "validates and holds before running; split it into several grids"
+        )
     experiment = str(raw.get("experiment") or Path(path).stem)
     base = deep_merge(base, dict(overrides or {}))
     base = deep_merge(base, {"tracking": {"experiment": experiment}})
-    return Grid(experiment, expand(base, axes))
+    return experiment, base, axes
 
 
 def expand(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> list[Cell]:
     """The cartesian product of ``axes`` applied to ``base``, in file order."""
+    return list(iter_cells(base, axes))
+
+
+def iter_cells(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> Iterator[Cell]:
+    """The cells of :func:`expand` one at a time, each validated as it is built."""
     names = list(axes)
-    cells = []
     for index, combo in enumerate(itertools.product(*(axes[n] for n in names))):
         values = dict(zip(names, combo, strict=True))
         try:
             config = build_dataclass(RunConfig, deep_merge(base, dotted_to_nested(values)))
         except ConfigError as exc:
             raise ConfigError(f"grid cell {index} ({', '.join(f'{k}={v}' for k, v in values.items())}): {exc}") from exc
-        cells.append(Cell(index, values, config))
-    return cells
+        yield Cell(index, values, config)
 
 
 # ----------------------------------------------------------------- running

@@ -17,12 +17,14 @@ import logging
 import os
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from fedbench.config import RunConfig, to_yaml
-from fedbench.errors import TrackingError
+from fedbench.config import RunConfig, check_writable, to_yaml
+from fedbench.errors import FedbenchError, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,36 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+# Loggers that print a whole SQLAlchemy traceback for a store error fedbench then reports in one
+# line (a read-only or vanished database): ~260 lines per failed call otherwise.
+NOISY_LOGGERS = ("mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store", "sqlalchemy.pool", "alembic")
+# The longest store error quoted in a message; longer ones are cut at a word, never inside one.
+REASON_CHARS = 600
+
+
+def quiet_store_logging() -> None:
+    """Silence the loggers of :data:`NOISY_LOGGERS` (their errors reach the user as one line)
+    unless the process logs at DEBUG level."""
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def one_line(exc: BaseException, limit: int = REASON_CHARS) -> str:
+    """An exception's message on one line, whitespace collapsed, cut at a word boundary after
+    ``limit`` characters: MLflow's messages end with their own hint (supported schemes, ...),
+    which is kept whenever it fits."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " …"
+
+
+def describe_store(tracking_uri: str | None) -> str:
+    """The store a URI (or its absence) means, for messages."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db (the default store)"
 
 
 class Tracker(Protocol):
@@ -159,6 +191,17 @@ def create_sqlite_store(path: Path) -> None:
             building.unlink()
 
 
+def require_store(tracking_uri: str | None) -> None:
+    """For commands that only read runs (``report``, ``run --resume``): a local SQLite store that
+    does not exist is an error naming the path, instead of a new empty store made by opening it."""
+    path = sqlite_store_path(tracking_uri)
+    if path is not None and not path.is_file():
+        raise TrackingError(
+            f"no tracking store at {path}; check --tracking-uri (or MLFLOW_TRACKING_URI): "
+            "'fedbench run' creates the store, reading it never does"
+        )
+
+
 class MlflowTracker:
     """Logs a run to MLflow. The store is checked on :meth:`start`, so an
     unreachable server fails the run before any training."""
@@ -181,6 +224,7 @@ class MlflowTracker:
     def _connect(self) -> Any:
         from mlflow.tracking import MlflowClient
 
+        quiet_store_logging()
         try:
             with store_lock(self.tracking_uri):
                 store_path = sqlite_store_path(self.tracking_uri)
@@ -191,10 +235,9 @@ class MlflowTracker:
                 experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
         except Exception as exc:  # MLflow raises many types for an unreachable store
             uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "the default store"
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise TrackingError(
-                f"cannot reach the MLflow tracking store at {uri} ({reason}); start the server, "
-                "fix --tracking-uri, or unset MLFLOW_TRACKING_URI to log to ./mlflow.db"
+                f"cannot reach the MLflow tracking store at {uri} ({type(exc).__name__}: {one_line(exc)}); "
+                "start the server, fix --tracking-uri, or unset MLFLOW_TRACKING_URI to log to ./mlflow.db"
             ) from exc
         return client, experiment_id
 
@@ -216,22 +259,44 @@ class MlflowTracker:
             "fedbench.run_key": config.run_key,
             "fedbench.git_sha": git_sha(),
         }
+        self._check_artifact_folder(experiment_id)
         run = self._client.create_run(experiment_id, tags=tags, run_name=self.run_name)
         self.run_id = run.info.run_id
-        if option_values is None:
-            from fedbench.method import option_params  # loads the method plugin: not at import time
+        try:
+            if option_values is None:
+                from fedbench.method import option_params  # loads the method plugin: not at import time
 
-            option_values = option_params(config)
-        flat = config.flat_params() | dict(option_values)  # every option, defaults included
-        params = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
-        summary = {k: v for k, v in partition.items() if k != "clients"}
-        params += [Param(f"partition.{k}", str(v)) for k, v in summary.items()]
-        for start in range(0, len(params), 100):
-            self._client.log_batch(self.run_id, params=params[start : start + 100])
-        self._client.log_text(self.run_id, to_yaml(config), "config.yaml")
-        self._partition = partition
-        self._client.log_text(self.run_id, json.dumps(partition, indent=1), "partition/stats.json")
+                option_values = option_params(config)
+            flat = config.flat_params() | dict(option_values)  # every option, defaults included
+            params = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
+            summary = {k: v for k, v in partition.items() if k != "clients"}
+            params += [Param(f"partition.{k}", str(v)) for k, v in summary.items()]
+            for start in range(0, len(params), 100):
+                self._client.log_batch(self.run_id, params=params[start : start + 100])
+            self._client.log_text(self.run_id, to_yaml(config), "config.yaml")
+            self._partition = partition
+            self._client.log_text(self.run_id, json.dumps(partition, indent=1), "partition/stats.json")
+        except Exception as exc:  # the run exists now: never leave it RUNNING
+            reason = f"{type(exc).__name__}: {one_line(exc)}"
+            with contextlib.suppress(Exception):
+                self._client.set_tag(self.run_id, "fedbench.error", f"cannot log the run's config: {reason}"[:5000])
+                self._client.set_terminated(self.run_id, status="FAILED")
+            if isinstance(exc, FedbenchError):
+                raise
+            raise TrackingError(f"cannot log run {self.run_id} to the MLflow tracking store at "
+                                f"{describe_store(self.tracking_uri)} ({reason}); it is marked FAILED") from exc
         log.info("MLflow run %s in experiment '%s'", self.run_id, self.experiment)
+
+    def _check_artifact_folder(self, experiment_id: str) -> None:
+        """A local artifact folder that cannot be written fails here, before the run is created
+        (a run that cannot log its config would otherwise be left behind)."""
+        location = self._client.get_experiment(experiment_id).artifact_location or ""
+        parsed = urllib.parse.urlparse(location)
+        if parsed.scheme not in ("", "file"):
+            return  # a server or object store: checked by writing to it
+        folder = Path(urllib.request.url2pathname(parsed.path)) if parsed.scheme == "file" else Path(location)
+        check_writable(folder, f"MLflow artifact folder of experiment '{self.experiment}'",
+                       "make it writable, or log to another store or experiment (--tracking-uri, --experiment)")
 
     def resume(self, run_id: str, rows: list[dict[str, float]]) -> None:
         """Continue logging into an existing run (``fedbench run --resume``)."""
@@ -242,6 +307,7 @@ class MlflowTracker:
         self._rows = list(rows)
         self._client.update_run(run_id, status="RUNNING")
         self._client.set_tag(run_id, "fedbench.resumed_after_round", str(len(rows)))
+        self._set_error_tag(None)  # the interruption it named is over
 
     def run_config_yaml(self, run_id: str) -> tuple[str, str]:
         """The ``config.yaml`` artifact and the status of an existing run, for resuming it."""
@@ -272,15 +338,43 @@ class MlflowTracker:
 
         timestamp = int(time.time() * 1000)
         batch = [Metric(k, float(v), timestamp, round_idx) for k, v in metrics.items()]
-        self._client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        try:
+            self._client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        except Exception as exc:
+            raise TrackingError(
+                f"the MLflow tracking store at {describe_store(self.tracking_uri)} failed while logging round "
+                f"{round_idx + 1} of run {self.run_id} ({type(exc).__name__}: {one_line(exc)}); "
+                "the rounds before it are logged"
+            ) from exc
         self._rows.append({"round": round_idx, **metrics})
 
     def finish(self, status: str, error: str | None = None) -> None:
+        """End the run with ``status``. The ``fedbench.error`` tag is set to ``error``, or removed
+        without one, so a resumed run that finishes keeps no stale reason. Each step is tried
+        even if one before it failed; a store that refuses them is one :class:`TrackingError`."""
         if self._client is None or self.run_id is None:
             return
-        try:
-            self._client.log_text(self.run_id, metrics_csv(self._rows), "metrics.csv")
-            if error:
-                self._client.set_tag(self.run_id, "fedbench.error", error[:5000])
-        finally:
-            self._client.set_terminated(self.run_id, status=status)
+        problems: list[Exception] = []
+        steps = (
+            lambda: self._client.log_text(self.run_id, metrics_csv(self._rows), "metrics.csv"),
+            lambda: self._set_error_tag(error),
+            lambda: self._client.set_terminated(self.run_id, status=status),
+        )
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                problems.append(exc)
+        if problems:
+            last = problems[-1]
+            first_failure = f"; the run had failed with: {one_line(Exception(error), 300)}" if error else ""
+            raise TrackingError(
+                f"the MLflow tracking store at {describe_store(self.tracking_uri)} failed while ending run "
+                f"{self.run_id} as {status} ({type(last).__name__}: {one_line(last)}){first_failure}"
+            ) from last
+
+    def _set_error_tag(self, error: str | None) -> None:
+        if error:
+            self._client.set_tag(self.run_id, "fedbench.error", error[:5000])
+        elif "fedbench.error" in self._client.get_run(self.run_id).data.tags:
+            self._client.delete_tag(self.run_id, "fedbench.error")

@@ -9,8 +9,9 @@ Every call after that is a request and its reply over a pipe, answered in order:
 :meth:`ProcessTracker.start` still waits for the store (an unreachable store fails the run
 before round 1, as with :class:`fedbench.tracking.MlflowTracker`), and
 :meth:`ProcessTracker.log_round` returns once the round is in the store, so a finished round
-is never only in flight. The helper ignores Ctrl-C (the main process marks the run KILLED
-through it) and exits when the main process closes the pipe or dies.
+is never only in flight. The helper ignores Ctrl-C and SIGTERM (the main process marks the run
+KILLED through it, also when a whole process group is signalled) and exits when the main
+process closes the pipe or dies.
 
     python -m fedbench.tracking_process READ_FD WRITE_FD     # the helper; started by ProcessTracker
 """
@@ -170,8 +171,9 @@ def _as_sendable(exc: Exception) -> Exception:
             return exc
         except Exception:
             pass
-    reason = str(exc).splitlines()[0][:300] if str(exc) else ""
-    return TrackingError(f"MLflow logging failed: {type(exc).__name__}: {reason}")
+    from fedbench.tracking import one_line
+
+    return TrackingError(f"MLflow logging failed: {type(exc).__name__}: {one_line(exc)}")
 
 
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
@@ -209,7 +211,8 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
 
 
 def main(argv: list[str]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the main process's to handle:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it still needs the helper to mark the run KILLED
     read_fd, write_fd = (int(a) for a in argv)
     code = 0
     try:

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import re
 
 from fedbench.errors import ConfigError
 from fedbench.reports.tables import MISSING, Table
 
 FORMATS = ("md", "tex", "csv")
+
+
+def folder_name(experiment: str) -> str:
+    """``experiment`` as one safe file-name component, for the default output folder
+    ``reports/out/<experiment>/``: an MLflow experiment name may hold ``/`` or ``..`` (``/abs/dir``,
+    ``../../x``), which would otherwise put the report outside that folder. A name that had to
+    change gets a short hash of the original, so two experiments never share a folder."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("._-")
+    if safe == experiment and safe:
+        return safe
+    digest = hashlib.sha256(experiment.encode()).hexdigest()[:8]
+    return f"{safe or 'experiment'}-{digest}"
 
 
 def to_markdown(table: Table) -> str:

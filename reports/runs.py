@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from fedbench.errors import ConfigError, TrackingError, UnknownNameError
-from fedbench.tracking import MlflowTracker  # noqa: F401  (sets MLflow's quiet defaults)
+from fedbench.tracking import one_line, quiet_store_logging, require_store  # also: MLflow's quiet defaults
 
 # The columns of a history frame: one row per (run, metric, round).
 HISTORY_COLUMNS = ("run_id", "key", "round", "value")
@@ -24,6 +24,7 @@ def load_runs(experiment: str = "fedbench", tracking_uri: str | None = None) -> 
     """One row per run: ``params.*``, ``tags.*`` and the last value of every ``metrics.*``."""
     import mlflow
 
+    require_store(tracking_uri)
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     return mlflow.search_runs(experiment_names=[experiment])
@@ -44,11 +45,14 @@ def _describe(uri: str | None) -> str:
 class RunStore:
     """A tracking store opened for reading; every MLflow failure becomes a one-line
     :class:`TrackingError`, an unknown experiment an :class:`UnknownNameError` listing
-    the experiments that exist."""
+    the experiments that exist. A local SQLite store must exist: reading never creates one
+    (a mistyped path would otherwise become a new, empty store)."""
 
     def __init__(self, tracking_uri: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
+        require_store(tracking_uri)
+        quiet_store_logging()
         self.tracking_uri = tracking_uri
         self._client = MlflowClient(tracking_uri=tracking_uri)
 
@@ -56,9 +60,9 @@ class RunStore:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # MLflow raises many types for an unreachable or broken store
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise TrackingError(
-                f"cannot {what} in the MLflow tracking store at {_describe(self.tracking_uri)} ({reason}); "
+                f"cannot {what} in the MLflow tracking store at {_describe(self.tracking_uri)} "
+                f"({type(exc).__name__}: {one_line(exc)}); "
                 "start the server or fix --tracking-uri"
             ) from exc
 

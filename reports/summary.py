@@ -32,6 +32,43 @@ SUMMARY_COLUMNS = (
 )
 GROUP_KEYS = ("method_label", "dataset", "model", "partition_label")
 
+# Logged params (a run's flattened RunConfig) that do not change what a run measures, so runs that
+# differ only in them are seeds of one configuration: the seed itself; where data and logs live
+# (data.data_dir, tracking.*); where the arithmetic runs (threads, executor, workers,
+# executor_threads, device: at most the rounding differs); and partition.*, the partition's
+# statistics, which follow from the seed.
+IGNORED_SETTINGS = frozenset({"seed", "data.data_dir", "threads", "executor", "workers", "executor_threads", "device"})
+IGNORED_PREFIXES = ("tracking.", "partition.")
+# Settings that are the table's rows and columns already (method; data set, model, partition).
+# α is part of the partition's column label for Dirichlet and unused by the other partitioners.
+COLUMN_SETTINGS = frozenset({"method", "data.dataset", "model.name", "data.partition", "data.alpha"})
+
+
+def _defaults() -> dict[str, str]:
+    """Every setting's default as a logged string: a run logged before a setting existed (or by
+    hand, with fewer params) ran with the default."""
+    from fedbench.config import RunConfig
+
+    return RunConfig().flat_params()
+
+
+def run_settings(run: pd.Series, defaults: dict[str, str] | None = None) -> dict[str, str | None]:
+    """The settings that define what ``run`` measures, from its ``params.*`` (see
+    :data:`IGNORED_SETTINGS`), without its row and column keys; a setting it did not log is its
+    default, an option it did not log is ``None`` (the method's default, not known here)."""
+    defaults = _defaults() if defaults is None else defaults
+    logged = {str(k).removeprefix("params."): v for k, v in run.items() if str(k).startswith("params.")}
+    keys = set(logged) | set(defaults)
+    settings: dict[str, str | None] = {}
+    for key in sorted(keys):
+        if key in IGNORED_SETTINGS or key in COLUMN_SETTINGS or key.startswith(IGNORED_PREFIXES):
+            continue
+        value = logged.get(key)
+        if not isinstance(value, str):  # absent from this run (NaN in the frame)
+            value = defaults.get(key)
+        settings[key] = value
+    return settings
+
 
 def partition_label(partition: str, alpha: str | float | None) -> str:
     """``IID`` for the iid partitioner, ``non-IID α=<alpha>`` for Dirichlet, the partitioner's name otherwise."""
@@ -50,16 +87,20 @@ def method_label(method: str, options: dict[str, str]) -> str:
     return f"{method} ({settings})"
 
 
-def method_labels(frame: pd.DataFrame, option_columns: Sequence[str]) -> list[str]:
-    """Per run, the method plus those of its logged options that differ between that method's
-    runs (an option a run did not log is its default and not shown): runs with other options
-    are other rows, never averaged together as seeds."""
-    labels = []
-    for _, row in frame.iterrows():
-        same_method = frame[frame["method"] == row["method"]]
-        varying = [c for c in option_columns if same_method[c].astype(str).nunique(dropna=False) > 1]
-        labels.append(method_label(row["method"], {c: row[c] for c in varying if isinstance(row[c], str)}))
-    return labels
+def method_labels(frame: pd.DataFrame, settings: Sequence[dict[str, str | None]]) -> list[str]:
+    """Per run, the method plus those of its settings (:func:`run_settings`) that differ between
+    that method's runs: runs of other configurations are other rows, never averaged together as
+    seeds. An option a run did not log is its default and not shown."""
+    methods = frame["method"].tolist()
+    varying: dict[str, list[str]] = {}
+    for method in set(methods):
+        mine = [settings[i] for i, m in enumerate(methods) if m == method]
+        keys = sorted(set().union(*mine))
+        varying[method] = [k for k in keys if len({s.get(k) for s in mine}) > 1]
+    return [
+        method_label(method, {k: settings[i][k] for k in varying[method] if settings[i].get(k) is not None})
+        for i, method in enumerate(methods)
+    ]
 
 
 def is_iid(label: str) -> bool:
@@ -108,8 +149,10 @@ def summarize(
         raise ConfigError(f"--last ({last_evals}) must be >= 1 (the evaluations averaged into final accuracy)")
     accuracy = history[history["key"] == ACCURACY].sort_values("round")
     by_run = {run_id: group["value"].tolist() for run_id, group in accuracy.groupby("run_id")}
-    rows, warnings = [], []
+    rows, warnings, settings = [], [], []
+    defaults = _defaults()
     for _, run in runs.iterrows():
+        settings.append(run_settings(run, defaults))
         values = by_run.get(run["run_id"], [])
         row = {
             "run_id": run["run_id"],
@@ -140,7 +183,7 @@ def summarize(
         rows.append(row)
     frame = pd.DataFrame(rows)
     options = sorted(c for c in frame.columns if c.startswith("options."))
-    frame["method_label"] = method_labels(frame, options)
+    frame["method_label"] = method_labels(frame, settings)
     return frame.reindex(columns=[*SUMMARY_COLUMNS, *options]), warnings
 
 
