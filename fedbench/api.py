@@ -40,7 +40,7 @@ from fedbench.errors import ConfigError, FedbenchError, MemoryBudgetError, Plugi
 from fedbench.evaluation import evaluate
 from fedbench.fleet import Fleet
 from fedbench.memory import MemoryModel, MemoryReport
-from fedbench.method import Assignment, Method, NoOptions, RunContext, Update, Workload
+from fedbench.method import Assignment, ClientContext, Method, NoOptions, RunContext, Update, Workload
 from fedbench.models import BlockModel, build_model, cutting, slicing
 from fedbench.seeding import Stream, numpy_rng, torch_generator
 from fedbench.training import LocalResult, LossFn, cross_entropy_loss, local_sgd
@@ -48,6 +48,7 @@ from fedbench.training import LocalResult, LossFn, cross_entropy_loss, local_sgd
 __all__ = [
     "Assignment",
     "BlockModel",
+    "ClientContext",
     "ConfigError",
     "DeviceCost",
     "DeviceTime",

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fedbench.errors import ConfigError
+from fedbench import registry
+from fedbench.errors import ConfigError, FedbenchError
 
 
 def _require(condition: bool, message: str) -> None:
@@ -86,6 +87,9 @@ class ModelConfig:
         _require(0 < self.width <= 1, f"model.width ({self.width}) must be in (0, 1]")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: weights and optimiser factors live there
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Local training on a device: SGD with the paper's defaults (spec common.md §1.3)."""
@@ -102,6 +106,10 @@ class TrainConfig:
         _require(self.lr > 0, f"train.lr ({self.lr}) must be > 0")
         _require(0 <= self.momentum < 1, f"train.momentum ({self.momentum}) must be in [0, 1)")
         _require(self.weight_decay >= 0, f"train.weight_decay ({self.weight_decay}) must be >= 0")
+        for name in ("lr", "weight_decay"):  # training runs in float32: a larger factor cannot even be applied
+            value = getattr(self, name)
+            _require(value <= FLOAT32_MAX, f"train.{name} ({value}) must be a finite number below {FLOAT32_MAX:.1e} "
+                     "(the float32 limit); the paper's setting is lr 0.01, weight decay 5e-4")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,6 +278,19 @@ class RunConfig:
         walk("", self.to_dict())
         return flat
 
+    def resolved_options(self) -> dict[str, Any]:
+        """The method's options with its defaults filled in and values normalised (``mu: 1`` is
+        ``1.0``, tuples are lists), so ``{}`` and ``{mu: 0.01}`` (the default) are the same run.
+        As given when the method cannot be loaded (the run will fail on that, not here)."""
+        try:
+            options_type = getattr(registry.load("methods", self.method), "options_type", None)
+            if not dataclasses.is_dataclass(options_type):
+                return dict(self.options)
+            parsed = build_dataclass(options_type, dict(self.options), path="options")
+        except (FedbenchError, TypeError):
+            return dict(self.options)
+        return json.loads(json.dumps(dataclasses.asdict(parsed), default=str))
+
     @property
     def run_key(self) -> str:
         """Stable hash of everything that can change a result (not where data or logs live)."""
@@ -280,6 +301,7 @@ class RunConfig:
             payload.pop(name)
         if payload["device"] == "cpu":  # runs from before the field existed keep their key
             payload.pop("device")
+        payload["options"] = self.resolved_options()
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from fedbench import checkpoint, executors, registry
+from fedbench import checkpoint, executors, registry, state
 from fedbench.config import RunConfig
 from fedbench.data import FederatedData, ImageDataset
-from fedbench.errors import ConfigError, ExecutorError, PluginError
+from fedbench.errors import CheckpointError, ConfigError, DivergedError, ExecutorError, PluginError
 from fedbench.executors import Executor, SerialExecutor
 from fedbench.fleet import make_fleet
 from fedbench.method import Assignment, Method, RunContext, validate_method
@@ -79,14 +80,47 @@ def make_method(ctx: RunContext) -> Method:
     return method_cls(ctx, method_cls.parse_options(ctx.config.options))
 
 
-def run_round(method: Method, round_idx: int, executor: Executor | None = None) -> RoundResult:
-    """One round: assign → local updates (where ``executor`` runs them; default: here, one
-    after the other) → aggregate → (evaluate on schedule)."""
+def evaluation_rounds(method: Method) -> frozenset[int]:
+    """The 0-based rounds after which the engine evaluates: every ``eval_every``-th round that
+    ends one of the method's cycles (:meth:`Method.ends_cycle`; for most methods every round),
+    and the last round of the run."""
     config = method.ctx.config
+    chosen, cycles = set(), 0
+    for round_idx in range(config.rounds):
+        if method.ends_cycle(round_idx):
+            cycles += 1
+            if cycles % config.eval_every == 0:
+                chosen.add(round_idx)
+    chosen.add(config.rounds - 1)
+    return frozenset(chosen)
+
+
+def check_finite(method: Method, round_idx: int, updates: list) -> None:
+    """A non-finite training loss or global parameter ends the run as a failure, not a result."""
+    losses = [u.loss for u in updates]
+    if any(not math.isfinite(loss) for loss in losses):
+        bad = next(loss for loss in losses if not math.isfinite(loss))
+        raise DivergedError(f"diverged at round {round_idx + 1}: training loss {bad}; lower --lr "
+                            f"(now {method.ctx.config.train.lr}) or check the data")
+    for name, tensor in method.global_model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise DivergedError(f"diverged at round {round_idx + 1}: global parameter {name} is not finite "
+                                f"after aggregation; lower --lr (now {method.ctx.config.train.lr})")
+
+
+def run_round(
+    method: Method, round_idx: int, executor: Executor | None = None, evaluate: bool | None = None
+) -> RoundResult:
+    """One round: assign → local updates (where ``executor`` runs them; default: here, one
+    after the other) → aggregate → (evaluate if ``evaluate``; None: on the method's schedule)."""
+    config = method.ctx.config
+    if evaluate is None:
+        evaluate = round_idx in evaluation_rounds(method)
     start = time.perf_counter()
     assignments = method.assign(round_idx)
     updates = (executor or SerialExecutor()).local_updates(method, assignments, round_idx)
     method.aggregate(round_idx, updates)
+    check_finite(method, round_idx, updates)
     train_s = time.perf_counter() - start
     metrics: dict[str, float] = {"round/clients": float(len(updates))}
     if updates:
@@ -97,7 +131,7 @@ def run_round(method: Method, round_idx: int, executor: Executor | None = None) 
         assigned = {a.client_id: a for a in assignments}
         times = [method.device_time(assigned.get(u.client_id, Assignment(u.client_id, u.work)), u) for u in updates]
         metrics.update(method.ctx.clock.advance(times))
-    if (round_idx + 1) % config.eval_every == 0 or round_idx == config.rounds - 1:
+    if evaluate:
         eval_start = time.perf_counter()
         metrics.update(method.evaluate(config.eval_batch_size))
         if config.info_plane:
@@ -117,8 +151,9 @@ def run_rounds(
     """Run rounds ``first_round``.. of an already prepared method; ``on_round`` sees each finished
     round. ``executor`` must have been started with ``method``."""
     results = []
+    scheduled = evaluation_rounds(method)
     for round_idx in range(first_round, method.ctx.config.rounds):
-        result = run_round(method, round_idx, executor)
+        result = run_round(method, round_idx, executor, evaluate=round_idx in scheduled)
         results.append(result)
         if on_round is not None:
             on_round(result)
@@ -168,8 +203,7 @@ def _run_prepared(
     first_round = 0
     if resume_run_id is not None:
         saved = checkpoint.load(checkpoint.checkpoint_path(resume_run_id), config)
-        method.restore_state(saved.method_state)
-        ctx.restore_state(saved.context_state)
+        restore(method, saved)
         first_round = saved.round_idx + 1
         tracker.resume(resume_run_id, saved.metric_rows)
         result.rounds = [RoundResult(int(r["round"]), {k: v for k, v in r.items() if k != "round"})
@@ -185,11 +219,7 @@ def _run_prepared(
         rows.append({"round": round_result.round_idx, **round_result.metrics})
         done = round_result.round_idx + 1
         if tracker.run_id is not None and every and (done % every == 0 or done == config.rounds):
-            checkpoint.save(
-                checkpoint.checkpoint_path(tracker.run_id),
-                checkpoint.Checkpoint(config.run_key, round_result.round_idx, method.checkpoint_state(),
-                                      ctx.checkpoint_state(), rows, config.flat_params()),
-            )
+            checkpoint.save(checkpoint.checkpoint_path(tracker.run_id), snapshot(method, round_result.round_idx, rows))
         if on_round is not None:
             on_round(round_result)
 
@@ -210,14 +240,40 @@ def _run_prepared(
             raise ExecutorError(f"{exc}; run {tracker.run_id} is marked FAILED") from exc
         raise
     tracker.finish("FINISHED")
+    if tracker.run_id is not None and not config.tracking.keep_checkpoint:
+        checkpoint.remove(tracker.run_id)  # the run's record is complete: nothing left to resume
     return result
+
+
+def snapshot(method: Method, round_idx: int, rows: list[dict[str, float]]) -> checkpoint.Checkpoint:
+    """The checkpoint of ``method`` after round ``round_idx``: its declared state as plain data."""
+    config = method.ctx.config
+    name = type(method).__name__
+    method_state = {key: state.encode(value, f"{name}.{key}") for key, value in method.state_values().items()}
+    context_state = state.encode(method.ctx.checkpoint_state(), "the run context")
+    return checkpoint.Checkpoint(config.run_key, round_idx, method_state, context_state, rows, config.flat_params())
+
+
+def restore(method: Method, saved: checkpoint.Checkpoint) -> None:
+    """Load a verified checkpoint into a freshly built ``method`` (same config)."""
+    name, home = type(method).__name__, type(method).__module__
+    declared = set(method.state_names())
+    if set(saved.method_state) != declared:
+        raise CheckpointError(
+            f"the checkpoint's state ({', '.join(sorted(saved.method_state))}) is not what {name} declares "
+            f"({', '.join(sorted(declared))}); it was written by another version of the method: rerun"
+        )
+    live = method.state_values()
+    method.load_state_values({
+        key: state.decode(value, live[key], f"{name}.{key}", home) for key, value in saved.method_state.items()
+    })
+    method.ctx.restore_state(state.decode(saved.context_state, None, "the run context", home))
 
 
 def _trace_before_round_one(method: Method) -> None:
     """The meta-device traces round 1 needs at the latest, taken before the run is created.
 
-    A process's first meta traces pay one-time costs (torch's meta kernels, sympy; not the
-    compiler: fedbench/compiler_guard.py). Here they land while the tracking helper process is
+    A process's first meta traces pay one-time costs (torch's meta kernels, sympy). Here they land while the tracking helper process is
     still opening its store and the main process would only wait for it, instead of inside
     round 1: the full model's memory (every round's participation metrics) and the global model's
     training FLOPs (the virtual clock of every method that keeps the default device cost). Both

@@ -53,3 +53,11 @@ class TrackingError(FedbenchError):
 
 class ExecutorError(FedbenchError):
     """A worker process or Ray actor of the process or Ray executor died or could not be reached."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file is missing, foreign, corrupt or from another config: it is refused before use."""
+
+
+class DivergedError(FedbenchError):
+    """Training produced a non-finite loss or model: the run failed and is not a result."""

@@ -33,7 +33,7 @@ import torch
 
 from fedbench.config import RunConfig, build_dataclass
 from fedbench.errors import ConfigError, ExecutorError, FedbenchError
-from fedbench.method import Assignment, Method, Update
+from fedbench.method import Assignment, ClientContext, Method, Update
 from fedbench.replica import ServerSync, WorkerReplica, WorkerResult, split_work
 from fedbench.worker_start import worker_context
 
@@ -132,7 +132,7 @@ class SerialExecutor:
         if self.threads is not None and self.threads != previous:
             torch.set_num_threads(self.threads)
         try:
-            return [method.local_update(a, round_idx) for a in assignments]
+            return [method.local_update(ClientContext.of(method.ctx, a, round_idx)) for a in assignments]
         finally:
             if torch.get_num_threads() != previous:
                 torch.set_num_threads(previous)

@@ -12,14 +12,16 @@ the round's assignments. What travels, and why it is exact:
   After that a module is a reference ``(MODULE, i)`` into that table, and a round carries the
   values of all their parameters and buffers as a list of tensors, copied in place. A new
   module object or a replaced tensor on the server changes the table and sends a new bootstrap.
-* **Everything else the method keeps** (``Method.checkpoint_state``: Oort's utilities, TiFL's
+* **The rest of the method's declared state** (``Method.server_state``: Oort's utilities, TiFL's
   credits, FedRolex's round counter, ...) is pickled per attribute; only the attributes whose
   bytes changed since the last round are sent. What the worker's ``local_update`` adds to an
   attribute the server never changes (a cache of client models) is kept.
 * **The round's assignments** are pickled with the same module references, so a work that
   carries a module (a NeuLite stage ``Workload``) resolves to the worker's own copy of it.
-* **Per-device state** (``Method.device_state_attributes``, DepthFL's FedDyn vectors) goes to
-  the worker that trains the device and comes back with its updates.
+* **Per-client state** (``Method.client_state``, DepthFL's FedDyn vectors) goes to the worker
+  that trains the client and comes back with its updates.
+* **Nothing else may change** in a worker's ``local_update``: a public attribute that is not
+  declared and changes there would be lost, so it is a :class:`PluginError` naming it.
 * **Updates come back** with module references and their ``work`` mapped to the server's own
   assignment objects, so ``aggregate`` sees exactly what the serial executor gives it.
 
@@ -30,6 +32,7 @@ same torch thread count (PyTorch's CPU kernels reduce in a thread-count-dependen
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 from collections.abc import Mapping, Sequence
@@ -41,7 +44,7 @@ from torch import nn
 
 from fedbench.config import RunConfig
 from fedbench.errors import PluginError
-from fedbench.method import Assignment, Method, RunContext, Update
+from fedbench.method import Assignment, ClientContext, Method, RunContext, Update
 
 MODULE, WORK, CONTEXT, METHOD = "module", "work", "context", "method"
 _BY_VALUE = (type(None), bool, int, float, complex, str, bytes)
@@ -156,16 +159,74 @@ def _run_objects(method: Method) -> tuple[dict[int, tuple[str, int]], dict[str, 
     return {id(values[0]): (kind, 0) for kind, values in objects.items()}, objects
 
 
-def device_state_attributes(method: Method) -> frozenset[str]:
-    """The method's per-device attributes, checked: each must be a dict keyed by client id."""
-    names = frozenset(getattr(type(method), "device_state_attributes", frozenset()))
+def client_state_attributes(method: Method) -> frozenset[str]:
+    """The method's per-client attributes, checked: each must be a dict keyed by client id."""
+    names = frozenset(type(method).client_state_names())
     for name in names:
         if not isinstance(getattr(method, name, None), dict):
             raise PluginError(
-                f"method {type(method).__name__}: device_state_attributes names '{name}', which is "
+                f"method {type(method).__name__}: client_state names '{name}', which is "
                 f"{type(getattr(method, name, None)).__name__}, not a dict keyed by client id"
             )
     return names
+
+
+def shipped_state(method: Method) -> dict[str, Any]:
+    """What a round's message carries: the declared state, plus every public attribute that holds
+    a module, so that the worker's views of the declared modules (DepthFL's full exit model,
+    NeuLite's stage models) are the very objects the declared state unpickles into."""
+    shipped = dict(method.state_values())
+    for name, value in vars(method).items():
+        if not name.startswith("_") and name not in shipped and name != "ctx" and _holds_module(value):
+            shipped[name] = value
+    return shipped
+
+
+def _holds_module(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, nn.Module):
+        return True
+    if depth > 3:
+        return False
+    if isinstance(value, Mapping):
+        return any(_holds_module(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_module(v, depth + 1) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(_holds_module(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value))
+    return False
+
+
+def undeclared_summary(method: Method) -> dict[str, Any]:
+    """A cheap picture of the public attributes a method does not declare: identity, and the value
+    of plain ones (numbers, strings, small containers of them). Tensors' contents and modules are
+    not looked into (that is :func:`fedbench.testing.check_method`'s deeper check)."""
+    declared = set(method.state_names()) | {"ctx", "options"}
+    summary: dict[str, Any] = {}
+    for name, value in vars(method).items():
+        if name.startswith("_") or name in declared:
+            continue
+        summary[name] = _plain_value(value) if _holds_module(value) else (id(value), _plain_value(value))
+    return summary
+
+
+def _plain_value(value: Any, budget: int = 1000) -> Any:
+    if isinstance(value, _BY_VALUE):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and len(value) <= budget:
+        items = [_plain_value(v, budget // 10) for v in value]
+        return (type(value).__name__, len(value), tuple(items) if all(i is not _OPAQUE for i in items) else _OPAQUE)
+    if isinstance(value, dict) and len(value) <= budget:
+        items = [(k, _plain_value(v, budget // 10)) for k, v in value.items() if isinstance(k, _BY_VALUE)]
+        return ("dict", len(value), tuple(items))
+    return _OPAQUE
+
+
+_OPAQUE = object()
+
+
+def changed_undeclared(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Names whose summary differs, or that appeared or disappeared."""
+    return sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
 
 
 # -------------------------------------------------------------------- server
@@ -174,14 +235,14 @@ class ServerSync:
 
     def __init__(self, method: Method) -> None:
         self.method = method
-        self.device_attributes = device_state_attributes(method)
+        self.device_attributes = client_state_attributes(method)
         self._table: ModuleTable | None = None
         self._signature: list[tuple[int, tuple[int, ...], torch.dtype]] | None = None
         self._sent: dict[str, bytes] = {}
 
     def message(self, assignments: Sequence[Assignment], round_idx: int) -> RoundMessage:
         method = self.method
-        state = {k: v for k, v in method.checkpoint_state().items() if k not in self.device_attributes}
+        state = {k: v for k, v in shipped_state(method).items() if k not in self.device_attributes}
         table = ModuleTable()
         shared, _ = _run_objects(method)
         blobs = {name: dumps(state[name], table, grow=True, shared=shared) for name in sorted(state)}
@@ -238,7 +299,7 @@ class WorkerReplica:
         self.config = config
         ctx, _ = engine.prepare(config)
         self.method = engine.make_method(ctx)
-        self.device_attributes = device_state_attributes(self.method)
+        self.device_attributes = client_state_attributes(self.method)
         self._modules: list[nn.Module] = []
         self._tensors: list[torch.Tensor] = []
         self._state: dict[str, Any] = {}
@@ -264,7 +325,8 @@ class WorkerReplica:
                 delattr(self.method, name)
         for name, blob in message.changed.items():
             self._state[name] = loads(blob, self._modules, objects)
-        self.method.restore_state(dict(self._state))
+        for name, value in self._state.items():
+            setattr(self.method, name, value)
         self.ctx.restore_state(message.context)
         for name in self.device_attributes:
             setattr(self.method, name, dict(message.device_state.get(name, {})))
@@ -273,7 +335,16 @@ class WorkerReplica:
     def train(self, message: RoundMessage, share: Sequence[int]) -> WorkerResult:
         """Run ``local_update`` for the assignments at positions ``share``."""
         assignments = self.apply(message)
-        updates = [(i, self.method.local_update(assignments[i], message.round_idx)) for i in share]
+        before = undeclared_summary(self.method)
+        updates = [(i, self.method.local_update(ClientContext.of(self.ctx, assignments[i], message.round_idx)))
+                   for i in share]
+        changed = changed_undeclared(before, undeclared_summary(self.method))
+        if changed:
+            raise PluginError(
+                f"method {type(self.method).__name__}: local_update changed {', '.join(changed)}, which "
+                "is not declared state and would be lost in a worker process; add it to server_state or "
+                "client_state (or prefix it with _ if it is a cache)"
+            )
         shared, _ = _run_objects(self.method)
         works = {id(a.work): (WORK, i) for i, a in enumerate(assignments) if not isinstance(a.work, _BY_VALUE)}
         payload = dumps(updates, ModuleTable(self._modules), shared={**works, **shared})

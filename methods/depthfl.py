@@ -8,7 +8,10 @@ trained on the labels and, by mutual self-distillation, on the other exits'
 predictions, so deep blocks that few devices can train still learn from shallow
 ones. A FedDyn regulariser (α = 0.1, on in the official code) keeps one state
 vector per device. The server averages every tensor over the devices that held
-it, and the headline accuracy is the ensemble of all exits (mean logits).
+it, and the headline accuracy is the ensemble (mean logits) of the exits that
+some device can train: an exit deeper than every eligible device's depth stays
+at its initialisation and would only add noise (``ensemble: all`` averages every
+exit, as the official code does, where every depth always has devices).
 
 Devices that cannot train even the shallowest offered depth are excluded:
 DepthFL is not inclusive (PR = |E| / N).
@@ -17,6 +20,7 @@ DepthFL is not inclusive (PR = |E| / N).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,13 +33,16 @@ from fedbench.aggregate import overlap_count_average
 from fedbench.clock import DeviceCost, state_bytes
 from fedbench.errors import ConfigError, MemoryBudgetError
 from fedbench.memory import format_bytes
-from fedbench.method import Assignment, Method, RunContext, Update, Workload
+from fedbench.method import Assignment, ClientContext, Method, RunContext, Update, Workload
 from fedbench.models import BlockModel
 from fedbench.models.cutting import ExitModel, check_block_index, exit_heads
 from fedbench.seeding import Stream, numpy_rng
 from fedbench.training import placed_on
 
+log = logging.getLogger(__name__)
+
 KD_EPSILON = 1e-7  # added to the distillation targets, as in DepthFL's KLLoss
+ENSEMBLES = ("trained", "all")
 EXIT_INIT_KEY = 1  # Stream.MODEL_INIT key of the exits' initialisation (0 is the trunk's)
 
 
@@ -44,7 +51,8 @@ class DepthFLOptions:
     """``exits``: blocks with a middle exit (default: every block but the last, whose exit
     is the model's own head); the offered depths are these blocks and S. ``kd``: mutual
     self-distillation; ``temperature`` T and ``rampup_rounds`` of its weight; ``feddyn``
-    and its ``alpha``."""
+    and its ``alpha``. ``ensemble``: the exits averaged into the prediction, ``trained`` (those
+    some eligible device's depth reaches) or ``all`` (the official code's choice)."""
 
     exits: tuple[int, ...] | None = None
     kd: bool = True
@@ -52,8 +60,11 @@ class DepthFLOptions:
     rampup_rounds: int = 300
     feddyn: bool = True
     alpha: float = 0.1
+    ensemble: str = "trained"
 
     def __post_init__(self) -> None:
+        if self.ensemble not in ENSEMBLES:
+            raise ConfigError(f"options.ensemble ({self.ensemble!r}) must be one of {', '.join(ENSEMBLES)}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ConfigError(
                 f"options.temperature ({self.temperature}) must be > 0 (DepthFL uses 1.0)"
@@ -196,21 +207,37 @@ def deepest_fitting_depth(peaks: Mapping[int, int], budget_bytes: int | None) ->
 
 # ----------------------------------------------------------------------- method
 class ExitEnsemble(nn.Module):
-    """DepthFL's prediction: the mean of all exits' logits."""
+    """DepthFL's prediction: the mean of the logits of the exits at ``indices`` (positions in the
+    exit model's output list; None: every exit)."""
 
-    def __init__(self, net: ExitModel) -> None:
+    def __init__(self, net: ExitModel, indices: Sequence[int] | None = None) -> None:
         super().__init__()
         self.net = net
+        self.indices = None if indices is None else tuple(indices)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self.net(images)).mean(dim=0)
+        return ensemble_logits(self.net(images), self.indices)
+
+
+def ensemble_logits(outputs: Sequence[torch.Tensor], indices: Sequence[int] | None = None) -> torch.Tensor:
+    """The mean of ``outputs[i]`` over ``indices`` (None: all of them)."""
+    chosen = outputs if indices is None else [outputs[i] for i in indices]
+    return torch.stack(list(chosen)).mean(dim=0)
+
+
+def trained_exits(positions: Sequence[int], depths: Iterable[int]) -> tuple[int, ...]:
+    """The exit positions (blocks) that some device trains: a device of depth d trains the exits
+    at blocks 1..d, so an exit is trained if it is no deeper than the deepest assigned depth."""
+    deepest = max(depths, default=0)
+    return tuple(k for k in positions if k <= deepest)
 
 
 class DepthFL(Method):
     """Depth-scaled FL: each device trains the deepest exit-model prefix its memory holds."""
 
     options_type = DepthFLOptions
-    device_state_attributes = frozenset({"g"})  # FedDyn's g_m lives on device m
+    server_state = ("exits", "h")  # the global model (base) and exits; FedDyn's server state h
+    client_state = ("g",)  # FedDyn's g_m lives on client m
 
     def __init__(self, ctx: RunContext, options: DepthFLOptions | None = None) -> None:
         super().__init__(ctx, options)
@@ -222,13 +249,21 @@ class DepthFL(Method):
             self.exits = exit_heads(model, self.depths[:-1]).to(ctx.device)
         self.full = ExitModel(model, self.exits, model.num_blocks)  # the global DepthFL model
         worker_model, worker_exits = copy.deepcopy((model, self.exits))
-        self.locals = {
+        self._locals = {
             d: DepthFLLocal(ExitModel(worker_model, worker_exits, d), worker_model, d, opts.feddyn)
             for d in self.depths
         }
         self.memory_loss = DepthFLLoss(opts.temperature, 1.0 if opts.kd else 0.0, opts.alpha if opts.feddyn else 0.0)
         self.depth_of = self._assign_depths()
         self.eligible_ids = sorted(self.depth_of)
+        self.exit_positions = (*(int(k) for k in self.exits.keys()), model.num_blocks)
+        self.trained_exits = trained_exits(self.exit_positions, self.depth_of.values())
+        self.ensemble_exits = self.exit_positions if opts.ensemble == "all" else self.trained_exits
+        untrained = [k for k in self.exit_positions if k not in self.trained_exits]
+        log.info(
+            "DepthFL ensemble averages the exits at blocks %s%s", ", ".join(map(str, self.ensemble_exits)),
+            f" (no eligible device's depth reaches block {', '.join(map(str, untrained))})" if untrained else "",
+        )
         self.parameter_names = [name for name, _ in self.full.named_parameters()]
         self.g: dict[int, dict[str, torch.Tensor]] = {}  # per-device FedDyn state (its own tensors)
         self.h: dict[str, torch.Tensor] | None = {} if opts.feddyn else None
@@ -249,7 +284,7 @@ class DepthFL(Method):
         fleet = self.ctx.fleet
         if fleet is None or fleet.unlimited:
             return {c: self.depths[-1] for c in range(self.ctx.num_clients)}
-        peaks = {d: self.ctx.memory_report(self.locals[d], None, self.memory_loss).peak_bytes for d in self.depths}
+        peaks = {d: self.ctx.memory_report(self._locals[d], None, self.memory_loss).peak_bytes for d in self.depths}
         depth_of = {}
         for device in fleet.devices:
             depth = deepest_fitting_depth(peaks, device.memory_bytes)
@@ -269,10 +304,10 @@ class DepthFL(Method):
         chosen = self.ctx.sample_clients(round_idx, self.eligible_ids)
         return [Assignment(c, self.depth_of[c]) for c in chosen]
 
-    def local_update(self, assignment: Assignment, round_idx: int) -> Update:
+    def local_update(self, ctx: ClientContext) -> Update:
         opts: DepthFLOptions = self.options
-        client, depth = assignment.client_id, assignment.work
-        local = self.locals[depth]
+        client, depth, round_idx = ctx.client_id, ctx.work, ctx.round_idx
+        local = self._locals[depth]
         global_state = self.full.state_dict()
         local.net.load_state_dict({key: global_state[key] for key in local.net.state_dict()})
         names = [name for name, _ in local.net.named_parameters()]
@@ -290,7 +325,7 @@ class DepthFL(Method):
             consistency_weight(round_idx, opts.rampup_rounds) if opts.kd else 0.0,
             opts.alpha if opts.feddyn else 0.0,
         )
-        update = self.train_on_device(local, assignment, round_idx, loss_fn=loss, sent=local.net)
+        update = self.train_client(local, ctx, loss_fn=loss, sent=local.net)
         if local.feddyn is not None:
             g_now = {name: g_buf.detach().clone() for name, (g_buf, _) in zip(names, local.feddyn.pairs(), strict=True)}
             trained = {name: p.detach() for name, p in local.net.named_parameters()}
@@ -307,13 +342,16 @@ class DepthFL(Method):
         self.full.load_state_dict(new)
 
     def eval_model(self) -> nn.Module:
-        return ExitEnsemble(self.full)
+        return ExitEnsemble(self.full, [self.exit_positions.index(k) for k in self.ensemble_exits])
 
     @torch.inference_mode()
     def evaluate(self, batch_size: int) -> dict[str, float]:
-        """Every exit and their ensemble in one pass; the ensemble is the headline (spec §8.6, Q11)."""
+        """Every trained exit and the ensemble in one pass; the ensemble is the headline (spec §8.6,
+        Q11). An exit no device trains has no ``eval/exit<k>/accuracy`` (it would be the accuracy
+        of its initialisation); ``eval/ensemble_exits`` counts the exits averaged."""
         self.full.eval()
-        positions = [int(k) for k in self.exits.keys()] + [self.global_model.num_blocks]
+        positions = self.exit_positions
+        averaged = [positions.index(k) for k in self.ensemble_exits]
         device = torch.device(self.ctx.config.device)
         correct = torch.zeros(len(positions), dtype=torch.int64, device=device)
         ensemble_correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -325,16 +363,20 @@ class DepthFL(Method):
                 outputs = self.full(images)
                 for index, logits in enumerate(outputs):
                     correct[index] += (logits.argmax(dim=1) == labels).sum()
-                ensemble = torch.stack(outputs).mean(dim=0)
+                ensemble = ensemble_logits(outputs, averaged)
                 ensemble_correct += (ensemble.argmax(dim=1) == labels).sum()
                 loss_sum += F.cross_entropy(ensemble, labels, reduction="sum")
                 count += int(labels.numel())
         self.full.train()
         count = max(count, 1)
-        metrics = {f"eval/exit{k}/accuracy": c / count for k, c in zip(positions, correct.tolist(), strict=True)}
+        metrics = {
+            f"eval/exit{k}/accuracy": c / count
+            for k, c in zip(positions, correct.tolist(), strict=True) if k in self.trained_exits
+        }
         metrics.update({
             "eval/accuracy": int(ensemble_correct) / count,
             "eval/ensemble/accuracy": int(ensemble_correct) / count,
+            "eval/ensemble_exits": float(len(averaged)),
             "eval/loss": float(loss_sum) / count,
         })
         return metrics
@@ -350,7 +392,7 @@ class DepthFL(Method):
 
     def device_cost(self, assignment: Assignment, update: Update | None = None) -> DeviceCost:
         """The depth-d workload; only the exit model's state travels (FedDyn state stays on the device)."""
-        local = self.locals[assignment.work]
+        local = self._locals[assignment.work]
         samples = update.num_samples if update is not None else int(self.ctx.data.shards[assignment.client_id].numel())
         moved = state_bytes(local.net)
         return self.ctx.clock.cost(local, samples, None, self.memory_loss, bytes_down=moved, bytes_up=moved)

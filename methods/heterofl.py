@@ -32,7 +32,7 @@ import torch
 from fedbench.aggregate import normalized_weights, overlap_count_average
 from fedbench.bn import recompute_bn_statistics, sbn_indices
 from fedbench.errors import ConfigError
-from fedbench.method import Assignment, Method, RunContext, Update, Workload
+from fedbench.method import Assignment, ClientContext, Method, RunContext, Update, Workload
 from fedbench.models.base import BlockModel
 from fedbench.models.slicing import IndexSets, Rule, extract, index_sets, layout, positions
 from fedbench.seeding import Stream, torch_generator
@@ -94,6 +94,7 @@ class HeteroFL(Method):
     """Static width scaling: device i trains the first ⌈r_i·c⌉ channels of every layer."""
 
     options_type = HeteroFLOptions
+    server_state = ("aggregations",)  # the global model (base) and FedRolex's window position
     rule: ClassVar[Rule] = "prefix"
     method_name: ClassVar[str] = "heterofl"
 
@@ -148,14 +149,14 @@ class HeteroFL(Method):
         """Which global channels ``sub`` holds this round (HeteroFL: the first ones)."""
         return index_sets(self.global_model, sub, self.rule, self.aggregations)
 
-    def local_update(self, assignment: Assignment, round_idx: int) -> Update:
-        work: WidthWork = assignment.work
+    def local_update(self, client: ClientContext) -> Update:
+        work: WidthWork = client.work
         sub = self.client_model(work)
         sets = self.index_sets(sub)
         extract(self.global_model, sub, sets)
         # Parameters only: BN running statistics are neither kept nor sent (sBN recomputes them).
-        return self.train_on_device(
-            sub, assignment, round_idx, loss_fn=self.client_loss(assignment.client_id),
+        return self.train_client(
+            sub, client, loss_fn=self.client_loss(client.client_id),
             max_grad_norm=self.options.max_grad_norm, parameters_only=True, extra={"sets": sets},
         )
 

@@ -36,7 +36,7 @@ from fedbench.errors import ConfigError, MemoryBudgetError
 from fedbench.evaluation import evaluate
 from fedbench.hsic import SIGMA, nhsic, one_hot
 from fedbench.memory import format_bytes
-from fedbench.method import Assignment, Method, RunContext, Update, Workload
+from fedbench.method import Assignment, ClientContext, Method, RunContext, Update, Workload
 from fedbench.models import BlockModel
 from fedbench.models.cutting import (
     OutputModule,
@@ -52,6 +52,7 @@ from fedbench.training import cross_entropy_loss
 log = logging.getLogger(__name__)
 
 OUTPUT_MODULES = ("stand_in", "fc_only")
+EVALUATIONS = ("cycle", "stage")  # options.evaluate: full model after stage-S rounds, or every stage model
 RELEASED_MLP_WIDTHS = {512: (2056, 1024)}  # "2056" as released (spec §2.2); other widths: (4d, 2d)
 
 
@@ -69,8 +70,13 @@ class NeuLiteOptions:
     sigma: float = SIGMA  # nHSIC kernel bandwidth (released code: 5)
     freeze_bn_stats: bool = False  # True: frozen BN layers in eval mode (the code trains their stats)
     replicate_stem_artifact: bool = False  # the code's stem-BN restore at stage-1 rounds (§2.3)
+    # What an evaluation scores: "cycle" the full model after stage-S rounds (spec §2.9; eval_every
+    # counts cycles), "stage" the just-trained stage model after every round (the released code).
+    evaluate: str = "cycle"
 
     def __post_init__(self) -> None:
+        if self.evaluate not in EVALUATIONS:
+            raise ConfigError(f"options.evaluate ({self.evaluate!r}) must be one of {', '.join(EVALUATIONS)}")
         for name in ("lambda1", "lambda2"):
             values = getattr(self, name)
             if any(v < 0 for v in values):
@@ -228,6 +234,14 @@ class LossStats:
 
 
 # -------------------------------------------------------------------- the method
+def stage_output_modules(stage: NeuLiteStage) -> nn.ModuleDict:
+    """The modules of S_k that are its own rather than the global model's: stand-ins, head, MLP."""
+    parts: dict[str, nn.Module] = {"standins": stage.standins, "head": stage.head}
+    if stage.mlp is not None:
+        parts["mlp"] = stage.mlp
+    return nn.ModuleDict(parts)
+
+
 def stage_workloads(model: BlockModel, options: NeuLiteOptions) -> list[Workload]:
     """One workload per stage: S_k with O_k and MLP_k (sharing ``model``'s blocks), T_k and its loss."""
     cut_spec(model)  # a model without block structure is a one-line ConfigError
@@ -253,6 +267,9 @@ class NeuLite(Method):
     """Elastic progressive training with the Curriculum Mentor and the Training Harmonizer."""
 
     options_type = NeuLiteOptions
+    # Besides the global model (base): every stage's output module O_k and projection MLP, the count of
+    # rounds skipped for want of a fitting device, and the stem kept after stage 1 (replicate_stem_artifact).
+    server_state = ("stage_outputs", "skipped_rounds", "stem_after_stage1")
 
     def __init__(self, ctx: RunContext, options: NeuLiteOptions | None = None) -> None:
         super().__init__(ctx, options)
@@ -283,7 +300,9 @@ class NeuLite(Method):
             )
         self.skipped_rounds = [0] * self.num_stages
         self._workers: dict[int, NeuLiteStage] = {}
-        self._stem_after_stage1: dict[str, torch.Tensor] | None = None
+        self.stem_after_stage1: dict[str, torch.Tensor] | None = None
+        self._last_stage: int | None = None  # the stage of the round being run (for evaluate)
+        self.stage_outputs = nn.ModuleList(stage_output_modules(w.model) for w in self.stages)
 
     @classmethod
     def workloads(cls, model: BlockModel, options: Any) -> list[Workload]:
@@ -303,17 +322,18 @@ class NeuLite(Method):
     # ------------------------------------------------------------------ hooks
     def assign(self, round_idx: int) -> list[Assignment]:
         k = self.stage_of(round_idx)
+        self._last_stage = k
         pool = self.eligible_ids[k - 1]
         if not pool:
             self.skipped_rounds[k - 1] += 1
             log.warning("round %d: NeuLite stage %d fits no device; round skipped", round_idx + 1, k)
             return []
-        if k == 1 and self.options.replicate_stem_artifact and self._stem_after_stage1 is not None:
-            self.global_model.stem.load_state_dict(self._stem_after_stage1)
+        if k == 1 and self.options.replicate_stem_artifact and self.stem_after_stage1 is not None:
+            self.global_model.stem.load_state_dict(self.stem_after_stage1)
         return [Assignment(c, self.stages[k - 1]) for c in self.ctx.sample_clients(round_idx, pool)]
 
-    def local_update(self, assignment: Assignment, round_idx: int) -> Update:
-        work: Workload = assignment.work
+    def local_update(self, client: ClientContext) -> Update:
+        work: Workload = client.work
         worker = self._local_copy(work)
         worker.load_state_dict(work.model.state_dict())
         for name, param in worker.named_parameters():
@@ -328,7 +348,7 @@ class NeuLite(Method):
                 stats.add(terms)
                 return terms.loss
 
-        update = self.train_on_device(worker, assignment, round_idx, loss_fn=loss_fn)
+        update = self.train_client(worker, client, loss_fn=loss_fn)
         update.extra.update(stats.as_dict())
         return update
 
@@ -339,7 +359,7 @@ class NeuLite(Method):
         stage: NeuLiteStage = updates[0].work.model
         stage.load_state_dict(self.average(updates))
         if stage.stage == 1:
-            self._stem_after_stage1 = {
+            self.stem_after_stage1 = {
                 k: v.detach().clone() for k, v in self.global_model.stem.state_dict().items()
             }
 
@@ -356,20 +376,26 @@ class NeuLite(Method):
         for key in ("ce", "nhsic_zx", "nhsic_py", "dropped_batches"):
             if extras:
                 metrics[f"neulite/{key}"] = sum(e[key] for e in extras) / len(extras)
-        config = self.ctx.config
-        if (round_idx + 1) % config.eval_every == 0 or round_idx == config.rounds - 1:  # engine's eval rounds
-            metrics.update(self.evaluation_metrics(k))
         return metrics
 
-    def evaluation_metrics(self, k: int) -> dict[str, float]:
-        """The just-trained stage model's accuracy (k < S; at S it is ``eval/accuracy``), spec §2.9.
-        The information plane of every block (§2.11) is the engine's, for every method:
-        ``--info-plane N``."""
-        if k == self.num_stages:
-            return {}
-        config = self.ctx.config
-        scores = evaluate(self.stages[k - 1].model, self.ctx.data.dataset, config.eval_batch_size, config.device)
-        return {f"eval/stage{k}/accuracy": scores["accuracy"]}
+    def ends_cycle(self, round_idx: int) -> bool:
+        """A cycle ends with a stage-S round: only then is every block trained against the current
+        earlier blocks (spec §2.9). With ``evaluate=stage`` every round is scored."""
+        return self.options.evaluate == "stage" or self.stage_of(round_idx) == self.num_stages
+
+    def evaluate(self, batch_size: int) -> dict[str, float]:
+        """The full model (``evaluate=cycle``), or the stage model just trained (``evaluate=stage``,
+        also logged as ``eval/stage<k>/accuracy``; at k = S it is the full model). The information
+        plane of every block (§2.11) is the engine's, for every method: ``--info-plane N``."""
+        k = self._last_stage
+        if self.options.evaluate == "cycle" or k is None or k == self.num_stages:
+            return super().evaluate(batch_size)
+        scores = evaluate(self.stages[k - 1].model, self.ctx.data.dataset, batch_size, self.ctx.config.device)
+        return {"eval/accuracy": scores["accuracy"], "eval/loss": scores["loss"],
+                f"eval/stage{k}/accuracy": scores["accuracy"]}
+
+    def information_plane(self, per_class: int, sigma: float = SIGMA) -> dict[str, float]:
+        return super().information_plane(per_class, self.options.sigma)
 
     def device_cost(self, assignment: Assignment, update: Update | None = None) -> Any:
         """Download the whole S_k; upload T_k and every BN buffer of S_k (spec §2.5 Decision)."""

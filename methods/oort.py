@@ -25,7 +25,7 @@ from torch import nn
 
 from fedbench.clock import earliest
 from fedbench.errors import ConfigError
-from fedbench.method import Assignment, Method, RunContext, Update
+from fedbench.method import Assignment, ClientContext, Method, RunContext, Update
 from fedbench.seeding import Stream, numpy_rng
 
 
@@ -218,6 +218,7 @@ class Oort(Method):
     """FedAvg on the full model with Oort's utility-guided selection among devices that fit it."""
 
     options_type = OortOptions
+    server_state = ("selector",)  # the global model (base) and the bandit's arms and pacer
 
     def __init__(self, ctx: RunContext, options: OortOptions | None = None) -> None:
         super().__init__(ctx, options)
@@ -227,9 +228,7 @@ class Oort(Method):
         sizes = ctx.data.shard_sizes()
         for c in self.eligible_ids:  # prior: data size, duration from the clock's profile
             self.selector.register(c, float(sizes[c]), self.device_time(Assignment(c)).total_s)
-        self._stragglers: list[int] = []
-        self._losses: list[torch.Tensor] | None = None
-        self._first_epoch_batches = 0
+        self._stragglers: list[int] = []  # this round's over-committed clients that were dropped
 
     def assign(self, round_idx: int) -> list[Assignment]:
         k = self.ctx.config.clients_per_round
@@ -241,22 +240,23 @@ class Oort(Method):
         self._stragglers = [c for c in chosen if c not in set(kept)]
         return [Assignment(c) for c in kept]
 
-    # -- statistical utility: per-sample losses of the first local epoch, through the loss hook
-    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        per_sample = F.cross_entropy(model(images), labels, reduction="none")
-        if self._losses is not None and len(self._losses) < self._first_epoch_batches:
-            self._losses.append(per_sample.detach())
-        return per_sample.mean()
-
-    def local_update(self, assignment: Assignment, round_idx: int) -> Update:
-        shard = int(self.ctx.data.shards[assignment.client_id].numel())
+    def local_update(self, client: ClientContext) -> Update:
+        """FedAvg's local update, recording the per-sample losses of the first local epoch through
+        the loss: the statistical utility the client reports."""
+        shard = int(self.ctx.data.shards[client.client_id].numel())
         batch = self.ctx.config.train.batch_size
-        self._first_epoch_batches = shard // batch + (1 if shard % batch >= 2 else 0)  # batches of 1 are skipped
-        self._losses = []
-        try:
-            update = super().local_update(assignment, round_idx)
-        finally:
-            losses, self._losses = self._losses, None
+        first_epoch_batches = shard // batch + (1 if shard % batch >= 2 else 0)  # batches of 1 are skipped
+        losses: list[torch.Tensor] = []
+
+        def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            per_sample = F.cross_entropy(model(images), labels, reduction="none")
+            if len(losses) < first_epoch_batches:
+                losses.append(per_sample.detach())
+            return per_sample.mean()
+
+        model = self.worker_model()
+        model.load_state_dict(self.global_model.state_dict())
+        update = self.train_client(model, client, loss_fn=loss)
         update.extra["utility"] = statistical_utility(torch.cat(losses) if losses else torch.zeros(0))
         return update
 

@@ -27,7 +27,7 @@ from torch import nn
 from fedbench.clock import DeviceCost
 from fedbench.errors import ConfigError, MemoryBudgetError
 from fedbench.memory import format_bytes
-from fedbench.method import Assignment, Method, RunContext, Update, Workload
+from fedbench.method import Assignment, ClientContext, Method, RunContext, Update, Workload
 from fedbench.models import BlockModel
 from fedbench.models.cutting import StageModel, prefix_head, prefix_model
 from fedbench.seeding import Stream, numpy_rng
@@ -91,6 +91,7 @@ class ProgFed(Method):
     """Progressive growing: a fixed schedule of ever deeper prefixes, each with a temporary head."""
 
     options_type = ProgFedOptions
+    server_state = ("heads",)  # the global model (base) and the temporary heads of the stages
 
     def __init__(self, ctx: RunContext, options: ProgFedOptions | None = None) -> None:
         super().__init__(ctx, options)
@@ -102,7 +103,7 @@ class ProgFed(Method):
             self.heads = temporary_heads(model).to(ctx.device)
         self.stages = stage_models(model, self.heads)
         worker_model, worker_heads = copy.deepcopy((model, self.heads))
-        self.workers = stage_models(worker_model, worker_heads)
+        self._workers = stage_models(worker_model, worker_heads)
         self.update_cycle = opts.update_cycle or default_update_cycle(ctx.config.rounds, self.num_stages)
         self.eligible_ids = {s: ctx.eligible(self.stages[s]) for s in self.stages}
         self.warmup_ids = {
@@ -110,7 +111,7 @@ class ProgFed(Method):
         } if opts.warmup_rounds else {}
         self.last_stage = self._last_feasible_stage()
         self.schedule = stage_schedule(ctx.config.rounds, self.num_stages, self.update_cycle)
-        self.current = StageWork(1)
+        self._current = StageWork(1)
 
     @classmethod
     def workloads(cls, model: BlockModel, options: ProgFedOptions) -> list[Workload]:
@@ -148,19 +149,19 @@ class ProgFed(Method):
 
     # -------------------------------------------------------------- hooks
     def assign(self, round_idx: int) -> list[Assignment]:
-        self.current = self.work_of(round_idx)
-        pool = (self.warmup_ids if self.current.warmup else self.eligible_ids)[self.current.stage]
-        return [Assignment(c, self.current) for c in self.ctx.sample_clients(round_idx, pool)]
+        self._current = self.work_of(round_idx)
+        pool = (self.warmup_ids if self._current.warmup else self.eligible_ids)[self._current.stage]
+        return [Assignment(c, self._current) for c in self.ctx.sample_clients(round_idx, pool)]
 
-    def local_update(self, assignment: Assignment, round_idx: int) -> Update:
-        work: StageWork = assignment.work
-        worker = self.workers[work.stage]
+    def local_update(self, client: ClientContext) -> Update:
+        work: StageWork = client.work
+        worker = self._workers[work.stage]
         worker.load_state_dict(self.stages[work.stage].state_dict())
         trainable = new_part_names(worker) if work.warmup else None
         for name, param in worker.named_parameters():
             param.requires_grad_(trainable is None or name in trainable)
         try:
-            return self.train_on_device(worker, assignment, round_idx)
+            return self.train_client(worker, client)
         finally:
             for param in worker.parameters():
                 param.requires_grad_(True)
@@ -169,14 +170,21 @@ class ProgFed(Method):
         if updates:
             self.stages[updates[0].work.stage].load_state_dict(self.average(updates))
 
+    def ends_cycle(self, round_idx: int) -> bool:
+        """A cycle is a stage: its last round completes the sub-model being grown; once the model
+        is fully grown every round does."""
+        stage = self.work_of(round_idx).stage
+        last = round_idx == self.ctx.config.rounds - 1
+        return last or stage == self.last_stage or self.work_of(round_idx + 1).stage != stage
+
     def eval_model(self) -> nn.Module:
         """The current sub-model with its current head (the full model once grown)."""
-        return self.stages[self.current.stage]
+        return self.stages[self._current.stage]
 
     def round_metrics(self, round_idx: int, updates: Sequence[Update]) -> dict[str, float]:
         return {
-            "work/stage": float(self.current.stage),
-            "progfed/warmup": float(self.current.warmup),
+            "work/stage": float(self._current.stage),
+            "progfed/warmup": float(self._current.warmup),
             "progfed/incomplete": float(self.last_stage < self.num_stages),
         }
 

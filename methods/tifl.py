@@ -89,6 +89,7 @@ class TiFL(Method):
     """Pick one latency tier per round; FedAvg on the full model within it."""
 
     options_type = TiFLOptions
+    server_state = ("credits", "probabilities", "accuracies")  # the global model (base) and the tier credits
 
     def __init__(self, ctx: RunContext, options: TiFLOptions | None = None) -> None:
         super().__init__(ctx, options)

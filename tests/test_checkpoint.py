@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from fedbench import checkpoint, engine
 from fedbench.cli import app
 from fedbench.config import make_config
-from fedbench.errors import ConfigError
+from fedbench.errors import CheckpointError, ConfigError
 
 ROUNDS = 6
 RUN_FLAGS = ["--method", "fedavg", "--dataset", "synthetic", "--clients", "6", "--clients-per-round", "3",
@@ -52,9 +52,9 @@ def test_a_run_killed_mid_round_resumes_to_the_same_metrics(tmp_path, tracking_u
     deadline = time.monotonic() + 120
     saved = None
     while time.monotonic() < deadline and proc.poll() is None:
-        found = list(checkpoints.glob("*.pt"))
+        found = list(checkpoints.glob("*.ckpt"))
         if found:
-            saved = torch.load(found[0], weights_only=False)
+            saved = {"round_idx": checkpoint.read_header(found[0])[0]["round_idx"]}
             if saved["round_idx"] >= 1:
                 break
         time.sleep(0.05)
@@ -74,29 +74,133 @@ def test_a_run_killed_mid_round_resumes_to_the_same_metrics(tmp_path, tracking_u
     assert MlflowClient(tracking_uri).get_run(run_id).info.status == "FINISHED"
 
 
+def _finished_run(runner, tracking_uri, *extra):
+    done = runner.invoke(app, ["run", *RUN_FLAGS[:-6], "--rounds", "1", "--local-epochs", "1",
+                               "--tracking-uri", tracking_uri, "--experiment", "resume", *extra])
+    assert done.exit_code == 0, done.output
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("resume")
+    return client.search_runs([experiment.experiment_id])[0].info.run_id
+
+
 def test_resuming_a_finished_or_unknown_run_is_refused(tracking_uri, checkpoints):
     runner = CliRunner()
-    done = runner.invoke(app, ["run", *RUN_FLAGS[:-6], "--rounds", "1", "--local-epochs", "1",
-                               "--tracking-uri", tracking_uri, "--experiment", "resume"])
-    assert done.exit_code == 0, done.output
-    run_id = next(checkpoints.glob("*.pt")).stem
+    run_id = _finished_run(runner, tracking_uri)
     finished = runner.invoke(app, ["run", "--resume", run_id, "--tracking-uri", tracking_uri])
     assert finished.exit_code == 2 and "already FINISHED" in finished.output
     unknown = runner.invoke(app, ["run", "--resume", "0123abc", "--tracking-uri", tracking_uri])
     assert unknown.exit_code == 2 and "no MLflow run '0123abc'" in " ".join(unknown.output.split())
 
 
+def test_a_finished_run_leaves_no_checkpoint_unless_asked(tracking_uri, checkpoints):
+    runner = CliRunner()
+    removed = _finished_run(runner, tracking_uri)
+    assert not checkpoint.checkpoint_path(removed).exists()
+    kept = _finished_run(runner, tracking_uri, "--keep-checkpoint")
+    assert checkpoint.checkpoint_path(kept).is_file()
+    listing = runner.invoke(app, ["checkpoints", "list", "--json"])
+    assert listing.exit_code == 0 and f'"run_id": "{kept}"' in listing.output and '"method": "fedavg"' in listing.output
+    pruned = runner.invoke(app, ["checkpoints", "prune", "--finished", "--tracking-uri", tracking_uri])
+    assert pruned.exit_code == 0, pruned.output
+    assert not checkpoint.checkpoint_path(kept).exists()
+
+
 def test_a_truncated_checkpoint_is_refused_with_one_line(tmp_path):
-    path = tmp_path / "run.pt"
+    path = tmp_path / "run.ckpt"
     config = _config()
     checkpoint.save(path, checkpoint.Checkpoint(config.run_key, 0, {}, {}, [], config.flat_params()))
     path.write_bytes(path.read_bytes()[:50])
-    with pytest.raises(ConfigError, match="unreadable"):
+    with pytest.raises(CheckpointError, match="damaged header"):
+        checkpoint.load(path, config)
+    path.write_bytes(b"PK\x03\x04 an old torch.save zip")
+    with pytest.raises(CheckpointError, match="not a fedbench checkpoint"):
         checkpoint.load(path, config)
 
 
+def _saved_checkpoint(path, config):
+    ctx, _ = engine.prepare(config)
+    method = engine.make_method(ctx)
+    checkpoint.save(path, engine.snapshot(method, 0, [{"round": 0, "train/loss": 1.0}]))
+    return method
+
+
+def test_a_bit_flipped_checkpoint_is_refused(tmp_path):
+    path, config = tmp_path / "run.ckpt", _config()
+    _saved_checkpoint(path, config)
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 4000, len(data)):  # inside the payload's tensor data
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fails the checksum"):
+        checkpoint.load(path, config)
+
+
+class _Payload:
+    """A pickle that runs a shell command when unpickled by a permissive loader."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _malicious(path, config, marker):
+    """A checkpoint that passes every header check (right run key, right checksum) and whose
+    payload would execute ``touch marker`` if it were unpickled without ``weights_only``."""
+    import hashlib
+    import io
+    import json
+
+    buffer = io.BytesIO()
+    torch.save({"method_state": _Payload(marker), "context_state": {}, "metric_rows": []}, buffer)
+    data = buffer.getvalue()
+    header = {"format": checkpoint.FORMAT_VERSION, "run_key": config.run_key, "round_idx": 0, "method": "fedavg",
+              "payload_bytes": len(data), "payload_sha256": hashlib.sha256(data).hexdigest(),
+              "config_params": config.flat_params()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(checkpoint.MAGIC + b" 2\n" + json.dumps(header).encode() + b"\n" + data)
+
+
+def test_a_malicious_pickle_checkpoint_is_refused_without_running(tmp_path):
+    path, config, marker = tmp_path / "run.ckpt", _config(), tmp_path / "pwned"
+    _malicious(path, config, marker)
+    with pytest.raises(CheckpointError, match="holds data fedbench did not write"):
+        checkpoint.load(path, config)
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_malicious_checkpoint_in_one_line(tmp_path, tracking_uri, checkpoints):
+    from fedbench.tracking import MlflowTracker
+
+    config = dataclasses.replace(_config(), tracking=dataclasses.replace(_config().tracking, uri=tracking_uri))
+    tracker = MlflowTracker(tracking_uri, "resume")
+    tracker.start(config, {})  # a RUNNING run, as if killed after round 1
+    marker = tmp_path / "pwned"
+    _malicious(checkpoint.checkpoint_path(tracker.run_id), config, marker)
+    result = CliRunner().invoke(app, ["run", "--resume", tracker.run_id, "--tracking-uri", tracking_uri])
+    assert result.exit_code == 2, result.output
+    assert "holds data fedbench did not write" in " ".join(result.output.split())
+    assert not marker.exists()
+
+
+def test_a_resumed_state_round_trips_through_the_file(tmp_path):
+    path, config = tmp_path / "run.ckpt", _config()
+    method = _saved_checkpoint(path, config)
+    fresh = engine.make_method(engine.prepare(config)[0])
+    with torch.no_grad():
+        for p in fresh.global_model.parameters():
+            p.add_(1.0)
+    engine.restore(fresh, checkpoint.load(path, config))
+    for (name, a), b in zip(method.global_model.state_dict().items(), fresh.global_model.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_a_checkpoint_of_another_config_names_the_difference(tmp_path):
-    path = tmp_path / "run.pt"
+    path = tmp_path / "run.ckpt"
     config = _config()
     checkpoint.save(path, checkpoint.Checkpoint(config.run_key, 0, {}, {}, [], config.flat_params()))
     other = dataclasses.replace(config, seed=7)
@@ -105,9 +209,9 @@ def test_a_checkpoint_of_another_config_names_the_difference(tmp_path):
 
 
 def test_checkpoints_are_replaced_atomically(tmp_path):
-    path = tmp_path / "run.pt"
+    path = tmp_path / "run.ckpt"
     config = _config()
     for round_idx in range(3):
         checkpoint.save(path, checkpoint.Checkpoint(config.run_key, round_idx, {}, {}, [], config.flat_params()))
     assert checkpoint.load(path, config).round_idx == 2
-    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]

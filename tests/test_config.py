@@ -65,3 +65,10 @@ def test_bad_values_name_the_field_and_the_value(overrides, message):
     with pytest.raises(ConfigError) as info:
         make_config(overrides=overrides)
     assert message in str(info.value)
+
+
+def test_the_run_key_fills_in_option_defaults_so_a_sweep_never_reruns_a_default():
+    plain = make_config(overrides={"method": "neulite"})
+    spelled_out = make_config(overrides={"method": "neulite", "options": {"lambda_max": 0.4, "sigma": 5}})
+    changed = make_config(overrides={"method": "neulite", "options": {"lambda_max": 0.3}})
+    assert plain.run_key == spelled_out.run_key != changed.run_key

@@ -4,6 +4,7 @@ assignment under memory budgets, the growth schedule, bad input, and short end-t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import pytest
@@ -115,7 +116,7 @@ def test_a_device_whose_budget_lies_between_depth_two_and_three_gets_depth_two()
 def test_depthfl_gives_each_device_its_deepest_fitting_depth_from_the_memory_model():
     ctx, _ = engine.prepare(config_with("depthfl", fleet={"profile": "uniform-mb", "low_mb": 1, "high_mb": 9}))
     method = DepthFL(ctx, DepthFLOptions())
-    peaks = {d: ctx.memory_report(method.locals[d], None, method.memory_loss).peak_bytes for d in method.depths}
+    peaks = {d: ctx.memory_report(method._locals[d], None, method.memory_loss).peak_bytes for d in method.depths}
     for device in ctx.fleet.devices:
         fits = [d for d in method.depths if peaks[d] <= device.memory_bytes]
         assert method.depth_of.get(device.device_id) == (max(fits) if fits else None)
@@ -167,12 +168,51 @@ def test_progfed_stops_growing_at_the_last_stage_any_device_fits():
     assert method.round_metrics(0, [])["progfed/incomplete"] == 1.0
 
 
+def test_the_ensemble_averages_only_the_exits_some_device_can_train(caplog):
+    """Depth 4 fits nobody: exit 4 stays at its initialisation, so the prediction is the mean of
+    exits 1-3 and exit 4 has no accuracy; ``ensemble: all`` averages all four, as the official code."""
+    ctx, _ = engine.prepare(config_with("depthfl", model={"name": "resnet18", "width": 0.0625}))
+    workloads = DepthFL.workloads(build_model("resnet18", (3, 16, 16), 10, width=0.0625), DepthFLOptions())
+    peaks = [ctx.memory_report(w.model, None, w.loss_fn).peak_bytes for w in workloads]
+    assert peaks[2] < peaks[3]
+    ctx.fleet = Fleet("test", tuple(Device(i, peaks[2], 1e9, 1e6, "test") for i in range(ctx.num_clients)))
+    with caplog.at_level(logging.INFO, logger="fedbench.methods.depthfl"):
+        method = DepthFL(ctx, DepthFLOptions())
+    assert set(method.depth_of.values()) == {3}
+    assert method.trained_exits == method.ensemble_exits == (1, 2, 3)
+    assert "exits at blocks 1, 2, 3 (no eligible device's depth reaches block 4)" in caplog.text
+
+    method.full.eval()
+    correct, count = 0, 0
+    with torch.no_grad():
+        for images, labels in ctx.data.dataset.test_batches(300):
+            exits = method.full(images)
+            mean_of_three = torch.stack(exits[:3]).mean(dim=0)
+            assert torch.allclose(method.eval_model()(images), mean_of_three)
+            assert not torch.allclose(torch.stack(exits).mean(dim=0), mean_of_three)
+            correct += int((mean_of_three.argmax(dim=1) == labels).sum())
+            count += int(labels.numel())
+    metrics = method.evaluate(300)
+    assert metrics["eval/accuracy"] == metrics["eval/ensemble/accuracy"] == correct / count
+    assert metrics["eval/ensemble_exits"] == 3.0
+    assert {f"eval/exit{k}/accuracy" for k in (1, 2, 3)} <= set(metrics) and "eval/exit4/accuracy" not in metrics
+
+    every = DepthFL(ctx, DepthFLOptions(ensemble="all"))
+    assert every.ensemble_exits == (1, 2, 3, 4) and every.trained_exits == (1, 2, 3)
+    every.full.eval()
+    with torch.no_grad():
+        images = next(iter(ctx.data.dataset.test_batches(300)))[0]
+        assert torch.allclose(every.eval_model()(images), torch.stack(every.full(images)).mean(dim=0))
+    assert every.evaluate(300)["eval/ensemble_exits"] == 4.0
+
+
 # ----------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(("options", "message"), [
     ({"temperature": -1.0}, r"options.temperature \(-1.0\) must be > 0"),
     ({"alpha": -0.1}, r"options.alpha \(-0.1\) must be >= 0"),
     ({"exits": [0, 2]}, r"exit index 0 is out of range for model 'cnn': use 1..2"),
     ({"exits": [5]}, r"exit index 5 is out of range"),
+    ({"ensemble": "every"}, r"options.ensemble \('every'\) must be one of trained, all"),
 ])
 def test_bad_depthfl_options_are_one_line_errors(options, message):
     ctx, _ = engine.prepare(config_with("depthfl", options=options))
@@ -222,7 +262,9 @@ def check_run(method: str, result, model: dict) -> None:
     if method == "depthfl":
         blocks = build_model(model["name"], (3, 16, 16), 10, model["width"]).num_blocks
         assert last["eval/accuracy"] == last["eval/ensemble/accuracy"]
-        assert {f"eval/exit{k}/accuracy" for k in range(1, blocks + 1)} <= set(last)
+        trained = int(last["eval/ensemble_exits"])  # the exits some device's depth reaches
+        assert {f"eval/exit{k}/accuracy" for k in range(1, trained + 1)} <= set(last)
+        assert not {f"eval/exit{k}/accuracy" for k in range(trained + 1, blocks + 1)} & set(last)
         assert sum(last[f"work/depth_{d}"] for d in range(1, blocks + 1)) == last["round/clients"]
     else:
         assert last["work/stage"] >= 1.0

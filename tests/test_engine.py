@@ -8,7 +8,7 @@ import torch
 
 from fedbench import engine
 from fedbench.config import make_config
-from fedbench.method import Method
+from fedbench.method import ClientContext, Method
 from fedbench.training import local_sgd
 
 
@@ -64,8 +64,8 @@ def test_client_work_does_not_depend_on_training_order(tiny_config):
     ctx, _ = engine.prepare(tiny_config)
     method = engine.make_method(ctx)
     assignments = method.assign(0)
-    forward = [method.local_update(a, 0).state for a in assignments]
-    backward = [method.local_update(a, 0).state for a in reversed(assignments)][::-1]
+    forward = [method.local_update(ClientContext.of(ctx, a, 0)).state for a in assignments]
+    backward = [method.local_update(ClientContext.of(ctx, a, 0)).state for a in reversed(assignments)][::-1]
     for f, b in zip(forward, backward, strict=True):
         for key in f:
             assert torch.equal(f[key], b[key])

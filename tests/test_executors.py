@@ -70,7 +70,7 @@ def _holds_module(value) -> bool:
 def server_state(method):
     """The method's public state that holds no module (modules are scratch copies or are
     checked through the evaluated model): DepthFL's per-device g_m, Oort's arms, TiFL's credits."""
-    return {k: v for k, v in method.checkpoint_state().items() if not k.startswith("_") and not _holds_module(v)}
+    return {k: v for k, v in method.state_values().items() if not _holds_module(v)}
 
 
 def assert_equal(a, b, where="state"):

@@ -15,6 +15,7 @@ from fedbench.config import make_config
 from fedbench.errors import ConfigError, MemoryBudgetError
 from fedbench.hsic import balanced_probe, block_information_plane, nhsic
 from fedbench.memory import MemoryModel
+from fedbench.method import ClientContext
 from fedbench.methods.neulite import CurriculumLoss, NeuLite, NeuLiteOptions
 from fedbench.models import build_model
 from fedbench.models.cutting import coadaptation_scope
@@ -54,7 +55,7 @@ def method_for(cfg) -> NeuLite:
 
 def train_round(method: NeuLite, round_idx: int) -> None:
     """assign → local updates → aggregate, without the engine's metrics, clock and evaluation."""
-    updates = [method.local_update(a, round_idx) for a in method.assign(round_idx)]
+    updates = [method.local_update(ClientContext.of(method.ctx, a, round_idx)) for a in method.assign(round_idx)]
     method.aggregate(round_idx, updates)
 
 
@@ -295,8 +296,23 @@ def test_two_rounds_run_end_to_end_with_finite_loss_and_the_same_result_for_the_
     assert first == second
     assert [r["neulite/stage"] for r in first] == [1.0, 2.0]
     assert all(math.isfinite(r["train/loss"]) for r in first)
-    assert {"eval/stage1/accuracy", "nhsic/xz/block2", "nhsic/yz/block1", "eval/accuracy"} <= set(first[0])
+    assert "eval/accuracy" not in first[0]  # a stage-1 round: the model is not complete (spec §2.9)
+    assert {"nhsic/xz/block2", "nhsic/yz/block1", "eval/accuracy"} <= set(first[1])
     assert first[-1]["participation/rate"] == 1.0
+
+
+def test_by_default_every_evaluation_follows_a_stage_s_round_and_the_last_round_is_one():
+    method = method_for(config(rounds=8, model="cnn", width=0.25))  # cnn: 2 stages
+    assert sorted(engine.evaluation_rounds(method)) == [1, 3, 5, 7]
+    every_second_cycle = method_for(dataclasses.replace(config(rounds=8, model="cnn", width=0.25), eval_every=2))
+    assert sorted(engine.evaluation_rounds(every_second_cycle)) == [3, 7]
+
+
+def test_evaluate_stage_scores_the_just_trained_stage_model_every_round():
+    result = engine.run(config(rounds=2, model="cnn", width=0.25, evaluate="stage"))
+    first, second = (r.metrics for r in result.rounds)
+    assert first["eval/accuracy"] == first["eval/stage1/accuracy"]
+    assert "eval/accuracy" in second and "eval/stage2/accuracy" not in second  # stage S: the full model
 
 
 # ----------------------------------------------------------------- bad input

@@ -42,7 +42,7 @@ class NotAMethod:
         return []
 
 class ForgotRoundIdx(Method):
-    def local_update(self, assignment):
+    def local_update(self):
         raise AssertionError("never called")
 
 class AggregateSwitchedOff(Method):
@@ -53,7 +53,7 @@ class NoOptionsArgument(Method):
         super().__init__(ctx)
 
 class StaticLoss(Method):
-    loss = staticmethod(lambda model, images, labels: model(images).sum())
+    loss = staticmethod(lambda model, images, labels, client: model(images).sum())
 """
 
 
@@ -167,8 +167,8 @@ def test_other_methods_still_work_beside_a_plugin_that_fails_to_import(site):
     [
         ("notamethod", ["(hooks.NotAMethod) must be a subclass of fedbench.method.Method",
                         "it lacks the hooks", "local_update", "aggregate"]),
-        ("forgot", ["hook 'local_update(self, assignment)' cannot take the engine's arguments",
-                    "define it as local_update(self, assignment, round_idx)"]),
+        ("forgot", ["hook 'local_update(self)' cannot take the engine's arguments",
+                    "define it as local_update(self, client)"]),
         ("switchedoff", ["hook 'aggregate' is None, not a method"]),
         ("noopts", ["hook '__init__(self, ctx)' cannot take the engine's arguments",
                     "define it as __init__(self, ctx, options)"]),

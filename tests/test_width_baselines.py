@@ -174,9 +174,9 @@ def test_two_rounds_are_deterministic_log_widths_and_respect_every_budget(method
         trained = []
         original = method.local_update
 
-        def recording(assignment, round_idx, original=original, trained=trained):
-            trained.append(assignment)
-            return original(assignment, round_idx)
+        def recording(client, original=original, trained=trained):
+            trained.append(client.assignment)
+            return original(client)
 
         method.local_update = recording
         runs.append([r.metrics for r in engine.run_rounds(method)])

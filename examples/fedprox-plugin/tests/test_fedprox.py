@@ -14,7 +14,16 @@ import torch
 from fedbench_fedprox import FedProx, FedProxOptions, proximal_term
 from torch import nn
 
-from fedbench.api import ConfigError, Method, cross_entropy_loss, make_config, prepare, run_rounds
+from fedbench.api import (
+    Assignment,
+    ClientContext,
+    ConfigError,
+    Method,
+    cross_entropy_loss,
+    make_config,
+    prepare,
+    run_rounds,
+)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 torch.set_num_threads(1)
@@ -60,7 +69,7 @@ def test_a_positive_mu_keeps_local_weights_closer_to_the_global_ones(tiny_config
         ctx, _ = prepare(config)
         method = FedProx(ctx, FedProx.parse_options({"mu": mu}))
         (assignment, *_) = method.assign(0)
-        update = method.local_update(assignment, 0)
+        update = method.local_update(ClientContext.of(ctx, assignment, 0))
         names = [n for n, _ in method.global_model.named_parameters()]
         return sum(float((update.state[n] - start[n]).pow(2).sum()) for n in names)
 
@@ -83,7 +92,8 @@ def test_the_proximal_term_and_its_gradient_on_a_hand_example():
 def test_fedprox_loss_adds_exactly_the_proximal_gradient(tiny_config):
     ctx, _ = prepare(tiny_config)
     method = FedProx(ctx, FedProxOptions(mu=0.5))
-    method.global_weights = {n: p.detach().clone() for n, p in method.global_model.named_parameters()}
+    client = ClientContext.of(ctx, Assignment(0), 0)
+    client.start_weights = {n: p.detach().clone() for n, p in method.global_model.named_parameters()}
     model = method.worker_model()
     with torch.no_grad():
         for p in model.parameters():
@@ -95,7 +105,8 @@ def test_fedprox_loss_adds_exactly_the_proximal_gradient(tiny_config):
         loss_fn(model, images, labels).backward()
         return [p.grad.clone() for p in model.parameters()]
 
-    extra = [g - g0 for g, g0 in zip(grads(method.loss), grads(cross_entropy_loss), strict=True)]
+    extra = [g - g0 for g, g0 in zip(grads(lambda m, x, y: method.loss(m, x, y, client)), grads(cross_entropy_loss),
+                                      strict=True)]
     for g in extra:
         assert torch.allclose(g, torch.full_like(g, 0.5 * 0.01), atol=1e-6)
 
@@ -128,3 +139,10 @@ def test_a_bad_mu_on_the_command_line_is_one_line_and_exit_2():
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: option mu (-1.0) must be a finite number >= 0")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fedprox_passes_fedbench_conformance_kit():
+    from fedbench.testing import check_method
+
+    report = check_method(FedProx, {"mu": 0.1})
+    assert not report.skipped, report.skipped

@@ -9,9 +9,10 @@ started the round from,
 
 which limits client drift on non-IID data. Selection, aggregation and
 evaluation are FedAvg's, so this class overrides two hooks of
-:class:`fedbench.api.Method`: ``local_update`` (remember ``w_global``, then run
-the shared local SGD loop unchanged) and ``loss`` (add the term). With
-``mu = 0`` it is FedAvg, bit for bit.
+:class:`fedbench.api.Method`, ``loss``: it adds the term, anchored at the
+weights the client started from (``client.start_weights``, which the engine
+fills before local SGD, on the device the client trains on). With ``mu = 0``
+it is FedAvg, bit for bit. It keeps no state beyond FedAvg's.
 
 It imports only :mod:`fedbench.api`, the names fedbench keeps stable for
 plugins, and registers itself in its ``pyproject.toml``::
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedbench.api import Assignment, ConfigError, Method, Update
+from fedbench.api import ClientContext, ConfigError, Method
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,22 +56,11 @@ def proximal_term(model: nn.Module, anchor: Mapping[str, torch.Tensor]) -> torch
 
 
 class FedProx(Method):
-    """FedAvg whose local loss adds ``mu / 2 * ||w - w_global||^2``.
-
-    ``global_weights`` holds the parameters the current device started its round
-    from (set by ``local_update``, read by ``loss``).
-    """
+    """FedAvg whose local loss adds ``mu / 2 * ||w - w_global||^2``; ``client.start_weights``
+    holds the parameters the client started its round from, on the device it trains on."""
 
     options_type = FedProxOptions
 
-    def local_update(self, assignment: Assignment, round_idx: int) -> Update:
-        self.global_weights = {name: p.detach().clone() for name, p in self.global_model.named_parameters()}
-        return super().local_update(assignment, round_idx)
-
-    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # With --device cuda the engine trains on the GPU: tensors a loss keeps must follow the
-        # batch there (once per device, not once per step).
-        if next(iter(self.global_weights.values())).device != images.device:  # all on one device
-            self.global_weights = {name: w.to(images.device) for name, w in self.global_weights.items()}
-        proximal = proximal_term(model, self.global_weights)
-        return super().loss(model, images, labels) + self.options.mu / 2 * proximal
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, client: ClientContext) -> torch.Tensor:
+        proximal = proximal_term(model, client.start_weights)
+        return super().loss(model, images, labels, client) + self.options.mu / 2 * proximal
