@@ -158,3 +158,35 @@ def test_a_ray_sweep_runs_each_cell_as_a_ray_task(tmp_path, grid_file):
 def test_an_unknown_sweep_executor_is_one_line(grid_file):
     result = CliRunner().invoke(app, ["sweep", str(grid_file), "--executor", "slurm"])
     assert result.exit_code == 2 and result.output.startswith("error: sweep executor 'slurm' must be one of")
+
+
+def test_a_sweep_rerun_refuses_a_malicious_checkpoint_says_so_and_restarts_the_cell(
+    tmp_path, tracking_uri, monkeypatch, caplog
+):
+    """A pickle whose unpickling would run a command, planted as the checkpoint of a cut-short
+    cell: the rerun never runs it, says why, and starts the cell over."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    from fedbench import checkpoint
+    from fedbench.tracking import MlflowTracker
+    from tests.test_checkpoint import _malicious
+
+    monkeypatch.setenv("FEDBENCH_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(RESUMABLE))
+    (cell,) = sweep.load_grid(path).cells
+    config = sweep._with_uri(cell.config, tracking_uri)
+    tracker = MlflowTracker(tracking_uri, config.tracking.experiment)
+    tracker.start(config, {})  # left RUNNING, as a SIGKILL leaves it
+    marker = tmp_path / "pwned"
+    _malicious(checkpoint.checkpoint_path(tracker.run_id), config, marker)
+
+    with caplog.at_level(logging.WARNING):
+        (outcome,) = sweep.run_grid(sweep.load_grid(path), tracking_uri=tracking_uri)
+    assert not marker.exists()
+    assert outcome.status == "FINISHED" and outcome.resumed_after_round is None
+    assert outcome.run_id != tracker.run_id
+    assert f"run {tracker.run_id} cannot be resumed" in caplog.text and "did not write" in caplog.text
+    assert MlflowClient(tracking_uri).get_run(outcome.run_id).info.status == "FINISHED"
