@@ -60,7 +60,7 @@ def count_flops(module: nn.Module, inputs: torch.Tensor, input_grad: bool = True
     gradient (true inside a network, false for the first layer on images).
     """
     inputs = inputs.detach().requires_grad_(input_grad)
-    from torch.utils.flop_counter import FlopCounterMode  # imports triton (0.1 s): only when tracing
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton: only when tracing
 
     with FlopCounterMode(display=False) as forward:
         output = module(inputs)

@@ -46,6 +46,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fedbench import meta_outputs, trace_cache
+from fedbench._speedups.dispatch import Unguarded
+from fedbench._speedups.meta_kernels import dispatcher
 from fedbench.errors import ConfigError
 from fedbench.sgd import LocalSGD, StepOptimizer
 from fedbench.training import LossFn, cross_entropy_loss
@@ -108,8 +110,12 @@ class MemoryReport:
         return dataclasses.asdict(self)
 
 
-class _LiveStorages(TorchDispatchMode):
-    """Tracks the live bytes of every storage an op produces while the mode is active."""
+class _LiveStorages(Unguarded, TorchDispatchMode):
+    """Tracks the live bytes of every storage an op produces while the mode is active.
+
+    A storage is keyed by its Python object's ``id``: torch keeps one object per live storage,
+    shared by all its views, and the weak reference below drops the key when it dies.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -118,11 +124,12 @@ class _LiveStorages(TorchDispatchMode):
         self._refs: dict[int, weakref.ref] = {}
         self._serials = itertools.count()
         self.recording = True
+        self._dispatch = dispatcher()  # each op's kernel, or its remembered outputs
 
     def register(self, tensor: torch.Tensor) -> int:
         """Mark a tensor's storage as live (idempotent); returns its allocation serial."""
         storage = tensor.untyped_storage()
-        key = storage._cdata
+        key = id(storage)
         if key in self.live:
             return self.live[key][0]
         serial, nbytes = next(self._serials), storage.nbytes()
@@ -145,18 +152,11 @@ class _LiveStorages(TorchDispatchMode):
             self.events += ((serial, nbytes), (serial, -nbytes))
 
     def serial_of(self, tensor: torch.Tensor) -> int | None:
-        entry = self.live.get(tensor.untyped_storage()._cdata)
+        entry = self.live.get(id(tensor.untyped_storage()))
         return None if entry is None else entry[0]
 
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # torch would wrap __torch_dispatch__ in torch._disable_dynamo: two Python frames per op
-        # (of ~170,000 in a memory sweep) guarding against a torch.compile inside the mode,
-        # which nothing here does.
-        return False
-
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch protocol)
-        out = meta_outputs.call(func, args, kwargs or {})  # the kernel, or its remembered outputs
+        out = self._dispatch(func, args, kwargs or {})
         self._register_outputs(out)
         return out
 

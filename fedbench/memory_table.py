@@ -20,8 +20,8 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
+from fedbench._speedups.collector import collector_paused
 from fedbench.errors import ConfigError, FedbenchError
-from fedbench.gc_pause import collector_paused
 
 # (input shape, classes) of the built-in data sets, so no data has to be read.
 KNOWN_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
@@ -102,74 +102,26 @@ def _reports_of(method_cls: Any, key: ReportsKey) -> tuple[tuple[tuple[str, Any]
     from fedbench.memory import MemoryModel, SGDSpec
     from fedbench.meta_outputs import building_on_meta
     from fedbench.method import Workload
+    from fedbench.models import build_model
     from fedbench.training import cross_entropy_loss
 
-    model = _shared_meta_model(key.model_name, key.shape, key.num_classes, key.width)
-    before = _state_of(model)
-    try:
-        with building_on_meta():  # sub-models too: shapes are all the memory model reads
-            workloads = list(method_cls.workloads(model, method_cls.parse_options({})))
-        if all(w.name != "full" for w in workloads):  # the full model as the reference row
-            workloads.append(Workload("full", model))
-        memory = MemoryModel(SGDSpec.from_train(TrainConfig(batch_size=key.batch_size)))
-        reports = tuple(
-            (w.name, memory.report(w.model, w.trainable, key.batch_size, key.shape,
-                                   loss_fn=w.loss_fn or cross_entropy_loss))
-            for w in workloads
-        )
-        return reports, memory.peak_bytes(model, batch_size=key.batch_size, input_shape=key.shape)
-    finally:
-        if _state_of(model) != before:  # the method changed the model it was lent: never lend it again
-            _SHARED_MODELS.pop((key.model_name, key.shape, key.num_classes, key.width), None)
-
-
-# Full models on the meta device, lent to every method's ``workloads`` in turn: a table over every
-# method asks for each model ten times, and building one (~10 ms for a ResNet, module construction
-# only) was a sixth of a first process's table. Few entries: a table walks one model at a time.
-_SHARED_MODELS: dict[tuple[Any, ...], Any] = {}
-_SHARED_MODELS_SIZE = 4
-
-
-def _shared_meta_model(model_name: str, shape: tuple[int, int, int], num_classes: int, width: float) -> Any:
-    from fedbench.meta_outputs import building_on_meta
-    from fedbench.models import build_model
-
-    key = (model_name, shape, num_classes, width)
-    model = _SHARED_MODELS.pop(key, None)
-    if model is None:
-        with building_on_meta():
-            model = build_model(model_name, shape, num_classes, width=width)
-    _SHARED_MODELS[key] = model  # most recently used last
-    while len(_SHARED_MODELS) > _SHARED_MODELS_SIZE:
-        _SHARED_MODELS.pop(next(iter(_SHARED_MODELS)))
-    return model
-
-
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_PLAIN = (bool, int, float, str, tuple, type(None))
-
-
-def _state_of(model: Any) -> tuple[Any, ...]:
-    """What a method could change in a lent model that the memory model reads: its module tree,
-    each module's hooks, mode and plain settings, and its tensors' shapes, types and gradient flags.
-    ``Method.workloads`` must leave the model as it found it; this catches one that does not."""
-    modules = tuple(
-        (name, type(m), m.training,
-         tuple(tuple(getattr(m, hooks)) for hooks in _HOOK_DICTS),
-         tuple((k, v) for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, _PLAIN)))
-        for name, m in model.named_modules()
+    with building_on_meta():  # the model and its sub-models: shapes are all the memory model reads
+        model = build_model(key.model_name, key.shape, key.num_classes, width=key.width)
+        workloads = list(method_cls.workloads(model, method_cls.parse_options({})))
+    if all(w.name != "full" for w in workloads):  # the full model as the reference row
+        workloads.append(Workload("full", model))
+    memory = MemoryModel(SGDSpec.from_train(TrainConfig(batch_size=key.batch_size)))
+    reports = tuple(
+        (w.name, memory.report(w.model, w.trainable, key.batch_size, key.shape,
+                               loss_fn=w.loss_fn or cross_entropy_loss))
+        for w in workloads
     )
-    tensors = tuple(
-        (name, t.shape, t.dtype, t.device, t.requires_grad, t.grad is None)
-        for name, t in (*model.named_parameters(), *model.named_buffers())
-    )
-    return modules, tensors
+    return reports, memory.peak_bytes(model, batch_size=key.batch_size, input_shape=key.shape)
 
 
 def clear_caches() -> None:
-    """Forget every remembered report and lent model (tests; a process that changes its methods)."""
+    """Forget every remembered report (tests; a process that changes its methods)."""
     _REPORTS.clear()
-    _SHARED_MODELS.clear()
 
 
 def memory_rows(

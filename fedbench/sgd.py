@@ -1,15 +1,14 @@
 """The local SGD update, without ``torch.optim.Optimizer``.
 
-Constructing the first ``torch.optim.Optimizer`` in a process imports ``torch._dynamo`` (its
-``add_param_group`` is wrapped by ``torch._disable_dynamo``, which imports the compiler on first
-call): about 1 s on this machine, paid by every worker process of the process executor before
-its first update. (The server's meta-device traces for the clock and the memory model reach
-other wrapped functions; they run without the compiler too: fedbench/compiler_guard.py.) fedbench needs none of the
+Constructing the first ``torch.optim.Optimizer`` in a process imports torch's compiler (its
+``add_param_group`` is wrapped by a guard that loads it on first call), a cost every worker
+process of the process executor would pay before its first update. fedbench needs none of the
 Optimizer machinery (hooks, param groups, state dicts: the optimizer is rebuilt each round,
 spec common.md §1.3), so :class:`LocalSGD` keeps the parameters and momentum buffers itself
 and calls torch's functional ``torch.optim.sgd.sgd`` — the same kernels as ``torch.optim.SGD``,
 so the updates are bit-identical (tests/test_sgd.py), with the same per-tensor path on CPU and
-multi-tensor (``foreach``) path on CUDA by default.
+multi-tensor (``foreach``) path on CUDA by default. It also tells the memory model what its
+update allocates, so the model need not trace it op by op (:meth:`LocalSGD.update_temporaries`).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from typing import Protocol
 
 import torch
 from torch import nn
-from torch.optim.optimizer import _default_to_fused_or_foreach
 from torch.optim.sgd import sgd
 
 from fedbench import meta_outputs
@@ -73,7 +71,7 @@ class LocalSGD:
     def allocate_state(self) -> None:
         """Create the momentum buffers a first step would (uninitialised, on the parameters'
         device). The memory model needs the steady state's tensors, not their values; on the meta
-        device a warm-up step costs a tenth of a ``fedbench memory`` sweep."""
+        device a warm-up step is a sizeable share of a ``fedbench memory`` table."""
         if self.momentum:
             self.momentum_buffers = [
                 meta_outputs.empty_like(p) if buf is None else buf
@@ -89,16 +87,14 @@ class LocalSGD:
         drops it once the momentum buffer has taken it in; buffers and weights change in place.
         Tracing that is four dispatched ops per parameter, half the ops of a ResNet's step.
         ``None`` for the multi-tensor (``foreach``) update, whose temporaries are alive together,
-        and for a first step that still creates momentum buffers: the caller traces :meth:`step`
-        then. tests/test_memory.py holds both ways to the same report.
+        for a first step that still creates momentum buffers, and when ``foreach`` is left to torch
+        (``None``: which path it takes is torch's own, private rule): the caller traces
+        :meth:`step` then. tests/test_memory.py holds both ways to the same report.
         """
         with_grad = [(p, buf) for p, buf in zip(self.params, self.momentum_buffers, strict=True) if p.grad is not None]
         if not with_grad:
             return []
-        foreach = self.foreach
-        if foreach is None:  # the choice torch.optim.sgd.sgd makes for these parameters
-            _, foreach = _default_to_fused_or_foreach([p for p, _ in with_grad], differentiable=False, use_fused=False)
-        if foreach or (self.momentum and any(buf is None for _, buf in with_grad)):
+        if self.foreach is not False or (self.momentum and any(buf is None for _, buf in with_grad)):
             return None
         if not self.weight_decay:
             return []

@@ -41,9 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedbench.compiler_guard import compiler_left_out
+from fedbench._speedups.collector import trace_paused
 from fedbench.data import fedbench_cache_home
-from fedbench.gc_pause import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +210,12 @@ def cached(kind: str, key: Iterable[Any], code: Iterable[Any], compute: Callable
 
     ``key`` holds every input of the trace; ``code`` the objects whose defining modules decide
     its answer (model, loss, optimizer). ``compute`` must return JSON data (a dict of numbers, a
-    number) and, like every trace, depend on nothing but those. It runs without torch's compiler
-    (fedbench/compiler_guard.py): a trace compiles nothing; and with the garbage collector held
-    off (fedbench/gc_pause.py): a trace's objects are freed by reference counting.
+    number) and, like every trace, depend on nothing but those. It runs with the garbage
+    collector held off (:mod:`fedbench._speedups.collector`): a trace's objects are freed by
+    reference counting.
     """
     def trace() -> Any:
-        with compiler_left_out(), collector_paused():
+        with trace_paused():
             return compute()
 
     folder = cache_dir()

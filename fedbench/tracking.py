@@ -147,50 +147,6 @@ def store_lock(tracking_uri: str | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def create_sqlite_store(path: Path) -> None:
-    """Give a new local store MLflow's schema, built by MLflow's own migrations, without a disk
-    flush after each of them; then put it in place. Call with :func:`store_lock` held.
-
-    MLflow builds a new SQLite store through its whole migration history (67 alembic steps
-    in MLflow 3.17), each committed — and flushed to disk — on its own: 0.3 s of a 1 s store
-    creation on this machine's ext4, far more on a network home directory. A store that is
-    being created holds nothing to lose, so here the same migrations run with SQLite's
-    ``synchronous=OFF`` and an in-memory journal on a temporary file beside the store, flushed
-    once and linked into place only if no store appeared meanwhile. MLflow then opens it as an
-    existing store (schema version checked, default experiment created as usual). If anything
-    here fails, MLflow creates the store itself, as it would have.
-    """
-    if path.exists():
-        return
-    building = path.with_name(f".{path.name}.creating-{os.getpid()}")
-    try:
-        import sqlalchemy
-        from mlflow.store.db.utils import _initialize_tables  # MLflow's own new-store path
-
-        engine = sqlalchemy.create_engine(f"sqlite:///{building}")
-
-        @sqlalchemy.event.listens_for(engine, "connect")
-        def _no_flush_per_migration(connection: Any, _record: Any) -> None:
-            connection.execute("PRAGMA synchronous=OFF")
-            connection.execute("PRAGMA journal_mode=MEMORY")
-
-        try:
-            _initialize_tables(engine)
-        finally:
-            engine.dispose()
-        descriptor = os.open(building, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.link(building, path)  # never replaces a store another process created meanwhile
-    except Exception as exc:  # any failure: MLflow creates the store the usual way
-        log.debug("new MLflow store %s left to MLflow: %s", path, exc)
-    finally:
-        with contextlib.suppress(OSError):
-            building.unlink()
-
-
 def require_store(tracking_uri: str | None) -> None:
     """For commands that only read runs (``report``, ``run --resume``): a local SQLite store that
     does not exist is an error naming the path, instead of a new empty store made by opening it."""
@@ -227,9 +183,6 @@ class MlflowTracker:
         quiet_store_logging()
         try:
             with store_lock(self.tracking_uri):
-                store_path = sqlite_store_path(self.tracking_uri)
-                if store_path is not None:
-                    create_sqlite_store(store_path)
                 client = MlflowClient(tracking_uri=self.tracking_uri)
                 found = client.get_experiment_by_name(self.experiment)
                 experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)

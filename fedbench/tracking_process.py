@@ -58,40 +58,15 @@ def _close_pipes(*streams: BinaryIO) -> None:
             stream.close()
 
 
-# A helper started before the command line was parsed (fedbench/launch.py), waiting for the
-# ProcessTracker that adopts it. One per process, like multiprocessing's forkserver.
-_early_helper: _Helper | None = None
-
-
-def start_helper_early() -> None:
-    """Start the helper now, before the caller knows the store; the next :class:`ProcessTracker`
-    adopts it (its MLflow import is then already under way). Idempotent."""
-    global _early_helper
-    if _early_helper is None:
-        _early_helper = _spawn_helper()
-
-
-def stop_early_helper() -> None:
-    """Stop a helper started early that no tracker adopted (the run was untracked, or failed first)."""
-    global _early_helper
-    helper, _early_helper = _early_helper, None
-    if helper is None:
-        return
-    _close_pipes(helper.requests, helper.replies)
-    helper.process.kill()  # it may be importing MLflow still: no need to let it finish
-    helper.process.wait()
-
-
 class ProcessTracker:
     """A :class:`fedbench.tracking.Tracker` whose MLflow client lives in a helper process."""
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "fedbench", run_name: str | None = None):
-        global _early_helper
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_name = run_name
         self.run_id: str | None = None
-        helper, _early_helper = _early_helper or _spawn_helper(), None
+        helper = _spawn_helper()
         self._process = helper.process
         self._requests: BinaryIO | None = helper.requests
         self._replies: BinaryIO | None = helper.replies
@@ -178,9 +153,7 @@ def _as_sendable(exc: Exception) -> Exception:
 
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     """The helper's loop: one reply per request, in order, until the pipe closes."""
-    from fedbench.gc_pause import import_frozen
-
-    import_frozen("mlflow.tracking")  # its first job, started before the first request may arrive
+    import mlflow.tracking  # noqa: F401  (its first job, started before the first request may arrive)
 
     from fedbench.tracking import MlflowTracker
 

@@ -1,5 +1,5 @@
 """`fedbench memory`'s rows (fedbench/memory_table.py): one pair or a table of many, traced here
-or in worker processes, with one built model lent to every method in turn."""
+or in worker processes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 from torch import nn
 from typer.testing import CliRunner
 
-import fedbench.models
 from fedbench import memory_table, registry
 from fedbench.cli import app
 from fedbench.errors import FedbenchError, UnknownNameError
@@ -32,7 +31,7 @@ class Other(Method):
 
 
 class AddsLayer(Method):
-    """Breaks the ``workloads`` contract: adds a layer to the model it is lent."""
+    """Adds a layer to the model it is given."""
 
     @classmethod
     def workloads(cls, model, options):
@@ -61,25 +60,9 @@ def test_rows_are_cached_for_the_process_and_match_a_real_model(monkeypatch):
     assert rows[0]["peak_bytes"] == real.peak_bytes and rows[0]["activations_bytes"] == real.activations_bytes
 
 
-def test_methods_share_one_built_full_model(fresh, monkeypatch):
-    built = []
-    original = fedbench.models.build_model
-    monkeypatch.setattr(fedbench.models, "build_model", lambda *a, **k: built.append(a) or original(*a, **k))
-    first = memory_table.memory_rows("cnn", "fashion-mnist", 16, "plain", "uniform-mb")
-    second = memory_table.memory_rows("cnn", "fashion-mnist", 16, "other", "uniform-mb")
-    assert len(built) == 1 and first == second
-
-
-def test_every_builtin_method_leaves_the_lent_model_as_it_found_it(fresh):
-    model = memory_table._shared_meta_model("cnn", FMNIST, 10, 1.0)
-    for info in registry.available("methods"):
-        if info.builtin:
-            memory_table.workload_reports("cnn", FMNIST, 10, 1.0, info.name, 16)
-            assert memory_table._shared_meta_model("cnn", FMNIST, 10, 1.0) is model, info.name
-
-
-def test_a_method_that_changes_the_lent_model_does_not_change_later_methods_rows(fresh):
-    """One that does (a layer whose weights cost memory) gets a model no other method sees."""
+def test_a_method_that_changes_its_model_does_not_change_other_methods_rows(fresh):
+    """Each method gets a model of its own: a layer one adds (its weights cost memory) shows in its
+    rows only."""
     changed = memory_table.memory_rows("cnn", "fashion-mnist", 16, "adds", "uniform-mb")
     plain = memory_table.memory_rows("cnn", "fashion-mnist", 16, "plain", "uniform-mb")
     expected = peak_training_bytes(build_model("cnn", FMNIST, 10), batch_size=16)

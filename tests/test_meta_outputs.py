@@ -1,12 +1,12 @@
-"""Remembered meta-kernel outputs: exact metadata, fresh storages, never for views, and the memory
-model's reports unchanged by them."""
+"""Remembered meta-kernel outputs (fedbench/_speedups/meta_kernels.py): exact metadata, fresh
+storages, never for views, and the memory model's reports unchanged by them."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fedbench import meta_outputs
+from fedbench._speedups import ENV, meta_kernels
 from fedbench.memory import peak_training_bytes
 from fedbench.models import build_model
 
@@ -15,9 +15,9 @@ aten = torch.ops.aten
 
 @pytest.fixture(autouse=True)
 def forget():
-    meta_outputs.clear()
+    meta_kernels.clear()
     yield
-    meta_outputs.clear()
+    meta_kernels.clear()
 
 
 def meta(*shape):
@@ -27,10 +27,10 @@ def meta(*shape):
 def test_a_remembered_op_returns_fresh_tensors_with_the_kernel_s_metadata():
     x, w = meta(8, 3, 32, 32), meta(16, 3, 3, 3)
     args = (x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
-    first = meta_outputs.call(aten.convolution.default, args, {})
-    second = meta_outputs.call(aten.convolution.default, args, {})
+    first = meta_kernels.call(aten.convolution.default, args, {})
+    second = meta_kernels.call(aten.convolution.default, args, {})
     assert (second.shape, second.stride(), second.dtype) == (first.shape, first.stride(), first.dtype)
-    assert second.untyped_storage()._cdata != first.untyped_storage()._cdata
+    assert second.untyped_storage() is not first.untyped_storage()
     assert second.untyped_storage().nbytes() == first.untyped_storage().nbytes()
 
 
@@ -38,27 +38,27 @@ def test_tuple_outputs_with_undefined_entries_are_rebuilt_in_place():
     x = meta(4, 6, 5, 5)
     weight, bias, mean, var = meta(6), meta(6), meta(6), meta(6)
     args = (x, weight, bias, mean, var, True, 0.1, 1e-5)
-    first = meta_outputs.call(aten.native_batch_norm.default, args, {})
-    again = meta_outputs.call(aten.native_batch_norm.default, args, {})
+    first = meta_kernels.call(aten.native_batch_norm.default, args, {})
+    again = meta_kernels.call(aten.native_batch_norm.default, args, {})
     assert [t.shape for t in again] == [t.shape for t in first]
     grads = (meta(4, 6, 5, 5), x, weight, mean, var, first[1], first[2], True, 1e-5, [True, False, False])
     real = aten.native_batch_norm_backward.default(*grads)
-    meta_outputs.call(aten.native_batch_norm_backward.default, grads, {})
-    remembered = meta_outputs.call(aten.native_batch_norm_backward.default, grads, {})
+    meta_kernels.call(aten.native_batch_norm_backward.default, grads, {})
+    remembered = meta_kernels.call(aten.native_batch_norm_backward.default, grads, {})
     assert [None if t is None else t.shape for t in remembered] == [None if t is None else t.shape for t in real]
 
 
 def test_views_are_never_remembered():
     x = meta(3, 4)
     for _ in range(2):
-        view = meta_outputs.call(aten.t.default, (x,), {})
-        assert view.untyped_storage()._cdata == x.untyped_storage()._cdata
+        view = meta_kernels.call(aten.t.default, (x,), {})
+        assert view.untyped_storage() is x.untyped_storage()
 
 
 def test_in_place_ops_return_their_argument_without_running_again(monkeypatch):
     x, y = meta(5), meta(5)
-    assert meta_outputs.call(aten.add_.Tensor, (x, y), {"alpha": 2}) is x
-    assert meta_outputs.call(aten.add_.Tensor, (x, y), {"alpha": 2}) is x
+    assert meta_kernels.call(aten.add_.Tensor, (x, y), {"alpha": 2}) is x
+    assert meta_kernels.call(aten.add_.Tensor, (x, y), {"alpha": 2}) is x
 
 
 class _FakeOp:
@@ -81,7 +81,7 @@ def test_an_output_that_is_not_a_whole_fresh_storage_keeps_running_for_real():
     op = _FakeOp()
     x = meta(3)
     for _ in range(3):
-        out = meta_outputs.call(op, (x,), {})
+        out = meta_kernels.call(op, (x,), {})
         assert out.storage_offset() == 2
     assert op.calls == 3
 
@@ -96,7 +96,7 @@ def test_real_data_arguments_are_not_remembered():
 
     op = Counting()
     for _ in range(2):
-        meta_outputs.call(op, (torch.zeros(3),), {})  # a CPU tensor with data: its values could matter
+        meta_kernels.call(op, (torch.zeros(3),), {})  # a CPU tensor with data: its values could matter
     assert len(calls) == 2
 
 
@@ -108,6 +108,7 @@ def test_the_memory_model_reports_the_same_with_and_without_remembered_outputs(a
     cases = [dict(batch_size=16), dict(batch_size=64, trainable=after_first_block)]
     remembered = [peak_training_bytes(model, **case) for case in cases]
     again = [peak_training_bytes(model, **case) for case in cases]  # now from memory
-    monkeypatch.setattr(meta_outputs, "call", lambda func, args, kwargs: func(*args, **kwargs))
+    monkeypatch.setenv(ENV, "1")  # every kernel runs
+    assert meta_kernels.dispatcher() is meta_kernels.run
     real = [peak_training_bytes(model, **case) for case in cases]
     assert remembered == again == real

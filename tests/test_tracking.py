@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from fedbench import engine
 from fedbench.errors import TrackingError
 from fedbench.method import Method
-from fedbench.tracking import MlflowTracker, create_sqlite_store, metrics_csv
+from fedbench.tracking import MlflowTracker, metrics_csv
 from fedbench.tracking_process import ProcessTracker
 
 
@@ -163,66 +162,52 @@ def test_a_store_the_helper_cannot_open_fails_the_run_before_round_one(tmp_path,
     tracker.close()
 
 
-# ------------------------------------------------- new local stores: MLflow's schema, one disk flush
-def _schema(path):
-    import sqlite3
-
-    def unordered(sql):  # alembic's batch mode writes a table's constraints in hash order
-        return sorted(line.strip().rstrip(",") for line in (sql or "").splitlines())
-
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        objects = sorted((kind, name, table, unordered(sql))
-                         for kind, name, table, sql in db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
-        version = db.execute("SELECT version_num FROM alembic_version").fetchall()
-        experiments = db.execute("SELECT experiment_id, name, lifecycle_stage FROM experiments").fetchall()
-    return objects, version, experiments
-
-
-def test_a_new_store_gets_exactly_the_schema_mlflow_builds_and_works(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "mlflow").mkdir()
-    (tmp_path / "fedbench").mkdir()
-    _client("sqlite:///mlflow/mlflow.db").search_experiments()  # a new store the way MLflow builds it
-    ours = tmp_path / "fedbench" / "mlflow.db"
-    create_sqlite_store(ours)
-    assert sorted(p.name for p in ours.parent.iterdir()) == ["mlflow.db"]  # no temporary file left
-    tracker = MlflowTracker(f"sqlite:///{ours}", experiment="created")
+# ------------------------------------------------- new local stores: created by MLflow, under the lock
+def test_a_new_local_store_is_created_by_mlflow_and_works(tmp_path):
+    path = tmp_path / "new" / "mlflow.db"
+    tracker = MlflowTracker(f"sqlite:///{path}", experiment="created")
     tracker.connect()
-    objects, version, experiments = _schema(ours)
-    assert (objects, version) == _schema(tmp_path / "mlflow" / "mlflow.db")[:2] and objects and version
-    assert experiments == [(0, "Default", "active"), (1, "created", "active")]  # MLflow made its default one
     client, experiment_id = tracker._connection
     run = client.create_run(experiment_id)
     client.log_metric(run.info.run_id, "eval/accuracy", 0.5)
     assert client.get_run(run.info.run_id).data.metrics == {"eval/accuracy": 0.5}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
 
 
-def test_an_existing_store_is_never_touched(tmp_path):
-    existing = tmp_path / "mlflow.db"
-    existing.write_bytes(b"someone else's store")
-    create_sqlite_store(existing)
-    assert existing.read_bytes() == b"someone else's store"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+def test_a_resumed_run_that_finishes_keeps_no_stale_error_tag(store, tiny_config):
+    first = MlflowTracker(store, experiment="stale-tag")
+    first.start(tiny_config, {}, option_values={})
+    first.finish("KILLED", "interrupted by the user")
+    assert _client(store).get_run(first.run_id).data.tags["fedbench.error"] == "interrupted by the user"
+    again = MlflowTracker(store, experiment="stale-tag")
+    again.resume(first.run_id, [])
+    again.finish("FINISHED")
+    run = _client(store).get_run(first.run_id)
+    assert run.info.status == "FINISHED" and "fedbench.error" not in run.data.tags
 
 
-def test_a_store_that_appears_meanwhile_wins_and_a_failure_leaves_it_to_mlflow(tmp_path, monkeypatch):
-    import mlflow.store.db.utils as mlflow_db
+def test_an_unwritable_artifact_folder_fails_before_the_run_is_created(store, tiny_config, tmp_path):
+    from fedbench.errors import ConfigError
 
-    path = tmp_path / "mlflow.db"
+    (tmp_path / "file.txt").write_text("a file where a folder belongs")
+    client = _client(store)
+    experiment_id = client.create_experiment("no-artifacts", artifact_location=str(tmp_path / "file.txt" / "art"))
+    tracker = MlflowTracker(store, experiment="no-artifacts")
+    with pytest.raises(ConfigError, match="MLflow artifact folder of experiment 'no-artifacts' .* is not writable"):
+        tracker.start(tiny_config, {}, option_values={})
+    assert tracker.run_id is None and list(client.search_runs([experiment_id])) == []
 
-    def another_process_creates_it(engine):
-        path.write_bytes(b"created by another process")
 
-    monkeypatch.setattr(mlflow_db, "_initialize_tables", another_process_creates_it)
-    create_sqlite_store(path)
-    assert path.read_bytes() == b"created by another process"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+def test_a_store_failing_mid_run_is_one_line_naming_the_round(store, tiny_config, monkeypatch):
+    tracker = MlflowTracker(store, experiment="mid-run")
+    tracker.start(tiny_config, {}, option_values={})
 
-    path.unlink()
-    monkeypatch.setattr(mlflow_db, "_initialize_tables", lambda engine: 1 / 0)
-    create_sqlite_store(path)
-    assert not any(tmp_path.iterdir())  # nothing half-built left behind
-    monkeypatch.undo()
-    tracker = MlflowTracker(f"sqlite:///{path}", experiment="fallback")
-    tracker.connect()  # MLflow builds the store itself
-    assert _schema(path)[1]
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("(sqlite3.OperationalError) attempt to write a readonly database\n[SQL: INSERT ...]")
+
+    monkeypatch.setattr(tracker._client, "log_batch", refuse)
+    with pytest.raises(TrackingError) as info:
+        tracker.log_round(0, {"eval/accuracy": 0.5})
+    message = str(info.value)
+    assert "failed while logging round 1 of run" in message and "readonly database [SQL" in message
+    assert "\n" not in message
