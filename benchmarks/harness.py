@@ -282,7 +282,7 @@ def _fedbench_child(args: argparse.Namespace) -> dict[str, Any]:
 
     if (Path(fedbench.__file__).parent / "launch.py").is_file():
         from fedbench.launch import main as fedbench_command  # what the `fedbench` console script runs
-    else:  # code from before the launcher (an A/B run against an older commit on PYTHONPATH)
+    else:  # code without the launcher module (an A/B run against another commit on PYTHONPATH)
         from fedbench.cli import main as fedbench_command
 
     sys.argv = ["fedbench", "run", "--config", "w.yaml"]
@@ -360,7 +360,6 @@ def _memory_child(args: argparse.Namespace) -> dict[str, Any]:
     """``fedbench memory`` rows for every model x every built-in method, twice (cold, then cached)."""
     start = time.perf_counter()
     from fedbench import registry  # noqa: F401  (what a `fedbench memory` process imports)
-    from fedbench.launch import import_torch
     from fedbench.memory_table import memory_table  # noqa: F401
 
     import_s = time.perf_counter() - start
@@ -368,7 +367,8 @@ def _memory_child(args: argparse.Namespace) -> dict[str, Any]:
     passes = []
     for _ in range(2):
         t0 = time.perf_counter()
-        import_torch()  # the first pass imports torch as `fedbench memory` does (fedbench/launch.py)
+        import torch  # noqa: F401  (the first pass pays torch's import, as `fedbench memory` does)
+
         rows = memory_sweep(models, methods, args.jobs)
         passes.append(time.perf_counter() - t0)
     return {"import_s": import_s, "cold_s": passes[0], "cached_s": passes[1], "rows": rows,
