@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
-from fedbench._speedups.collector import collector_paused
+from fedbench._speedups.collector import collector_paused, load_compiler_before_fork
 from fedbench.errors import ConfigError, FedbenchError
 
 # (input shape, classes) of the built-in data sets, so no data has to be read.
@@ -203,6 +203,7 @@ def trace_all(keys: Sequence[ReportsKey], jobs: int = 0) -> None:
         return
     from concurrent.futures import ProcessPoolExecutor
 
+    load_compiler_before_fork()  # each worker would import it otherwise
     # In order, model by model: the workers take the next pair as they finish one. (Keeping each
     # model's pairs in one worker, which then builds it and warms its kernels once, measured no
     # faster: two workers on two cores each run ~25 % slower than one alone, whatever they share.)

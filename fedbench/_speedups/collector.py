@@ -56,6 +56,13 @@ def _load_compiler() -> None:
     torch.compiler.disable(_nothing)  # imports torch's compiler; the wrapped function is dropped
 
 
+def load_compiler_before_fork() -> None:
+    """Import torch's compiler now, in a process about to fork workers that will trace, so each
+    worker inherits it instead of importing it in its first paused trace."""
+    if enabled():
+        _load_compiler()
+
+
 @contextlib.contextmanager
 def trace_paused() -> Iterator[None]:
     """:func:`collector_paused` for a trace, with torch's compiler imported before the pause."""
