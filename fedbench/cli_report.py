@@ -44,6 +44,8 @@ TrackingUri = Annotated[
 OutDir = Annotated[Path | None, typer.Option("--out", help="Output folder (default: reports/out/<experiment>/).")]
 Last = Annotated[int, typer.Option(help="Final accuracy = mean of the last N evaluations of a run." + _default(3))]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")]
+Compare = Annotated[str | None, typer.Option(
+    "--compare", help="paper: put the paper's published value and the difference (points) beside each cell.")]
 
 
 def _warn(lines: list[str]) -> None:
@@ -57,18 +59,23 @@ def _print_paths(paths: list[Path]) -> None:
 
 
 def _table(kind: str, experiment: str, tracking_uri: str | None, fmt: str, out_dir: Path | None,
-           metric: str, last: int, iid: bool = False) -> None:
-    from fedbench.reports import render, tables
+           metric: str, last: int, iid: bool = False, compare: str | None = None) -> None:
+    from fedbench.reports import paper, render, tables
     from fedbench.reports.runs import load_experiment
 
     render.check_format(fmt)  # before reading the store: a typo should not cost a query
     tables.check_metric(metric)
+    if compare is not None:
+        paper.check_source(compare)
     summary, _history, warnings = load_experiment(experiment, tracking_uri, last_evals=last)
     _warn(warnings)
     table = (tables.table1(summary, metric, iid=iid, last_evals=last) if kind == "table1"
              else tables.table2(summary, metric, last_evals=last))
+    if compare is not None:
+        table = paper.compare(table, compare, iid=iid)
+        kind = f"{kind}-{compare}"
     text = render.render(table, fmt)
-    path = (out_dir or OUT_ROOT / experiment) / f"{kind}.{fmt}"
+    path = (out_dir or OUT_ROOT / render.folder_name(experiment)) / f"{kind}.{fmt}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     typer.echo(text, nl=False)
@@ -84,12 +91,13 @@ def table1_command(
     metric: Annotated[str, typer.Option(help="final or best accuracy." + _default("final"))] = "final",
     last: Last = 3,
     iid: Annotated[bool, typer.Option("--iid", help="Tabulate the IID runs instead of the non-IID ones.")] = False,
+    compare: Compare = None,
     verbose: Verbose = False,
 ) -> None:
     """Table 1: methods × (data set, model) accuracy on non-IID runs, PR per model, inclusive column."""
     _setup_logging(verbose)
     try:
-        _table("table1", experiment, tracking_uri, fmt, out_dir, metric, last, iid)
+        _table("table1", experiment, tracking_uri, fmt, out_dir, metric, last, iid, compare)
     except FedbenchError as exc:
         raise _fail(exc) from None
 
@@ -102,12 +110,13 @@ def table2_command(
     out_dir: OutDir = None,
     metric: Annotated[str, typer.Option(help="final or best accuracy." + _default("final"))] = "final",
     last: Last = 3,
+    compare: Compare = None,
     verbose: Verbose = False,
 ) -> None:
     """Table 2: methods × (data set, IID / non-IID, model) accuracy, PR per model; NA where PR is 0."""
     _setup_logging(verbose)
     try:
-        _table("table2", experiment, tracking_uri, fmt, out_dir, metric, last)
+        _table("table2", experiment, tracking_uri, fmt, out_dir, metric, last, compare=compare)
     except FedbenchError as exc:
         raise _fail(exc) from None
 
@@ -122,6 +131,7 @@ def curves_command(
 ) -> None:
     """Fig. 5: eval/accuracy against round or virtual time, one panel per (data set, model, partition)."""
     from fedbench.reports import figures, series
+    from fedbench.reports.render import folder_name
     from fedbench.reports.runs import load_experiment
     from fedbench.reports.summary import ACCURACY, VIRTUAL_TIME
 
@@ -134,7 +144,7 @@ def curves_command(
         raise _fail(exc) from None
     _warn(warnings + more)
     fig = figures.curves_figure(frame, series.X_AXES[x])
-    _print_paths(figures.save_figure(fig, out_dir or OUT_ROOT / experiment, f"curves-{x}"))
+    _print_paths(figures.save_figure(fig, out_dir or OUT_ROOT / folder_name(experiment), f"curves-{x}"))
 
 
 @report_app.command("ablation")
@@ -148,6 +158,7 @@ def ablation_command(
 ) -> None:
     """Fig. 8: NeuLite without the curriculum loss / without co-adaptation, vs NeuLite and FedAvg."""
     from fedbench.reports import figures, series
+    from fedbench.reports.render import folder_name
     from fedbench.reports.runs import load_experiment
 
     _setup_logging(verbose)
@@ -163,7 +174,7 @@ def ablation_command(
         if missing:
             _warn([f"{group}: no runs for {', '.join(missing)}"])
     fig = figures.ablation_figure(bars)
-    _print_paths(figures.save_figure(fig, out_dir or OUT_ROOT / experiment, "ablation"))
+    _print_paths(figures.save_figure(fig, out_dir or OUT_ROOT / folder_name(experiment), "ablation"))
 
 
 @report_app.command("info-plane")

@@ -52,8 +52,9 @@ def quiet_store_logging() -> None:
 def one_line(exc: BaseException, limit: int = REASON_CHARS) -> str:
     """An exception's message on one line, whitespace collapsed, cut at a word boundary after
     ``limit`` characters: MLflow's messages end with their own hint (supported schemes, ...),
-    which is kept whenever it fits."""
+    which is kept whenever it fits. SQLAlchemy's ``[SQL: ...]`` tail is dropped."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text.split(" [SQL: ", 1)[0]  # SQLAlchemy appends the statement and a link: no help to a user
     if len(text) <= limit:
         return text
     return text[:limit].rsplit(" ", 1)[0] + " …"
@@ -318,13 +319,15 @@ class MlflowTracker:
                 step()
             except Exception as exc:
                 problems.append(exc)
-        if problems:
-            last = problems[-1]
-            first_failure = f"; the run had failed with: {one_line(Exception(error), 300)}" if error else ""
-            raise TrackingError(
-                f"the MLflow tracking store at {describe_store(self.tracking_uri)} failed while ending run "
-                f"{self.run_id} as {status} ({type(last).__name__}: {one_line(last)}){first_failure}"
-            ) from last
+        if not problems:
+            return
+        last = problems[-1]
+        cause = f"{type(last).__name__}: {one_line(last, 300)}"
+        if error:  # the run failed first, most likely on this same store: say that, then this
+            first = one_line(Exception(error.removeprefix(f"{TrackingError.__name__}: ")), 400)
+            raise TrackingError(f"{first}; the store could not mark run {self.run_id} {status} either ({cause})") from last
+        raise TrackingError(f"the MLflow tracking store at {describe_store(self.tracking_uri)} failed while ending "
+                            f"run {self.run_id} as {status} ({cause})") from last
 
     def _set_error_tag(self, error: str | None) -> None:
         if error:

@@ -45,6 +45,9 @@ class Table:
     columns: tuple[str, ...]
     rows: tuple[tuple[Cell, ...], ...]
     note: str = ""
+    # What each column holds, for views that add to a table (fedbench.reports.paper): None for a
+    # label column, else {"metric": "accuracy" | "pr", and the column's keys, e.g. "dataset", "model"}.
+    keys: tuple[dict[str, str] | None, ...] = ()
 
 
 def check_metric(metric: str) -> None:
@@ -62,13 +65,16 @@ def method_order(labels: Sequence[str]) -> list[str]:
     return sorted(set(labels), key=key)
 
 
-def percent(stat: Stat, decimals: int = 1, spread: bool = True) -> str:
+def percent(stat: Stat, decimals: int = 1, spread: bool = True, count: bool = False) -> str:
     """``80.4`` for one seed, ``80.4 ± 0.3`` for several (sample std; ``spread=False``: the mean
-    only), ``–`` for none."""
+    only), ``–`` for none; ``count`` appends the number of seeds, ``80.4 ± 0.3 (n=3)``, so a
+    reader sees what each mean rests on."""
     if stat.missing:
         return MISSING
     text = f"{100 * stat.mean:.{decimals}f}"
-    return f"{text} ± {100 * stat.std:.{decimals}f}" if spread and stat.n > 1 else text
+    if spread and stat.n > 1:
+        text += f" ± {100 * stat.std:.{decimals}f}"
+    return f"{text} (n={stat.n})" if count else text
 
 
 def accuracy_table(
@@ -106,7 +112,7 @@ def accuracy_table(
             return Cell(NOT_APPLICABLE)
         row = lookup.get((method, *column))
         stat = row[metric] if row is not None else Stat.of([])
-        return Cell(percent(stat), value=stat.mean)
+        return Cell(percent(stat, count=True), value=stat.mean)
 
     grid = {method: [accuracy_cell(method, column) for column in columns] for method in methods}
     for j in range(len(columns)):  # bold: the best inclusive value of each accuracy column
@@ -125,11 +131,14 @@ def accuracy_table(
     which = "final" if metric == "final" else "best"
     how = f"mean of the last {last_evals} evaluations" if metric == "final" and last_evals else "maximum over rounds"
     note = (
-        f"Accuracy (%): {which} `eval/accuracy` ({how}), mean ± sample std over seeds where there are several; "
+        f"Accuracy (%): {which} `eval/accuracy` ({how}), mean ± sample std over the n seeds of one "
+        "configuration (runs that differ in anything else are separate rows, labelled by those settings); "
         f"PR (%): `participation/rate`; bold: best inclusive method (PR 100 %); {MISSING}: not run; "
         f"{NOT_APPLICABLE}: PR 0, the method cannot run."
     )
-    return Table(title, header, tuple(rows), note)
+    keys = (None, None, *({"metric": "accuracy", **dict(zip(column_keys, map(str, c), strict=True))} for c in columns),
+            *({"metric": "pr", "model": m} for m in models))
+    return Table(title, header, tuple(rows), note, keys)
 
 
 def _column_order(column: tuple) -> tuple:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 
 import pytest
@@ -173,11 +174,13 @@ def test_an_unreachable_tracking_store_is_one_line_and_leaves_no_helper_behind()
 
     _fails_with(["run", *[a for a in TINY if a != "--no-tracking"], "--tracking-uri", "http://127.0.0.1:9"],
                 "cannot reach the MLflow tracking store at http://127.0.0.1:9")
-    helpers = []
+    helpers = []  # this process's own helpers only: other runs on the machine may have theirs
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             if b"fedbench.tracking_process" in cmdline.read_bytes():
-                helpers.append(cmdline.parent.name)
+                parent = int((cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if parent == os.getpid():
+                    helpers.append(cmdline.parent.name)
         except OSError:  # the process ended while we looked
             pass
     assert helpers == []

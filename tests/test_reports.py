@@ -91,10 +91,10 @@ def _report(*args):
 TABLE1_MD = """\
 | Method | Incl. | cifar10 resnet18 | cifar10 resnet34 | PR resnet18 | PR resnet34 |
 |---|---|---|---|---|---|
-| exclusivefl | no | 80.0 | NA | 20 | 0 |
+| exclusivefl | no | 80.0 (n=1) | NA | 20 | 0 |
 | heterofl | yes | – | – | 100 | – |
-| fedavg | yes | 65.0 ± 7.1 | – | 100 | – |
-| neulite | yes | **75.0** | **55.0** | 100 | 100 |
+| fedavg | yes | 65.0 ± 7.1 (n=2) | – | 100 | – |
+| neulite | yes | **75.0 (n=1)** | **55.0 (n=1)** | 100 | 100 |
 """
 
 
@@ -110,10 +110,10 @@ def test_table1_markdown_matches_the_golden_table_with_na_missing_and_bold_cells
 def test_table1_best_metric_uses_the_maximum_and_last_changes_the_final_window(store, tmp_path):
     best = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path),
                    "--metric", "best")
-    assert "| fedavg | yes | 75.0 ± 7.1 |" in best.stdout  # max 0.7 and 0.8
+    assert "| fedavg | yes | 75.0 ± 7.1 (n=2) |" in best.stdout  # max 0.7 and 0.8
     last1 = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path),
                     "--last", "1")
-    assert "| neulite | yes | **80.0** | **60.0** |" in last1.stdout
+    assert "| neulite | yes | **80.0 (n=1)** | **60.0 (n=1)** |" in last1.stdout
 
 
 def test_table2_puts_iid_next_to_non_iid_and_keeps_pr_per_model(store, tmp_path):
@@ -122,21 +122,21 @@ def test_table2_puts_iid_next_to_non_iid_and_keeps_pr_per_model(store, tmp_path)
     lines = result.stdout.splitlines()
     assert lines[0] == ("| Method | Incl. | cifar10 IID resnet18 | cifar10 non-IID α=0.5 resnet18 | "
                         "cifar10 non-IID α=0.5 resnet34 | PR resnet18 | PR resnet34 |")
-    assert lines[4] == "| fedavg | yes | **85.0** | 65.0 ± 7.1 | – | 100 | – |"
-    assert lines[2] == "| exclusivefl | no | – | 80.0 | NA | 20 | 0 |"
+    assert lines[4] == "| fedavg | yes | **85.0 (n=1)** | 65.0 ± 7.1 (n=2) | – | 100 | – |"
+    assert lines[2] == "| exclusivefl | no | – | 80.0 (n=1) | NA | 20 | 0 |"
 
 
 def test_latex_and_csv_carry_the_same_cells(store, tmp_path):
     tex = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path),
                   "--format", "tex")
     assert tex.exit_code == 0, tex.output
-    assert r"neulite & yes & \textbf{75.0} & \textbf{55.0} & 100 & 100 \\" in tex.stdout
-    assert r"fedavg & yes & 65.0 $\pm$ 7.1 & -- & 100 & -- \\" in tex.stdout
+    assert r"neulite & yes & \textbf{75.0 (n=1)} & \textbf{55.0 (n=1)} & 100 & 100 \\" in tex.stdout
+    assert r"fedavg & yes & 65.0 $\pm$ 7.1 (n=2) & -- & 100 & -- \\" in tex.stdout
     assert tex.stdout.startswith(r"\begin{table}") and r"\toprule" in tex.stdout
     csv = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path),
                   "--format", "csv")
-    assert csv.stdout.splitlines()[1] == "exclusivefl,no,80.0,NA,20,0"
-    assert csv.stdout.splitlines()[3] == "fedavg,yes,65.0 ± 7.1,,100,"
+    assert csv.stdout.splitlines()[1] == "exclusivefl,no,80.0 (n=1),NA,20,0"
+    assert csv.stdout.splitlines()[3] == "fedavg,yes,65.0 ± 7.1 (n=2),,100,"
     assert (tmp_path / "table1.csv").exists() and (tmp_path / "table1.tex").exists()
 
 
@@ -322,4 +322,74 @@ def test_two_real_runs_logged_by_the_tracker_render_as_table1(store, tiny_config
     mean = sum(finals) / 2
     std = math.sqrt(sum((f - mean) ** 2 for f in finals))
     assert out.stdout.splitlines()[0] == "| Method | Incl. | synthetic cnn | PR cnn |"
-    assert out.stdout.splitlines()[2] == f"| fedavg | yes | **{100 * mean:.1f} ± {100 * std:.1f}** | 100 |"
+    assert out.stdout.splitlines()[2] == f"| fedavg | yes | **{100 * mean:.1f} ± {100 * std:.1f} (n=2)** | 100 |"
+
+
+def test_runs_of_different_configurations_are_separate_rows_never_seeds(store, tiny_config, tmp_path):
+    """Issue #25's reproduction: three FedAvg runs at seed 42 that differ in lr, or in rounds and batch
+    size, are three rows of one seed each, labelled by what differs; a FAILED run is left out."""
+    from fedbench import engine
+    from fedbench.tracking import MlflowTracker
+
+    base = dataclasses.replace(tiny_config, seed=42, rounds=1,
+                               data=dataclasses.replace(tiny_config.data, partition="dirichlet"))
+    variants = [
+        dataclasses.replace(base, train=dataclasses.replace(base.train, lr=0.01)),
+        dataclasses.replace(base, train=dataclasses.replace(base.train, lr=0.3)),
+        dataclasses.replace(base, rounds=3, train=dataclasses.replace(base.train, lr=0.01, batch_size=8)),
+        dataclasses.replace(base, threads=1, train=dataclasses.replace(base.train, lr=0.01)),  # a seed's twin
+    ]
+    for config in variants:
+        engine.run(config, tracker=MlflowTracker(store["uri"], experiment="configs"))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store["uri"])
+    _log_run(client, client.get_experiment_by_name("configs").experiment_id,
+             ("fedavg", "synthetic", "cnn", "dirichlet", 42, [0.99] * 4, 1.0, {}), 7, status="FAILED")
+    result = _report("table1", "--experiment", "configs", "--tracking-uri", store["uri"], "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| fedavg")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| fedavg (rounds=1, train.batch_size=32, train.lr=0.01)",
+        "| fedavg (rounds=1, train.batch_size=32, train.lr=0.3)",
+        "| fedavg (rounds=3, train.batch_size=8, train.lr=0.01)",
+    ]
+    # The run that differs only in threads is the first row's second seed; every other cell has one.
+    assert "(n=2)" in rows[0] and all("(n=1)" in row for row in rows[1:])
+    assert all("±" not in row for row in rows[1:])
+    assert "99.0" not in result.stdout  # the FAILED run
+    assert "skipping 1 unfinished run(s)" in result.stderr
+
+
+def test_settings_that_do_not_change_results_are_not_configurations():
+    import pandas as pd
+
+    from fedbench.reports.summary import run_settings
+
+    run = pd.Series({"params.seed": "3", "params.threads": "1", "params.executor": "process",
+                     "params.tracking.experiment": "x", "params.data.data_dir": "/d", "params.device": "cuda",
+                     "params.partition.size_min": "12", "params.train.lr": "0.3", "params.options.mu": float("nan")})
+    settings = run_settings(run)
+    assert settings["train.lr"] == "0.3" and settings["rounds"] == "20"  # not logged: the default
+    assert not {"seed", "threads", "executor", "tracking.experiment", "data.data_dir", "device",
+                "partition.size_min"} & set(settings)
+    assert settings["options.mu"] is None
+
+
+@pytest.mark.parametrize("experiment", ["/abs/dir", "../../x", "..", "a b/c"])
+def test_an_experiment_name_never_leaves_the_output_folder(store, tmp_path, monkeypatch, experiment):
+    from mlflow.tracking import MlflowClient
+
+    from fedbench.reports.render import folder_name
+
+    client = MlflowClient(tracking_uri=store["uri"])
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    _log_run(client, experiment_id, GRID[0], 0)
+    monkeypatch.chdir(tmp_path)
+    result = _report("table1", "--experiment", experiment, "--tracking-uri", store["uri"])
+    assert result.exit_code == 0, result.output
+    written = list(tmp_path.rglob("table1.md"))
+    assert written == [tmp_path / "reports" / "out" / folder_name(experiment) / "table1.md"]
+    assert "/" not in folder_name(experiment) and not folder_name(experiment).startswith(".")
+    assert folder_name("mini-table1") == "mini-table1"

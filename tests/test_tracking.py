@@ -209,5 +209,5 @@ def test_a_store_failing_mid_run_is_one_line_naming_the_round(store, tiny_config
     with pytest.raises(TrackingError) as info:
         tracker.log_round(0, {"eval/accuracy": 0.5})
     message = str(info.value)
-    assert "failed while logging round 1 of run" in message and "readonly database [SQL" in message
-    assert "\n" not in message
+    assert "failed while logging round 1 of run" in message and "readonly database)" in message
+    assert "\n" not in message and "[SQL" not in message

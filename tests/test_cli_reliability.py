@@ -1,0 +1,328 @@
+"""Every way a careless or hostile user can break the command line ends in one line and a known exit code.
+
+Each :class:`Case` is one probe of issue #25: the arguments after ``fedbench``, the environment,
+files made beforehand, the exit code and a piece of the one line on stderr. The test runs each
+case and asserts all three plus "one line, no traceback"; ``docs/reliability.md`` is generated
+from the same list (``python -m tests.test_cli_reliability --markdown > docs/reliability.md``).
+
+To add a case, append a :class:`Case` to :data:`CASES`. In its arguments and environment
+``{tmp}`` is the case's own empty folder; ``setup`` may create files in it and return more
+``{name}`` values. Cases run in this process through :func:`fedbench.cli.main` (fast), or as a
+real ``fedbench`` process when ``subprocess`` is set: needed for signals, and for commands that
+write relative to the working directory (``./mlruns``, ``reports/out/``), which is then ``{tmp}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+# A run small enough to finish in a second or two on synthetic data.
+TINY = ("run", "--method", "fedavg", "--dataset", "synthetic", "--clients", "4", "--clients-per-round", "2",
+        "--rounds", "1", "--local-epochs", "1", "--model", "cnn", "--width", "0.25")
+STORE = "sqlite:///{tmp}/mlflow.db"
+# A run long enough to be stopped after its first round.
+LONG = ("run", "--method", "fedavg", "--dataset", "synthetic", "--clients", "4", "--clients-per-round", "2",
+        "--rounds", "500", "--local-epochs", "1", "--model", "cnn", "--width", "0.25")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def message_lines(self) -> list[str]:
+        """stderr without the per-round progress lines a run prints as it goes."""
+        return [line for line in self.stderr.splitlines() if line.strip() and not line.startswith("round ")]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One probe: ``fedbench <argv>`` must exit with ``code`` and print one line holding ``message``."""
+
+    id: str
+    argv: tuple[str, ...]
+    code: int
+    message: str
+    what: str  # the situation, in words, for the docs table
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Creates files in the case's folder before the command runs; returns extra {name} values.
+    setup: Callable[[Path], Mapping[str, str] | None] | None = None
+    # Text the line must not hold (e.g. a flag of another command).
+    absent: tuple[str, ...] = ()
+    # In-process only: "module.function" made to raise this exception when called (a Ctrl-C or a
+    # bug at that moment).
+    raise_in: tuple[str, type[BaseException]] | None = None
+    # Run as a real `fedbench` process; with `act`, call it (with the folder and the process) once
+    # stderr shows `trigger`: send a signal, break the tracking store, ...
+    subprocess: bool = False
+    trigger: str = ""
+    act: Callable[[Path, subprocess.Popen], None] | None = None
+    # Asserts on the state the command left behind (the tracking store, files).
+    check: Callable[[Path, Mapping[str, str]], None] | None = None
+
+
+# ------------------------------------------------------------------ setups, actions and checks
+def _send(signum: int) -> Callable[[Path, subprocess.Popen], None]:
+    def act(_tmp: Path, process: subprocess.Popen) -> None:
+        process.send_signal(signum)
+    return act
+
+
+def _break_store(tmp: Path, _process: subprocess.Popen) -> None:
+    """Overwrite the SQLite store in place (its open connections see it too): every later write fails."""
+    path = tmp / "mlflow.db"
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        handle.write(b"garbage!" * (size // 8))
+
+
+def _write(name: str, data: bytes) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / name).write_bytes(data)
+    return setup
+
+
+def _grid(cells_per_axis: int) -> Callable[[Path], None]:
+    values = ", ".join(str(i) for i in range(1, cells_per_axis + 1))
+    return _write("grid.yaml", f"base: {{method: fedavg}}\naxes:\n  seed: [{values}]\n  rounds: [{values}]\n".encode())
+
+
+def _experiment(name: str, artifact_location: str | None = None, with_run: bool = False) -> Callable[[Path], None]:
+    """A store at {tmp}/mlflow.db holding experiment ``name`` (and one finished fake run)."""
+    def setup(tmp: Path) -> None:
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
+
+        (tmp / "file.txt").write_text("a file where a folder belongs\n")
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+        location = artifact_location.replace("{tmp}", str(tmp)) if artifact_location else None
+        experiment_id = client.create_experiment(name, artifact_location=location)
+        if with_run:
+            run = client.create_run(experiment_id, tags={"fedbench.method": "fedavg", "fedbench.dataset": "synthetic",
+                                                         "fedbench.model": "cnn", "fedbench.run_key": "k"})
+            client.log_batch(run.info.run_id, params=[Param("data.partition", "dirichlet"), Param("data.alpha", "0.5")],
+                             metrics=[Metric("eval/accuracy", 0.5, 0, 0), Metric("participation/rate", 1.0, 0, 0)])
+            client.set_terminated(run.info.run_id)
+    return setup
+
+
+def _runs(tmp: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return list(client.search_runs(ids))
+
+
+def _no_run_left_running(tmp: Path, _values: Mapping[str, str]) -> None:
+    assert [r.info.status for r in _runs(tmp) if r.info.status == "RUNNING"] == []
+
+
+def _only_run_killed(tmp: Path, _values: Mapping[str, str]) -> None:
+    (run,) = _runs(tmp)
+    assert run.info.status == "KILLED"
+
+
+def _no_store_made(tmp: Path, _values: Mapping[str, str]) -> None:
+    assert not (tmp / "typo.db").exists()
+
+
+def _inside_output_folder(tmp: Path, _values: Mapping[str, str]) -> None:
+    written = [p.relative_to(tmp) for p in tmp.rglob("table1.md")]
+    assert len(written) == 1 and written[0].parts[:2] == ("reports", "out"), written
+
+
+# ------------------------------------------------------------------ the cases
+CASES: list[Case] = [
+    Case("config-not-utf8", ("run", "--config", "{tmp}/bad.yaml", "--no-tracking"), 2, "is not UTF-8 text",
+         "a config file holding the bytes 00 ff", setup=_write("bad.yaml", b"\x00\xff")),
+    Case("config-is-directory", ("run", "--config", "{tmp}", "--no-tracking"), 2,
+         "is a directory, expected a YAML file", "a folder given to --config"),
+    Case("data-dir-is-file", (*TINY, "--no-tracking", "--data-dir", "{tmp}/data.txt"), 2,
+         "is a file, expected a folder", "a file given to --data-dir", setup=_write("data.txt", b"x")),
+    Case("fedbench-data-missing", ("run", "--dataset", "fashion-mnist", "--no-tracking"), 2,
+         "FEDBENCH_DATA={tmp}/nowhere does not exist", "$FEDBENCH_DATA names no folder",
+         env={"FEDBENCH_DATA": "{tmp}/nowhere"}),
+    Case("resume-empty", ("run", "--resume", ""), 2, "--resume needs a run id", "an empty run id to --resume"),
+    Case("run-clients-huge", (*TINY, "--no-tracking", "--clients", "100000000"), 2,
+         "is above 1,000,000, the most clients fedbench simulates", "10^8 clients"),
+    Case("run-info-plane-huge", (*TINY, "--no-tracking", "--info-plane", "100000000"), 2,
+         "info_plane (100000000) is above 1,000 probe images per class", "10^8 info-plane probe images per class"),
+    Case("memory-clients-huge", ("memory", "--clients", "100000000"), 2,
+         "--clients (100000000) is above 1,000,000", "a fleet of 10^8 devices"),
+    Case("memory-jobs-negative", ("memory", "--jobs", "-1"), 2, "--jobs (-1) must be >= 0", "a negative --jobs"),
+    Case("sweep-grid-missing", ("sweep", "{tmp}/nope.yaml"), 2, "nope.yaml does not exist; pass an existing grid",
+         "a grid file that does not exist", absent=("--config",)),
+    Case("sweep-grid-huge", ("sweep", "{tmp}/grid.yaml", "--dry-run"), 2, "has 1,000,000 cells (1000 x 1000), above 10,000",
+         "--dry-run over a grid of 10^6 cells", setup=_grid(1000)),
+    Case("checkpoints-unwritable", (*TINY, "--tracking-uri", STORE), 2, "checkpoint folder {tmp}/file.txt/ckpt is not writable",
+         "FEDBENCH_CHECKPOINTS below a file", env={"FEDBENCH_CHECKPOINTS": "{tmp}/file.txt/ckpt"},
+         setup=_write("file.txt", b"x")),
+    Case("artifacts-unwritable", (*TINY, "--tracking-uri", STORE, "--experiment", "art"), 2,
+         "MLflow artifact folder of experiment 'art' {tmp}/file.txt/art is not writable",
+         "an experiment whose artifact folder cannot be made", setup=_experiment("art", "{tmp}/file.txt/art"),
+         check=_no_run_left_running),
+    Case("tracking-uri-unsupported", (*TINY, "--tracking-uri", "foo://bar"), 2,
+         "Supported URI schemes are: ['', 'file',", "an unknown tracking URI scheme (MLflow's hint kept whole)"),
+    Case("report-store-missing", ("report", "table1", "--tracking-uri", "sqlite:///{tmp}/typo.db"), 2,
+         "no tracking store at {tmp}/typo.db", "a mistyped SQLite store for report", check=_no_store_made),
+    Case("report-experiment-path", ("report", "table1", "--experiment", "../../x", "--tracking-uri", STORE), 0,
+         "wrote reports/out/x-", "an experiment named ../../x (the report stays in reports/out/)",
+         setup=_experiment("../../x", with_run=True), subprocess=True, check=_inside_output_folder),
+    Case("interrupt-before-run", (*TINY, "--tracking-uri", STORE), 130,
+         "interrupted before a run was created; nothing was logged", "Ctrl-C while the data loads",
+         raise_in=("fedbench.engine.prepare", KeyboardInterrupt), absent=("KILLED",)),
+    Case("unexpected-error", (*TINY, "--no-tracking"), 1,
+         "unexpected RuntimeError: boom (a bug in fedbench or a plugin; rerun with --verbose for the traceback)",
+         "a bug (here: RuntimeError while the data loads)", raise_in=("fedbench.engine.prepare", RuntimeError)),
+    Case("sigterm-during-run", (*LONG, "--tracking-uri", STORE), 143,
+         "terminated (SIGTERM): finished rounds are logged; run", "SIGTERM after round 1",
+         subprocess=True, trigger="round 1/", act=_send(signal.SIGTERM), check=_only_run_killed),
+    Case("store-fails-mid-run", (*LONG, "--tracking-uri", STORE), 2,
+         "failed while logging round 2 of run", "the tracking store is destroyed after round 1",
+         subprocess=True, trigger="round 1/", act=_break_store, absent=("[SQL:",)),
+]
+
+
+# ------------------------------------------------------------------ running a case
+def _fill(text: str, values: Mapping[str, str]) -> str:
+    for name, value in values.items():
+        text = text.replace("{" + name + "}", value)
+    return text
+
+
+@contextlib.contextmanager
+def _environment(changes: Mapping[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _raiser(exc_type: type[BaseException]) -> Callable[..., None]:
+    def raise_now(*_args: object, **_kwargs: object) -> None:
+        raise exc_type() if exc_type is KeyboardInterrupt else exc_type("boom")
+    return raise_now
+
+
+def run_case(case: Case, tmp: Path) -> tuple[Outcome, dict[str, str]]:
+    """Run ``case`` in the empty folder ``tmp``; its outcome and the ``{name}`` values used."""
+    values = {"tmp": str(tmp)}
+    env = {"COLUMNS": "400", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with _environment({k: _fill(v, values) for k, v in {**env, **case.env}.items()}):
+        values.update((case.setup(tmp) if case.setup else None) or {})
+    env.update({k: _fill(v, values) for k, v in case.env.items()})
+    argv = [_fill(a, values) for a in case.argv]
+    if case.subprocess:
+        return _run_process(case, argv, env, tmp), values
+    from fedbench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    patch = mock.patch(case.raise_in[0], _raiser(case.raise_in[1])) if case.raise_in else contextlib.nullcontext()
+    code = 0
+    with _environment(env), patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return Outcome(code, out.getvalue(), err.getvalue()), values
+
+
+def _run_process(case: Case, argv: list[str], env: Mapping[str, str], tmp: Path) -> Outcome:
+    command = [sys.executable, "-c", "from fedbench.launch import main; main()", *argv]
+    process = subprocess.Popen(command, cwd=tmp, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    if case.act is None:
+        stdout, stderr = process.communicate(timeout=300)
+        return Outcome(process.returncode, stdout, stderr)
+    seen = []
+    deadline = time.monotonic() + 300
+    assert process.stderr is not None
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if case.trigger in line:
+            case.act(tmp, process)
+            break
+    stdout, rest = process.communicate(timeout=300)
+    return Outcome(process.returncode, stdout, "".join(seen) + rest)
+
+
+# ------------------------------------------------------------------ the test
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_each_failure_is_one_line_with_its_exit_code(case: Case, tmp_path: Path) -> None:
+    outcome, values = run_case(case, tmp_path)
+    lines = outcome.message_lines
+    assert outcome.code == case.code, outcome.stderr
+    assert "Traceback" not in outcome.stderr, outcome.stderr
+    assert len(lines) == 1, outcome.stderr
+    assert _fill(case.message, values) in lines[0], lines[0]
+    for text in case.absent:
+        assert text not in lines[0], lines[0]
+    if case.check is not None:
+        case.check(tmp_path, values)
+
+
+def test_verbose_shows_the_traceback_of_an_unexpected_error(tmp_path: Path) -> None:
+    case = next(c for c in CASES if c.id == "unexpected-error")
+    verbose = Case(case.id, (*case.argv, "--verbose"), 1, "", case.what, raise_in=case.raise_in)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_case(verbose, tmp_path)
+
+
+# ------------------------------------------------------------------ docs/reliability.md
+def markdown(cases: list[Case]) -> str:
+    """The docs table: every case run now, with the exit code and the line it printed."""
+    import tempfile
+
+    rows = []
+    for case in cases:
+        with tempfile.TemporaryDirectory() as folder:
+            tmp = Path(folder).resolve()
+            outcome, values = run_case(case, tmp)
+            line = (outcome.message_lines or [""])[-1].replace(str(tmp), "$TMP")
+            line = re.sub(r"\b[0-9a-f]{32}\b", "RUN_ID", line)  # MLflow run ids differ every time
+        env = " ".join(f"{k}={v}" for k, v in case.env.items()).replace("{tmp}", "$TMP")
+        argv = " ".join(a if a and " " not in a else repr(a) for a in case.argv).replace("{tmp}", "$TMP")
+        command = f"{env + ' ' if env else ''}fedbench {argv}".replace("|", "\\|")
+        rows.append(f"| {case.what} | `{command}` | {outcome.code} | {line.replace('|', chr(92) + '|')} |")
+    header = [
+        "# Reliability: what each failure prints",
+        "",
+        "Every case below is a test (`tests/test_cli_reliability.py`): the command exits with the code shown",
+        "and prints one line on stderr, never a traceback (add `--verbose` for one). Exit codes: 2 for bad",
+        "input, 1 for an unexpected error (a bug), 130 after Ctrl-C, 143 after SIGTERM; a run stopped by",
+        "Ctrl-C or SIGTERM is marked KILLED in MLflow and can be continued with `fedbench run --resume ID`.",
+        "`$TMP` is a scratch folder and `RUN_ID` an MLflow run id. Generated by",
+        "`python -m tests.test_cli_reliability --markdown > docs/reliability.md`; do not edit by hand.",
+        "",
+        "| situation | command | exit | message |",
+        "|---|---|---|---|",
+    ]
+    return "\n".join(header + rows) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m tests.test_cli_reliability --markdown > docs/reliability.md")
+    sys.stdout.write(markdown(CASES))
