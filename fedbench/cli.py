@@ -104,8 +104,10 @@ class _Commands(TyperGroup):
         except FedbenchError as exc:  # raised outside a command's own handler
             _print_error(str(exc))
             raise typer.Exit(code=2) from None
-        except KeyboardInterrupt as exc:
-            raise typer.Exit(code=_interrupted_line(exc)) from None
+        except KeyboardInterrupt as exc:  # a command without a run of its own: nothing to mark
+            terminated = isinstance(exc, Terminated)
+            err.print(f"[yellow]{'terminated (SIGTERM)' if terminated else 'interrupted'}[/yellow]", highlight=False)
+            raise typer.Exit(code=EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
         except Exception as exc:
             if _verbose:
                 raise

@@ -187,6 +187,8 @@ CASES: list[Case] = [
     Case("interrupt-before-run", (*TINY, "--tracking-uri", STORE), 130,
          "interrupted before a run was created; nothing was logged", "Ctrl-C while the data loads",
          raise_in=("fedbench.engine.prepare", KeyboardInterrupt), absent=("KILLED",)),
+    Case("interrupt-memory", ("memory",), 130, "interrupted", "Ctrl-C during `fedbench memory`",
+         raise_in=("fedbench.cli_memory.memory_rows", KeyboardInterrupt), absent=("KILLED", "run")),
     Case("unexpected-error", (*TINY, "--no-tracking"), 1,
          "unexpected RuntimeError: boom (a bug in fedbench or a plugin; rerun with --verbose for the traceback)",
          "a bug (here: RuntimeError while the data loads)", raise_in=("fedbench.engine.prepare", RuntimeError)),
