@@ -20,7 +20,7 @@ import torch
 from harness import PlainLoop, workload
 
 from fedbench import engine
-from fedbench.method import Method
+from fedbench.core.method import Method
 
 
 def compare(rounds: int, threads: int = 2, on_pair=None) -> dict[str, float]:  # noqa: ANN001

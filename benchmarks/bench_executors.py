@@ -48,7 +48,7 @@ WORKLOAD = {
 def run_one(overrides_json: str, out_path: str) -> None:
     """In the subprocess: one run; per-round metrics (as float hex) and timings to ``out_path``."""
     from fedbench.config import make_config
-    from fedbench.worker_start import start_early
+    from fedbench.execution.worker_start import start_early
 
     config = make_config(overrides=json.loads(overrides_json))
     if config.executor == "process":  # as `fedbench run` does, before torch is imported

@@ -8,7 +8,7 @@ Each row is one workload a method trains (``Method.workloads``: FedAvg's full mo
 NeuLite's stages with their frozen prefix and curriculum loss, DepthFL's exit models
 with distillation, HeteroFL's width levels, ProgFed's growing prefixes) at one batch
 size: one steady-state training step (SGD momentum 0.9, wd 5e-4) measured on the
-device, next to :class:`fedbench.memory.MemoryModel`'s prediction for the same
+device, next to :class:`fedbench.memory.model.MemoryModel`'s prediction for the same
 optimizer path (per-tensor on CPU, torch's default multi-tensor ``foreach`` on CUDA).
 Both count the resident model and optimizer state and exclude the input batch.
 Library workspaces (cuDNN's convolution scratch) are allocated through torch's caching
@@ -29,18 +29,18 @@ from pathlib import Path
 import torch
 
 from fedbench import registry
-from fedbench.memory import MemoryModel, SGDSpec
-from fedbench.memory_table import KNOWN_SHAPES
-from fedbench.memory_validation import (
+from fedbench.core.method import Workload, validate_method
+from fedbench.memory.model import MemoryModel, SGDSpec
+from fedbench.memory.validation import (
     cuda_peak_bytes,
     cuda_step_allocations,
     is_library_workspace,
     profiled_peak_bytes,
     where_allocated,
 )
-from fedbench.method import Workload, validate_method
 from fedbench.models import build_model
-from fedbench.training import cross_entropy_loss
+from fedbench.reports.memory_table import KNOWN_SHAPES
+from fedbench.training.loop import cross_entropy_loss
 
 DATASET_OF_MODEL = {"cnn": "fashion-mnist"}  # every other model: CIFAR-10 inputs, as in the paper
 MIB = 1024 * 1024

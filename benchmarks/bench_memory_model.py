@@ -1,9 +1,9 @@
 """Speed of the memory model behind ``fedbench memory``: every built-in model x every built-in
 method's sub-models (ViT at Mini-ImageNet size, the others at CIFAR-10 size, batch 64), in a
 fresh process with an empty trace cache, once cold and once again (cached in the process); then
-the same sweep in a second process that finds the traces on disk (fedbench/trace_cache.py).
+the same sweep in a second process that finds the traces on disk (fedbench/tracing/cache.py).
 The table runs its (model, method) pairs in one worker process per core (``fedbench memory
---model all --method all``, fedbench/memory_table.py); the same sweep in one process
+--model all --method all``, reports/memory_table.py); the same sweep in one process
 (``--jobs 1``) is measured beside it.
 Also one exact trace of each full model's step with torch's meta kernels warm (fedbench's own
 per-step cost, ``full_model_trace_ms``).

@@ -147,7 +147,7 @@ def run_child(args: list[str], timeout_s: float = 900, trace_cache: str | None =
     """Run ``harness.py <args>`` in a fresh process (its own temporary folder as cwd, so MLflow's
     store and checkpoints land there) and return its JSON report and its own peak RSS.
 
-    The child's trace cache (fedbench/trace_cache.py) is an empty folder of its own, so every
+    The child's trace cache (fedbench/tracing/cache.py) is an empty folder of its own, so every
     figure is that of a machine's first run, unless ``trace_cache`` names a folder to share
     (a user's later runs)."""
     with tempfile.TemporaryDirectory(prefix="fedbench-bench-") as tmp:
@@ -243,7 +243,9 @@ def _fedbench_child(args: argparse.Namespace) -> dict[str, Any]:
     def patch(engine: Any) -> None:
         """Timers around the SGD loop and the round, put in when the CLI imports the engine (not
         before: the CLI's start-up order, e.g. MLflow's helper starting before torch, is measured)."""
-        from fedbench import method, tracking_process, training
+        from fedbench.core import method
+        from fedbench.tracking import helper_process as tracking_process
+        from fedbench.training import loop as training
 
         phases["engine_imported_s"] = time.time() - args.t0  # torch is in by then
         timed_phase(engine, "_trace_before_round_one")  # round 1's meta traces (torch._dynamo's import)
@@ -281,9 +283,9 @@ def _fedbench_child(args: argparse.Namespace) -> dict[str, Any]:
     import fedbench
 
     if (Path(fedbench.__file__).parent / "launch.py").is_file():
-        from fedbench.launch import main as fedbench_command  # what the `fedbench` console script runs
+        from fedbench.cli.main import main as fedbench_command  # what the `fedbench` console script runs
     else:  # code without the launcher module (an A/B run against another commit on PYTHONPATH)
-        from fedbench.cli import main as fedbench_command
+        from fedbench.cli.main import main as fedbench_command
 
     sys.argv = ["fedbench", "run", "--config", "w.yaml"]
     try:
@@ -350,7 +352,7 @@ def builtin_names() -> tuple[list[str], list[str]]:
 def memory_sweep(models: list[str], methods: list[str], jobs: int = 0) -> int:
     """``fedbench memory`` rows of every model x method (batch 64, the uniform-mb fleet) in ``jobs``
     worker processes (0: one per core, 1: this process alone); the row count."""
-    from fedbench.memory_table import memory_table
+    from fedbench.reports.memory_table import memory_table
 
     pairs = [(model, MEMORY_DATASET_OF.get(model, "cifar10"), name) for model in models for name in methods]
     return len(memory_table(pairs, 64, "uniform-mb", jobs=jobs))
@@ -360,7 +362,7 @@ def _memory_child(args: argparse.Namespace) -> dict[str, Any]:
     """``fedbench memory`` rows for every model x every built-in method, twice (cold, then cached)."""
     start = time.perf_counter()
     from fedbench import registry  # noqa: F401  (what a `fedbench memory` process imports)
-    from fedbench.memory_table import memory_table  # noqa: F401
+    from fedbench.reports.memory_table import memory_table  # noqa: F401
 
     import_s = time.perf_counter() - start
     models, methods = builtin_names()
@@ -379,10 +381,10 @@ def _memory_child(args: argparse.Namespace) -> dict[str, Any]:
 def _full_model_trace_ms(models: list[str], dataset_of: dict[str, str]) -> dict[str, float]:
     """One exact trace of each full model's training step (batch 64), the process-wide caches
     bypassed but torch's meta kernels already warm: fedbench's own per-step cost, best of 5."""
-    from fedbench.memory import peak_training_bytes
-    from fedbench.memory_table import KNOWN_SHAPES
-    from fedbench.meta_outputs import building_on_meta
+    from fedbench.memory.model import peak_training_bytes
     from fedbench.models import build_model
+    from fedbench.reports.memory_table import KNOWN_SHAPES
+    from fedbench.tracing.meta import building_on_meta
 
     found = {}
     for name in models:

@@ -26,8 +26,8 @@ def main() -> None:
 
     from harness import builtin_names, memory_sweep
 
-    from fedbench import memory
-    from fedbench.memory_table import clear_caches
+    from fedbench.memory import model as memory
+    from fedbench.reports.memory_table import clear_caches
 
     models, methods = builtin_names()
     traced = [0.0]

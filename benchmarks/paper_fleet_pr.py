@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fedbench.memory_table import memory_table
+from fedbench.reports.memory_table import memory_table
 from fedbench.reports.paper import published
 
 METHODS = ("allsmall", "exclusivefl", "depthfl", "heterofl", "fedrolex", "tifl", "oort", "neulite")
 MODELS = ("resnet18", "vgg11_bn", "squeezenet", "squeezenet_nopool", "resnet34")
 # The errors are taken over the paper's four models, SqueezeNet being the variant the `paper`
-# fleet is fitted to (python -m fedbench.fleet_fit); squeezenet_nopool is shown for reference.
+# fleet is fitted to (python -m fedbench.simulation.fleet_fit); squeezenet_nopool is shown for reference.
 ERROR_MODELS = ("resnet18", "vgg11_bn", "squeezenet", "resnet34")
 
 

@@ -1,9 +1,9 @@
 """The names a method plugin may rely on: ``from fedbench.api import Method, local_sgd, ...``.
 
 These keep their names and meanings across fedbench 0.x minor versions, so a
-plugin that imports only from here (or from the modules they live in, e.g.
-``fedbench.method.Method``) keeps working; everything else in fedbench is
-internal and may move. The guide is ``docs/plugins.md``.
+plugin that imports only from here keeps working; everything else in fedbench is
+internal and may move. The built-in methods import nothing else, which is the
+proof that these names suffice. The guide is ``docs/plugins.md``.
 
 What a method gets
     :class:`Method` — subclass it; its default hooks are FedAvg. ``self.ctx`` is
@@ -11,8 +11,8 @@ What a method gets
     ``build_model``, ``sample_clients``, ``eligible``/``require_eligible``,
     ``client_generator``/``selection_rng``), ``self.options`` the method's
     options dataclass (``options_type``), ``self.global_model`` the server model.
-    :class:`Assignment`, :class:`Update` and :class:`Workload` are what the
-    hooks exchange with the engine.
+    :class:`Assignment`, :class:`ClientContext`, :class:`Update` and
+    :class:`Workload` are what the hooks exchange with the engine.
 
 Shared pieces a method calls instead of re-implementing them
     :func:`local_sgd` (the one local training loop, with a ``loss_fn`` hook),
@@ -22,7 +22,10 @@ Shared pieces a method calls instead of re-implementing them
     early exits), :func:`evaluate`, the seeded streams :func:`numpy_rng` /
     :func:`torch_generator` with :attr:`Stream.METHOD` for a method's own draws,
     :class:`DeviceCost` / :class:`DeviceTime` / :class:`VirtualClock` for a
-    method whose sub-models cost the virtual clock less than the full model.
+    method whose sub-models cost the virtual clock less than the full model;
+    the kits several methods share: width sub-models (``level_model``,
+    ``widest_levels``, ``MaskedCrossEntropy``, static BatchNorm), nHSIC
+    (``nhsic``), stage and exit models (``StageModel``, ``exit_heads``).
 
 Running and testing
     :func:`make_config`, :func:`prepare` (data, shards, fleet -> RunContext),
@@ -31,61 +34,71 @@ Running and testing
 
 from __future__ import annotations
 
-from fedbench.aggregate import normalized_weights, overlap_count_average, weighted_average
-from fedbench.clock import DeviceCost, DeviceTime, VirtualClock
 from fedbench.config import RunConfig, TrainConfig, make_config
+from fedbench.core.context import RunContext
+from fedbench.core.evaluation import evaluate
+from fedbench.core.method import Assignment, ClientContext, Method, NoOptions, Update, Workload
 from fedbench.data import FederatedData, ImageDataset
 from fedbench.engine import RoundResult, RunResult, prepare, run, run_rounds
 from fedbench.errors import ConfigError, FedbenchError, MemoryBudgetError, PluginError
-from fedbench.evaluation import evaluate
-from fedbench.fleet import Fleet
-from fedbench.memory import MemoryModel, MemoryReport
-from fedbench.method import Assignment, ClientContext, Method, NoOptions, RunContext, Update, Workload
+from fedbench.kits.bn import recompute_bn_statistics, sbn_indices
+from fedbench.kits.hsic import SIGMA, nhsic, one_hot
+from fedbench.kits.width_training import MaskedCrossEntropy, add_scaler, use_batch_statistics
+from fedbench.kits.widths import (
+    CONTINUOUS_STEPS,
+    HETEROFL_LEVELS,
+    check_levels,
+    largest_fitting,
+    level_fraction,
+    level_label,
+    level_model,
+    no_level_fits,
+    require_sliceable,
+    widest_levels,
+)
+from fedbench.memory.model import MemoryModel, MemoryReport, format_bytes
 from fedbench.models import BlockModel, build_model, cutting, slicing
-from fedbench.seeding import Stream, numpy_rng, torch_generator
-from fedbench.training import LocalResult, LossFn, cross_entropy_loss, local_sgd
+from fedbench.models.cutting import (
+    ExitModel,
+    OutputModule,
+    StageModel,
+    check_block_index,
+    coadaptation_scope,
+    cut_spec,
+    exit_heads,
+    output_module,
+    prefix_head,
+    prefix_model,
+)
+from fedbench.models.slicing import IndexSets, Rule, extract, index_sets, layout, positions
+from fedbench.seeding import Stream, derive_seed, numpy_rng, torch_generator
+from fedbench.simulation.clock import DeviceCost, DeviceTime, VirtualClock, earliest, state_bytes
+from fedbench.simulation.fleet import Fleet
+from fedbench.training.aggregate import normalized_weights, overlap_count_average, weighted_average
+from fedbench.training.loop import LocalResult, LossFn, cross_entropy_loss, local_sgd, placed_on
 
 __all__ = [
-    "Assignment",
-    "BlockModel",
-    "ClientContext",
-    "ConfigError",
-    "DeviceCost",
-    "DeviceTime",
-    "FederatedData",
-    "FedbenchError",
-    "Fleet",
-    "ImageDataset",
-    "LocalResult",
-    "LossFn",
-    "MemoryBudgetError",
-    "MemoryModel",
-    "MemoryReport",
-    "Method",
-    "NoOptions",
-    "PluginError",
-    "RoundResult",
-    "RunConfig",
-    "RunContext",
-    "RunResult",
-    "Stream",
-    "TrainConfig",
-    "Update",
-    "VirtualClock",
-    "Workload",
-    "build_model",
-    "cross_entropy_loss",
-    "cutting",
-    "evaluate",
-    "local_sgd",
-    "make_config",
-    "normalized_weights",
-    "numpy_rng",
-    "overlap_count_average",
-    "prepare",
-    "run",
-    "run_rounds",
-    "slicing",
-    "torch_generator",
-    "weighted_average",
+    # the contract and what the hooks exchange
+    "Assignment", "ClientContext", "Method", "NoOptions", "RunContext", "Update", "Workload",
+    # errors a method raises for bad input
+    "ConfigError", "FedbenchError", "MemoryBudgetError", "PluginError",
+    # training, averaging, evaluation
+    "LocalResult", "LossFn", "cross_entropy_loss", "evaluate", "local_sgd", "normalized_weights",
+    "overlap_count_average", "placed_on", "weighted_average",
+    # seeded randomness
+    "Stream", "derive_seed", "numpy_rng", "torch_generator",
+    # models: the zoo, depth cutting and width slicing
+    "BlockModel", "ExitModel", "IndexSets", "OutputModule", "Rule", "StageModel", "build_model",
+    "check_block_index", "coadaptation_scope", "cut_spec", "cutting", "exit_heads", "extract", "index_sets",
+    "layout", "output_module", "positions", "prefix_head", "prefix_model", "slicing",
+    # kits: width levels, width training, static BatchNorm, nHSIC
+    "CONTINUOUS_STEPS", "HETEROFL_LEVELS", "MaskedCrossEntropy", "SIGMA", "add_scaler", "check_levels",
+    "largest_fitting", "level_fraction", "level_label", "level_model", "nhsic", "no_level_fits", "one_hot",
+    "recompute_bn_statistics", "require_sliceable", "sbn_indices", "use_batch_statistics", "widest_levels",
+    # memory, fleet, virtual clock
+    "DeviceCost", "DeviceTime", "Fleet", "MemoryModel", "MemoryReport", "VirtualClock", "earliest",
+    "format_bytes", "state_bytes",
+    # running and testing
+    "FederatedData", "ImageDataset", "RoundResult", "RunConfig", "RunResult", "TrainConfig", "make_config",
+    "prepare", "run", "run_rounds",
 ]

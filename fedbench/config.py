@@ -150,7 +150,7 @@ class TrackingConfig:
 
 
 WEIGHTINGS = ("uniform", "samples")
-# How a round's local updates run (fedbench/executors.py).
+# How a round's local updates run (fedbench/execution/executors.py).
 EXECUTORS = ("serial", "process", "ray")
 # RunConfig fields that decide where work runs, never what it computes: not in the run key.
 EXECUTION_FIELDS = ("executor", "workers", "executor_threads")
@@ -291,6 +291,28 @@ class RunConfig:
             return dict(self.options)
         return json.loads(json.dumps(dataclasses.asdict(parsed), default=str))
 
+    def options_differing_from_defaults(self) -> dict[str, Any]:
+        """The resolved options that differ from the method's defaults: what the run key hashes, so
+        ``{}`` and ``{mu: 0.01}`` (the default) are one run, and runs keyed before options were
+        resolved keep their keys."""
+        try:
+            options_type = getattr(registry.load("methods", self.method), "options_type", None)
+            defaults = build_dataclass(options_type, {}, path="options") if dataclasses.is_dataclass(options_type) else None
+        except (FedbenchError, TypeError):
+            defaults = None
+        if defaults is None:
+            return dict(self.options)
+        default_values = json.loads(json.dumps(dataclasses.asdict(defaults), default=str))
+        return {k: v for k, v in self.resolved_options().items() if default_values.get(k) != v}
+
+    def option_params(self) -> dict[str, str]:
+        """``options.<name>`` MLflow params for every option of the run's method, defaults included and
+        values normalised (``mu=1`` -> ``1.0``, tuples as ``[a, b]``), so reports can group runs by an
+        option whether or not it was set. The options as given when the method cannot be loaded (a
+        failed run is still recorded)."""
+        flat = dataclasses.replace(self, options=FrozenOptions(self.resolved_options())).flat_params()
+        return {key: value for key, value in flat.items() if key.startswith("options.")}
+
     @property
     def run_key(self) -> str:
         """Stable hash of everything that can change a result (not where data or logs live)."""
@@ -301,7 +323,7 @@ class RunConfig:
             payload.pop(name)
         if payload["device"] == "cpu":  # runs from before the field existed keep their key
             payload.pop("device")
-        payload["options"] = self.resolved_options()
+        payload["options"] = self.options_differing_from_defaults()
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -472,3 +494,19 @@ def to_yaml(config: RunConfig) -> str:
     import yaml
 
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def parse_option_pairs(pairs: list[str]) -> dict[str, Any]:
+    """``--opt key=value`` pairs; values are read as YAML scalars (0.1, true, [1, 2])."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--opt {pair!r} must look like key=value, e.g. --opt mu=0.01")
+        try:
+            options[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--opt {pair!r}: value is not a valid YAML scalar or list") from exc
+    return options

@@ -1,7 +1,7 @@
 """The errors a user can cause.
 
 Every subclass carries a one-line message that names the bad value and how to
-fix it. Only :mod:`fedbench.cli` catches them (and prints one red line); any
+fix it. Only :mod:`fedbench.cli.main` catches them (and prints one red line); any
 other exception is a bug and keeps its traceback.
 """
 

@@ -31,8 +31,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from fedbench import engine
 from fedbench.config import RunConfig, build_dataclass, deep_merge, dotted_to_nested, load_yaml
+from fedbench.core import checkpoint
 from fedbench.errors import ConfigError, FedbenchError, TrackingError
+from fedbench.execution.executors import connect_ray, cpu_demand, require_ray
+from fedbench.tracking.tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,6 @@ def iter_cells(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> Iterat
 # ----------------------------------------------------------------- running
 def finished_keys(experiment: str, tracking_uri: str | None) -> set[str]:
     """Run keys that already have a FINISHED run in ``experiment``."""
-    from fedbench.tracking import MlflowTracker
 
     client, experiment_id = MlflowTracker(tracking_uri, experiment)._connect()
     keys: set[str] = set()
@@ -153,8 +156,6 @@ def finished_keys(experiment: str, tracking_uri: str | None) -> set[str]:
 def resumable_runs(experiment: str, tracking_uri: str | None) -> dict[str, str]:
     """Run key -> id of the newest cut-short run (RUNNING, KILLED, FAILED) of ``experiment``
     that left a checkpoint here, so a sweep rerun continues it instead of starting over."""
-    from fedbench import checkpoint
-    from fedbench.tracking import MlflowTracker
 
     client, experiment_id = MlflowTracker(tracking_uri, experiment)._connect()
     found: dict[str, str] = {}
@@ -177,7 +178,6 @@ def resumable_runs(experiment: str, tracking_uri: str | None) -> dict[str, str]:
 
 def _checkpoint_round(config: RunConfig, run_id: str) -> int | None:
     """The last finished round of ``run_id``'s checkpoint, or None if it cannot be resumed."""
-    from fedbench import checkpoint
 
     try:
         return checkpoint.load(checkpoint.checkpoint_path(run_id), config).round_idx
@@ -189,8 +189,6 @@ def _checkpoint_round(config: RunConfig, run_id: str) -> int | None:
 def run_cell(config: RunConfig, resume_run_id: str | None = None) -> CellOutcome:
     """Run one config with MLflow tracking (continuing ``resume_run_id`` from its checkpoint
     if it has a usable one); a user-caused failure becomes a FAILED outcome."""
-    from fedbench import engine
-    from fedbench.tracking import MlflowTracker
 
     start = time.perf_counter()
     tracker = MlflowTracker(config.tracking.uri, config.tracking.experiment, config.tracking.run_name)
@@ -236,8 +234,6 @@ def run_grid(
     if executor not in SWEEP_EXECUTORS:
         raise ConfigError(f"sweep executor '{executor}' must be one of {', '.join(SWEEP_EXECUTORS)}")
     if executor == "ray":
-        from fedbench.executors import require_ray
-
         require_ray()
     cells = [replace(c, config=_with_uri(c.config, tracking_uri)) for c in grid.cells]
     uri = tracking_uri or _uri(cells)
@@ -276,7 +272,6 @@ def run_grid(
 
 def _run_on_ray(cells: list[Cell], resumable: Mapping[str, str]) -> Iterable[CellOutcome]:
     """Each cell as one Ray task asking for the CPUs its run keeps busy; outcomes as they come."""
-    from fedbench.executors import connect_ray, cpu_demand, require_ray
 
     if not cells:
         return

@@ -41,11 +41,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedbench import checkpoint, engine, registry
-from fedbench.config import RunConfig, make_config
+from fedbench import engine, registry
+from fedbench.config import RunConfig, make_config, parse_option_pairs
+from fedbench.core import checkpoint
+from fedbench.core.method import Method, validate_method
 from fedbench.errors import PluginError
-from fedbench.executors import make_executor
-from fedbench.method import Method, validate_method
+from fedbench.execution.executors import make_executor
 
 
 @dataclass
@@ -176,7 +177,6 @@ def _check_resume(cls: type[Method], config: RunConfig, expected: list[dict[str,
 def _check_options(cls: type[Method], config: RunConfig) -> None:
     import yaml
 
-    from fedbench.cli import _parse_opts
 
     parsed = cls.parse_options(config.options)
     values = _plain(dataclasses.asdict(parsed))
@@ -184,7 +184,7 @@ def _check_options(cls: type[Method], config: RunConfig) -> None:
     assert via_yaml == parsed, f"{cls.__name__}: options {values} do not survive a YAML round trip"
     pairs = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
              for key, value in values.items()]
-    via_opt = cls.parse_options(_parse_opts(pairs))
+    via_opt = cls.parse_options(parse_option_pairs(pairs))
     assert via_opt == parsed, f"{cls.__name__}: options {values} do not survive --opt {' --opt '.join(pairs)}"
 
 

@@ -19,13 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedbench.errors import ConfigError
-from fedbench.method import Assignment, Method, RunContext, Update, Workload
-from fedbench.methods.heterofl import width_metrics
-from fedbench.models.base import BlockModel
-from fedbench.widths import (
+from fedbench.api import (
     CONTINUOUS_STEPS,
     HETEROFL_LEVELS,
+    Assignment,
+    BlockModel,
+    ConfigError,
+    Method,
+    RunContext,
+    Update,
+    Workload,
     check_levels,
     largest_fitting,
     level_fraction,
@@ -33,6 +36,7 @@ from fedbench.widths import (
     no_level_fits,
     require_sliceable,
 )
+from fedbench.methods.heterofl import width_metrics
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedbench.aggregate import overlap_count_average
-from fedbench.clock import DeviceCost, state_bytes
-from fedbench.errors import ConfigError, MemoryBudgetError
-from fedbench.memory import format_bytes
-from fedbench.method import Assignment, ClientContext, Method, RunContext, Update, Workload
-from fedbench.models import BlockModel
-from fedbench.models.cutting import ExitModel, check_block_index, exit_heads
-from fedbench.seeding import Stream, numpy_rng
-from fedbench.training import placed_on
+from fedbench.api import (
+    Assignment,
+    BlockModel,
+    ClientContext,
+    ConfigError,
+    DeviceCost,
+    ExitModel,
+    MemoryBudgetError,
+    Method,
+    RunContext,
+    Stream,
+    Update,
+    Workload,
+    check_block_index,
+    exit_heads,
+    format_bytes,
+    numpy_rng,
+    overlap_count_average,
+    placed_on,
+    state_bytes,
+)
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,11 @@ PR = |E| / N. If no device fits, the run fails before round 1 (the paper's "NA")
 
 from __future__ import annotations
 
-from fedbench.method import Assignment, Method, RunContext
+from fedbench.api import (
+    Assignment,
+    Method,
+    RunContext,
+)
 
 
 class ExclusiveFL(Method):

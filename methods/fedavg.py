@@ -9,7 +9,9 @@ All of it is the engine's default behaviour.
 
 from __future__ import annotations
 
-from fedbench.method import Method
+from fedbench.api import (
+    Method,
+)
 
 
 class FedAvg(Method):

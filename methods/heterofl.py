@@ -9,14 +9,14 @@ level is left out. The server averages every entry over the clients that held it
 (overlap-count averaging; classifier rows only over the clients holding the class) and
 evaluates the global model at width r_g with static BN (sBN).
 
-Client tricks as [C-HFL] and the spec decide (:mod:`fedbench.width_training`): BatchNorm
+Client tricks as [C-HFL] and the spec decide (:mod:`fedbench.kits.width_training`): BatchNorm
 with batch statistics only, the Scaler (norm inputs divided by r / r_g while training),
 masked cross-entropy, gradient clipping to L2 norm 1. Global width r_g = 1 by default
 (what the NeuLite paper evidently evaluated, decision Q9); ``global_rate=max_fit`` uses the
 widest level any device was given (the HeteroFL authors' convention).
 
 The engine pieces used: :func:`fedbench.models.slicing.submodel`/``extract``/``positions``,
-:func:`fedbench.aggregate.overlap_count_average`, :mod:`fedbench.bn`, :mod:`fedbench.widths`.
+:func:`fedbench.training.aggregate.overlap_count_average`, :mod:`fedbench.kits.bn`, :mod:`fedbench.kits.widths`.
 FedRolex (:mod:`fedbench.methods.fedrolex`) is this class with a rolling index rule.
 """
 
@@ -29,23 +29,39 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedbench.aggregate import normalized_weights, overlap_count_average
-from fedbench.bn import recompute_bn_statistics, sbn_indices
-from fedbench.errors import ConfigError
-from fedbench.method import Assignment, ClientContext, Method, RunContext, Update, Workload
-from fedbench.models.base import BlockModel
-from fedbench.models.slicing import IndexSets, Rule, extract, index_sets, layout, positions
-from fedbench.seeding import Stream, torch_generator
-from fedbench.training import LossFn, cross_entropy_loss
-from fedbench.width_training import MaskedCrossEntropy, add_scaler, use_batch_statistics
-from fedbench.widths import (
+from fedbench.api import (
     HETEROFL_LEVELS,
+    Assignment,
+    BlockModel,
+    ClientContext,
+    ConfigError,
+    IndexSets,
+    LossFn,
+    MaskedCrossEntropy,
+    Method,
+    Rule,
+    RunContext,
+    Stream,
+    Update,
+    Workload,
+    add_scaler,
     check_levels,
+    cross_entropy_loss,
+    extract,
+    index_sets,
+    layout,
     level_fraction,
     level_label,
     level_model,
     no_level_fits,
+    normalized_weights,
+    overlap_count_average,
+    positions,
+    recompute_bn_statistics,
     require_sliceable,
+    sbn_indices,
+    torch_generator,
+    use_batch_statistics,
     widest_levels,
 )
 

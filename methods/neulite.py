@@ -14,7 +14,7 @@ much less memory than the full model and the devices that fit it can join its
 rounds. Everything follows ``spec/neulite.md``; its Decisions are cited as §x.y:
 server state W = {stem, blocks} + one persistent O_k and MLP_k per stage (§2.3),
 eligibility per stage from the memory model and skipped stages (§2.4, Q19),
-trainable set and BN-in-train-mode (§2.5), nHSIC estimator (§2.6, ``fedbench.hsic``),
+trainable set and BN-in-train-mode (§2.5), nHSIC estimator (§2.6, ``fedbench.kits.hsic``),
 linear λ schedule with λ_max = 0.4 (§2.7, Q1; a fedbench proposal, the paper
 publishes none), uniform mean of the stage model's whole state (§2.8), evaluation
 of the full model S_S (§2.9) and the ablation switches of §2.11.
@@ -32,22 +32,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedbench.errors import ConfigError, MemoryBudgetError
-from fedbench.evaluation import evaluate
-from fedbench.hsic import SIGMA, nhsic, one_hot
-from fedbench.memory import format_bytes
-from fedbench.method import Assignment, ClientContext, Method, RunContext, Update, Workload
-from fedbench.models import BlockModel
-from fedbench.models.cutting import (
+from fedbench.api import (
+    SIGMA,
+    Assignment,
+    BlockModel,
+    ClientContext,
+    ConfigError,
+    MemoryBudgetError,
+    Method,
     OutputModule,
+    RunContext,
     StageModel,
+    Stream,
+    Update,
+    Workload,
     coadaptation_scope,
+    cross_entropy_loss,
     cut_spec,
+    derive_seed,
+    evaluate,
+    format_bytes,
+    nhsic,
+    one_hot,
     output_module,
     prefix_head,
 )
-from fedbench.seeding import Stream, derive_seed
-from fedbench.training import cross_entropy_loss
 
 log = logging.getLogger(__name__)
 

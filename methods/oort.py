@@ -23,10 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedbench.clock import earliest
-from fedbench.errors import ConfigError
-from fedbench.method import Assignment, ClientContext, Method, RunContext, Update
-from fedbench.seeding import Stream, numpy_rng
+from fedbench.api import (
+    Assignment,
+    ClientContext,
+    ConfigError,
+    Method,
+    RunContext,
+    Stream,
+    Update,
+    earliest,
+    numpy_rng,
+)
 
 
 @dataclass(frozen=True, kw_only=True)

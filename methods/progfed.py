@@ -24,13 +24,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedbench.clock import DeviceCost
-from fedbench.errors import ConfigError, MemoryBudgetError
-from fedbench.memory import format_bytes
-from fedbench.method import Assignment, ClientContext, Method, RunContext, Update, Workload
-from fedbench.models import BlockModel
-from fedbench.models.cutting import StageModel, prefix_head, prefix_model
-from fedbench.seeding import Stream, numpy_rng
+from fedbench.api import (
+    Assignment,
+    BlockModel,
+    ClientContext,
+    ConfigError,
+    DeviceCost,
+    MemoryBudgetError,
+    Method,
+    RunContext,
+    StageModel,
+    Stream,
+    Update,
+    Workload,
+    format_bytes,
+    numpy_rng,
+    prefix_head,
+    prefix_model,
+)
 
 HEAD_INIT_KEY = 2  # Stream.MODEL_INIT key of the temporary heads' initialisation
 

@@ -23,10 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedbench.errors import ConfigError
-from fedbench.method import Assignment, Method, RunContext, Update
-from fedbench.seeding import Stream, numpy_rng
-from fedbench.training import placed_on
+from fedbench.api import (
+    Assignment,
+    ConfigError,
+    Method,
+    RunContext,
+    Stream,
+    Update,
+    numpy_rng,
+    placed_on,
+)
 
 log = logging.getLogger(__name__)
 

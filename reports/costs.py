@@ -1,6 +1,6 @@
 """Per-block cost vs the full model, from the models alone (no runs): Fig. 6 and Fig. 7.
 
-Memory comes from :mod:`fedbench.memory`, time from :mod:`fedbench.clock`. A
+Memory comes from :mod:`fedbench.memory.model`, time from :mod:`fedbench.simulation.clock`. A
 "block" row is NeuLite's stage k: the stage model S_k with block k, its output
 module and the co-adapted part of block k−1 trainable. When a ``neulite`` method
 is registered its own ``workloads`` are used (they include its loss and
@@ -14,11 +14,18 @@ import logging
 
 import pandas as pd
 
+from fedbench import registry
 from fedbench.config import RunConfig
+from fedbench.core import setup
+from fedbench.core.method import RunContext, Workload, validate_method
 from fedbench.data import ImageDataset
 from fedbench.errors import UnknownNameError
-from fedbench.method import Workload
+from fedbench.memory.model import MemoryModel, SGDSpec
 from fedbench.models import BlockModel
+from fedbench.models.cutting import StageModel, stage_trainable
+from fedbench.simulation.clock import stage_round_times
+from fedbench.simulation.fleet import make_fleet
+from fedbench.training.loop import cross_entropy_loss
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +35,6 @@ TIME_COLUMNS = ("label", "compute_s", "comm_s", "total_s")
 
 def stage_workloads(model: BlockModel) -> list[Workload]:
     """NeuLite's stage k = 1..S as memory-model workloads (cross-entropy loss, no projection MLP)."""
-    from fedbench.models.cutting import StageModel, stage_trainable
 
     stages = [StageModel(model, k) for k in range(1, model.num_blocks + 1)]
     return [Workload(f"block {s.stage}", s, stage_trainable(model, s)) for s in stages]
@@ -37,8 +43,6 @@ def stage_workloads(model: BlockModel) -> list[Workload]:
 def neulite_workloads(model: BlockModel) -> tuple[list[Workload], str]:
     """The registered ``neulite`` method's workloads if there is one, else :func:`stage_workloads`;
     with a word on which was used."""
-    from fedbench import registry
-    from fedbench.method import validate_method
 
     try:
         method = registry.load("methods", "neulite", validate=validate_method)
@@ -52,8 +56,6 @@ def block_memory(
     model: BlockModel, input_shape: tuple[int, int, int], batch_size: int, optimizer: object | None = None
 ) -> tuple[pd.DataFrame, str]:
     """Peak bytes (and breakdown) of one local step of every block's stage and of the full model."""
-    from fedbench.memory import MemoryModel, SGDSpec
-    from fedbench.training import cross_entropy_loss
 
     memory = MemoryModel(optimizer or SGDSpec())
     workloads, source = neulite_workloads(model)
@@ -76,7 +78,6 @@ def block_times(
     width: float = 1.0,
 ) -> pd.DataFrame:
     """Simulated seconds of one device's round per block (NeuLite stage) and for the full model."""
-    from fedbench.clock import stage_round_times
 
     times = stage_round_times(model_name, input_shape, num_classes, batch_size, samples, epochs,
                               device_class_name=device_class, width=width)
@@ -124,17 +125,14 @@ def fleet_round_times(config: RunConfig, dataset: ImageDataset, rounds: int) -> 
     """
     from dataclasses import replace
 
-    from fedbench import engine
-    from fedbench.fleet import make_fleet
-    from fedbench.method import RunContext
 
     rows = []
     for method_name in ("neulite", "fedavg"):
         run_config = replace(config, method=method_name, rounds=rounds)
-        data, _ = engine.partition(run_config, dataset)
+        data, _ = setup.partition(run_config, dataset)
         ctx = RunContext(config=run_config, data=data)
         ctx.fleet = make_fleet(run_config.fleet, data.num_clients, run_config.seed, ctx.full_model_peak_bytes)
-        method = engine.make_method(ctx)
+        method = setup.make_method(ctx)
         for round_idx in range(rounds):
             assignments = method.assign(round_idx)
             if not assignments:  # a NeuLite stage no device fits: skipped, as in a run

@@ -14,7 +14,12 @@ from typing import Any
 import pandas as pd
 
 from fedbench.errors import ConfigError, TrackingError, UnknownNameError
-from fedbench.tracking import one_line, quiet_store_logging, require_store  # also: MLflow's quiet defaults
+from fedbench.reports.summary import finished_runs, summarize
+from fedbench.tracking.tracker import (  # also: MLflow's quiet defaults
+    one_line,
+    quiet_store_logging,
+    require_store,
+)
 
 # The columns of a history frame: one row per (run, metric, round).
 HISTORY_COLUMNS = ("run_id", "key", "round", "value")
@@ -145,7 +150,6 @@ def load_experiment(
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The finished runs of ``experiment`` summarised (one row per run), the per-round history
     of ``keys``, and warnings naming runs with missing metrics."""
-    from fedbench.reports.summary import finished_runs, summarize
 
     store = RunStore(tracking_uri)
     runs, skipped = finished_runs(store.runs(experiment), experiment)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from fedbench.config import RunConfig
 from fedbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ COLUMN_SETTINGS = frozenset({"method", "data.dataset", "model.name", "data.parti
 def _defaults() -> dict[str, str]:
     """Every setting's default as a logged string: a run logged before a setting existed (or by
     hand, with fewer params) ran with the default."""
-    from fedbench.config import RunConfig
 
     return RunConfig().flat_params()
 
@@ -156,7 +156,7 @@ def summarize(
         values = by_run.get(run["run_id"], [])
         row = {
             "run_id": run["run_id"],
-            "method": run.get("tags.fedbench.method") or run.get("params.method"),
+            "method": run.get("tags.fedbench.core.method") or run.get("params.method"),
             "dataset": run.get("tags.fedbench.dataset") or run.get("params.data.dataset"),
             "model": run.get("tags.fedbench.model") or run.get("params.model.name"),
             "partition": run.get("params.data.partition"),

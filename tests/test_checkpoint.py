@@ -13,9 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fedbench import checkpoint, engine
-from fedbench.cli import app
+from fedbench import engine
+from fedbench.cli.main import app
 from fedbench.config import make_config
+from fedbench.core import checkpoint
 from fedbench.errors import CheckpointError, ConfigError
 
 ROUNDS = 6
@@ -47,7 +48,7 @@ def _history(uri, run_id, key="eval/accuracy"):
 
 def test_a_run_killed_mid_round_resumes_to_the_same_metrics(tmp_path, tracking_uri, checkpoints):
     env = {**os.environ, "FEDBENCH_CHECKPOINTS": str(checkpoints)}
-    cmd = [sys.executable, "-m", "fedbench.cli", "run", *RUN_FLAGS, "--tracking-uri", tracking_uri]
+    cmd = [sys.executable, "-m", "fedbench.cli.main", "run", *RUN_FLAGS, "--tracking-uri", tracking_uri]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     saved = None
@@ -173,7 +174,7 @@ def test_a_malicious_pickle_checkpoint_is_refused_without_running(tmp_path):
 
 
 def test_resume_refuses_a_malicious_checkpoint_in_one_line(tmp_path, tracking_uri, checkpoints):
-    from fedbench.tracking import MlflowTracker
+    from fedbench.tracking.tracker import MlflowTracker
 
     config = dataclasses.replace(_config(), tracking=dataclasses.replace(_config().tracking, uri=tracking_uri))
     tracker = MlflowTracker(tracking_uri, "resume")

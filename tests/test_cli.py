@@ -10,7 +10,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from fedbench.cli import app
+from fedbench.cli.main import app
 from tests.conftest import FASHION_MNIST_DIR, requires_fashion_mnist
 
 runner = CliRunner()
@@ -177,7 +177,7 @@ def test_an_unreachable_tracking_store_is_one_line_and_leaves_no_helper_behind()
     helpers = []  # this process's own helpers only: other runs on the machine may have theirs
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if b"fedbench.tracking_process" in cmdline.read_bytes():
+            if b"fedbench.tracking.helper_process" in cmdline.read_bytes():
                 parent = int((cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[1])
                 if parent == os.getpid():
                     helpers.append(cmdline.parent.name)

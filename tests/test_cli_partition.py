@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fedbench.cli import app
+from fedbench.cli.main import app
 from fedbench.datasets.cinic10 import CLASSES
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ from the same list (``python -m tests.test_cli_reliability --markdown > docs/rel
 
 To add a case, append a :class:`Case` to :data:`CASES`. In its arguments and environment
 ``{tmp}`` is the case's own empty folder; ``setup`` may create files in it and return more
-``{name}`` values. Cases run in this process through :func:`fedbench.cli.main` (fast), or as a
+``{name}`` values. Cases run in this process through :func:`fedbench.cli.main.main` (fast), or as a
 real ``fedbench`` process when ``subprocess`` is set: needed for signals, and for commands that
 write relative to the working directory (``./mlruns``, ``reports/out/``), which is then ``{tmp}``.
 """
@@ -113,7 +113,7 @@ def _experiment(name: str, artifact_location: str | None = None, with_run: bool 
         location = artifact_location.replace("{tmp}", str(tmp)) if artifact_location else None
         experiment_id = client.create_experiment(name, artifact_location=location)
         if with_run:
-            run = client.create_run(experiment_id, tags={"fedbench.method": "fedavg", "fedbench.dataset": "synthetic",
+            run = client.create_run(experiment_id, tags={"fedbench.core.method": "fedavg", "fedbench.dataset": "synthetic",
                                                          "fedbench.model": "cnn", "fedbench.run_key": "k"})
             client.log_batch(run.info.run_id, params=[Param("data.partition", "dirichlet"), Param("data.alpha", "0.5")],
                              metrics=[Metric("eval/accuracy", 0.5, 0, 0), Metric("participation/rate", 1.0, 0, 0)])
@@ -188,7 +188,7 @@ CASES: list[Case] = [
          "interrupted before a run was created; nothing was logged", "Ctrl-C while the data loads",
          raise_in=("fedbench.engine.prepare", KeyboardInterrupt), absent=("KILLED",)),
     Case("interrupt-memory", ("memory",), 130, "interrupted", "Ctrl-C during `fedbench memory`",
-         raise_in=("fedbench.cli_memory.memory_rows", KeyboardInterrupt), absent=("KILLED", "run")),
+         raise_in=("fedbench.reports.memory_table.memory_rows", KeyboardInterrupt), absent=("KILLED", "run")),
     Case("unexpected-error", (*TINY, "--no-tracking"), 1,
          "unexpected RuntimeError: boom (a bug in fedbench or a plugin; rerun with --verbose for the traceback)",
          "a bug (here: RuntimeError while the data loads)", raise_in=("fedbench.engine.prepare", RuntimeError)),
@@ -235,7 +235,7 @@ def run_case(case: Case, tmp: Path) -> tuple[Outcome, dict[str, str]]:
     argv = [_fill(a, values) for a in case.argv]
     if case.subprocess:
         return _run_process(case, argv, env, tmp), values
-    from fedbench.cli import main
+    from fedbench.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     patch = mock.patch(case.raise_in[0], _raiser(case.raise_in[1])) if case.raise_in else contextlib.nullcontext()
@@ -249,7 +249,7 @@ def run_case(case: Case, tmp: Path) -> tuple[Outcome, dict[str, str]]:
 
 
 def _run_process(case: Case, argv: list[str], env: Mapping[str, str], tmp: Path) -> Outcome:
-    command = [sys.executable, "-c", "from fedbench.launch import main; main()", *argv]
+    command = [sys.executable, "-c", "from fedbench.cli.main import main; main()", *argv]
     process = subprocess.Popen(command, cwd=tmp, env={**os.environ, **env}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     if case.act is None:

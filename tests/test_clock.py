@@ -8,7 +8,10 @@ import pytest
 from torch import nn
 
 from fedbench import engine
-from fedbench.clock import (
+from fedbench.config import make_config
+from fedbench.errors import ConfigError
+from fedbench.models import build_model
+from fedbench.simulation.clock import (
     DeviceCost,
     DeviceTime,
     VirtualClock,
@@ -17,11 +20,8 @@ from fedbench.clock import (
     stage_round_times,
     state_bytes,
 )
-from fedbench.config import make_config
-from fedbench.errors import ConfigError
-from fedbench.fleet import Device
-from fedbench.flops import model_flops
-from fedbench.models import build_model
+from fedbench.simulation.fleet import Device
+from fedbench.simulation.flops import model_flops
 
 
 def test_a_hand_computed_round_lasts_as_long_as_its_slowest_device():

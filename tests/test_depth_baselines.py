@@ -12,9 +12,8 @@ import torch
 
 from fedbench import engine, registry
 from fedbench.config import make_config
+from fedbench.core.method import Method
 from fedbench.errors import ConfigError, MemoryBudgetError
-from fedbench.fleet import Device, Fleet
-from fedbench.method import Method
 from fedbench.methods.depthfl import (
     DepthFL,
     DepthFLOptions,
@@ -27,6 +26,7 @@ from fedbench.methods.depthfl import (
 from fedbench.methods.progfed import ProgFed, default_update_cycle, stage_schedule
 from fedbench.models import build_model
 from fedbench.models.cutting import ExitModel, exit_heads
+from fedbench.simulation.fleet import Device, Fleet
 
 
 def config_with(method: str, model: dict | None = None, fleet: dict | None = None, **extra):

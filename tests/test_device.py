@@ -9,10 +9,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from fedbench import engine
-from fedbench.cli import app
+from fedbench.cli.main import app
 from fedbench.config import make_config
 from fedbench.errors import ConfigError
-from fedbench.training import model_device, placed_on
+from fedbench.training.loop import model_device, placed_on
 
 TINY = {"method": "fedavg", "data": {"dataset": "synthetic", "num_clients": 4}, "clients_per_round": 2,
         "rounds": 2, "train": {"local_epochs": 1}}

@@ -8,8 +8,8 @@ import torch
 
 from fedbench import engine
 from fedbench.config import make_config
-from fedbench.method import ClientContext, Method
-from fedbench.training import local_sgd
+from fedbench.core.method import ClientContext, Method
+from fedbench.training.loop import local_sgd
 
 
 def _deterministic(result):

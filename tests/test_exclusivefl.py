@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedbench import engine
-from fedbench.cli import app
+from fedbench.cli.main import app
 from fedbench.config import make_config
 from fedbench.errors import MemoryBudgetError
 
@@ -71,7 +71,7 @@ def test_fedbench_run_reports_a_method_that_fits_no_device_in_one_line_with_exit
 def test_exclusivefl_logs_its_participation_rate_to_mlflow(tracking_uri):
     import mlflow
 
-    from fedbench.tracking import MlflowTracker
+    from fedbench.tracking.tracker import MlflowTracker
 
     config = config_with({"profile": "relative"}, rounds=1)
     config = dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, enabled=True))

@@ -13,14 +13,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fedbench import checkpoint, engine, registry
-from fedbench.cli import app
+from fedbench import engine, registry
+from fedbench.cli.main import app
 from fedbench.config import make_config
+from fedbench.core import checkpoint
+from fedbench.core.method import Assignment, Method
 from fedbench.errors import ConfigError, ExecutorError
-from fedbench.executors import ProcessExecutor, ProcessPool, SerialExecutor, make_executor
-from fedbench.method import Assignment, Method
-from fedbench.replica import split_work
-from fedbench.tracking import NullTracker
+from fedbench.execution.executors import ProcessExecutor, ProcessPool, SerialExecutor, make_executor
+from fedbench.execution.replica import split_work
+from fedbench.tracking.tracker import NullTracker
 
 BUILTIN_METHODS = sorted(info.name for info in registry.available("methods") if info.builtin)
 
@@ -159,11 +160,11 @@ def test_the_ray_executor_without_ray_is_one_line_with_the_pip_command(monkeypat
 
 
 def test_the_command_line_runs_a_process_executor_and_starts_its_forkserver_first(monkeypatch):
-    import fedbench.cli
+    import fedbench.cli.run
 
     started = []
-    real_start = fedbench.cli.start_early
-    monkeypatch.setattr(fedbench.cli, "start_early", lambda: (started.append(True), real_start()))
+    real_start = fedbench.cli.run.start_early
+    monkeypatch.setattr(fedbench.cli.run, "start_early", lambda: (started.append(True), real_start()))
     result = runner.invoke(app, ["run", *TINY, "--executor", "process", "--workers", "2", "--executor-threads", "1"])
     assert result.exit_code == 0, result.output
     assert "final accuracy" in result.output

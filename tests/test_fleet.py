@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedbench.cli import app
+from fedbench.cli.main import app
 from fedbench.config import FleetConfig, make_config
 from fedbench.errors import ConfigError, UnknownNameError
-from fedbench.fleet import DEVICE_CLASSES, MIB, make_fleet, quantile_budgets
-from fedbench.fleet_fit import (
+from fedbench.simulation.fleet import DEVICE_CLASSES, MIB, make_fleet, quantile_budgets
+from fedbench.simulation.fleet_fit import (
     Target,
     Threshold,
     choices,
@@ -19,7 +19,7 @@ from fedbench.fleet_fit import (
     knot_value,
     knots_from_fit,
 )
-from fedbench.fleet_paper import PAPER_FIT_TABLE, PAPER_REFERENCE_PEAK_BYTES
+from fedbench.simulation.fleet_paper import PAPER_FIT_TABLE, PAPER_REFERENCE_PEAK_BYTES
 
 runner = CliRunner()
 
@@ -87,7 +87,7 @@ def test_knots_with_equal_probability_leave_no_budget_between_them():
 @pytest.mark.parametrize("model", ["resnet18", "vgg11_bn", "squeezenet", "resnet34"])
 def test_under_the_paper_fleet_some_neulite_stage_fits_every_device(model):
     """The paper's NeuLite PR of 100 % (Tables 1 and 2): the smallest budget holds the cheapest stage."""
-    from fedbench.memory_table import memory_rows
+    from fedbench.reports.memory_table import memory_rows
 
     rows = memory_rows(model, "cifar10", 64, "neulite", "paper")
     assert max(r["pr"] for r in rows if r["submodel"].startswith("stage")) == 1.0

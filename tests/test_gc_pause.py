@@ -1,5 +1,5 @@
 """Meta traces run with Python's cyclic garbage collector held off
-(fedbench/_speedups/collector.py), and never import torch's compiler while it is."""
+(fedbench/tracing/_speedups/collector.py), and never import torch's compiler while it is."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from fedbench import trace_cache
-from fedbench._speedups import ENV
-from fedbench._speedups.collector import collector_paused
+from fedbench.tracing import cache as trace_cache
+from fedbench.tracing._speedups import ENV
+from fedbench.tracing._speedups.collector import collector_paused
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_torch_s_compiler_is_loaded_before_a_trace_pauses_the_collector():
     """Its first import, from inside a guarded kernel, leaves cycles that would keep traced
     tensors alive (and count them) while the collector is paused."""
     code = ("import gc, sys\n"
-            "from fedbench import trace_cache\n"
+            "from fedbench.tracing import cache as trace_cache\n"
             "seen = []\n"
             "trace_cache.cached('probe', ('c', 1), (), lambda: seen.append(\n"
             "    (gc.isenabled(), 'torch._dynamo' in sys.modules)) or 1)\n"

@@ -7,14 +7,18 @@ import sys
 
 import pytest
 
-from fedbench import cli, launch, tracking_process
+from fedbench.cli.main import main
+from fedbench.tracking import helper_process as tracking_process
 from tests.test_cli import TINY
 
 TRACKED = [a for a in TINY if a != "--no-tracking"]
 
 
 def test_the_console_script_is_the_command_line_s_entry_point():
-    assert launch.main is cli.main
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "fedbench"]
+    assert script.value == "fedbench.cli.main:main" and script.load() is main
 
 
 @pytest.fixture
@@ -34,7 +38,7 @@ def spawned(monkeypatch):
 def _fedbench(monkeypatch, *args: str) -> None:
     monkeypatch.setattr(sys, "argv", ["fedbench", *args])
     with pytest.raises(SystemExit) as done:
-        launch.main()
+        main()
     assert done.value.code in (0, None)
 
 

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedbench.errors import ConfigError
-from fedbench.memory import MemoryModel, SGDSpec, peak_training_bytes
-from fedbench.memory_validation import profiled_peak_bytes
+from fedbench.memory.model import MemoryModel, SGDSpec, peak_training_bytes
+from fedbench.memory.validation import profiled_peak_bytes
 from fedbench.models import build_model
-from fedbench.sgd import LocalSGD
+from fedbench.training.sgd import LocalSGD
 
 GOLDEN = Path(__file__).parent / "golden" / "memory_peaks.csv"
 FMNIST, CIFAR = (1, 28, 28), (3, 32, 32)
@@ -175,7 +175,7 @@ def test_memory_models_share_one_process_wide_cache():
 
 def test_live_at_peak_replays_an_allocator_trace_and_names_where_memory_was_allocated():
     """The CUDA attribution step (benchmarks/bench_memory_cuda.py --explain) on a hand-made trace."""
-    from fedbench.memory_validation import is_library_workspace, live_at_peak, where_allocated
+    from fedbench.memory.validation import is_library_workspace, live_at_peak, where_allocated
 
     def alloc(addr, size, *names):
         return {"action": "alloc", "addr": addr, "size": size,

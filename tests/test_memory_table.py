@@ -1,4 +1,4 @@
-"""`fedbench memory`'s rows (fedbench/memory_table.py): one pair or a table of many, traced here
+"""`fedbench memory`'s rows (reports/memory_table.py): one pair or a table of many, traced here
 or in worker processes."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import pytest
 from torch import nn
 from typer.testing import CliRunner
 
-from fedbench import memory_table, registry
-from fedbench.cli import app
+from fedbench import registry
+from fedbench.cli.main import app
+from fedbench.core.method import Method, Workload
 from fedbench.errors import FedbenchError, UnknownNameError
-from fedbench.memory import _SHARED_CACHE, peak_training_bytes
-from fedbench.method import Method, Workload
+from fedbench.memory.model import _SHARED_CACHE, peak_training_bytes
 from fedbench.models import build_model
+from fedbench.reports import memory_table
 
 FMNIST = (1, 28, 28)
 runner = CliRunner()

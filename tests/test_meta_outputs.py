@@ -1,4 +1,4 @@
-"""Remembered meta-kernel outputs (fedbench/_speedups/meta_kernels.py): exact metadata, fresh
+"""Remembered meta-kernel outputs (fedbench/tracing/_speedups/meta_kernels.py): exact metadata, fresh
 storages, never for views, and the memory model's reports unchanged by them."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedbench._speedups import ENV, meta_kernels
-from fedbench.memory import peak_training_bytes
+from fedbench.memory.model import peak_training_bytes
 from fedbench.models import build_model
+from fedbench.tracing._speedups import ENV, meta_kernels
 
 aten = torch.ops.aten
 

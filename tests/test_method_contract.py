@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from fedbench import registry
+from fedbench.core.method import ClientContext, Method, Update
 from fedbench.errors import PluginError
-from fedbench.method import ClientContext, Method, Update
 from fedbench.testing import check_method
 
 BUILTIN_METHODS = sorted(info.name for info in registry.available("methods") if info.builtin)
@@ -55,7 +55,7 @@ def test_the_same_method_with_its_state_declared_passes():
 
 
 def test_declared_state_must_be_a_tuple_of_names():
-    from fedbench.method import validate_method
+    from fedbench.core.method import validate_method
 
     class Misdeclared(Method):
         server_state = "global_model"

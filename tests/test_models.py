@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from fedbench import registry
 from fedbench.errors import ConfigError, UnknownNameError
-from fedbench.flops import count_flops, model_flops
 from fedbench.models import build_model, scaled
 from fedbench.models.slicing import space_sizes
+from fedbench.simulation.flops import count_flops, model_flops
 
 MODELS = ["cnn", "resnet18", "resnet34", "vgg11_bn", "squeezenet", "squeezenet_nopool", "vit"]
 ZOO = [m for m in MODELS if m != "cnn"]
@@ -170,7 +170,7 @@ def test_model_flops_are_per_block_cached_and_add_up():
 
 
 def test_list_models_json_shows_parameters_flops_and_blocks():
-    from fedbench.cli import app
+    from fedbench.cli.main import app
 
     result = CliRunner().invoke(
         app, ["list", "models", "--json", "--input-shape", "1,28,28", "--width", "0.5"]
@@ -184,7 +184,7 @@ def test_list_models_json_shows_parameters_flops_and_blocks():
 
 
 def test_list_models_rejects_a_malformed_input_shape_in_one_line():
-    from fedbench.cli import app
+    from fedbench.cli.main import app
 
     result = CliRunner().invoke(app, ["list", "models", "--input-shape", "3,32"])
     assert result.exit_code == 2

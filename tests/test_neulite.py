@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from fedbench import engine
 from fedbench.config import make_config
+from fedbench.core.method import ClientContext
 from fedbench.errors import ConfigError, MemoryBudgetError
-from fedbench.hsic import balanced_probe, block_information_plane, nhsic
-from fedbench.memory import MemoryModel
-from fedbench.method import ClientContext
+from fedbench.kits.hsic import balanced_probe, block_information_plane, nhsic
+from fedbench.memory.model import MemoryModel
 from fedbench.methods.neulite import CurriculumLoss, NeuLite, NeuLiteOptions
 from fedbench.models import build_model
 from fedbench.models.cutting import coadaptation_scope
@@ -178,7 +178,7 @@ def test_fc_only_output_modules_classify_block_k_without_stand_ins():
 
 
 def test_fedbench_memory_lists_one_row_per_neulite_stage_and_the_full_model():
-    from fedbench.memory_table import memory_rows
+    from fedbench.reports.memory_table import memory_rows
 
     rows = memory_rows("resnet18", "synthetic", 32, "neulite", "uniform-mb", width=0.125)
     assert [r["submodel"] for r in rows] == ["stage1", "stage2", "stage3", "stage4", "full"]

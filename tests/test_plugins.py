@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fedbench import registry
-from fedbench.cli import app
+from fedbench.cli.main import app
 from fedbench.config import make_config
+from fedbench.core.method import Method, validate_method
 from fedbench.errors import PluginError
-from fedbench.method import Method, validate_method
 
 runner = CliRunner()
 TINY_RUN = ["run", "--dataset", "synthetic", "--clients", "4", "--clients-per-round", "2", "--rounds", "1",
@@ -22,7 +22,7 @@ TINY_RUN = ["run", "--dataset", "synthetic", "--clients", "4", "--clients-per-ro
 
 OPTIONS_PLUGIN = """
 from dataclasses import dataclass
-from fedbench.method import Method
+from fedbench.core.method import Method
 
 @dataclass(frozen=True, kw_only=True)
 class KnobOptions:
@@ -35,7 +35,7 @@ class Knobs(Method):
 """
 
 BROKEN_HOOKS = """
-from fedbench.method import Method
+from fedbench.core.method import Method
 
 class NotAMethod:
     def assign(self, round_idx):
@@ -97,6 +97,12 @@ class RecordingClient:
     def create_run(self, experiment_id: str, tags: dict, run_name: str | None = None) -> SimpleNamespace:
         return SimpleNamespace(info=SimpleNamespace(run_id="run-1"))
 
+    def get_experiment(self, experiment_id: str) -> SimpleNamespace:
+        return SimpleNamespace(artifact_location="mlflow-artifacts:/0")  # a server's: nothing to check here
+
+    def get_run(self, run_id: str) -> SimpleNamespace:
+        return SimpleNamespace(data=SimpleNamespace(tags={}))
+
     def log_batch(self, run_id: str, metrics=(), params=(), synchronous: bool = True) -> None:
         self.params.update({p.key: p.value for p in params})
 
@@ -105,13 +111,13 @@ class RecordingClient:
 
 
 def test_tuple_and_bool_options_from_the_command_line_reach_the_method_and_mlflow(site, monkeypatch):
-    from fedbench.tracking import MlflowTracker
+    from fedbench.tracking.tracker import MlflowTracker
 
     client = RecordingClient()
     monkeypatch.setattr(MlflowTracker, "_connect", lambda self: (client, "0"))
     # In this process, so the recording client sees the params (the CLI's helper process is
     # tested against a real store in tests/test_tracking.py).
-    monkeypatch.setattr("fedbench.tracking_process.ProcessTracker", MlflowTracker)
+    monkeypatch.setattr("fedbench.tracking.helper_process.ProcessTracker", MlflowTracker)
     install(site, "fedbench-knobs", {"knobs": OPTIONS_PLUGIN}, {"knobs": "knobs:Knobs"})
     result = runner.invoke(app, [*TINY_RUN, "--method", "knobs", "--opt", "widths=[0.5, 1]", "--opt", "shuffle=false"])
     assert result.exit_code == 0, result.output
@@ -165,7 +171,7 @@ def test_other_methods_still_work_beside_a_plugin_that_fails_to_import(site):
 @pytest.mark.parametrize(
     ("name", "fragments"),
     [
-        ("notamethod", ["(hooks.NotAMethod) must be a subclass of fedbench.method.Method",
+        ("notamethod", ["(hooks.NotAMethod) must be a subclass of fedbench.core.method.Method",
                         "it lacks the hooks", "local_update", "aggregate"]),
         ("forgot", ["hook 'local_update(self)' cannot take the engine's arguments",
                     "define it as local_update(self, client)"]),

@@ -1,4 +1,4 @@
-"""Private torch and MLflow APIs are used in one place only, fedbench/_speedups/, and each hook
+"""Private torch and MLflow APIs are used in one place only, fedbench/tracing/_speedups/, and each hook
 there still works on the installed torch, gives the answers of its public fallback, and is
 switched off by FEDBENCH_NO_SPEEDUPS.
 
@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fedbench import meta_outputs
-from fedbench._speedups import ENV, dispatch, enabled, meta_build, meta_kernels
-from fedbench.memory import peak_training_bytes
+from fedbench.memory.model import peak_training_bytes
 from fedbench.models import build_model
+from fedbench.tracing import meta as meta_outputs
+from fedbench.tracing._speedups import ENV, dispatch, enabled, meta_build, meta_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
-FENCE = ROOT / "fedbench" / "_speedups"
+FENCE = ROOT / "fedbench" / "tracing" / "_speedups"
 PRIVATE = ("torch._dynamo", "torch._disable_dynamo", "_default_to_fused_or_foreach", "_initialize_tables",
            "mlflow.store", "._schema", "._cdata", "sys.modules[")
 # Lines that name a private module without using it: MLflow's loggers, silenced by their names.
@@ -40,7 +40,7 @@ def test_private_apis_appear_only_inside_the_fenced_package():
                 hits = [p for p in PRIVATE if p in line]
                 if hits and not line.lstrip().startswith(NAMES_ONLY):
                     found.append(f"{path.relative_to(ROOT)}:{number}: {', '.join(hits)}")
-    assert not found, "private API outside fedbench/_speedups/:\n" + "\n".join(found)
+    assert not found, "private API outside fedbench/tracing/_speedups/:\n" + "\n".join(found)
 
 
 def test_the_switch_reads_the_environment(monkeypatch):
@@ -54,7 +54,7 @@ def test_the_switch_reads_the_environment(monkeypatch):
 # ---------------------------------------------------------------- each hook against this torch
 def test_meta_kernels_hook_reads_op_schemas():
     assert meta_kernels.AVAILABLE, (
-        "fedbench/_speedups/meta_kernels.py: torch no longer exposes OpOverload._schema with alias "
+        "fedbench/tracing/_speedups/meta_kernels.py: torch no longer exposes OpOverload._schema with alias "
         "information; remembered meta kernels are off (results stay correct, traces are slower)")
     assert meta_kernels._qualifies(torch.ops.aten.convolution.default)
     assert meta_kernels._in_place(torch.ops.aten.add_.Tensor)
@@ -63,7 +63,7 @@ def test_meta_kernels_hook_reads_op_schemas():
 
 def test_dispatch_hook_still_opts_out_of_torch_s_compiler_guard():
     assert dispatch.AVAILABLE, (
-        "fedbench/_speedups/dispatch.py: TorchDispatchMode._should_skip_dynamo is gone; fedbench's "
+        "fedbench/tracing/_speedups/dispatch.py: TorchDispatchMode._should_skip_dynamo is gone; fedbench's "
         "dispatch modes keep torch's guard (results stay correct, traces are slower)")
 
     def hook(self, func, types, args=(), kwargs=None):  # noqa: ANN001
@@ -72,13 +72,13 @@ def test_dispatch_hook_still_opts_out_of_torch_s_compiler_guard():
     guarded = type("Guarded", (TorchDispatchMode,), {"__torch_dispatch__": hook})
     unguarded = type("Free", (dispatch.Unguarded, TorchDispatchMode), {"__torch_dispatch__": hook})
     assert guarded.__dict__["__torch_dispatch__"] is not hook, (
-        "fedbench/_speedups/dispatch.py: torch no longer wraps dispatch modes; the hook does nothing, remove it")
+        "fedbench/tracing/_speedups/dispatch.py: torch no longer wraps dispatch modes; the hook does nothing, remove it")
     assert unguarded.__dict__["__torch_dispatch__"] is hook
 
 
 def test_meta_build_hook_extends_torch_s_device_mode():
     assert meta_build.AVAILABLE, (
-        "fedbench/_speedups/meta_build.py: torch.utils._device.DeviceContext/_device_constructors are gone; "
+        "fedbench/tracing/_speedups/meta_build.py: torch.utils._device.DeviceContext/_device_constructors are gone; "
         "sub-models are built with torch.device('meta') plus a public mode (same models, slower)")
     assert torch.empty in meta_build._device_constructors()
 
@@ -114,11 +114,11 @@ def test_remembered_kernels_give_the_reports_of_running_every_kernel(monkeypatch
 # ------------------------------------------------ switched off: the same results, fresh processes
 _RESULTS = """
 import json
-from fedbench.memory_table import memory_rows
+from fedbench.reports.memory_table import memory_rows
 from fedbench.models import build_model
-from fedbench.meta_outputs import building_on_meta
+from fedbench.tracing.meta import building_on_meta
 from dataclasses import asdict
-from fedbench.flops import model_flops
+from fedbench.simulation.flops import model_flops
 rows = {f"{m}/{k}": memory_rows(m, d, 32, k, "uniform-mb", width=w) for m, d, k, w in (
     ("cnn", "fashion-mnist", "fedavg", 1.0), ("cnn", "fashion-mnist", "heterofl", 1.0),
     ("resnet18", "cifar10", "neulite", 0.25), ("resnet18", "cifar10", "depthfl", 0.25),

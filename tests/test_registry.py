@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedbench import engine, registry
-from fedbench.cli import app
+from fedbench.cli.main import app
 from fedbench.errors import PluginError, UnknownNameError
 
 
@@ -19,7 +19,7 @@ def third_party_method(tmp_path, monkeypatch):
         textwrap.dedent(
             """
             from dataclasses import dataclass
-            from fedbench.method import Method
+            from fedbench.core.method import Method
 
             @dataclass(frozen=True, kw_only=True)
             class FancyOptions:
@@ -61,16 +61,16 @@ def test_a_third_party_method_runs_with_its_options(third_party_method, tiny_con
 
 
 def test_a_plugin_that_fails_to_import_is_a_plugin_error(third_party_method):
-    from fedbench.method import validate_method
+    from fedbench.core.method import validate_method
 
     with pytest.raises(PluginError, match="method 'broken' .* failed to import"):
         registry.load("methods", "broken", validate=validate_method)
 
 
 def test_a_plugin_of_the_wrong_type_is_rejected_at_load(third_party_method):
-    from fedbench.method import validate_method
+    from fedbench.core.method import validate_method
 
-    with pytest.raises(PluginError, match="must be a subclass of fedbench.method.Method"):
+    with pytest.raises(PluginError, match="must be a subclass of fedbench.core.method.Method"):
         registry.load("methods", "notamethod", validate=validate_method)
 
 

@@ -12,7 +12,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from fedbench.cli import app
+from fedbench.cli.main import app
 
 runner = CliRunner()
 
@@ -41,7 +41,7 @@ def _log_run(client, experiment_id, spec, index, status="FINISHED", clock=False,
     from mlflow.entities import Metric, Param
 
     method, dataset, model, partition, seed, accuracy, pr, extra = spec
-    tags = {"fedbench.method": method, "fedbench.dataset": dataset, "fedbench.model": model,
+    tags = {"fedbench.core.method": method, "fedbench.dataset": dataset, "fedbench.model": model,
             "fedbench.run_key": f"key-{experiment_id}-{index}"}
     run = client.create_run(experiment_id, tags=tags, start_time=1000 + index)
     params = {"method": method, "data.dataset": dataset, "model.name": model, "data.partition": partition,
@@ -241,7 +241,7 @@ def test_memory_report_compares_every_block_with_the_full_model(tmp_path):
 
 
 def test_time_report_draws_compute_and_transfer_per_block(tmp_path):
-    pytest.importorskip("fedbench.clock")
+    pytest.importorskip("fedbench.simulation.clock")
     result = _report("time", "--model", "cnn", "--dataset", "fashion-mnist", "--width", "0.25",
                      "--samples", "100", "--epochs", "1", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
@@ -307,7 +307,7 @@ def test_two_real_runs_logged_by_the_tracker_render_as_table1(store, tiny_config
     tracking_uri = store["uri"]  # one store per file: creating an MLflow database takes seconds
     from fedbench import engine
     from fedbench.config import DataConfig
-    from fedbench.tracking import MlflowTracker
+    from fedbench.tracking.tracker import MlflowTracker
 
     finals = []
     for seed in (1, 2):
@@ -329,7 +329,7 @@ def test_runs_of_different_configurations_are_separate_rows_never_seeds(store, t
     """Issue #25's reproduction: three FedAvg runs at seed 42 that differ in lr, or in rounds and batch
     size, are three rows of one seed each, labelled by what differs; a FAILED run is left out."""
     from fedbench import engine
-    from fedbench.tracking import MlflowTracker
+    from fedbench.tracking.tracker import MlflowTracker
 
     base = dataclasses.replace(tiny_config, seed=42, rounds=1,
                                data=dataclasses.replace(tiny_config.data, partition="dirichlet"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedbench.sgd import LocalSGD
+from fedbench.training.sgd import LocalSGD
 
 
 def _model() -> nn.Module:
@@ -64,7 +64,7 @@ def test_a_local_training_step_does_not_import_the_torch_compiler():
     code = (
         "import sys, torch\n"
         "from fedbench.config import TrainConfig\n"
-        "from fedbench.training import make_optimizer\n"
+        "from fedbench.training.loop import make_optimizer\n"
         "m = torch.nn.Linear(3, 2)\n"
         "opt = make_optimizer(m.parameters(), TrainConfig())\n"
         "m(torch.randn(4, 3)).sum().backward(); opt.step()\n"

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from fedbench import registry
-from fedbench.aggregate import overlap_count_average
 from fedbench.errors import ConfigError, PluginError
 from fedbench.models import BlockModel
 from fedbench.models.slicing import (
@@ -22,6 +21,7 @@ from fedbench.models.slicing import (
     submodel,
     write_back,
 )
+from fedbench.training.aggregate import overlap_count_average
 
 MODELS = ["cnn", "resnet18", "resnet34", "vgg11_bn", "squeezenet", "squeezenet_nopool", "vit"]
 SHAPE = (3, 16, 16)

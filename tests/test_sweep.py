@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedbench import sweep
-from fedbench.cli import app
+from fedbench.cli.main import app
 from fedbench.errors import ConfigError
 
 GRID = """
@@ -112,7 +112,7 @@ def test_a_sweep_rerun_resumes_a_cell_killed_mid_run_from_its_checkpoint(tmp_pat
     from mlflow.tracking import MlflowClient
 
     from fedbench import engine
-    from fedbench.tracking import MlflowTracker
+    from fedbench.tracking.tracker import MlflowTracker
 
     monkeypatch.setenv("FEDBENCH_CHECKPOINTS", str(tmp_path / "checkpoints"))
     path = tmp_path / "grid.yaml"
@@ -169,8 +169,8 @@ def test_a_sweep_rerun_refuses_a_malicious_checkpoint_says_so_and_restarts_the_c
 
     from mlflow.tracking import MlflowClient
 
-    from fedbench import checkpoint
-    from fedbench.tracking import MlflowTracker
+    from fedbench.core import checkpoint
+    from fedbench.tracking.tracker import MlflowTracker
     from tests.test_checkpoint import _malicious
 
     monkeypatch.setenv("FEDBENCH_CHECKPOINTS", str(tmp_path / "checkpoints"))

@@ -10,8 +10,8 @@ import torch
 
 from fedbench import engine
 from fedbench.config import make_config
+from fedbench.core.method import Assignment
 from fedbench.errors import ConfigError
-from fedbench.method import Assignment
 from fedbench.methods.oort import Oort, OortOptions, OortSelector, statistical_utility
 from fedbench.methods.tifl import TiFL, credit_probabilities, make_tiers
 

@@ -14,10 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from fedbench import memory, trace_cache
-from fedbench.memory import MemoryModel, SGDSpec
-from fedbench.meta_outputs import building_on_meta
+from fedbench.memory import model as memory
+from fedbench.memory.model import MemoryModel, SGDSpec
 from fedbench.models import build_model
+from fedbench.tracing import cache as trace_cache
+from fedbench.tracing.meta import building_on_meta
 
 
 @pytest.fixture
@@ -257,6 +258,6 @@ def test_method_modules_outside_the_package_folder_are_keyed_by_their_source():
     engine: an edit to a built-in method must change the key too."""
     import fedbench.methods.depthfl  # noqa: F401
 
-    assert trace_cache._module_digest("fedbench.memory") == "fedbench.memory"
+    assert trace_cache._module_digest("fedbench.memory.model") == "fedbench.memory.model"
     name, digest = trace_cache._module_digest("fedbench.methods.depthfl").split(":")
     assert name == "fedbench.methods.depthfl" and len(digest) == 64

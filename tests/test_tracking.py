@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 
 from fedbench import engine
+from fedbench.core.method import Method
 from fedbench.errors import TrackingError
-from fedbench.method import Method
-from fedbench.tracking import MlflowTracker, metrics_csv
-from fedbench.tracking_process import ProcessTracker
+from fedbench.tracking.helper_process import ProcessTracker
+from fedbench.tracking.tracker import MlflowTracker, metrics_csv
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_runs_opening_one_fresh_sqlite_store_at_once_all_connect_to_one_experime
 
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     script = (
-        "from fedbench.tracking import MlflowTracker\n"
+        "from fedbench.tracking.tracker import MlflowTracker\n"
         f"client, experiment_id = MlflowTracker({uri!r}, 'shared')._connect()\n"
         "print(experiment_id)\n"
     )
@@ -101,7 +101,7 @@ def test_runs_opening_one_fresh_sqlite_store_at_once_all_connect_to_one_experime
 
 
 def test_only_local_sqlite_stores_are_locked(tmp_path, monkeypatch):
-    from fedbench.tracking import sqlite_store_path
+    from fedbench.tracking.tracker import sqlite_store_path
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert sqlite_store_path(f"sqlite:///{tmp_path}/a.db") == tmp_path / "a.db"

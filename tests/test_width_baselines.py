@@ -9,13 +9,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from fedbench import engine
-from fedbench.aggregate import overlap_count_average
-from fedbench.bn import recompute_bn_statistics, sbn_indices
-from fedbench.cli import app
+from fedbench.cli.main import app
 from fedbench.config import make_config
 from fedbench.errors import ConfigError, MemoryBudgetError
+from fedbench.kits.bn import recompute_bn_statistics, sbn_indices
+from fedbench.kits.widths import largest_fitting, level_model
 from fedbench.models.base import BlockModel, PoolHead
-from fedbench.widths import largest_fitting, level_model
+from fedbench.training.aggregate import overlap_count_average
 
 METHODS = ("allsmall", "heterofl", "fedrolex")
 
@@ -58,7 +58,7 @@ def peak(method, level: float) -> int:
 
 
 def _fraction(level: float) -> str:
-    from fedbench.widths import level_fraction
+    from fedbench.kits.widths import level_fraction
 
     return f"width {level_fraction(level)}"
 
@@ -94,7 +94,7 @@ def test_heterofl_averages_a_class_row_only_over_the_clients_that_hold_the_class
     for value in (1.0, 3.0):
         states.append({k: torch.full_like(p, value) for k, p in sub.named_parameters()})
     method._classes = {0: torch.tensor([0, 1]), 1: torch.tensor([1, 2])}
-    from fedbench.method import Update
+    from fedbench.core.method import Update
 
     method.aggregate(0, [Update(c, 10, s, 0.0, 1, None, {"sets": sets}) for c, s in enumerate(states)])
     rows = method.global_model.state_dict()[head][:4, 0]

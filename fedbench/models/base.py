@@ -23,8 +23,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fedbench import meta_outputs, trace_cache
 from fedbench.errors import ConfigError
+from fedbench.tracing import cache as trace_cache
+from fedbench.tracing import meta as meta_outputs
 
 
 def scaled(channels: int, width: float) -> int:

@@ -12,7 +12,7 @@ A sub-model is described by one index set per space (global channel indices
 in sub-model order); from it follow the global positions of every entry of
 every tensor, which :func:`extract` reads and :func:`write_back` writes. The
 averaging of many clients' slices is the pure function
-:func:`fedbench.aggregate.overlap_count_average`, fed by :func:`positions`.
+:func:`fedbench.training.aggregate.overlap_count_average`, fed by :func:`positions`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Literal
 import torch
 
 from fedbench.errors import ConfigError, PluginError
-from fedbench.meta_outputs import building_on_meta
 from fedbench.models.base import AXES_ATTR, Axis, BlockModel
+from fedbench.tracing.meta import building_on_meta
 
 IndexSets = dict[str, torch.Tensor]  # channel space -> global indices, in sub-model order
 Positions = dict[str, tuple[torch.Tensor | None, ...]]  # state key -> global positions per dim (None: all)
@@ -175,7 +175,7 @@ def submodel(
     (0, full.width]. The sub-model is built on the meta device, so no random
     initialisation is spent on weights that are overwritten anyway.
     """
-    from fedbench.models import build_model
+    from fedbench.models import build_model  # lazy: fedbench.models imports this module to build its zoo
 
     if not 0 < width <= full.width:
         raise ConfigError(

@@ -118,7 +118,7 @@ def test_a_negative_mu_is_rejected_with_the_fix():
 
 def _fedbench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fedbench.cli", *args], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "fedbench.cli.main", *args], capture_output=True, text=True, timeout=120,
         env={**os.environ, "COLUMNS": "200"},
     )
 

@@ -1,0 +1,1 @@
+"""The fedbench command line: one module per command, shared pieces in common.py."""

@@ -1,0 +1,5 @@
+"""``python -m fedbench.cli``: the same as the ``fedbench`` command."""
+
+from fedbench.cli.common import main
+
+main()

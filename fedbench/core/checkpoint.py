@@ -1,0 +1,180 @@
+"""Checkpoints: the server state after a finished round, in a file that cannot run code or lie.
+
+A checkpoint holds everything a resumed run needs to continue exactly as the uninterrupted
+run would: the method's declared state (:attr:`fedbench.core.method.Method.server_state` and
+``client_state``, as plain data: :mod:`fedbench.core.state`), the context's run-long state
+(participation set, virtual clock), the index of the last finished round and the rows of
+per-round metrics logged so far. No RNG state is needed: every random draw is derived from
+(seed, purpose, round, client).
+
+The file is a text header and a payload::
+
+    fedbench-checkpoint 2\\n
+    {"run_key": ..., "round_idx": ..., "payload_bytes": ..., "payload_sha256": ..., ...}\\n
+    <payload: torch.save of tensors and plain containers>
+
+Every check happens before the payload is unpickled: the magic line and format version, the
+run key (a checkpoint of another config is refused, naming the difference), the payload's
+length and SHA-256 (a truncated or bit-flipped file is refused). The payload is then read
+with ``torch.load(weights_only=True)``, which builds tensors and plain containers only, so
+even a file crafted to pass the checks cannot execute code. Any failed check is one
+:class:`~fedbench.errors.CheckpointError` line naming the file.
+
+Files are written to a temporary name, flushed and renamed, so a crash while writing leaves
+the previous checkpoint intact. A run's checkpoint is removed once the run is recorded
+FINISHED (``tracking.keep_checkpoint`` keeps it); ``fedbench checkpoints`` lists and prunes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedbench.config import RunConfig
+from fedbench.data import fedbench_cache_home
+from fedbench.errors import CheckpointError, PluginError
+
+FORMAT_VERSION = 2
+MAGIC = b"fedbench-checkpoint"
+SUFFIX = ".ckpt"
+_MAX_HEADER_BYTES = 1 << 20  # a header holds the run key and the config's params: far below this
+
+
+@dataclass
+class Checkpoint:
+    run_key: str
+    round_idx: int  # last finished round (0-based)
+    method_state: dict[str, Any]  # fedbench.core.state.encode of each declared attribute
+    context_state: dict[str, Any]
+    metric_rows: list[dict[str, float]]
+    config_params: dict[str, str]  # RunConfig.flat_params() of the run, to name a mismatch
+
+
+def checkpoint_dir() -> Path:
+    """Where checkpoints live: ``$FEDBENCH_CHECKPOINTS`` or ``~/.cache/fedbench/checkpoints``."""
+    env = os.environ.get("FEDBENCH_CHECKPOINTS")
+    if env:
+        return Path(env).expanduser()
+    return fedbench_cache_home() / "checkpoints"
+
+
+def checkpoint_path(run_id: str) -> Path:
+    return checkpoint_dir() / f"{run_id}{SUFFIX}"
+
+
+def save(path: Path, checkpoint: Checkpoint) -> None:
+    """Serialize to memory, write header + payload to ``path.tmp``, fsync, rename over ``path``."""
+    buffer = io.BytesIO()
+    payload = {"method_state": checkpoint.method_state, "context_state": checkpoint.context_state,
+               "metric_rows": checkpoint.metric_rows}
+    try:
+        torch.save(payload, buffer)
+    except Exception as exc:  # an undeclared kind of value slipped past fedbench.core.state.encode
+        raise PluginError(f"the method's state cannot be checkpointed: {exc}") from exc
+    data = buffer.getvalue()
+    header = {
+        "format": FORMAT_VERSION, "run_key": checkpoint.run_key, "round_idx": checkpoint.round_idx,
+        "method": checkpoint.config_params.get("method", "?"), "payload_bytes": len(data),
+        "payload_sha256": hashlib.sha256(data).hexdigest(), "config_params": checkpoint.config_params,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(MAGIC + b" %d\n" % FORMAT_VERSION)
+        handle.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The verified-format header of ``path`` and the payload's offset; nothing is unpickled."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; the run cannot be resumed (it never finished a round?)")
+    with open(path, "rb") as handle:
+        first = handle.readline(len(MAGIC) + 16)
+        if not first.startswith(MAGIC + b" "):
+            raise CheckpointError(f"checkpoint {path} is not a fedbench checkpoint of this version "
+                                  "(foreign or from an older fedbench); delete it and rerun")
+        try:
+            version = int(first[len(MAGIC) + 1:].strip())
+            line = handle.readline(_MAX_HEADER_BYTES)
+            header = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"checkpoint {path} has a damaged header; delete it and rerun") from exc
+    if version != FORMAT_VERSION or not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {version}, this fedbench reads {FORMAT_VERSION}; "
+                              "delete it and rerun")
+    return header, len(first) + len(line)
+
+
+def load(path: Path, config: RunConfig) -> Checkpoint:
+    """Read and verify a checkpoint; anything wrong is a one-line :class:`CheckpointError`."""
+    header, offset = read_header(path)
+    if header.get("run_key") != config.run_key:
+        saved = header.get("config_params") if isinstance(header.get("config_params"), dict) else {}
+        raise CheckpointError(
+            f"checkpoint {path} was written by another config ({_differences(saved, config.flat_params())}); "
+            "rerun instead of resuming"
+        )
+    data = path.read_bytes()[offset:]
+    if len(data) != header.get("payload_bytes") or hashlib.sha256(data).hexdigest() != header.get("payload_sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupt (its payload fails the checksum); delete it and rerun")
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return Checkpoint(header["run_key"], int(header["round_idx"]), payload["method_state"],
+                          payload["context_state"], payload["metric_rows"], header["config_params"])
+    except Exception as exc:  # checksum right, content not a fedbench payload (hand-made file)
+        raise CheckpointError(f"checkpoint {path} holds data fedbench did not write "
+                              f"({type(exc).__name__}); delete it and rerun") from exc
+
+
+def _differences(saved: dict[str, str], current: dict[str, str]) -> str:
+    ignored = ("tracking.", "data.data_dir")
+    keys = sorted(k for k in set(saved) | set(current)
+                  if not k.startswith(ignored) and saved.get(k) != current.get(k))
+    return ", ".join(f"{k}: {saved.get(k)} -> {current.get(k)}" for k in keys[:5]) or "unknown fields"
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """One file in the checkpoint folder, as ``fedbench checkpoints list`` shows it."""
+
+    run_id: str
+    path: Path
+    size_bytes: int
+    modified: float  # POSIX time
+    method: str
+    round_idx: int | None  # None: the header is unreadable (the file would be refused)
+
+
+def stored() -> Iterator[StoredCheckpoint]:
+    """Every checkpoint in :func:`checkpoint_dir`, newest first; headers only, no payload is read."""
+    folder = checkpoint_dir()
+    files = sorted(folder.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    for path in files:
+        try:
+            header, _ = read_header(path)
+            method, round_idx = str(header.get("method", "?")), int(header["round_idx"])
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            method, round_idx = "?", None
+        info = path.stat()
+        yield StoredCheckpoint(path.stem, path, info.st_size, info.st_mtime, method, round_idx)
+
+
+def remove(run_id: str) -> bool:
+    """Delete ``run_id``'s checkpoint; False if there was none."""
+    try:
+        checkpoint_path(run_id).unlink()
+    except FileNotFoundError:
+        return False
+    return True

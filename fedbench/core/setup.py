@@ -1,0 +1,92 @@
+"""Everything before round 1: data set, client shards, fleet, method; and a method's state in and
+out of a checkpoint. The engine and the worker processes build a run the same way, from here."""
+
+from __future__ import annotations
+
+import torch
+
+from fedbench import registry
+from fedbench.config import RunConfig
+from fedbench.core import checkpoint, state
+from fedbench.core.context import RunContext
+from fedbench.core.method import Method, validate_method
+from fedbench.data import FederatedData, ImageDataset
+from fedbench.datasets.partitioners import partition_stats
+from fedbench.errors import CheckpointError, ConfigError, PluginError
+from fedbench.seeding import Stream, numpy_rng
+from fedbench.simulation.fleet import make_fleet
+
+
+def load_dataset(config: RunConfig) -> ImageDataset:
+    loader = registry.load("datasets", config.data.dataset, validate=_validate_callable)
+    dataset = loader(config.data.data_dir)
+    if not isinstance(dataset, ImageDataset):
+        raise PluginError(f"dataset '{config.data.dataset}' returned {type(dataset).__name__}, not ImageDataset")
+    return dataset
+
+
+def partition(config: RunConfig, dataset: ImageDataset) -> tuple[FederatedData, dict]:
+    """Client shards from the configured partitioner, plus their statistics."""
+    split = registry.load("partitioners", config.data.partition, validate=_validate_callable)
+    labels = dataset.train_labels.numpy()
+    shards = split(labels, config.data, numpy_rng(config.seed, Stream.PARTITION), dataset.train_writers)
+    data = FederatedData(dataset, [torch.as_tensor(s, dtype=torch.int64) for s in shards])
+    return data, partition_stats(labels, shards, dataset.num_classes)
+
+
+def prepare(config: RunConfig) -> tuple[RunContext, dict]:
+    """Load data, split it and build the run context (everything before the method)."""
+    dataset = load_dataset(config)
+    data, stats = partition(config, dataset)
+    ctx = RunContext(config=config, data=data)
+    ctx.fleet = make_fleet(config.fleet, data.num_clients, config.seed, ctx.full_model_peak_bytes)
+    return ctx, stats
+
+
+def make_method(ctx: RunContext) -> Method:
+    method_cls = registry.load("methods", ctx.config.method, validate=validate_method)
+    return method_cls(ctx, method_cls.parse_options(ctx.config.options))
+
+
+def check_device(device: str) -> None:
+    """Fail before loading anything if ``device`` (``cpu``, ``cuda``, ``cuda:N``) is not here."""
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(f"device {device} asked for, but torch ({torch.__version__}, {built}) sees no CUDA GPU; "
+                          "run with --device cpu or on a machine with an NVIDIA GPU")
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+
+
+def _validate_callable(name: str, obj: object) -> None:
+    if not callable(obj):
+        raise PluginError(f"plugin '{name}' must be callable, got {obj!r}")
+
+
+def snapshot(method: Method, round_idx: int, rows: list[dict[str, float]]) -> checkpoint.Checkpoint:
+    """The checkpoint of ``method`` after round ``round_idx``: its declared state as plain data."""
+    config = method.ctx.config
+    name = type(method).__name__
+    method_state = {key: state.encode(value, f"{name}.{key}") for key, value in method.state_values().items()}
+    context_state = state.encode(method.ctx.checkpoint_state(), "the run context")
+    return checkpoint.Checkpoint(config.run_key, round_idx, method_state, context_state, rows, config.flat_params())
+
+
+def restore(method: Method, saved: checkpoint.Checkpoint) -> None:
+    """Load a verified checkpoint into a freshly built ``method`` (same config)."""
+    name, home = type(method).__name__, type(method).__module__
+    declared = set(method.state_names())
+    if set(saved.method_state) != declared:
+        raise CheckpointError(
+            f"the checkpoint's state ({', '.join(sorted(saved.method_state))}) is not what {name} declares "
+            f"({', '.join(sorted(declared))}); it was written by another version of the method: rerun"
+        )
+    live = method.state_values()
+    method.load_state_values({
+        key: state.decode(value, live[key], f"{name}.{key}", home) for key, value in saved.method_state.items()
+    })
+    method.ctx.restore_state(state.decode(saved.context_state, None, "the run context", home))

@@ -1,0 +1,1 @@
+"""Pieces several methods share: width sub-models (HeteroFL, FedRolex, AllSmall), nHSIC (NeuLite, the information plane)."""

@@ -1,0 +1,72 @@
+"""Static batch normalisation (sBN): recompute a model's BatchNorm statistics on training data.
+
+HeteroFL (Diao et al., ICLR 2021) and FedRolex clients train BatchNorm with batch
+statistics only, so the server has no running statistics to evaluate with. Before
+every evaluation [C-HFL] ``stats()`` resets the statistics, sets ``momentum=None``
+(a cumulative average over batches), runs the training data through the model in
+train mode under no-grad, and then evaluates in eval mode with those statistics
+(spec baselines.md §6.6). Any method whose global model lacks trustworthy running
+statistics can reuse :func:`recompute_bn_statistics`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedbench.data import ImageDataset
+from fedbench.training.loop import placed_on
+
+BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+@torch.no_grad()
+def recompute_bn_statistics(
+    model: nn.Module,
+    dataset: ImageDataset,
+    indices: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> int:
+    """Replace the running statistics of every BatchNorm in ``model`` (in place) by the
+    cumulative average over the training samples ``indices``, fed through the training
+    transforms (augmentation drawn from ``generator``, as [C-HFL] does). Weights are not
+    touched. Returns the number of samples used (0: the model has no BatchNorm)."""
+    layers = [m for m in model.modules() if isinstance(m, BatchNorm)]
+    if not layers or indices.numel() == 0:
+        return 0
+    saved = [(m.momentum, m.track_running_stats) for m in layers]
+    for m in layers:
+        m.track_running_stats = True
+        m.momentum = None
+        m.reset_running_stats()
+    was_training = model.training
+    model.train()
+    used = 0
+    try:
+        with placed_on(model, device):
+            for start in range(0, int(indices.numel()), batch_size):
+                batch = indices[start : start + batch_size]
+                if batch.numel() < 2:  # a one-sample batch has no variance
+                    continue
+                images, _ = dataset.train_batch(batch, generator)  # drawn on the CPU, as in training
+                model(images.to(device))
+                used += int(batch.numel())
+    finally:
+        for m, (momentum, track) in zip(layers, saved, strict=True):
+            m.momentum, m.track_running_stats = momentum, track
+        model.train(was_training)
+    return used
+
+
+def sbn_indices(
+    shards: list[torch.Tensor], max_samples: int | None, generator: torch.Generator
+) -> torch.Tensor:
+    """The union of the clients' training shards, or a uniform subsample of ``max_samples``
+    of it (spec decisions Q15: all shards by default, ``sbn_max_samples`` to subsample)."""
+    union = torch.unique(torch.cat([s.long() for s in shards])) if shards else torch.empty(0, dtype=torch.long)
+    if max_samples is None or max_samples >= union.numel():
+        return union
+    pick = torch.randperm(int(union.numel()), generator=generator)[:max_samples]
+    return union[pick.sort().values]

@@ -1,0 +1,81 @@
+"""What a width-scaled HeteroFL/FedRolex client trains differently (spec baselines.md §6.4).
+
+* BatchNorm without running statistics: batch statistics in training, only γ/β are
+  learned and sent; the server recomputes statistics before evaluating (static BN,
+  :mod:`fedbench.kits.bn`).
+* The Scaler: every normalisation layer's input is divided by the client's rate
+  β = r / r_g during training and left alone at evaluation ([C-HFL]
+  ``modules.Scaler``, placed before each norm layer). Directly before a norm layer
+  that uses batch statistics it is a no-op up to ε; it is kept for fidelity. A model
+  without normalisation layers (``cnn``) has no Scaler.
+* Masked cross-entropy: logits of the classes absent from the client's shard are set
+  to 0 (``masked_fill(…, 0)``, not −∞) before the loss ([C-HFL] ``label_split``).
+
+The Scaler is a forward pre-hook object, so that ``copy.deepcopy`` (the memory model's
+meta copy) carries it and the memory model counts the extra tensor it creates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def norm_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, NORM_TYPES)]
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Forward pre-hook: divide a norm layer's input by ``rate`` while the layer trains."""
+
+    rate: float
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        if not module.training:
+            return None
+        return (args[0] / self.rate, *args[1:])
+
+
+def add_scaler(model: nn.Module, rate: float) -> list[torch.utils.hooks.RemovableHandle]:
+    """Put a :class:`Scaler` of ``rate`` before every normalisation layer of ``model``.
+    Rate 1 divides by one, so nothing is attached."""
+    if rate == 1:
+        return []
+    return [m.register_forward_pre_hook(Scaler(rate)) for m in norm_layers(model)]
+
+
+def use_batch_statistics(model: nn.Module) -> None:
+    """BatchNorm as a HeteroFL client has it: batch statistics only, running statistics
+    neither used nor updated (``track_running_stats=False``)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = False
+
+
+@dataclass(frozen=True)
+class MaskedCrossEntropy:
+    """Cross-entropy after zeroing the logits of the classes a client does not hold.
+
+    ``classes`` are the labels present in the client's shard. A value object (hashable,
+    equal by content), so the memory model's cache treats equal masks as one loss.
+    """
+
+    classes: tuple[int, ...]
+    num_classes: int
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = model(images)
+        absent = torch.ones(self.num_classes, dtype=torch.bool, device=logits.device)
+        absent[list(self.classes)] = False
+        return F.cross_entropy(logits.masked_fill(absent, 0.0), labels)
+
+    @classmethod
+    def of(cls, labels: Iterable[int], num_classes: int) -> MaskedCrossEntropy:
+        return cls(tuple(sorted({int(label) for label in labels})), num_classes)

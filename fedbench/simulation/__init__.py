@@ -1,0 +1,1 @@
+"""The simulated clients' hardware: the device fleet (memory, speed, bandwidth), the virtual clock, FLOPs."""

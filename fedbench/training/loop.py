@@ -1,0 +1,118 @@
+"""The local SGD loop every method shares.
+
+Methods change *what* is trained (the model, which parameters require grad)
+and *the loss* (a hook), never the loop, so that speed and determinism fixes
+land once for everyone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbench.config import TrainConfig
+from fedbench.data import ImageDataset
+from fedbench.training.sgd import LocalSGD
+
+# (model, images, labels) -> scalar loss. NeuLite adds nHSIC terms, FedProx a proximal term.
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(images), labels)
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What one device's local training produced, besides the weights."""
+
+    num_samples: int
+    num_steps: int
+    mean_loss: float
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` computes: the device of its first parameter (CPU for a parameterless one)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+@contextlib.contextmanager
+def placed_on(model: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
+    """Hold ``model`` on ``device`` for the block and bring it back where it was.
+
+    The server keeps every model on the CPU; with ``--device cuda`` only the compute
+    (local SGD, evaluation) moves to the GPU, one model at a time, so methods need no
+    device logic of their own. ``Module.to`` swaps parameters in place: modules that
+    share parameters with ``model`` move with it and come back with it.
+    """
+    device = torch.device(device)
+    home = model_device(model)
+    if device == home:
+        yield model
+        return
+    # Evaluation runs under inference mode, where new tensors would be inference tensors that no
+    # later training step may update in place: the copies are made outside it.
+    with torch.inference_mode(False):
+        model.to(device)
+    try:
+        yield model
+    finally:
+        with torch.inference_mode(False):
+            model.to(home)
+
+
+def make_optimizer(parameters: Iterable[nn.Parameter], train: TrainConfig) -> LocalSGD:
+    """Fresh SGD each round: momentum is not carried across rounds (spec common.md §1.3).
+    torch.optim.SGD's update without its import cost (see fedbench.training.sgd)."""
+    return LocalSGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+
+
+def local_sgd(
+    model: nn.Module,
+    dataset: ImageDataset,
+    indices: torch.Tensor,
+    train: TrainConfig,
+    generator: torch.Generator,
+    loss_fn: LossFn = cross_entropy_loss,
+    max_grad_norm: float | None = None,
+) -> LocalResult:
+    """``train.local_epochs`` epochs of minibatch SGD on the samples ``indices``.
+
+    Runs where ``model`` is (see :func:`placed_on`); batches are drawn on the CPU and
+    moved there. Only parameters with ``requires_grad`` are optimised, so a method freezes a
+    part of the model by switching it off before the call. Batches are shuffled
+    with ``generator`` (seeded per round and client). The last partial batch is
+    kept, except a batch of one sample, which BatchNorm cannot train on.
+    ``max_grad_norm`` clips the global L2 norm of the gradients after every
+    backward (HeteroFL/FedRolex clip to 1.0); None: no clipping.
+    """
+    model.train()
+    device = model_device(model)
+    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), train)
+    num = int(indices.numel())
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    steps = 0
+    for _ in range(train.local_epochs):
+        order = indices[torch.randperm(num, generator=generator)]
+        for start in range(0, num, train.batch_size):
+            batch = order[start : start + train.batch_size]
+            if batch.numel() < 2:
+                continue
+            images, labels = dataset.train_batch(batch, generator)  # on the CPU: augmentation's generator is
+            images, labels = images.to(device), labels.to(device)  # a CPU one, so draws match the CPU run's
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, images, labels)
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], max_grad_norm
+                )
+            optimizer.step()
+            total_loss += loss.detach()
+            steps += 1
+    return LocalResult(num_samples=num, num_steps=steps, mean_loss=float(total_loss) / max(steps, 1))
