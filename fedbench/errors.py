@@ -1,8 +1,9 @@
 """The errors a user can cause.
 
 Every subclass carries a one-line message that names the bad value and how to
-fix it. Only :mod:`fedbench.cli.main` catches them (and prints one red line); any
-other exception is a bug and keeps its traceback.
+fix it. Only the command line (:mod:`fedbench.cli.common`) catches them and prints
+one red line (exit code 2); any other exception is a bug, shown as one line too
+unless ``--verbose`` asks for its traceback.
 """
 
 from __future__ import annotations

@@ -98,9 +98,21 @@ def method_labels(frame: pd.DataFrame, settings: Sequence[dict[str, str | None]]
         keys = sorted(set().union(*mine))
         varying[method] = [k for k in keys if len({s.get(k) for s in mine}) > 1]
     return [
-        method_label(method, {k: settings[i][k] for k in varying[method] if settings[i].get(k) is not None})
+        method_label(method, {k: settings[i][k] for k in sorted({*varying[method], *_PROTOCOL_SETTINGS} & settings[i].keys())
+                              if settings[i].get(k) is not None and (k in varying[method] or _off_protocol(k, settings[i][k]))})
         for i, method in enumerate(methods)
     ]
+
+
+# Evaluation protocols other than the default are always named in a row label, so a table says
+# which was used even when every run of the method used it (NeuLite's evaluate=stage scores the
+# just-trained stage model every round, the released code's protocol; DepthFL's ensemble=all
+# averages untrained exits too).
+_PROTOCOL_SETTINGS = {"options.evaluate": "cycle", "options.ensemble": "trained"}
+
+
+def _off_protocol(key: str, value: str | None) -> bool:
+    return key in _PROTOCOL_SETTINGS and value is not None and str(value) != _PROTOCOL_SETTINGS[key]
 
 
 def is_iid(label: str) -> bool:
@@ -156,7 +168,7 @@ def summarize(
         values = by_run.get(run["run_id"], [])
         row = {
             "run_id": run["run_id"],
-            "method": run.get("tags.fedbench.core.method") or run.get("params.method"),
+            "method": run.get("tags.fedbench.method") or run.get("params.method"),
             "dataset": run.get("tags.fedbench.dataset") or run.get("params.data.dataset"),
             "model": run.get("tags.fedbench.model") or run.get("params.model.name"),
             "partition": run.get("params.data.partition"),

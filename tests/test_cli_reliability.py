@@ -113,7 +113,7 @@ def _experiment(name: str, artifact_location: str | None = None, with_run: bool 
         location = artifact_location.replace("{tmp}", str(tmp)) if artifact_location else None
         experiment_id = client.create_experiment(name, artifact_location=location)
         if with_run:
-            run = client.create_run(experiment_id, tags={"fedbench.core.method": "fedavg", "fedbench.dataset": "synthetic",
+            run = client.create_run(experiment_id, tags={"fedbench.method": "fedavg", "fedbench.dataset": "synthetic",
                                                          "fedbench.model": "cnn", "fedbench.run_key": "k"})
             client.log_batch(run.info.run_id, params=[Param("data.partition", "dirichlet"), Param("data.alpha", "0.5")],
                              metrics=[Metric("eval/accuracy", 0.5, 0, 0), Metric("participation/rate", 1.0, 0, 0)])
@@ -147,8 +147,77 @@ def _inside_output_folder(tmp: Path, _values: Mapping[str, str]) -> None:
     assert len(written) == 1 and written[0].parts[:2] == ("reports", "out"), written
 
 
+def _cut_short_run(tamper: Callable[[Path, object, Path], None]) -> Callable[[Path], Mapping[str, str]]:
+    """A 1-round run in {tmp}/mlflow.db left RUNNING (as a SIGKILL leaves it), its checkpoint in
+    $FEDBENCH_CHECKPOINTS then replaced by ``tamper(path, config, tmp)``; {run} is its id."""
+    def setup(tmp: Path) -> Mapping[str, str]:
+        from mlflow.tracking import MlflowClient
+
+        from fedbench import engine
+        from fedbench.config import make_config
+        from fedbench.core import checkpoint
+        from fedbench.tracking.tracker import MlflowTracker
+
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        config = make_config(overrides={
+            "method": "fedavg", "data": {"dataset": "synthetic", "num_clients": 4}, "clients_per_round": 2,
+            "rounds": 1, "train": {"local_epochs": 1}, "model": {"name": "cnn", "width": 0.25},
+            "tracking": {"uri": uri, "keep_checkpoint": True}})
+        tracker = MlflowTracker(uri, config.tracking.experiment)
+        engine.run(config, tracker=tracker)
+        MlflowClient(tracking_uri=uri).update_run(tracker.run_id, "RUNNING")
+        tamper(checkpoint.checkpoint_path(tracker.run_id), config, tmp)
+        return {"run": tracker.run_id}
+    return setup
+
+
+def _plant_pickle(path: Path, config: object, tmp: Path) -> None:
+    from tests.test_checkpoint import _malicious
+
+    _malicious(path, config, tmp / "pwned")
+
+
+def _flip_bytes(path: Path, _config: object, _tmp: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 2000, len(data)):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _old_format(path: Path, _config: object, _tmp: Path) -> None:
+    path.write_bytes(b"PK\x03\x04" + bytes(100))  # a torch.save zip, as older fedbench wrote
+
+
+def _payload_did_not_run(tmp: Path, _values: Mapping[str, str]) -> None:
+    assert not (tmp / "pwned").exists()
+
+
+def _only_run_failed(tmp: Path, _values: Mapping[str, str]) -> None:
+    (run,) = _runs(tmp)
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags["fedbench.error"]
+
+
+RESUME = ("run", "--resume", "{run}", "--tracking-uri", STORE)
+CHECKPOINTS = {"FEDBENCH_CHECKPOINTS": "{tmp}/ckpt"}
+
 # ------------------------------------------------------------------ the cases
 CASES: list[Case] = [
+    Case("resume-malicious-checkpoint", RESUME, 2, "holds data fedbench did not write",
+         "a checkpoint crafted to run a command when unpickled, with the right run key and checksum",
+         env=CHECKPOINTS, setup=_cut_short_run(_plant_pickle), check=_payload_did_not_run),
+    Case("resume-bit-flipped-checkpoint", RESUME, 2, "is corrupt (its payload fails the checksum)",
+         "a checkpoint with 2,000 flipped bytes", env=CHECKPOINTS, setup=_cut_short_run(_flip_bytes)),
+    Case("resume-foreign-checkpoint", RESUME, 2, "is not a fedbench checkpoint of this version",
+         "a checkpoint in another format (an older fedbench's)", env=CHECKPOINTS, setup=_cut_short_run(_old_format)),
+    Case("lr-infinite", (*TINY, "--no-tracking", "--lr", "inf"), 2,
+         "train.lr (inf) must be a finite number below 3.4e+38", "--lr inf"),
+    Case("lr-overflow", (*TINY, "--no-tracking", "--lr", "1e308"), 2,
+         "train.lr (1e+308) must be a finite number below 3.4e+38", "--lr 1e308 (beyond float32)"),
+    Case("diverged", (*TINY, "--tracking-uri", STORE, "--lr", "1e30"), 2,
+         "diverged at round 1: training loss nan; lower --lr", "--lr 1e30: the training loss becomes NaN",
+         check=_only_run_failed),
+    Case("checkpoints-prune-nothing", ("checkpoints", "prune"), 2, "say what to prune",
+         "`fedbench checkpoints prune` without a criterion"),
     Case("config-not-utf8", ("run", "--config", "{tmp}/bad.yaml", "--no-tracking"), 2, "is not UTF-8 text",
          "a config file holding the bytes 00 ff", setup=_write("bad.yaml", b"\x00\xff")),
     Case("config-is-directory", ("run", "--config", "{tmp}", "--no-tracking"), 2,
@@ -306,6 +375,7 @@ def markdown(cases: list[Case]) -> str:
             line = re.sub(r"\b[0-9a-f]{32}\b", "RUN_ID", line)  # MLflow run ids differ every time
         env = " ".join(f"{k}={v}" for k, v in case.env.items()).replace("{tmp}", "$TMP")
         argv = " ".join(a if a and " " not in a else repr(a) for a in case.argv).replace("{tmp}", "$TMP")
+        argv = argv.replace("{run}", "RUN_ID")
         command = f"{env + ' ' if env else ''}fedbench {argv}".replace("|", "\\|")
         rows.append(f"| {case.what} | `{command}` | {outcome.code} | {line.replace('|', chr(92) + '|')} |")
     header = [

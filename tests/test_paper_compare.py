@@ -35,7 +35,7 @@ def store(tmp_path_factory) -> str:
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("mini")
     for i, (method, dataset, model, partition, accuracy, pr) in enumerate(RUNS):
-        tags = {"fedbench.core.method": method, "fedbench.dataset": dataset, "fedbench.model": model,
+        tags = {"fedbench.method": method, "fedbench.dataset": dataset, "fedbench.model": model,
                 "fedbench.run_key": f"key-{i}"}
         run = client.create_run(experiment, tags=tags, start_time=1000 + i)
         params = {"method": method, "data.dataset": dataset, "model.name": model, "data.partition": partition,

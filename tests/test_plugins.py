@@ -171,7 +171,7 @@ def test_other_methods_still_work_beside_a_plugin_that_fails_to_import(site):
 @pytest.mark.parametrize(
     ("name", "fragments"),
     [
-        ("notamethod", ["(hooks.NotAMethod) must be a subclass of fedbench.core.method.Method",
+        ("notamethod", ["(hooks.NotAMethod) must be a subclass of fedbench.api.Method",
                         "it lacks the hooks", "local_update", "aggregate"]),
         ("forgot", ["hook 'local_update(self)' cannot take the engine's arguments",
                     "define it as local_update(self, client)"]),

@@ -70,7 +70,7 @@ def test_a_plugin_that_fails_to_import_is_a_plugin_error(third_party_method):
 def test_a_plugin_of_the_wrong_type_is_rejected_at_load(third_party_method):
     from fedbench.core.method import validate_method
 
-    with pytest.raises(PluginError, match="must be a subclass of fedbench.core.method.Method"):
+    with pytest.raises(PluginError, match="must be a subclass of fedbench.api.Method"):
         registry.load("methods", "notamethod", validate=validate_method)
 
 

@@ -41,7 +41,7 @@ def _log_run(client, experiment_id, spec, index, status="FINISHED", clock=False,
     from mlflow.entities import Metric, Param
 
     method, dataset, model, partition, seed, accuracy, pr, extra = spec
-    tags = {"fedbench.core.method": method, "fedbench.dataset": dataset, "fedbench.model": model,
+    tags = {"fedbench.method": method, "fedbench.dataset": dataset, "fedbench.model": model,
             "fedbench.run_key": f"key-{experiment_id}-{index}"}
     run = client.create_run(experiment_id, tags=tags, start_time=1000 + index)
     params = {"method": method, "data.dataset": dataset, "model.name": model, "data.partition": partition,
@@ -393,3 +393,15 @@ def test_an_experiment_name_never_leaves_the_output_folder(store, tmp_path, monk
     assert written == [tmp_path / "reports" / "out" / folder_name(experiment) / "table1.md"]
     assert "/" not in folder_name(experiment) and not folder_name(experiment).startswith(".")
     assert folder_name("mini-table1") == "mini-table1"
+
+
+def test_a_non_default_evaluation_protocol_is_named_in_the_row_even_when_every_run_uses_it():
+    import pandas as pd
+
+    from fedbench.reports.summary import method_labels
+
+    frame = pd.DataFrame({"method": ["neulite", "neulite", "fedavg"]})
+    settings = [{"options.evaluate": "stage"}, {"options.evaluate": "stage"}, {}]
+    assert method_labels(frame, settings) == ["neulite (evaluate=stage)", "neulite (evaluate=stage)", "fedavg"]
+    cycle = [{"options.evaluate": "cycle"}, {"options.evaluate": "cycle"}, {}]
+    assert method_labels(frame, cycle) == ["neulite", "neulite", "fedavg"]

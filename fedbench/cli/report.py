@@ -211,7 +211,7 @@ def info_plane_command(
         frames = []
         for run_id in run:
             info = store.run(run_id).iloc[0]
-            label = f"{info.get('tags.fedbench.core.method', '?')} {run_id[:8]}"
+            label = f"{info.get('tags.fedbench.method', '?')} {run_id[:8]}"
             history = store.histories([run_id], series.nhsic_keys(store.metric_keys(run_id)))
             frames.append(series.info_plane(history, label))
     except FedbenchError as exc:

@@ -320,10 +320,10 @@ def validate_method(name: str, obj: object) -> None:
         lacks = f"; it lacks the hook{'s' if len(missing) > 1 else ''} {', '.join(missing)}" if missing else ""
         raise PluginError(
             f"method '{name}' ({obj.__module__}.{obj.__qualname__}) must be a subclass of "
-            f"fedbench.core.method.Method{lacks}; subclass Method and override only what differs from FedAvg"
+            f"fedbench.api.Method{lacks}; subclass Method and override only what differs from FedAvg"
         )
     if not (isinstance(obj, type) and issubclass(obj, Method)):
-        raise PluginError(f"method '{name}' must be a subclass of fedbench.core.method.Method, got {obj!r}")
+        raise PluginError(f"method '{name}' must be a subclass of fedbench.api.Method, got {obj!r}")
     if not dataclasses.is_dataclass(obj.options_type):
         raise PluginError(f"method '{name}': options_type must be a dataclass")
     for kind in ("server_state", "client_state"):
@@ -379,6 +379,6 @@ def _override_problem(cls: type, hook: str) -> str | None:
         expected = ", ".join(["self"] * base_self + [p.name for p in passed])
         return (
             f"hook '{hook}{signature}' cannot take the engine's arguments; "
-            f"define it as {hook}({expected}) like fedbench.core.method.Method.{hook}"
+            f"define it as {hook}({expected}) like fedbench.api.Method.{hook}"
         )
     return None

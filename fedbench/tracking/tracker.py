@@ -207,7 +207,7 @@ class MlflowTracker:
         assert self._connection is not None
         self._client, experiment_id = self._connection
         tags = {
-            "fedbench.core.method": config.method,
+            "fedbench.method": config.method,
             "fedbench.dataset": config.data.dataset,
             "fedbench.model": config.model.name,
             "fedbench.run_key": config.run_key,
