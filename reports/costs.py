@@ -11,20 +11,29 @@ projection MLP); otherwise the stage models are built here from
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import pandas as pd
+import torch
 
 from fedbench import registry
 from fedbench.config import RunConfig
 from fedbench.core import setup
-from fedbench.core.method import RunContext, Workload, validate_method
+from fedbench.core.context import RunContext
+from fedbench.core.method import Workload, validate_method
 from fedbench.data import ImageDataset
-from fedbench.errors import UnknownNameError
+from fedbench.errors import ConfigError, UnknownNameError
 from fedbench.memory.model import MemoryModel, SGDSpec
-from fedbench.models import BlockModel
+from fedbench.models import BlockModel, build_model
 from fedbench.models.cutting import StageModel, stage_trainable
-from fedbench.simulation.clock import stage_round_times
-from fedbench.simulation.fleet import make_fleet
+from fedbench.simulation.clock import (
+    DeviceClass,
+    VirtualClock,
+    device_time,
+    state_bytes,
+    trainable_upload_bytes,
+)
+from fedbench.simulation.fleet import DEVICE_CLASSES, make_fleet
 from fedbench.training.loop import cross_entropy_loss
 
 log = logging.getLogger(__name__)
@@ -65,6 +74,66 @@ def block_memory(
                                loss_fn=workload.loss_fn or cross_entropy_loss)
         rows.append({"label": workload.name, **{k: getattr(report, k) for k in MEMORY_COLUMNS[1:]}})
     return pd.DataFrame(rows, columns=list(MEMORY_COLUMNS)), source
+
+
+@dataclass(frozen=True)
+class StageTime:
+    """One row of Fig. 7: a NeuLite stage (or the full model) on one device class."""
+
+    label: str
+    compute_s: float
+    comm_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.comm_s
+
+
+def device_class(name: str) -> DeviceClass:
+    for cls in DEVICE_CLASSES:
+        if cls.name == name:
+            return cls
+    known = ", ".join(c.name for c in DEVICE_CLASSES)
+    raise ConfigError(f"unknown device class {name!r}; known: {known}")
+
+
+def stage_round_times(
+    model_name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    batch_size: int,
+    samples: int,
+    epochs: int,
+    device_class_name: str = "jetson-tx2",
+    width: float = 1.0,
+) -> list[StageTime]:
+    """Seconds of one device's round for each NeuLite stage k = 1..S and for the full model.
+
+    Stage k trains S_k (:class:`~fedbench.models.cutting.StageModel`) with block k,
+    the co-adapted part of block k−1 (:func:`~fedbench.models.cutting.coadaptation_scope`)
+    and the stage's output module trainable, cross-entropy loss (NeuLite's nHSIC terms and
+    projection MLP are not included). It downloads S_k's full state and uploads the
+    trainable tensors plus all buffers (spec neulite §2.5); the full model moves its whole
+    state both ways. Labels are ``block <k>`` and ``full``.
+    """
+
+    device = device_class(device_class_name)
+    clock = VirtualClock(batch_size, tuple(input_shape), epochs)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(model_name, tuple(input_shape), num_classes, width=width)
+    rows = []
+    for k in range(1, model.num_blocks + 1):
+        stage = StageModel(model, k)
+        trainable = stage_trainable(model, stage)
+        cost = clock.cost(stage, samples, trainable, bytes_down=state_bytes(stage),
+                          bytes_up=trainable_upload_bytes(stage, trainable))
+        rows.append((f"block {k}", cost))
+    rows.append(("full", clock.cost(model, samples)))
+    out = []
+    for label, cost in rows:
+        t = device_time(0, cost, device)
+        out.append(StageTime(label, t.compute_s, t.comm_s))
+    return out
 
 
 def block_times(

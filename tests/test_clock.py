@@ -11,13 +11,13 @@ from fedbench import engine
 from fedbench.config import make_config
 from fedbench.errors import ConfigError
 from fedbench.models import build_model
+from fedbench.reports.costs import stage_round_times
 from fedbench.simulation.clock import (
     DeviceCost,
     DeviceTime,
     VirtualClock,
     device_time,
     earliest,
-    stage_round_times,
     state_bytes,
 )
 from fedbench.simulation.fleet import Device

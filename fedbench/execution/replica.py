@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from fedbench.config import RunConfig
-from fedbench.core.method import Assignment, ClientContext, Method, RunContext, Update
+from fedbench.core.context import RunContext
+from fedbench.core.method import Assignment, ClientContext, Method, Update
 from fedbench.core.setup import make_method, prepare
 from fedbench.errors import PluginError
 
