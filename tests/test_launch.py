@@ -17,8 +17,29 @@ TRACKED = [a for a in TINY if a != "--no-tracking"]
 def test_the_console_script_is_the_command_line_s_entry_point():
     from importlib.metadata import entry_points
 
+    import fedbench.cli
+
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "fedbench"]
-    assert script.value == "fedbench.cli.main:main" and script.load() is main
+    assert script.value == "fedbench.cli:launch" and script.load() is fedbench.cli.launch
+
+
+def test_a_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
+    import builtins
+
+    import fedbench.cli
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "fedbench.cli.main":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as done:
+        fedbench.cli.launch()
+    assert done.value.code == 130
+    assert capsys.readouterr().err == "interrupted before a run was created; nothing was logged\n"
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from fedbench.cli import EXIT_INTERRUPTED
 from fedbench.config import (
     DataConfig,
     ModelConfig,
@@ -35,7 +36,7 @@ from fedbench.errors import ConfigError, FedbenchError
 # Set by each command's --verbose (through setup_logging): show tracebacks of unexpected errors.
 _verbose = False
 # Exit codes of a run stopped by Ctrl-C (128 + SIGINT) and by SIGTERM (128 + SIGTERM).
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+EXIT_TERMINATED = 143  # after SIGTERM; 130 (EXIT_INTERRUPTED) after Ctrl-C
 
 
 class Terminated(KeyboardInterrupt):
