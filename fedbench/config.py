@@ -87,6 +87,7 @@ class ModelConfig:
         _require(0 < self.width <= 1, f"model.width ({self.width}) must be in (0, 1]")
 
 
+_NO_DEFAULT = object()  # an option without a default always counts as set
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: weights and optimiser factors live there
 
 
@@ -282,28 +283,27 @@ class RunConfig:
         """The method's options with its defaults filled in and values normalised (``mu: 1`` is
         ``1.0``, tuples are lists), so ``{}`` and ``{mu: 0.01}`` (the default) are the same run.
         As given when the method cannot be loaded (the run will fail on that, not here)."""
-        try:
-            options_type = getattr(registry.load("methods", self.method), "options_type", None)
-            if not dataclasses.is_dataclass(options_type):
-                return dict(self.options)
-            parsed = build_dataclass(options_type, dict(self.options), path="options")
-        except (FedbenchError, TypeError):
-            return dict(self.options)
-        return json.loads(json.dumps(dataclasses.asdict(parsed), default=str))
+        return self._options_and_defaults()[0]
 
     def options_differing_from_defaults(self) -> dict[str, Any]:
         """The resolved options that differ from the method's defaults: what the run key hashes, so
         ``{}`` and ``{mu: 0.01}`` (the default) are one run, and runs keyed before options were
         resolved keep their keys."""
+        resolved, defaults = self._options_and_defaults()
+        return {k: v for k, v in resolved.items() if defaults.get(k, _NO_DEFAULT) != v}
+
+    def _options_and_defaults(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(options with defaults filled in, the defaults), both normalised as JSON would; the options
+        as given and no defaults when the method or its options type cannot be loaded."""
         try:
             options_type = getattr(registry.load("methods", self.method), "options_type", None)
-            defaults = build_dataclass(options_type, {}, path="options") if dataclasses.is_dataclass(options_type) else None
+            if not dataclasses.is_dataclass(options_type):
+                return dict(self.options), {}
+            parsed = build_dataclass(options_type, dict(self.options), path="options")
+            defaults = build_dataclass(options_type, {}, path="options")
         except (FedbenchError, TypeError):
-            defaults = None
-        if defaults is None:
-            return dict(self.options)
-        default_values = json.loads(json.dumps(dataclasses.asdict(defaults), default=str))
-        return {k: v for k, v in self.resolved_options().items() if default_values.get(k) != v}
+            return dict(self.options), {}
+        return _as_json(parsed), _as_json(defaults)
 
     def option_params(self) -> dict[str, str]:
         """``options.<name>`` MLflow params for every option of the run's method, defaults included and
@@ -326,6 +326,11 @@ class RunConfig:
         payload["options"] = self.options_differing_from_defaults()
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _as_json(options: Any) -> dict[str, Any]:
+    """An options dataclass as the plain values its JSON has (tuples as lists, 1 as 1.0 where typed float)."""
+    return json.loads(json.dumps(dataclasses.asdict(options), default=str))
 
 
 # --------------------------------------------------------------------- building

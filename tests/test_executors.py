@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from fedbench import engine, registry
 from fedbench.cli.main import app
-from fedbench.config import make_config
 from fedbench.core import checkpoint
 from fedbench.core.method import Assignment, Method
 from fedbench.errors import ConfigError, ExecutorError
 from fedbench.execution.executors import ProcessExecutor, ProcessPool, SerialExecutor, make_executor
 from fedbench.execution.replica import split_work
+from fedbench.testing import kit_config
 from fedbench.tracking.tracker import NullTracker
 
 BUILTIN_METHODS = sorted(info.name for info in registry.available("methods") if info.builtin)
@@ -29,22 +29,7 @@ BUILTIN_METHODS = sorted(info.name for info in registry.available("methods") if 
 def config_for(method: str, executor: str = "serial", **extra):
     """3 rounds of 3 of 6 devices, so devices train again (DepthFL's per-device state matters);
     the ``relative`` fleet gives the width and depth methods more than one kind of work."""
-    values = {
-        "method": method,
-        "data": {"dataset": "synthetic", "num_clients": 8, "partition": "dirichlet"},
-        "train": {"local_epochs": 1, "batch_size": 32},
-        "model": {"name": "cnn", "width": 0.25},
-        "fleet": {"profile": "relative"},
-        "clients_per_round": 3,
-        "rounds": 3,
-        "threads": 1,
-        "executor": executor,
-        "workers": 2,
-        "executor_threads": 1,
-        "tracking": {"enabled": False},
-    }
-    values.update(extra)
-    return make_config(overrides=values)
+    return kit_config(method, **{"rounds": 3, "executor": executor, "workers": 2, "executor_threads": 1, **extra})
 
 
 def outcome(config, executor):
