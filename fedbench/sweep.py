@@ -8,13 +8,16 @@ FINISHED in the tracking store are skipped, a cell whose last run was cut short
 it, and a failing cell is recorded as FAILED with its one-line reason and never
 stops the others. Cells run here one after the other, in a pool of processes
 (``max_parallel``) or as Ray tasks (``executor="ray"``: a local Ray, or the
-cluster at ``$RAY_ADDRESS``; log to a shared MLflow server then).
+cluster at ``$RAY_ADDRESS``; log to a shared MLflow server then). On Ray a cell whose
+``device`` is ``cuda``/``cuda:N`` also asks for ``gpus_per_cell`` GPUs (default 1; 0.25 packs
+four cells on one GPU) and computes on the GPU Ray assigned it, under the cell's own run key.
 
     experiment: mini-table1
     base: {rounds: 20, data: {dataset: fashion-mnist}}
     axes:
       method: [fedavg, exclusivefl]
       seed: [1, 2, 3]
+    gpus_per_cell: 0.5             # optional: GPUs each cuda cell asks Ray for
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ from fedbench.tracking.tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
 
-GRID_KEYS = ("experiment", "base", "axes")
+GRID_KEYS = ("experiment", "base", "axes", "gpus_per_cell")
 # The most cells one grid may hold. Every cell is validated and kept in memory before the first one
 # runs, and each is a whole training run: a grid past this is almost always a mistyped axis, and
 # a real one this large is better split into several grids (and experiments).
@@ -83,19 +86,20 @@ class CellOutcome:
 class Grid:
     experiment: str
     cells: list[Cell]
+    gpus_per_cell: float | None = None  # GPUs a cuda cell asks Ray for (None: 1)
 
 
 def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Grid:
     """Read and expand a grid file; every cell is validated before anything runs."""
-    experiment, base, axes = read_grid(path, overrides)
-    return Grid(experiment, expand(base, axes))
+    experiment, base, axes, gpus_per_cell = read_grid(path, overrides)
+    return Grid(experiment, expand(base, axes), gpus_per_cell)
 
 
 def read_grid(
     path: str | Path, overrides: Mapping[str, Any] | None = None
-) -> tuple[str, dict[str, Any], Mapping[str, list[Any]]]:
-    """A grid file's experiment, base config and axes, checked but not expanded, so that
-    ``--dry-run`` can list cells as they are built (:func:`iter_cells`)."""
+) -> tuple[str, dict[str, Any], Mapping[str, list[Any]], float | None]:
+    """A grid file's experiment, base config, axes and ``gpus_per_cell`` (None if not set), checked
+    but not expanded, so that ``--dry-run`` can list cells as they are built (:func:`iter_cells`)."""
     raw = load_yaml(path, "grid", "pass an existing grid YAML file (docs/sweeps.md)")
     unknown = sorted(set(raw) - set(GRID_KEYS))
     if unknown:
@@ -113,10 +117,13 @@ def read_grid(
             f"grid {path} has {size:,} cells ({lengths}), above {MAX_GRID_CELLS:,}, the most one sweep "
             "validates and holds before running; split it into several grids"
         )
+    gpus_per_cell = raw.get("gpus_per_cell")
+    if gpus_per_cell is not None:
+        gpus_per_cell = check_gpus_per_cell(gpus_per_cell, f"grid {path}: gpus_per_cell")
     experiment = str(raw.get("experiment") or Path(path).stem)
     base = deep_merge(base, dict(overrides or {}))
     base = deep_merge(base, {"tracking": {"experiment": experiment}})
-    return experiment, base, axes
+    return experiment, base, axes, gpus_per_cell
 
 
 def expand(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> list[Cell]:
@@ -134,6 +141,75 @@ def iter_cells(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> Iterat
         except ConfigError as exc:
             raise ConfigError(f"grid cell {index} ({', '.join(f'{k}={v}' for k, v in values.items())}): {exc}") from exc
         yield Cell(index, values, config)
+
+
+# ------------------------------------------------------------------ GPUs on Ray
+def check_gpus_per_cell(value: Any, where: str = "--gpus-per-cell") -> float:
+    """``value`` as the GPUs one cuda cell asks Ray for, or a one-line error naming ``where``: Ray
+    takes a share of one GPU (0 < x <= 1, to 4 decimals) or whole GPUs, nothing in between."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (number and value > 0 and (value <= 1 or float(value).is_integer()) and round(value, 4) == value):
+        raise ConfigError(
+            f"{where} ({value!r}) must be a share of one GPU, 0 < x <= 1 with at most 4 decimals (0.25: four "
+            "cells per GPU), or a whole number of GPUs (2, 3, ...)"
+        )
+    return float(value)
+
+
+def cell_resources(config: RunConfig, gpus_per_cell: float | None = None) -> dict[str, float]:
+    """What a cell's Ray task asks for: the CPUs its run keeps busy and, for a ``cuda``/``cuda:N``
+    cell, ``gpus_per_cell`` GPUs (default 1); a CPU cell asks for no GPU."""
+    gpus = 0.0 if config.device == "cpu" else 1.0 if gpus_per_cell is None else gpus_per_cell
+    return {"num_cpus": cpu_demand(config), "num_gpus": gpus}
+
+
+def ray_task_device(device: str) -> str:
+    """Where a cell configured with ``device`` computes inside its Ray task. Ray shows a GPU task only
+    the GPU(s) it assigned (``CUDA_VISIBLE_DEVICES``), numbered from 0 there, so ``cuda:N`` of the
+    grid means "a GPU" and becomes ``cuda``; ``cpu`` stays."""
+    return "cuda" if device.startswith("cuda") else device
+
+
+class _OnAssignedGpu(RunConfig):
+    """A cell's config inside its Ray GPU task: it computes on ``device`` (``cuda``, the GPU Ray
+    assigned; worker processes it starts get the same) and keeps the cell's run key, so the MLflow
+    tag and the checkpoints are those the sweep looks for when it skips or resumes the cell."""
+
+    @property
+    def run_key(self) -> str:
+        return self.__dict__.get("_cell_key") or super().run_key
+
+
+def on_assigned_gpu(config: RunConfig) -> RunConfig:
+    """``config`` as a cell's Ray task runs it: device mapped by :func:`ray_task_device`, the same
+    run key (``config`` itself when the device does not change)."""
+    device = ray_task_device(config.device)
+    if device == config.device:
+        return config
+    placed = _OnAssignedGpu(**{f.name: getattr(config, f.name) for f in fields(config)} | {"device": device})
+    object.__setattr__(placed, "_cell_key", config.run_key)
+    return placed
+
+
+def resolve_executor(executor: str | None, max_parallel: int = 1) -> str:
+    """The sweep executor: as given (checked), else ``process`` when ``max_parallel`` > 1, else ``serial``."""
+    executor = executor or ("process" if max_parallel > 1 else "serial")
+    if executor not in SWEEP_EXECUTORS:
+        raise ConfigError(f"sweep executor '{executor}' must be one of {', '.join(SWEEP_EXECUTORS)}")
+    return executor
+
+
+def check_gpu_option(gpus_per_cell: Any, executor: str) -> float | None:
+    """``--gpus-per-cell`` checked (None when not given): a valid count, and only for the ray executor."""
+    if gpus_per_cell is None:
+        return None
+    value = check_gpus_per_cell(gpus_per_cell)
+    if executor != "ray":
+        raise ConfigError(
+            f"--gpus-per-cell ({value:g}) places cells on a Ray cluster's GPUs and needs --executor ray; the "
+            f"{executor} executor runs each cuda cell on this machine's GPU its config names: drop the option"
+        )
+    return value
 
 
 # ----------------------------------------------------------------- running
@@ -211,10 +287,13 @@ def run_cell(config: RunConfig, resume_run_id: str | None = None) -> CellOutcome
 
 
 def _run_cell_in_worker(
-    index: int, config_dict: dict[str, Any], resume_run_id: str | None = None, env: Mapping[str, str] | None = None
+    index: int, config_dict: dict[str, Any], resume_run_id: str | None = None, env: Mapping[str, str] | None = None,
+    on_ray: bool = False,
 ) -> CellOutcome:
     os.environ.update(env or {})
     config = build_dataclass(RunConfig, config_dict)
+    if on_ray:  # a cuda cell computes on the GPU Ray assigned it, under its own run key
+        config = on_assigned_gpu(config)
     return replace(run_cell(config, resume_run_id), index=index)
 
 
@@ -226,13 +305,16 @@ def run_grid(
     tracking_uri: str | None = None,
     on_outcome: Callable[[Cell, CellOutcome], None] | None = None,
     executor: str | None = None,
+    gpus_per_cell: float | None = None,
 ) -> list[CellOutcome]:
     """Run every cell not yet FINISHED (all, from scratch, with ``rerun``); returns one outcome
     per cell, in order. ``executor``: ``serial`` (here), ``process`` (``max_parallel`` processes;
-    the default when it is > 1) or ``ray`` (Ray tasks)."""
-    executor = executor or ("process" if max_parallel > 1 else "serial")
-    if executor not in SWEEP_EXECUTORS:
-        raise ConfigError(f"sweep executor '{executor}' must be one of {', '.join(SWEEP_EXECUTORS)}")
+    the default when it is > 1) or ``ray`` (Ray tasks). ``gpus_per_cell`` (ray only; else the
+    grid's, else 1): GPUs each cuda cell asks Ray for."""
+    executor = resolve_executor(executor, max_parallel)
+    gpus_per_cell = check_gpu_option(gpus_per_cell, executor)
+    if gpus_per_cell is None:
+        gpus_per_cell = grid.gpus_per_cell
     if executor == "ray":
         require_ray()
     cells = [replace(c, config=_with_uri(c.config, tracking_uri)) for c in grid.cells]
@@ -265,24 +347,30 @@ def run_grid(
             for future in as_completed(futures):
                 finish(future.result())
     else:
-        for outcome in _run_on_ray(todo, resumable):
+        for outcome in _run_on_ray(todo, resumable, gpus_per_cell):
             finish(outcome)
     return [outcomes[c.index] for c in cells]
 
 
-def _run_on_ray(cells: list[Cell], resumable: Mapping[str, str]) -> Iterable[CellOutcome]:
-    """Each cell as one Ray task asking for the CPUs its run keeps busy; outcomes as they come."""
+def _run_on_ray(
+    cells: list[Cell], resumable: Mapping[str, str], gpus_per_cell: float | None = None
+) -> Iterable[CellOutcome]:
+    """Each cell as one Ray task asking for the CPUs its run keeps busy and, for a cuda cell, its
+    GPUs (:func:`cell_resources`); outcomes as they come. Fails before submitting anything if one
+    cell asks for more GPUs than the cluster has."""
 
     if not cells:
         return
     ray = require_ray()
+    resources = {c.index: cell_resources(c.config, gpus_per_cell) for c in cells}
     owns = connect_ray(max(cpu_demand(c.config) for c in cells))
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     try:
+        _check_gpus(ray, max(r["num_gpus"] for r in resources.values()))
         task = ray.remote(_run_cell_in_worker)
         pending = {
-            task.options(num_cpus=cpu_demand(c.config), max_retries=0).remote(
-                c.index, c.config.to_dict(), resumable.get(c.config.run_key), env
+            task.options(**resources[c.index], max_retries=0).remote(
+                c.index, c.config.to_dict(), resumable.get(c.config.run_key), env, on_ray=True
             ): c
             for c in cells
         }
@@ -297,6 +385,20 @@ def _run_on_ray(cells: list[Cell], resumable: Mapping[str, str]) -> Iterable[Cel
     finally:
         if owns:
             ray.shutdown()
+
+
+def _check_gpus(ray: Any, per_cell: float) -> None:
+    """A one-line error if the connected cluster has fewer GPUs than one cell asks for (Ray would
+    otherwise hold the task forever as infeasible)."""
+    if not per_cell:
+        return
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus < per_cell:
+        fix = f", or lower --gpus-per-cell to at most {gpus:g}" if gpus >= 1 else ", or run the cells on device cpu"
+        raise ConfigError(
+            f"the Ray cluster has {gpus:g} GPUs but each cuda cell asks for {per_cell:g}; add GPU nodes "
+            f"(`ray start --address=HEAD_IP:6379` on each GPU machine){fix}"
+        )
 
 
 def summarize(outcomes: Iterable[CellOutcome]) -> dict[str, float]:

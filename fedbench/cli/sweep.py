@@ -32,6 +32,7 @@ def sweep_command(
     rerun: Annotated[bool, typer.Option("--rerun", help="Run cells again even if a FINISHED run exists.")] = False,
     max_parallel: Annotated[int, typer.Option(help="Cells run at once, each in its own process.")] = 1,
     executor: Annotated[str | None, typer.Option(help="Where cells run: serial (here), process (--max-parallel processes; the default when > 1) or ray (Ray tasks; $RAY_ADDRESS for a cluster).")] = None,
+    gpus_per_cell: Annotated[float | None, typer.Option(help="GPUs each cuda cell asks Ray for (--executor ray only; default: the grid's gpus_per_cell, else 1): a share such as 0.25 packs four cells on a GPU; above 1, whole GPUs.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for every cell (else the grid's, else the default).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
@@ -43,6 +44,7 @@ def sweep_command(
         with sigterm_raises():
             if max_parallel < 1:
                 raise ConfigError(f"--max-parallel ({max_parallel}) must be >= 1")
+            sweep.check_gpu_option(gpus_per_cell, sweep.resolve_executor(executor, max_parallel))
             if dry_run:
                 _dry_run(grid_file)
                 return
@@ -62,7 +64,7 @@ def sweep_command(
 
             outcomes = sweep.run_grid(
                 grid, rerun=rerun, max_parallel=max_parallel, tracking_uri=tracking_uri, on_outcome=show,
-                executor=executor,
+                executor=executor, gpus_per_cell=gpus_per_cell,
             )
     except FedbenchError as exc:
         raise fail(exc) from None
@@ -86,7 +88,7 @@ def _dry_run(grid_file: str) -> None:
     """List the cells one line each, as each is validated, so a large grid shows progress at once."""
     from fedbench import sweep  # lazy: torch loads only when a grid runs
 
-    experiment, base, axes = sweep.read_grid(grid_file)
+    experiment, base, axes, _ = sweep.read_grid(grid_file)
     count = 1
     for values in axes.values():
         count *= len(values)
