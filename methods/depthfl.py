@@ -24,10 +24,12 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from fedbench.api import (
     Assignment,
@@ -125,19 +127,31 @@ def distillation_loss(logits: Sequence[torch.Tensor], temperature: float) -> tor
 
 
 class FedDynState(nn.Module):
-    """A device's FedDyn vectors g_m and the received global values θ^t, one buffer pair per
-    parameter of its local model, so that the memory model counts them as device memory."""
+    """A device's FedDyn vectors g_m and the received global values θ^t, one flat buffer each over
+    the parameters of its local model (in ``parameters()`` order), so that the memory model counts
+    them as device memory and the fused term (:class:`FedDynTerm`) reads them as they are;
+    :meth:`pairs` gives each parameter's (g_m, θ^t) as views of the two buffers."""
 
     def __init__(self, parameters: Iterable[torch.Tensor]) -> None:
         super().__init__()
-        self.size = 0
-        for index, param in enumerate(parameters):
-            self.register_buffer(f"g{index}", torch.zeros_like(param.detach()))
-            self.register_buffer(f"anchor{index}", param.detach().clone())
-            self.size += 1
+        params = [param.detach() for param in parameters]
+        self.shapes = tuple(param.shape for param in params)
+        self.sizes = tuple(param.numel() for param in params)
+        self.size = len(params)
+        anchor = torch.cat([param.reshape(-1) for param in params]) if params else torch.zeros(0)
+        self.register_buffer("g", torch.zeros_like(anchor))
+        self.register_buffer("anchor", anchor)
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """``flat`` (a vector laid out like the buffers) as one view per parameter (vectors need
+        no reshaping: fewer ops for the memory model to trace)."""
+        return [
+            part if len(shape) == 1 else part.view(shape)
+            for part, shape in zip(flat.split(self.sizes), self.shapes, strict=True)
+        ]
 
     def pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(getattr(self, f"g{i}"), getattr(self, f"anchor{i}")) for i in range(self.size)]
+        return list(zip(self.views(self.g), self.views(self.anchor), strict=True))
 
 
 class DepthFLLocal(nn.Module):
@@ -156,14 +170,55 @@ class DepthFLLocal(nn.Module):
         return self.net(images)
 
 
+class FedDynTerm(torch.autograd.Function):
+    """FedDyn's term −⟨θ, g_m⟩ + α/2 ‖θ − θ^t‖² of one step as a single autograd node over the flat
+    θ = (θ_1, …, θ_n): the value is two dot products of whole-model vectors and the gradient
+    α (θ − θ^t) − g_m is computed once on the flat vector and handed back as per-parameter views, so
+    the term costs a fixed number of kernels whatever the number of parameter tensors (the per-tensor
+    form costs about eight forward and eight backward kernels per tensor). Inputs: the flat g_m and
+    θ^t (:class:`FedDynState`), α, then the parameters."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, g: torch.Tensor, anchor: torch.Tensor, alpha: float, *params: torch.Tensor
+    ) -> torch.Tensor:
+        # θ, made by cat (never an alias of a parameter), then θ − θ^t in place
+        diff = torch.cat([param if param.dim() == 1 else param.reshape(-1) for param in params])
+        value = diff.dot(g).neg()
+        diff.sub_(anchor)
+        value = value + (0.5 * alpha) * diff.dot(diff)
+        ctx.save_for_backward(diff, g)
+        ctx.alpha = alpha
+        ctx.shapes = [param.shape for param in params]
+        return value
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        diff, g = ctx.saved_tensors
+        grad = diff.mul(ctx.alpha).sub_(g).mul_(upstream)
+        parts = grad.split([shape.numel() for shape in ctx.shapes])
+        return (None, None, None, *(
+            part if len(shape) == 1 else part.view(shape) for part, shape in zip(parts, ctx.shapes, strict=True)))
+
+
 @dataclass(frozen=True)
 class DepthFLLoss:
     """DepthFL's local objective (spec §8.4), a hashable LossFn so the memory model can cache it:
-    Σ_exits CE + ``kd_weight`` · distillation + Σ_θ [−⟨θ, g_m⟩ + α/2 ‖θ − θ^t‖²] (``alpha`` 0: no FedDyn)."""
+    Σ_exits CE + ``kd_weight`` · distillation + Σ_θ [−⟨θ, g_m⟩ + α/2 ‖θ − θ^t‖²] (``alpha`` 0: no FedDyn).
+
+    ``fused`` chooses how the FedDyn sum is computed, not what it is. ``False`` (the reference, and
+    what the memory model traces: :meth:`DepthFL.workloads`, the depth fit and the clock) adds the
+    term tensor by tensor; ``True`` (local training) is one :class:`FedDynTerm` over the flat
+    vectors. They give the same loss and gradients (tests/test_depthfl_feddyn.py) but not the same
+    transient buffers: the fused term makes whole-model vectors at once (θ, its gradient), where the
+    reference makes one tensor's at a time, so tracing the fused form would move the traced peaks;
+    the simulated device runs the reference algorithm."""
 
     temperature: float = 1.0
     kd_weight: float = 1.0
     alpha: float = 0.0
+    fused: bool = False
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = model(images)
@@ -172,8 +227,11 @@ class DepthFLLoss:
             loss = loss + self.kd_weight * distillation_loss(logits, self.temperature)
         feddyn = getattr(model, "feddyn", None)
         if self.alpha and feddyn is not None:
-            for param, (g, anchor) in zip(model.net.parameters(), feddyn.pairs(), strict=True):
-                loss = loss - (param * g).sum() + 0.5 * self.alpha * (param - anchor).pow(2).sum()
+            if self.fused:
+                loss = loss + FedDynTerm.apply(feddyn.g, feddyn.anchor, self.alpha, *model.net.parameters())
+            else:
+                for param, (g, anchor) in zip(model.net.parameters(), feddyn.pairs(), strict=True):
+                    loss = loss - (param * g).sum() + 0.5 * self.alpha * (param - anchor).pow(2).sum()
         return loss
 
 
@@ -336,6 +394,7 @@ class DepthFL(Method):
             opts.temperature,
             consistency_weight(round_idx, opts.rampup_rounds) if opts.kd else 0.0,
             opts.alpha if opts.feddyn else 0.0,
+            fused=True,
         )
         update = self.train_client(local, ctx, loss_fn=loss, sent=local.net)
         if local.feddyn is not None:

@@ -1,0 +1,151 @@
+"""One DepthFL local step against FedAvg's: aten ops and time, FedDyn per tensor vs fused.
+
+A step is what the local loop runs per batch: zero_grad, the loss, backward and the SGD update
+(lr 0.01, momentum 0.9, weight decay 5e-4) on a fixed random batch. Rows:
+
+* ``fedavg``: the ResNet alone under cross-entropy;
+* ``depthfl-nofeddyn``: the full-depth exit model under DepthFL's loss with FedDyn off (exits and
+  distillation only);
+* ``depthfl-reference``: FedDyn added tensor by tensor (what the memory model traces);
+* ``depthfl-fused``: FedDyn as one autograd node over flat vectors (what local training runs).
+
+``ops`` counts every aten op of one step in ``torch.profiler``; ``kernels`` leaves out views and
+other metadata ops. Times are over interleaved repetitions (each variant once per round), so a
+busy machine slows every row alike; the minimum is the least disturbed.
+
+    python benchmarks/bench_depthfl_feddyn.py                          # ResNet18 w0.25, 1x28x28, batch 64
+    python benchmarks/bench_depthfl_feddyn.py --threads 1 --reps 40
+    python benchmarks/bench_depthfl_feddyn.py --device cuda            # where a GPU exists
+    pytest benchmarks/bench_depthfl_feddyn.py --benchmark-only         # pytest-benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from fedbench.methods.depthfl import DepthFLLocal, DepthFLLoss, offered_depths
+from fedbench.models import build_model
+from fedbench.models.cutting import ExitModel, exit_heads
+from fedbench.training.loop import cross_entropy_loss
+from fedbench.training.sgd import LocalSGD
+
+VARIANTS = ("fedavg", "depthfl-nofeddyn", "depthfl-reference", "depthfl-fused")
+METADATA_OPS = frozenset({
+    "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::as_strided", "aten::slice", "aten::narrow",
+    "aten::split", "aten::split_with_sizes", "aten::view_as", "aten::alias", "aten::detach", "aten::expand",
+    "aten::result_type",
+})
+
+
+def make_steps(
+    model_name: str = "resnet18", width: float = 0.25, shape: tuple[int, int, int] = (1, 28, 28),
+    batch: int = 64, alpha: float = 0.1, device: str = "cpu",
+) -> tuple[dict[str, Callable[[], None]], int]:
+    """One closure per variant, each running one training step; and the exit model's tensor count."""
+    torch.manual_seed(0)
+    model = build_model(model_name, shape, 10, width=width)
+    depths = offered_depths(model, None)
+    local = DepthFLLocal(ExitModel(model, exit_heads(model, depths[:-1]), depths[-1]), model, depths[-1], True)
+    plain = build_model(model_name, shape, 10, width=width)  # FedAvg's model, its own weights
+    with torch.no_grad():  # a mid-training state: g_m and θ^t away from zero and from θ
+        local.feddyn.g.normal_(std=1e-3)
+        local.feddyn.anchor.add_(torch.randn_like(local.feddyn.anchor), alpha=1e-2)
+    local.to(device).train()
+    plain.to(device).train()
+    images = torch.randn(batch, *shape, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    setups = {
+        "fedavg": (plain, cross_entropy_loss),
+        "depthfl-nofeddyn": (local, DepthFLLoss(1.0, 1.0, 0.0)),
+        "depthfl-reference": (local, DepthFLLoss(1.0, 1.0, alpha)),
+        "depthfl-fused": (local, DepthFLLoss(1.0, 1.0, alpha, fused=True)),
+    }
+    steps = {}
+    for name, (net, loss_fn) in setups.items():
+        # lr 0: every step sees the same weights, so the variants time the same work each round
+        optimizer = LocalSGD(list(net.parameters()), lr=0.0, momentum=0.9, weight_decay=5e-4)
+
+        def step(net=net, loss_fn=loss_fn, optimizer=optimizer) -> None:  # noqa: ANN001
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(net, images, labels).backward()
+            optimizer.step()
+
+        step()  # warm-up: momentum buffers, allocator, kernel selection
+        steps[name] = step
+    return steps, sum(1 for _ in local.net.parameters())
+
+
+def count_ops(step: Callable[[], None]) -> tuple[int, int]:
+    """(aten ops, aten ops that are not views or metadata) of one call of ``step``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    names = collections.Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
+    return names.total(), sum(n for name, n in names.items() if name not in METADATA_OPS)
+
+
+def time_steps(steps: dict[str, Callable[[], None]], reps: int, device: str) -> dict[str, list[float]]:
+    """Seconds per step of each variant, the variants interleaved within every repetition."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_depthfl_step(benchmark, variant):
+    torch.set_num_threads(2)
+    steps, tensors = make_steps()
+    benchmark.pedantic(steps[variant], rounds=10, iterations=1, warmup_rounds=1)
+    ops, kernels = count_ops(steps[variant])
+    benchmark.extra_info.update({"ops": ops, "kernels": kernels, "parameter_tensors": tensors})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--shape", default="1x28x28", help="input C x H x W (default 1x28x28, Fashion-MNIST)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--reps", type=int, default=20, help="timed steps per variant (default 20)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    shape = tuple(int(n) for n in args.shape.split("x"))
+    steps, tensors = make_steps(args.model, args.width, shape, args.batch, device=args.device)
+    counts = {name: count_ops(step) for name, step in steps.items()}
+    times = time_steps(steps, args.reps, args.device)
+    print(f"{args.model} width {args.width}, input {args.shape}, batch {args.batch}, {args.threads} threads, "
+          f"{args.device}; DepthFL exit model: {tensors} parameter tensors; {args.reps} steps per variant")
+    print("| variant | ops/step | kernels/step | min ms | median ms | median × FedAvg |\n|---|---:|---:|---:|---:|---:|")
+    base = statistics.median(times["fedavg"])
+    rows = []
+    for name in steps:
+        ops, kernels = counts[name]
+        low, mid = min(times[name]), statistics.median(times[name])
+        rows.append({"variant": name, "ops": ops, "kernels": kernels, "min_s": low, "median_s": mid})
+        print(f"| {name} | {ops} | {kernels} | {low * 1e3:.1f} | {mid * 1e3:.1f} | {mid / base:.2f} |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump({"parameter_tensors": tensors, "args": vars(args), "rows": rows}, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()
