@@ -4,6 +4,12 @@
         --set model.name=resnet18 --set model.width=1.0 --set data.dataset=fashion-mnist \\
         --set rounds=30 --set device=cuda --out runs.jsonl
 
+With ``--checkpoint-dir DIR --stop-after SECONDS`` a grid longer than one sitting stops in time,
+checkpointed, and the same command continues it later (on another machine too, if DIR travels):
+
+    python benchmarks/accuracy_grid.py --methods neulite,fedavg --set rounds=400 --set device=cuda \
+        --checkpoint-dir runs/ckpt --stop-after 540 --out runs/long.jsonl
+
 For machines where MLflow is not installed (a lent GPU box, a cluster node), and for
 the acceptance tables in docs/width-baselines.md and docs/depth-baselines.md: each
 line holds the run's settings, its final and best accuracy, its participation rate,
@@ -54,6 +60,8 @@ def summarize(result: engine.RunResult, wall_s: float) -> dict[str, Any]:
         "round_s_mean": statistics.fmean(result.metric("time/round_s")),
         "train_s_mean": statistics.fmean(result.metric("time/train_s")),
         "wall_s": wall_s,
+        "rounds_reached": len(result.rounds),
+        "stopped": result.stopped,
         "last_eval": last_eval,
     }
 
@@ -71,15 +79,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config override, dotted (repeatable), e.g. model.width=0.5")
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append to")
+    parser.add_argument("--checkpoint-dir", type=Path,
+                        help="checkpoint each run to DIR/<method>-<run key>.ckpt and continue from it if present")
+    parser.add_argument("--stop-after", type=float, metavar="SECONDS",
+                        help="stop (checkpointed, with --checkpoint-dir) once the grid has run this long, the "
+                             "time shared by the methods; the next invocation continues each")
     args = parser.parse_args(argv)
     base = parse_sets(args.set)
     failures = 0
-    for method in args.methods.split(","):
+    grid_start = time.perf_counter()
+    methods = args.methods.split(",")
+    for position, method in enumerate(methods):
         settings = {**base, "method": method}
         start = time.perf_counter()
+        # The time left is shared by the methods still to run, so all of them advance each sitting.
+        left = None if args.stop_after is None else (args.stop_after - (start - grid_start)) / (len(methods) - position)
+        if left is not None and left <= 0:
+            print(f"{method}: not started, --stop-after {args.stop_after:g} s has passed", flush=True)
+            continue
         try:
             config = make_config(None, dotted_to_nested(settings))
-            result = engine.run(config, on_round=lambda r, m=method, t=start: progress(m, r, t))
+            where = None if args.checkpoint_dir is None else args.checkpoint_dir / f"{method}-{config.run_key}.ckpt"
+            result = engine.run(config, on_round=lambda r, m=method, t=start: progress(m, r, t),
+                                checkpoint_file=where, stop_after_s=left)
             line: dict[str, Any] = {"method": method, "settings": settings,
                                     **summarize(result, time.perf_counter() - start)}
         except Exception as exc:  # keep going: one broken method must not cost the others' results

@@ -8,8 +8,15 @@
 #      (torch's allocator history with C++ frames)          -> OUT/memory_explain.md
 #   2. one 2-round --device cuda run of every registered method on synthetic data -> OUT/smoke.jsonl
 #   3. the width/depth baselines at full width, ResNet18 on Fashion-MNIST, 30 rounds -> OUT/grid.jsonl
+#   4. the GPU path: round times of the transfer path, the resident path and 2/4 trainers per GPU,
+#      a plain PyTorch loop's images/s, one profiled round per serial path -> OUT/gpu_path.{md,json},
+#      OUT/profile_*.txt
+#   5. DepthFL's round against FedAvg's on the resident path           -> OUT/depthfl_ratio.{md,json}
+#   6. the long-horizon comparison (full-width ResNet18, 5 local epochs), stopped in time with its
+#      checkpoints under CKPT_DIR, continued by the next invocation     -> OUT/long.jsonl
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
-# STEPS="1 1c 2 3" (the default; 1b on request) picks steps; GRID_METHODS the methods of step 3.
+# STEPS="1 1c 2 3" (the default; 1b, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
+# step 3; LONG_METHODS, LONG_ROUNDS, LONG_SECONDS, LONG_WORKERS and CKPT_DIR those of step 6.
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow): runs go through
 # benchmarks/accuracy_grid.py. Install fedbench first (pip install --no-deps -e .) for its entry points.
 set -u
@@ -57,4 +64,33 @@ if [[ $STEPS == *" 3 "* ]] && [ -n "$FMNIST" ] && [ "$GRID_SECONDS" -gt 0 ]; the
     --set model.width=1.0 --set fleet.profile=relative --set data.partition=dirichlet --set data.alpha=0.5 \
     --set data.num_clients=100 --set rounds=30 --set train.local_epochs=1 --set eval_every=5 --set seed=42 \
     --set threads=8 --set device=cuda --set tracking.enabled=false --out "$OUT/grid.jsonl"
+fi
+
+if [[ $STEPS == *" 4 "* ]]; then
+  echo "== 4. GPU path: transfer vs resident vs K trainers per GPU, plain loop, profiles"
+  timeout 420 $PY benchmarks/bench_gpu_path.py ${FMNIST:+--data-dir "$FMNIST"} \
+    --paths plain,transfer:6,resident:22,workers2:8,workers4:22 --profile --out "$OUT" 2>&1 | tail -n 12
+fi
+if [[ $STEPS == *" 5 "* ]]; then
+  echo "== 5. DepthFL round vs FedAvg round, resident path"
+  mkdir -p "$OUT/depthfl"
+  timeout 240 $PY benchmarks/bench_gpu_path.py ${FMNIST:+--data-dir "$FMNIST"} --paths resident:8 \
+    --methods fedavg,depthfl --out "$OUT/depthfl" 2>&1 | tail -n 4
+  cp "$OUT/depthfl/gpu_path.md" "$OUT/depthfl_ratio.md"; cp "$OUT/depthfl/gpu_path.json" "$OUT/depthfl_ratio.json"
+  rm -r "$OUT/depthfl"
+fi
+if [[ $STEPS == *" 6 "* ]] && [ -n "$FMNIST" ]; then
+  LONG_SECONDS=${LONG_SECONDS:-480}
+  CKPT_DIR=${CKPT_DIR:-gpu-checkpoints}
+  echo "== 6. long horizon: ${LONG_METHODS:-neulite,fedavg,exclusivefl,allsmall}, stops after ${LONG_SECONDS}s, checkpoints in $CKPT_DIR"
+  timeout $((LONG_SECONDS + 120)) $PY benchmarks/accuracy_grid.py --methods "${LONG_METHODS:-neulite,fedavg,exclusivefl,allsmall}" \
+    --set data.dataset=fashion-mnist --set "data.data_dir=$FMNIST" --set model.name=resnet18 --set model.width=1.0 \
+    --set data.partition=dirichlet --set data.alpha=0.5 --set data.num_clients=100 --set fleet.profile=paper \
+    --set rounds="${LONG_ROUNDS:-400}" --set train.local_epochs=5 --set eval_every=20 --set seed=42 --set threads=8 \
+    --set device=cuda --set executor=process --set workers="${LONG_WORKERS:-4}" --set tracking.enabled=false \
+    --checkpoint-dir "$CKPT_DIR" --stop-after "$LONG_SECONDS" --out "$OUT/long.jsonl"
+  ls -l "$CKPT_DIR"
+  # The trip back: files of at most 16 MiB come back, so each checkpoint returns in 15 MiB parts;
+  # `cat NAME.ckpt.part-* > gpu-checkpoints/NAME.ckpt` here puts it together for the next visit.
+  for c in "$CKPT_DIR"/*.ckpt; do [ -f "$c" ] && split -b 15M -d "$c" "$OUT/$(basename "$c").part-"; done
 fi

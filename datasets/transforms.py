@@ -42,13 +42,18 @@ class RandomCropFlip:
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, c, h, w = images.shape
         pad = self.padding_px
-        padded = self._fill.to(images.dtype).expand(n, c, h + 2 * pad, w + 2 * pad).clone()
+        padded = self._fill.to(images.device, images.dtype).expand(n, c, h + 2 * pad, w + 2 * pad).clone()
         padded[:, :, pad : pad + h, pad : pad + w] = images
+        # Drawn on the CPU generator whatever the images' device, so a GPU run makes the same
+        # choices as a CPU run; the draws then travel in one small copy.
         top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         left = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         flip = torch.rand(n, generator=generator) < self.flip_probability
-        rows = top[:, None] + torch.arange(h)
-        cols = left[:, None] + torch.arange(w)
+        if images.device != top.device:
+            top, left, flip = torch.stack([top, left, flip.long()]).to(images.device).unbind(0)
+            flip = flip.bool()
+        rows = top[:, None] + torch.arange(h, device=images.device)
+        cols = left[:, None] + torch.arange(w, device=images.device)
         # A mirrored crop reads its columns right to left: crop and flip are one gather.
         cols = torch.where(flip[:, None], cols.flip(1), cols)
         out = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * pad))

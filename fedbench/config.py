@@ -154,7 +154,7 @@ WEIGHTINGS = ("uniform", "samples")
 # How a round's local updates run (fedbench/execution/executors.py).
 EXECUTORS = ("serial", "process", "ray")
 # RunConfig fields that decide where work runs, never what it computes: not in the run key.
-EXECUTION_FIELDS = ("executor", "workers", "executor_threads")
+EXECUTION_FIELDS = ("executor", "workers", "executor_threads", "resident")
 # Compute devices a run may use (RunConfig.device).
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -204,10 +204,15 @@ class RunConfig:
     executor: str = "serial"
     workers: int = 2
     executor_threads: int | None = None
-    # Where local training and evaluation compute: `cpu`, `cuda` or `cuda:N` (docs/gpu.md). The
-    # server's state (global model, aggregation, the memory model's meta runs) stays on the CPU.
-    # Part of the run key when not `cpu`: a GPU changes the arithmetic, hence the result.
+    # Where training, aggregation and evaluation compute: `cpu`, `cuda` or `cuda:N` (docs/gpu.md).
+    # The memory model's meta runs stay off it. Part of the run key when not `cpu`: a GPU changes
+    # the arithmetic, hence the result.
     device: str = "cpu"
+    # With a GPU device: the data set (as uint8), the global and client models and the server's
+    # aggregation stay on the GPU for the whole run. False: the server keeps everything on the CPU
+    # and each client's model goes to the GPU and back (the simpler path, kept to compare against).
+    # Not part of the run key: both compute the same thing.
+    resident: bool = True
 
     def __post_init__(self) -> None:
         # Freeze the options mapping so the whole tree is immutable and hashable in spirit.
@@ -253,9 +258,14 @@ class RunConfig:
             f"device ({self.device!r}) must be cpu, cuda or cuda:N (e.g. cuda:0)",
         )
         _require(
-            self.device == "cpu" or self.executor == "serial",
-            f"device {self.device} runs with the serial executor only (got executor {self.executor!r}); "
-            "one GPU is faster than worker processes sharing it: drop --executor",
+            self.device == "cpu" or self.executor != "ray",
+            f"device {self.device} runs with the serial or process executor (got executor 'ray'); for several "
+            "trainers on one GPU use --executor process --workers K, for GPU cells on a Ray cluster "
+            "`fedbench sweep GRID --executor ray` (docs/gpu.md)",
+        )
+        _require(
+            self.device == "cpu" or self.executor == "serial" or self.resident,
+            f"--executor {self.executor} on device {self.device} needs the resident GPU path; drop resident=false",
         )
 
     # ----------------------------------------------------------------- views

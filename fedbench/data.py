@@ -8,6 +8,7 @@ by their index arrays, and there is no per-client ``DataLoader``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,13 +61,38 @@ class ImageDataset:
     def num_train(self) -> int:
         return int(self.train_labels.shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        """Where the images are, hence where batches are made."""
+        return self.train_images.device
+
+    def to(self, device: torch.device | str) -> ImageDataset:
+        """The same data set with its tensors on ``device`` (itself if already there).
+
+        On a GPU the whole set is held as uint8, so a batch is indexed, normalised and
+        augmented there, and nothing crosses the bus per batch but its random draws."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        moved = dataclasses.replace(
+            self,
+            train_images=self.train_images.to(device), train_labels=self.train_labels.to(device),
+            test_images=self.test_images.to(device), test_labels=self.test_labels.to(device),
+        )
+        moved._scale, moved._shift = self._scale.to(device), self._shift.to(device)
+        return moved
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return images.to(torch.float32).mul_(self._scale).add_(self._shift)
 
     def train_batch(
         self, indices: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised (and, with a generator, augmented) training batch for ``indices``."""
+        """Normalised (and, with a generator, augmented) training batch for ``indices``.
+
+        ``generator`` is a CPU generator wherever the data is, so an augmentation draws the same
+        choices on a GPU as on the CPU."""
+        indices = indices.to(self.device)
         images = self.normalize(self.train_images[indices])
         if self.augment is not None and generator is not None:
             images = self.augment(images, generator)

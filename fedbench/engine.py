@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -40,6 +41,7 @@ class RunResult:
     config: RunConfig
     rounds: list[RoundResult] = field(default_factory=list)
     partition: dict = field(default_factory=dict)
+    stopped: bool = False  # True: ``stop_after_s`` ended the run before its last round (resumable)
 
     def metric(self, key: str) -> list[float]:
         """The values of ``key`` over the rounds that logged it."""
@@ -132,6 +134,8 @@ def run(
     on_round: Callable[[RoundResult], None] | None = None,
     resume_run_id: str | None = None,
     executor: Executor | None = None,
+    checkpoint_file: Path | None = None,
+    stop_after_s: float | None = None,
 ) -> RunResult:
     """One complete run. Every finished round is logged before the next starts, and
     checkpointed every ``tracking.checkpoint_every`` rounds, so a crash or Ctrl-C never
@@ -139,7 +143,13 @@ def run(
     With ``resume_run_id`` the run continues from that run's last checkpoint, into
     the same tracked run, exactly as the uninterrupted run would have gone on.
     Local updates run where ``config.executor`` says (fedbench/execution/executors.py), or in
-    ``executor`` if given (it is started here; the caller closes it)."""
+    ``executor`` if given (it is started here; the caller closes it).
+
+    Untracked runs can checkpoint to ``checkpoint_file`` instead, and continue from it when it
+    exists (a checkpoint of another configuration is a :class:`CheckpointError`). With
+    ``stop_after_s`` the run stops after the first round that ends past that many seconds,
+    checkpoints there and returns with ``stopped``: a run longer than one allotted slot of a
+    machine goes on in the next one from the file."""
     torch.set_num_threads(config.threads)
     executors.check_available(config)
     check_device(config.device)
@@ -151,7 +161,11 @@ def run(
             begin = getattr(executor, "begin", None)
             if begin is not None:
                 begin(config)  # ... and load their copy of the run while this process loads its own
-        return _run_prepared(config, tracker, on_round, resume_run_id, executor)
+        return _run_prepared(config, tracker, on_round, resume_run_id, executor, checkpoint_file, stop_after_s)
+
+
+class _TimeUp(Exception):
+    """``stop_after_s`` has passed: end the run after this round."""
 
 
 def _run_prepared(
@@ -160,38 +174,61 @@ def _run_prepared(
     on_round: Callable[[RoundResult], None] | None,
     resume_run_id: str | None,
     active: Executor,
+    checkpoint_file: Path | None = None,
+    stop_after_s: float | None = None,
 ) -> RunResult:
     """:func:`run` once its executor exists (started here; closed by the caller)."""
+    started = time.perf_counter()
+    if checkpoint_file is not None and (resume_run_id is not None or not isinstance(tracker, NullTracker)):
+        raise ValueError("checkpoint_file is for untracked runs; a tracked run checkpoints under its run id")
     ctx, stats = prepare(config)
     method = make_method(ctx)
     _trace_before_round_one(method)
     result = RunResult(config=config, partition=stats)
     first_round = 0
+    saved = None
     if resume_run_id is not None:
         saved = checkpoint.load(checkpoint.checkpoint_path(resume_run_id), config)
-        restore(method, saved)
-        first_round = saved.round_idx + 1
         tracker.resume(resume_run_id, saved.metric_rows)
-        result.rounds = [RoundResult(int(r["round"]), {k: v for k, v in r.items() if k != "round"})
-                         for r in saved.metric_rows]
+    elif checkpoint_file is not None and checkpoint_file.is_file():
+        saved = checkpoint.load(checkpoint_file, config)
     else:
         tracker.start(config, stats)
+    if saved is not None:
+        restore(method, saved)
+        first_round = saved.round_idx + 1
+        result.rounds = [RoundResult(int(r["round"]), {k: v for k, v in r.items() if k != "round"})
+                         for r in saved.metric_rows]
     rows = [{"round": r.round_idx, **r.metrics} for r in result.rounds]
     every = config.tracking.checkpoint_every
+
+    def target() -> Path | None:
+        if checkpoint_file is not None:
+            return checkpoint_file
+        return checkpoint.checkpoint_path(tracker.run_id) if tracker.run_id is not None else None
 
     def record(round_result: RoundResult) -> None:
         tracker.log_round(round_result.round_idx, round_result.metrics)
         result.rounds.append(round_result)
         rows.append({"round": round_result.round_idx, **round_result.metrics})
         done = round_result.round_idx + 1
-        if tracker.run_id is not None and every and (done % every == 0 or done == config.rounds):
-            checkpoint.save(checkpoint.checkpoint_path(tracker.run_id), snapshot(method, round_result.round_idx, rows))
+        time_up = stop_after_s is not None and done < config.rounds and time.perf_counter() - started > stop_after_s
+        path = target()
+        if path is not None and (time_up or (every and (done % every == 0 or done == config.rounds))):
+            checkpoint.save(path, snapshot(method, round_result.round_idx, rows))
         if on_round is not None:
             on_round(round_result)
+        if time_up:
+            raise _TimeUp
 
     try:
         active.start(method)
         run_rounds(method, record, first_round=first_round, executor=active)
+    except _TimeUp:
+        result.stopped = True
+        resume = f"fedbench run --resume {tracker.run_id}" if tracker.run_id is not None else "run it again"
+        tracker.finish("KILLED", f"stopped after {stop_after_s:g} s at round {len(result.rounds)}; {resume}")
+        return result
     except KeyboardInterrupt:
         tracker.finish("KILLED", "interrupted by the user")
         raise

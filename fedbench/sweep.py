@@ -27,9 +27,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -163,32 +163,16 @@ def cell_resources(config: RunConfig, gpus_per_cell: float | None = None) -> dic
     return {"num_cpus": cpu_demand(config), "num_gpus": gpus}
 
 
-def ray_task_device(device: str) -> str:
-    """Where a cell configured with ``device`` computes inside its Ray task. Ray shows a GPU task only
-    the GPU(s) it assigned (``CUDA_VISIBLE_DEVICES``), numbered from 0 there, so ``cuda:N`` of the
-    grid means "a GPU" and becomes ``cuda``; ``cpu`` stays."""
-    return "cuda" if device.startswith("cuda") else device
-
-
-class _OnAssignedGpu(RunConfig):
-    """A cell's config inside its Ray GPU task: it computes on ``device`` (``cuda``, the GPU Ray
-    assigned; worker processes it starts get the same) and keeps the cell's run key, so the MLflow
-    tag and the checkpoints are those the sweep looks for when it skips or resumes the cell."""
-
-    @property
-    def run_key(self) -> str:
-        return self.__dict__.get("_cell_key") or super().run_key
-
-
-def on_assigned_gpu(config: RunConfig) -> RunConfig:
-    """``config`` as a cell's Ray task runs it: device mapped by :func:`ray_task_device`, the same
-    run key (``config`` itself when the device does not change)."""
-    device = ray_task_device(config.device)
-    if device == config.device:
-        return config
-    placed = _OnAssignedGpu(**{f.name: getattr(config, f.name) for f in fields(config)} | {"device": device})
-    object.__setattr__(placed, "_cell_key", config.run_key)
-    return placed
+def check_ray_devices(cells: Sequence[Cell]) -> None:
+    """Ray shows a GPU task only the GPU(s) it assigned (``CUDA_VISIBLE_DEVICES``, numbered from 0
+    there), so a cell pinned to ``cuda:N`` cannot be honoured: one line naming it, before anything
+    runs. ``cuda`` means "the GPU Ray assigned"."""
+    pinned = [c for c in cells if c.config.device.startswith("cuda:")]
+    if pinned:
+        raise ConfigError(
+            f"cell {pinned[0].index} asks for device {pinned[0].config.device}, but on Ray each cell computes "
+            "on the GPU Ray assigns it; write device: cuda in the grid"
+        )
 
 
 def resolve_executor(executor: str | None, max_parallel: int = 1) -> str:
@@ -288,12 +272,9 @@ def run_cell(config: RunConfig, resume_run_id: str | None = None) -> CellOutcome
 
 def _run_cell_in_worker(
     index: int, config_dict: dict[str, Any], resume_run_id: str | None = None, env: Mapping[str, str] | None = None,
-    on_ray: bool = False,
 ) -> CellOutcome:
     os.environ.update(env or {})
     config = build_dataclass(RunConfig, config_dict)
-    if on_ray:  # a cuda cell computes on the GPU Ray assigned it, under its own run key
-        config = on_assigned_gpu(config)
     return replace(run_cell(config, resume_run_id), index=index)
 
 
@@ -316,6 +297,7 @@ def run_grid(
     if gpus_per_cell is None:
         gpus_per_cell = grid.gpus_per_cell
     if executor == "ray":
+        check_ray_devices(grid.cells)
         require_ray()
     cells = [replace(c, config=_with_uri(c.config, tracking_uri)) for c in grid.cells]
     uri = tracking_uri or _uri(cells)
@@ -370,7 +352,7 @@ def _run_on_ray(
         task = ray.remote(_run_cell_in_worker)
         pending = {
             task.options(**resources[c.index], max_retries=0).remote(
-                c.index, c.config.to_dict(), resumable.get(c.config.run_key), env, on_ray=True
+                c.index, c.config.to_dict(), resumable.get(c.config.run_key), env
             ): c
             for c in cells
         }

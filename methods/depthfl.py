@@ -263,9 +263,10 @@ def holder_average(
         holders = sum(name in state for state in states)
         if holders == 0:
             continue
-        mean, previous = new[name].to(torch.float64), old[name].detach().to("cpu", torch.float64)
+        # On the global model's device (the GPU for a resident run), in float64.
+        mean, previous = new[name].to(torch.float64), old[name].detach().to(torch.float64)
         h[name] = h.get(name, torch.zeros_like(previous)) - alpha * (holders / num_clients) * (mean - previous)
-        new[name] = (mean - h[name] / alpha).to(old[name].dtype).to(old[name].device)
+        new[name] = (mean - h[name] / alpha).to(old[name].dtype)
     return new
 
 

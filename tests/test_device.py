@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from fedbench import engine
 from fedbench.cli.main import app
 from fedbench.config import make_config
+from fedbench.core.setup import home_device
 from fedbench.errors import ConfigError
 from fedbench.training.loop import model_device, placed_on
 
@@ -30,9 +31,83 @@ def test_unknown_device_names_fail_with_the_accepted_forms(device):
         make_config(overrides={"device": device})
 
 
-def test_a_gpu_run_uses_the_serial_executor():
-    with pytest.raises(ConfigError, match="serial executor only"):
-        make_config(overrides={"device": "cuda", "executor": "process"})
+def test_several_trainers_share_a_gpu_through_the_process_executor_not_ray():
+    assert make_config(overrides={"device": "cuda", "executor": "process", "workers": 4}).workers == 4
+    with pytest.raises(ConfigError, match=r"serial or process executor .*fedbench sweep GRID --executor ray"):
+        make_config(overrides={"device": "cuda", "executor": "ray"})
+    with pytest.raises(ConfigError, match="needs the resident GPU path"):
+        make_config(overrides={"device": "cuda", "executor": "process", "resident": False})
+
+
+def test_the_resident_switch_is_not_part_of_the_run_key():
+    resident = make_config(overrides={"device": "cuda"})
+    assert make_config(overrides={"device": "cuda", "resident": False}).run_key == resident.run_key
+
+
+def test_a_resident_gpu_run_keeps_its_data_and_models_on_the_gpu_else_the_cpu():
+    assert home_device(make_config(overrides={"device": "cuda:1"})) == torch.device("cuda:1")
+    assert home_device(make_config(overrides={"device": "cuda", "resident": False})) == torch.device("cpu")
+    assert home_device(make_config()) == torch.device("cpu")
+
+
+# The meta device stands in for a GPU here: torch refuses to mix it with CPU tensors just as it
+# refuses to mix CUDA and CPU ones, so these find every tensor a path leaves on the CPU.
+def _meta_dataset():
+    dataset = load_cifar_like()
+    return dataset, dataset.to("meta")
+
+
+def load_cifar_like():
+    from fedbench.data import ImageDataset
+    from fedbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(20) % 10
+    return ImageDataset("tiny", images, labels, images[:4], labels[:4], 10, IMAGENET_MEAN, IMAGENET_STD,
+                        augment=RandomCropFlip(2, IMAGENET_MEAN, IMAGENET_STD))
+
+
+def test_a_data_set_moved_to_a_device_makes_and_augments_batches_there():
+    on_cpu, moved = _meta_dataset()
+    assert on_cpu.to("cpu") is on_cpu and moved.device == torch.device("meta")
+    assert on_cpu.device == torch.device("cpu")  # the original is not moved
+    batch = torch.tensor([3, 1, 4, 1, 5])
+    images, labels = moved.train_batch(batch, torch.Generator().manual_seed(1))
+    assert images.device.type == labels.device.type == "meta" and images.shape == (5, 3, 8, 8)
+    test_images, _ = next(moved.test_batches(2))
+    assert test_images.device.type == "meta"
+
+
+def test_augmentation_draws_the_same_choices_wherever_the_images_are():
+    """The draws come from the CPU generator in the same order on any device: a GPU run's client sees the
+    CPU run's crops and flips (the generator's state after the batch is the same)."""
+    on_cpu, moved = _meta_dataset()
+    batch = torch.arange(6)
+    first, second = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    on_cpu.train_batch(batch, first)
+    moved.train_batch(batch, second)
+    assert torch.equal(first.get_state(), second.get_state())
+
+
+def test_aggregation_runs_where_the_states_are():
+    from fedbench.training.aggregate import overlap_count_average, weighted_average
+
+    states = [{"w": torch.ones(4, 3, device="meta"), "n": torch.zeros((), dtype=torch.long, device="meta")}] * 2
+    assert {t.device.type for t in weighted_average(states, [0.5, 0.5]).values()} == {"meta"}
+    where = [{"w": (torch.tensor([0, 2]), None), "n": ()}] * 2
+    sliced = [{"w": torch.ones(2, 3, device="meta"), "n": torch.zeros((), dtype=torch.long, device="meta")}] * 2
+    averaged = overlap_count_average(states[0], sliced, where)
+    assert {t.device.type for t in averaged.values()} == {"meta"}
+
+
+def test_depthfl_s_feddyn_server_step_runs_where_the_global_model_is():
+    from methods.depthfl import holder_average
+
+    old = {"w": torch.ones(4, 3, device="meta")}
+    h: dict[str, torch.Tensor] = {}
+    new = holder_average(old, [{"w": torch.ones(4, 3, device="meta")}], ["w"], h, alpha=0.1, num_clients=4)
+    assert new["w"].device.type == h["w"].device.type == "meta"
 
 
 def test_run_key_of_cpu_runs_is_unchanged_and_a_gpu_run_has_its_own():

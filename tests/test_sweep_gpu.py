@@ -23,7 +23,8 @@ base:
   data: {dataset: synthetic, num_clients: 4, partition: iid}
   model: {width: 0.25}
 axes:
-  device: [cpu, cuda, "cuda:1"]
+  device: [cpu, cuda]
+  seed: [1, 2]
 """
 
 
@@ -103,49 +104,14 @@ def test_a_cuda_cell_asks_for_gpus_and_a_cpu_cell_for_none(tiny_config):
         assert sweep.cell_resources(gpu, 2.0) == {"num_cpus": 3, "num_gpus": 2}
 
 
-@pytest.mark.parametrize(("device", "there"), [("cpu", "cpu"), ("cuda", "cuda"), ("cuda:0", "cuda"), ("cuda:3", "cuda")])
-def test_a_ray_task_computes_on_the_gpu_ray_assigned(device, there):
-    assert sweep.ray_task_device(device) == there
-
-
-def test_the_device_mapping_keeps_the_cells_run_key(tiny_config, tracking_uri):
-    from mlflow.tracking import MlflowClient
-
-    from fedbench.config import RunConfig, build_dataclass
-    from fedbench.tracking.tracker import MlflowTracker
-
-    cell = dataclasses.replace(tiny_config, device="cuda:3")
-    placed = sweep.on_assigned_gpu(cell)
-    assert placed.device == "cuda" and placed.run_key == cell.run_key
-    assert dataclasses.replace(cell, device="cuda").run_key != cell.run_key  # what a plain mapping would do
-    assert build_dataclass(RunConfig, placed.to_dict()).device == "cuda"  # worker processes compute there too
-    plain = dataclasses.replace(tiny_config, device="cuda")
-    assert sweep.on_assigned_gpu(plain) is plain and sweep.on_assigned_gpu(tiny_config) is tiny_config
-    # the run is tagged with the cell's key: a later sweep skips (or resumes) it
-    tracker = MlflowTracker(tracking_uri, "placed")
-    tracker.record_failure(placed, "stopped here")
-    run = MlflowClient(tracking_uri).get_run(tracker.run_id)
-    assert run.data.tags["fedbench.run_key"] == cell.run_key and run.data.params["device"] == "cuda"
-
-
-@pytest.mark.parametrize("value", [0.25, 0.5, 1, 1.0, 2, 4.0, 0.0001])
-def test_gpus_per_cell_takes_a_share_of_one_gpu_or_whole_gpus(value):
-    assert sweep.check_gpus_per_cell(value) == float(value)
-
-
-@pytest.mark.parametrize("value", [0, -1, 1.5, 2.5, 0.33333, float("nan"), float("inf"), True, "1"])
-def test_a_bad_gpus_per_cell_is_one_line(value):
-    with pytest.raises(ConfigError) as info:
-        sweep.check_gpus_per_cell(value)
-    message = str(info.value)
-    assert message.startswith(f"--gpus-per-cell ({value!r}) must be a share of one GPU") and "\n" not in message
-
-
-def test_a_grid_file_may_set_gpus_per_cell(tmp_path):
-    assert _grid(tmp_path).gpus_per_cell is None
-    assert _grid(tmp_path, "gpus_per_cell: 0.5\n").gpus_per_cell == 0.5
-    with pytest.raises(ConfigError, match=r"grid .*gpu\.yaml: gpus_per_cell \(1\.5\) must be a share of one GPU"):
-        _grid(tmp_path, "gpus_per_cell: 1.5\n")
+def test_a_cell_pinned_to_one_gpu_is_refused_on_ray(tmp_path, fake_ray):
+    """Ray shows a task only the GPU it assigned, so ``cuda:N`` cannot be honoured there."""
+    path = tmp_path / "pinned.yaml"
+    path.write_text(textwrap.dedent(GPU_GRID).replace("[cpu, cuda]", '[cpu, "cuda:1"]'))
+    with pytest.raises(ConfigError, match=r"^cell 2 asks for device cuda:1, but on Ray each cell computes on the "
+                                          r"GPU Ray assigns it; write device: cuda in the grid$"):
+        sweep.run_grid(sweep.load_grid(path), executor="ray", rerun=True)
+    assert fake_ray.asked == []
 
 
 # ------------------------------------------------------------- through the sweep
@@ -156,14 +122,11 @@ def test_each_cuda_cell_asks_ray_for_its_gpus_and_runs_on_the_assigned_one(
     grid = _grid(tmp_path, f"gpus_per_cell: {in_grid}\n" if in_grid else "")
     outcomes = sweep.run_grid(grid, tracking_uri=tracking_uri, executor="ray", gpus_per_cell=option, rerun=True)
     threads = grid.cells[0].config.threads
-    assert fake_ray.asked == [
-        {"num_cpus": threads, "num_gpus": 0, "max_retries": 0},
-        {"num_cpus": threads, "num_gpus": asked, "max_retries": 0},
-        {"num_cpus": threads, "num_gpus": asked, "max_retries": 0},
-    ]
-    assert fake_ray.ran == [("cpu", grid.cells[0].config.run_key), ("cuda", grid.cells[1].config.run_key),
-                            ("cuda", grid.cells[2].config.run_key)]
-    assert [(o.index, o.status) for o in outcomes] == [(0, "FINISHED"), (1, "FINISHED"), (2, "FINISHED")]
+    gpu = [c.config.device == "cuda" for c in grid.cells]
+    assert gpu == [False, False, True, True]
+    assert fake_ray.asked == [{"num_cpus": threads, "num_gpus": asked if g else 0, "max_retries": 0} for g in gpu]
+    assert fake_ray.ran == [(c.config.device, c.config.run_key) for c in grid.cells]
+    assert [(o.index, o.status) for o in outcomes] == [(i, "FINISHED") for i in range(4)]
     assert fake_ray.shut_down
 
 

@@ -3,6 +3,8 @@ out of a checkpoint. The engine and the worker processes build a run the same wa
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fedbench import registry
@@ -34,11 +36,23 @@ def partition(config: RunConfig, dataset: ImageDataset) -> tuple[FederatedData, 
     return data, partition_stats(labels, shards, dataset.num_classes)
 
 
+def home_device(config: RunConfig) -> torch.device:
+    """Where the run keeps its data, models and aggregation: the GPU for a resident GPU run
+    (``device`` cuda, ``resident`` true), else the CPU (the GPU then only computes, see
+    :func:`fedbench.training.loop.placed_on`)."""
+    if config.device != "cpu" and config.resident:
+        return torch.device(config.device)
+    return torch.device("cpu")
+
+
 def prepare(config: RunConfig) -> tuple[RunContext, dict]:
     """Load data, split it and build the run context (everything before the method)."""
     dataset = load_dataset(config)
     data, stats = partition(config, dataset)
-    ctx = RunContext(config=config, data=data)
+    home = home_device(config)
+    if home.type != "cpu":  # split on the CPU (the partitioners are NumPy), then moved once
+        data = FederatedData(dataset.to(home), data.shards)
+    ctx = RunContext(config=config, data=data, device=home)
     ctx.fleet = make_fleet(config.fleet, data.num_clients, config.seed, ctx.full_model_peak_bytes)
     return ctx, stats
 
@@ -86,7 +100,24 @@ def restore(method: Method, saved: checkpoint.Checkpoint) -> None:
             f"({', '.join(sorted(declared))}); it was written by another version of the method: rerun"
         )
     live = method.state_values()
+    device = method.ctx.device
     method.load_state_values({
-        key: state.decode(value, live[key], f"{name}.{key}", home) for key, value in saved.method_state.items()
+        key: _tensors_to(state.decode(value, live[key], f"{name}.{key}", home), device)
+        for key, value in saved.method_state.items()
     })
     method.ctx.restore_state(state.decode(saved.context_state, None, "the run context", home))
+
+
+def _tensors_to(value: Any, device: torch.device) -> Any:
+    """``value`` with the tensors in its dicts, lists and tuples on ``device``: a checkpoint loads on the
+    CPU, and a resident GPU run keeps a method's plain tensors (DepthFL's FedDyn vectors) where its
+    models are. Modules were loaded into the live ones, which are there already."""
+    if device.type == "cpu":  # where the checkpoint loaded it
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _tensors_to(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_tensors_to(v, device) for v in value)
+    return value

@@ -33,7 +33,7 @@ def weighted_average(
         raise ValueError(f"{len(states)} states but {len(weights)} weights")
     averaged: dict[str, torch.Tensor] = {}
     for key, first in states[0].items():
-        total = torch.zeros(first.shape, dtype=torch.float64)
+        total = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
         for state, weight in zip(states, weights, strict=True):
             total.add_(state[key].to(torch.float64), alpha=weight)
         if first.dtype.is_floating_point:
@@ -59,7 +59,7 @@ def overlap_count_average(
     the client did not hold that tensor (DepthFL's per-tensor holder average is the case
     with all-None positions). To average classifier rows only over clients holding a
     class, pass those rows' positions and the matching rows of the client's tensor.
-    Sums run in float64 in client order; integer entries are rounded back.
+    Sums run in float64 in client order, on the device of ``old``; integer entries are rounded back.
     ``weights`` (one per client; None: all 1) make every entry a weighted mean over its
     holders instead (the run's ``samples`` weighting).
     """
@@ -71,31 +71,35 @@ def overlap_count_average(
         raise ValueError(f"{len(states)} states but {len(weights)} weights")
     averaged: dict[str, torch.Tensor] = {}
     for key, current in old.items():
-        total = torch.zeros(current.shape, dtype=torch.float64)
-        count = torch.zeros(current.shape, dtype=torch.float64)
+        device = current.device
+        total = torch.zeros(current.shape, dtype=torch.float64, device=device)
+        count = torch.zeros(current.shape, dtype=torch.float64, device=device)
         for state, where, weight in zip(states, positions, weights, strict=True):
             if key not in state:
                 continue
-            value = state[key].detach().to("cpu", torch.float64)
+            value = state[key].detach().to(device, torch.float64)
             if current.dim() == 0:
                 total += weight * value
                 count += weight
                 continue
-            flat = _flat_positions(current.shape, where[key])
+            # A client's positions are distinct, so index_add_ is deterministic on a GPU too.
+            flat = _flat_positions(current.shape, where[key], device)
             total.view(-1).index_add_(0, flat, value.reshape(-1), alpha=weight)
             count.view(-1).index_add_(0, flat, torch.full_like(value, weight).reshape(-1))
         covered = count > 0
-        mean = torch.where(covered, total / torch.where(covered, count, 1.0), current.detach().to("cpu", torch.float64))
+        mean = torch.where(covered, total / torch.where(covered, count, 1.0), current.detach().to(torch.float64))
         if not current.dtype.is_floating_point:
             mean = mean.round()
-        averaged[key] = mean.to(current.dtype).to(current.device)
+        averaged[key] = mean.to(current.dtype)
     return averaged
 
 
-def _flat_positions(shape: torch.Size, where: Sequence[torch.Tensor | None]) -> torch.Tensor:
+def _flat_positions(
+    shape: torch.Size, where: Sequence[torch.Tensor | None], device: torch.device
+) -> torch.Tensor:
     """Row-major flat positions of the outer product of per-dimension index sets (None: all)."""
-    flat = torch.zeros((), dtype=torch.long)
+    flat = torch.zeros((), dtype=torch.long, device=device)
     for dim, size in enumerate(shape):
-        idx = where[dim] if where[dim] is not None else torch.arange(size)
-        flat = flat.unsqueeze(-1) * size + idx.to("cpu").long()
+        idx = where[dim] if where[dim] is not None else torch.arange(size, device=device)
+        flat = flat.unsqueeze(-1) * size + idx.to(device).long()
     return flat.reshape(-1)

@@ -45,7 +45,8 @@ def model_device(model: nn.Module) -> torch.device:
 def placed_on(model: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
     """Hold ``model`` on ``device`` for the block and bring it back where it was.
 
-    The server keeps every model on the CPU; with ``--device cuda`` only the compute
+    A no-op on a resident run (the models already live on the device). With
+    ``resident: false`` the server keeps every model on the CPU and only the compute
     (local SGD, evaluation) moves to the GPU, one model at a time, so methods need no
     device logic of their own. ``Module.to`` swaps parameters in place: modules that
     share parameters with ``model`` move with it and come back with it.
@@ -83,8 +84,9 @@ def local_sgd(
 ) -> LocalResult:
     """``train.local_epochs`` epochs of minibatch SGD on the samples ``indices``.
 
-    Runs where ``model`` is (see :func:`placed_on`); batches are drawn on the CPU and
-    moved there. Only parameters with ``requires_grad`` are optimised, so a method freezes a
+    Runs where ``model`` is (see :func:`placed_on`). Batches are made where the data set is
+    (:meth:`ImageDataset.to`: on the GPU for a resident run, with one copy of the epoch's
+    order per epoch) and moved to the model if that is elsewhere. Only parameters with ``requires_grad`` are optimised, so a method freezes a
     part of the model by switching it off before the call. Batches are shuffled
     with ``generator`` (seeded per round and client). The last partial batch is
     kept, except a batch of one sample, which BatchNorm cannot train on.
@@ -93,18 +95,22 @@ def local_sgd(
     """
     model.train()
     device = model_device(model)
+    data_device = dataset.device
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), train)
     num = int(indices.numel())
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     steps = 0
     for _ in range(train.local_epochs):
         order = indices[torch.randperm(num, generator=generator)]
+        if order.device != data_device:
+            order = order.to(data_device)
         for start in range(0, num, train.batch_size):
             batch = order[start : start + train.batch_size]
             if batch.numel() < 2:
                 continue
-            images, labels = dataset.train_batch(batch, generator)  # on the CPU: augmentation's generator is
-            images, labels = images.to(device), labels.to(device)  # a CPU one, so draws match the CPU run's
+            # Augmentation draws on the CPU generator wherever the data is, so choices match a CPU run's.
+            images, labels = dataset.train_batch(batch, generator)
+            images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model, images, labels)
             loss.backward()

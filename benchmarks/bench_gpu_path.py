@@ -1,0 +1,207 @@
+"""The GPU path, measured: round times of each way of training on one GPU, side by side in one process.
+
+    python benchmarks/bench_gpu_path.py --data-dir /path/to/fashion-mnist --out OUT/
+    python benchmarks/bench_gpu_path.py --paths transfer:8,resident,workers4 --profile --out OUT/
+    python benchmarks/bench_gpu_path.py --paths resident --methods fedavg,depthfl --rounds 8 --out OUT/
+
+Workload: full-width ResNet18 on Fashion-MNIST (``--data-dir``; the generated ``synthetic`` set
+without it), 100 clients, Dirichlet alpha 0.5, 10 clients per round, ``--epochs`` local epochs
+(5, the paper's), batch 64, no tracking. Paths:
+
+``transfer``    ``resident: false``: the server keeps everything on the CPU, each client's model
+                goes to the GPU and back, batches are made on the CPU.
+``resident``    the default on a GPU: data (uint8), models and aggregation stay on the GPU.
+``workersK``    ``resident`` with ``--executor process --workers K``: K trainers share the GPU.
+``plain``       a plain PyTorch loop training one model at batch 64 on the same resident data
+                (``torch.optim.SGD``): the images/s a sequential client could reach at best.
+
+For every (method, path): the first round (start-up and warm-up included), the steady round time
+(median of rounds 2 .. R-1; the last round also evaluates), images/s of a FedAvg round, the
+evaluation time, and the projected time of a paper cell: start-up + 1,600 steady rounds + 160
+evaluations (every 10 rounds). ``--profile`` also writes, for the serial paths, the operators of
+one steady round by GPU time and the share of the round the GPU was busy (``profile_<path>.txt``).
+Writes ``OUT/gpu_path.json`` (one object per row) and ``OUT/gpu_path.md`` (the table). CPU-only
+machines can check it with ``--device cpu --model cnn --epochs 1 --rounds 3`` (paths ``resident``,
+``workersK``, ``plain``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedbench import engine
+from fedbench.config import RunConfig, make_config
+
+PAPER_ROUNDS, PAPER_EVALUATIONS = 1600, 160
+
+
+def workload(method: str, path: str, args: argparse.Namespace) -> RunConfig:
+    data = {"dataset": "fashion-mnist", "data_dir": args.data_dir} if args.data_dir else {"dataset": "synthetic"}
+    overrides: dict[str, Any] = {
+        "method": method, "data": {**data, "partition": "dirichlet", "alpha": 0.5, "num_clients": 100},
+        "model": {"name": args.model, "width": args.width}, "train": {"local_epochs": args.epochs, "batch_size": 64},
+        "clients_per_round": 10, "rounds": args.rounds, "eval_every": args.rounds, "seed": 42,
+        "threads": args.threads, "device": args.device, "tracking": {"enabled": False},
+    }
+    if path == "transfer":
+        overrides["resident"] = False
+    elif path.startswith("workers"):
+        overrides.update(executor="process", workers=int(path.removeprefix("workers")))
+    return make_config(overrides=overrides)
+
+
+def trained_images(config: RunConfig, rounds: range) -> dict[int, int]:
+    """Images one FedAvg round trains (its clients' shards times the local epochs), per round."""
+    ctx, _ = engine.prepare(config)
+    sizes = ctx.data.shard_sizes()
+    return {r: int(sum(sizes[c] for c in ctx.sample_clients(r))) * config.train.local_epochs for r in rounds}
+
+
+class Profiler:
+    """torch.profiler around round 2 (the first steady one) of a serial run."""
+
+    def __init__(self, out: Path, name: str) -> None:
+        self.out, self.name, self.profile = out, name, None
+
+    def on_round(self, finished: engine.RoundResult) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        if finished.round_idx == 0:
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.profile = profile(activities=activities)
+            self.profile.__enter__()
+        elif finished.round_idx == 1 and self.profile is not None:
+            self.profile.__exit__(None, None, None)
+            self.write(finished.metrics["time/train_s"])
+            self.profile = None
+
+    def write(self, round_s: float) -> None:
+        events = self.profile.key_averages()
+        gpu_us = sum(getattr(e, "self_device_time_total", 0.0) for e in events)
+        sort = "self_device_time_total" if gpu_us else "self_cpu_time_total"
+        header = (f"# {self.name}: one steady round, {round_s:.3f} s wall; kernels busy {gpu_us / 1e6:.3f} s "
+                  f"({100 * gpu_us / 1e6 / round_s:.0f} % of the round)\n\n")
+        (self.out / f"profile_{self.name}.txt").write_text(header + events.table(sort_by=sort, row_limit=30))
+
+
+def measure(method: str, path: str, args: argparse.Namespace) -> dict[str, Any]:
+    config = workload(method, path, args)
+    stamps: list[float] = []
+    rounds: list[engine.RoundResult] = []
+    profiler = Profiler(args.out, f"{method}_{path}") if args.profile and not path.startswith("workers") else None
+
+    def on_round(finished: engine.RoundResult) -> None:
+        if args.device != "cpu":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        rounds.append(finished)
+        if profiler is not None:
+            profiler.on_round(finished)
+
+    start = time.perf_counter()
+    engine.run(config, on_round=on_round)
+    steady = [r.metrics["time/train_s"] for r in rounds[1:-1]] or [rounds[-1].metrics["time/train_s"]]
+    steady_s = statistics.median(steady)
+    eval_s = rounds[-1].metrics.get("time/eval_s", 0.0)
+    startup_s = (stamps[0] - start) - steady_s
+    row: dict[str, Any] = {
+        "method": method, "path": path, "rounds": len(rounds), "first_round_s": stamps[0] - start,
+        "steady_round_s": steady_s, "eval_s": eval_s, "accuracy": rounds[-1].metrics.get("eval/accuracy"),
+        "paper_cell_min": (startup_s + PAPER_ROUNDS * steady_s + PAPER_EVALUATIONS * eval_s) / 60,
+    }
+    if method == "fedavg":
+        images = trained_images(config, range(1, len(rounds) - 1))
+        row["images_per_s"] = statistics.median(images[r.round_idx] / r.metrics["time/train_s"] for r in rounds[1:-1])
+    return row
+
+
+def plain_loop(args: argparse.Namespace, steps: int = 400, warmup: int = 40) -> dict[str, Any]:
+    """One model, batch 64, resident data, torch.optim.SGD: the sequential ceiling."""
+    from fedbench.core.setup import load_dataset
+    from fedbench.models import build_model
+
+    config = workload("fedavg", "resident", args)
+    torch.manual_seed(0)
+    dataset = load_dataset(config).to(args.device)
+    model = build_model(args.model, dataset.input_shape, dataset.num_classes, width=args.width).to(args.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    order = torch.randint(0, dataset.num_train, (steps + warmup, 64), device=args.device)
+    model.train()
+    for step in range(steps + warmup):
+        if step == warmup:
+            if args.device != "cpu":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        images, labels = dataset.train_batch(order[step])
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    if args.device != "cpu":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"method": "-", "path": "plain", "steps": steps, "images_per_s": steps * 64 / seconds,
+            "step_ms": 1000 * seconds / steps}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    base = {r["method"]: r["steady_round_s"] for r in rows if r.get("path") == "transfer"}
+    fedavg = {r["path"]: r["steady_round_s"] for r in rows if r.get("method") == "fedavg" and "steady_round_s" in r}
+    lines = ["| method | path | first round s | steady round s | vs transfer | vs FedAvg (same path) | images/s "
+             "| eval s | paper cell (1,600 rounds) min |", "|---" * 9 + "|"]
+
+    def cell(value: Any, spec: str) -> str:
+        return "" if value is None else format(value, spec)
+
+    for r in rows:
+        steady = r.get("steady_round_s")
+        speedup = base.get(r["method"], 0) / steady if steady and r["method"] in base else None
+        relative = steady / fedavg[r["path"]] if steady and r["path"] in fedavg else None
+        lines.append(f"| {r['method']} | {r['path']} | {cell(r.get('first_round_s'), '.2f')} | {cell(steady, '.3f')} "
+                     f"| {cell(speedup, '.2f')} | {cell(relative, '.2f')} | {cell(r.get('images_per_s'), ',.0f')} "
+                     f"| {cell(r.get('eval_s'), '.2f')} | {cell(r.get('paper_cell_min'), '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: the generated synthetic set)")
+    parser.add_argument("--methods", default="fedavg", help="comma-separated, e.g. fedavg,depthfl")
+    parser.add_argument("--paths", default="plain,transfer,resident,workers2,workers4",
+                        help="comma-separated; PATH:ROUNDS gives a path its own number of rounds")
+    parser.add_argument("--rounds", type=int, default=22, help="rounds per (method, path); >= 3")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.rounds < 3:
+        parser.error("--rounds must be >= 3 (a first round, steady rounds, an evaluating last round)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    for spec in args.paths.split(","):
+        path, _, rounds = spec.partition(":")
+        run_args = argparse.Namespace(**{**vars(args), "rounds": int(rounds) if rounds else args.rounds})
+        for method in ["-"] if path == "plain" else args.methods.split(","):
+            row = plain_loop(run_args) if path == "plain" else measure(method, path, run_args)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            (args.out / "gpu_path.json").write_text(json.dumps(rows, indent=1))
+            (args.out / "gpu_path.md").write_text(table(rows))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
