@@ -137,7 +137,8 @@ def test_the_helper_marks_an_interrupted_run_killed_and_keeps_its_rounds(store, 
 def test_an_unreachable_store_fails_start_with_one_line_and_the_helper_exits(tiny_config):
     tracker = ProcessTracker("http://127.0.0.1:9", experiment="nowhere")
     with pytest.raises(TrackingError, match=r"cannot reach the MLflow tracking store at http://127.0.0.1:9") as info:
-        tracker.start(tiny_config, {})
+        tracker.start(tiny_config, {})  # does not wait for the store: the error comes with the run id at the latest
+        tracker.log_round(0, {"eval/accuracy": 0.5})
     assert "\n" not in str(info.value)
     tracker.close()
     tracker.close()  # idempotent
@@ -147,19 +148,31 @@ def test_an_unreachable_store_fails_start_with_one_line_and_the_helper_exits(tin
 def test_a_helper_that_dies_is_a_tracking_error_not_a_hang(store, tiny_config):
     tracker = ProcessTracker(store, experiment="helper-dies")
     tracker._process.kill()
+    tracker._process.wait()
     with pytest.raises(TrackingError, match="MLflow logging process exited"):
         tracker.start(tiny_config, {})
 
 
-def test_a_store_the_helper_cannot_open_fails_the_run_before_round_one(tmp_path, tiny_config, monkeypatch):
+def test_a_store_the_helper_cannot_open_fails_the_run_by_round_one_with_one_line(tmp_path, tiny_config, monkeypatch):
+    """Round 1 trains while the helper opens the store; a store it cannot open fails the run when
+    round 1 would be logged at the latest (before it, if the error has arrived), no round recorded."""
     corrupt = tmp_path / "mlflow.db"
     corrupt.write_bytes(b"this is not an SQLite database" * 100)
     tracker = ProcessTracker(f"sqlite:///{corrupt}", experiment="corrupt")
-    monkeypatch.setattr(engine, "run_rounds", lambda *a, **k: pytest.fail("round 1 ran on a broken store"))
+    logged: list[int] = []
     with pytest.raises(TrackingError, match="cannot reach the MLflow tracking store") as info:
-        engine.run(tiny_config, tracker=tracker)
-    assert "\n" not in str(info.value)
+        engine.run(tiny_config, tracker=tracker, on_round=lambda r: logged.append(r.round_idx))
+    assert "\n" not in str(info.value) and logged == [] and tracker.run_id is None
     tracker.close()
+
+
+def test_the_run_id_waits_for_a_run_still_being_created(store, tiny_config):
+    tracker = ProcessTracker(store, experiment="deferred")
+    tracker.start(tiny_config, {})
+    run_id = tracker.run_id
+    assert run_id and _client(store).get_run(run_id).info.status == "RUNNING"
+    tracker.finish("FINISHED")
+    assert _client(store).get_run(run_id).info.status == "FINISHED"
 
 
 # ------------------------------------------------- new local stores: created by MLflow, under the lock

@@ -5,11 +5,13 @@ SQLAlchemy engine, schema check, experiment lookup), all single-threaded Python,
 ``fedbench run`` spends the same seconds importing torch and loading data. In one process
 the two add up; :class:`ProcessTracker` starts a helper process the moment the config is
 known, which imports MLflow and opens the store while the main process prepares the run.
-Every call after that is a request and its reply over a pipe, answered in order:
-:meth:`ProcessTracker.start` still waits for the store (an unreachable store fails the run
-before round 1, as with :class:`fedbench.tracking.tracker.MlflowTracker`), and
-:meth:`ProcessTracker.log_round` returns once the round is in the store, so a finished round
-is never only in flight. The helper ignores Ctrl-C and SIGTERM (the main process marks the run
+Every call after that is a request and its reply over a pipe, answered in order.
+:meth:`ProcessTracker.start` does not wait for the store: round 1 trains while the helper
+creates it, and the run id is read when first needed (the first :meth:`ProcessTracker.log_round`
+at the latest). A store that cannot be opened fails the run with one line when round 1 is
+logged, or before round 1 if the helper's error has already arrived; nothing was logged then, so
+nothing is lost. :meth:`ProcessTracker.log_round` returns once the round is in the store, so a
+finished round is never only in flight. The helper ignores Ctrl-C and SIGTERM (the main process marks the run
 KILLED through it, also when a whole process group is signalled) and exits when the main
 process closes the pipe or dies.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -66,29 +69,37 @@ class ProcessTracker:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_name = run_name
-        self.run_id: str | None = None
+        self._run_id: str | None = None
         helper = _spawn_helper()
         self._process = helper.process
         self._requests: BinaryIO | None = helper.requests
         self._replies: BinaryIO | None = helper.replies
-        self._unanswered = 0
+        self._pending: list[str] = []  # the requests sent and not yet answered, in order
         self._send("connect", tracking_uri, experiment, run_name)  # the reply is read by the next call
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run's id: waits for the helper if the run is still being created."""
+        if "start" in self._pending:
+            self._receive()
+        return self._run_id
 
     # ----------------------------------------------------------- Tracker
     def start(self, config: RunConfig, partition: Mapping[str, Any]) -> None:
         # The options with their defaults need the method's class: resolved here, where it is loaded already.
-        self.run_id = self._call("start", config, dict(partition), config.option_params())
+        self._send("start", config, dict(partition), config.option_params())
+        self._receive(block=False)  # an error already there fails the run before round 1
 
     def resume(self, run_id: str, rows: list[dict[str, float]]) -> None:
         self._call("resume", run_id, rows)
-        self.run_id = run_id
+        self._run_id = run_id
 
     def log_round(self, round_idx: int, metrics: Mapping[str, float]) -> None:
         self._call("log_round", round_idx, dict(metrics))
 
     def finish(self, status: str, error: str | None = None) -> None:
         try:
-            if self.run_id is not None:
+            if self.run_id is not None:  # waits for a run still being created: it must be marked too
                 self._call("finish", status, error)
         finally:
             self.close()
@@ -114,26 +125,36 @@ class ProcessTracker:
             self._requests.flush()
         except (BrokenPipeError, OSError):
             self._raise_dead()
-        self._unanswered += 1
+        self._pending.append(name)
 
     def _call(self, name: str, *args: Any) -> Any:
-        """Send a request and return its reply, after the replies still owed (the connect)."""
+        """Send a request and return its reply, after the replies still owed (connect, start)."""
         self._send(name, *args)
+        return self._receive()
+
+    def _receive(self, block: bool = True) -> Any:
+        """Read the replies owed, in order (``block=False``: only those already arrived); the last
+        one's value. An error reply is raised; the requests behind it are moot."""
         value = None
-        while self._unanswered:
+        while self._pending:
+            if not block and not select.select([self._replies], [], [], 0)[0]:
+                return None
             try:
                 status, value = pickle.load(self._replies)  # type: ignore[arg-type]
             except (EOFError, OSError, pickle.UnpicklingError):
                 self._raise_dead()
-            self._unanswered -= 1
+            name = self._pending.pop(0)
             if status == "error":
-                self._unanswered = 0  # the helper answers every request; those behind an error are moot
+                self._pending.clear()
                 raise value
+            if name == "start":
+                self._run_id = value
         return value
 
     def _raise_dead(self) -> None:
         code = self._process.wait(timeout=10)
         self._requests = self._replies = None
+        self._pending.clear()
         raise TrackingError(f"the MLflow logging process exited (code {code}) before the run was logged; "
                             "its error is printed above")
 
