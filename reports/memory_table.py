@@ -26,10 +26,11 @@ from fedbench.core import setup
 from fedbench.core.method import Workload, validate_method
 from fedbench.errors import ConfigError, FedbenchError
 from fedbench.execution.worker_start import worker_context
-from fedbench.memory.model import MemoryModel, SGDSpec
+from fedbench.memory.model import MemoryModel, MemoryReport, SGDSpec
 from fedbench.models import build_model
 from fedbench.simulation.fleet import make_fleet
 from fedbench.tracing._speedups.collector import collector_paused, load_compiler_before_fork
+from fedbench.tracing import cache as trace_cache
 from fedbench.tracing.meta import building_on_meta
 from fedbench.training.loop import cross_entropy_loss
 
@@ -96,10 +97,37 @@ def _remember(key: ReportsKey, value: tuple[tuple[tuple[str, Any], ...], int]) -
     return value
 
 
-def _traced_reports(key: ReportsKey) -> tuple[tuple[tuple[str, Any], ...], int]:
+# One stored entry per table row group: a table whose traces are all stored builds no model at all.
+TABLE_KIND = "memory-table"
+
+
+def _table_entry(key: ReportsKey) -> tuple[str, tuple[Any, ...], tuple[Any, ...]]:
+    """(kind, key, code) of a (model, method) pair's stored reports: its answer depends on the
+    method's module (workloads, losses) and the model's builder, besides fedbench itself."""
     method_cls = registry.load("methods", key.method, validate=validate_method)
-    with collector_paused():  # building sub-models is a burst of short-lived objects too
-        return _reports_of(method_cls, key)
+    builder = registry.load("models", key.model_name)
+    return TABLE_KIND, tuple(key), (method_cls, builder)
+
+
+def _decoded(stored: Any) -> tuple[tuple[tuple[str, Any], ...], int]:
+    rows, full_peak = stored
+    return tuple((name, MemoryReport(**report)) for name, report in rows), int(full_peak)
+
+
+def _stored_reports(key: ReportsKey) -> tuple[tuple[tuple[str, Any], ...], int] | None:
+    stored = trace_cache.peek(*_table_entry(key))
+    return None if stored is None else _decoded(stored)
+
+
+def _traced_reports(key: ReportsKey) -> tuple[tuple[tuple[str, Any], ...], int]:
+    kind, parts, code = _table_entry(key)
+
+    def compute() -> list[Any]:
+        with collector_paused():  # building sub-models is a burst of short-lived objects too
+            reports, full_peak = _reports_of(code[0], key)
+        return [[[name, report.as_dict()] for name, report in reports], full_peak]
+
+    return _decoded(trace_cache.cached(kind, parts, code, compute))
 
 
 def _reports_of(method_cls: Any, key: ReportsKey) -> tuple[tuple[tuple[str, Any], ...], int]:
@@ -189,7 +217,15 @@ def memory_table(
 def trace_all(keys: Sequence[ReportsKey], jobs: int = 0) -> None:
     """Put the reports of every key in this process's cache, tracing the missing ones in ``jobs``
     worker processes (0: one per core) when there are several."""
-    missing = [key for key in dict.fromkeys(keys) if key not in _REPORTS]
+    missing = []
+    for key in dict.fromkeys(keys):
+        if key in _REPORTS:
+            continue
+        stored = _stored_reports(key)
+        if stored is None:
+            missing.append(key)
+        else:
+            _remember(key, stored)
     workers = min(jobs or os.cpu_count() or 1, len(missing))
     if workers <= 1:
         _collect(missing, map(_traced_in_worker, missing))

@@ -92,6 +92,19 @@ def test_a_table_traced_in_worker_processes_equals_one_traced_here_and_stays_cac
     assert memory_table.memory_table(PAIRS, 16, "uniform-mb", jobs=2) == here
 
 
+def test_a_table_whose_traces_are_stored_builds_no_model_and_starts_no_worker(tmp_path, monkeypatch):
+    """The second process to ask for a table reads each pair's rows whole from the trace cache."""
+    monkeypatch.setenv("FEDBENCH_TRACE_CACHE", str(tmp_path))
+    memory_table.clear_caches()
+    _SHARED_CACHE.clear()
+    first = memory_table.memory_table(PAIRS, 16, "uniform-mb", jobs=1)
+    memory_table.clear_caches()  # as a new process would start
+    _SHARED_CACHE.clear()
+    monkeypatch.setattr(memory_table, "_reports_of", None)
+    monkeypatch.setattr(memory_table, "_traced_in_worker", None)
+    assert memory_table.memory_table(PAIRS, 16, "uniform-mb", jobs=2) == first
+
+
 def test_a_user_error_in_a_worker_comes_back_as_one_line_naming_its_pair(monkeypatch):
     monkeypatch.setenv("FEDBENCH_TRACE_CACHE", "off")
     keys = [memory_table.ReportsKey("cnn", FMNIST, 10, 1.0, "fedavg", 16),

@@ -205,6 +205,17 @@ def _write(path: Path, full_key: str, value: Any) -> None:
     _bound(path.parent)
 
 
+def peek(kind: str, key: Iterable[Any], code: Iterable[Any]) -> Any:
+    """The stored answer for ``key`` (as :func:`cached` would find it), else None; computes nothing,
+    so a caller can learn what is left to trace before starting workers for it."""
+    folder = cache_dir()
+    named = _digest(kind, key, code) if folder is not None else None
+    if named is None:
+        return None
+    digest, full_key = named
+    return _read(folder / kind / f"{digest}.json", full_key)
+
+
 def cached(kind: str, key: Iterable[Any], code: Iterable[Any], compute: Callable[[], Any]) -> Any:
     """``compute()``, or the answer a process with the same code stored for the same key.
 
