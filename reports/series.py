@@ -89,7 +89,10 @@ def _flag(value: object, default: bool = True) -> bool:
 def ablation(summary: pd.DataFrame, baseline: str = "fedavg", method: str = "neulite") -> pd.DataFrame:
     """Fig. 8 bars: per setting (data set, model, partition) the final accuracy of FedAvg and of
     each NeuLite variant, keyed by ``options.curriculum_loss`` / ``options.co_adaptation`` /
-    ``options.round_robin`` (absent = the default, ``True``; see :func:`ablation_variant`). Columns ``group, variant, accuracy, std, runs``."""
+    ``options.round_robin`` (absent = the default, ``True``; see :func:`ablation_variant`) and by
+    any other setting in which a method's runs differ (named after the variant, e.g.
+    ``NeuLite (rounds=40)``): only seeds of one configuration are averaged. Columns ``group,
+    variant, accuracy, std, runs``."""
     chosen = summary[summary["method"].isin([baseline, method])]
     if not (chosen["method"] == method).any():
         found = ", ".join(sorted(set(summary["method"]))) or "none"
@@ -97,10 +100,13 @@ def ablation(summary: pd.DataFrame, baseline: str = "fedavg", method: str = "neu
     labels = []
     for _, row in chosen.iterrows():
         if row["method"] == baseline:
-            labels.append("FedAvg" if baseline == "fedavg" else baseline)
+            label = "FedAvg" if baseline == "fedavg" else baseline
         else:
-            labels.append(ablation_variant(*(_flag(row.get(f"options.{name}"))
-                                             for name in ("curriculum_loss", "co_adaptation", "round_robin"))))
+            label = ablation_variant(*(_flag(row.get(f"options.{name}"))
+                                       for name in ("curriculum_loss", "co_adaptation", "round_robin")))
+        # Runs that differ in anything but the switches (rounds, λ, ...) are other bars, never seeds.
+        other = str(row.get("ablation_label") or row["method"]).removeprefix(str(row["method"]))
+        labels.append(label + other)
     chosen = chosen.assign(variant=labels, group=[panel_name(r) for _, r in chosen.iterrows()])
     rows = []
     for (group, variant), runs in chosen.groupby(["group", "variant"], sort=True):

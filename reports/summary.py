@@ -29,8 +29,11 @@ DEFAULT_LAST_EVALS = 3
 # Summary columns, in order; ``options.*`` columns of the runs follow them.
 SUMMARY_COLUMNS = (
     "run_id", "method", "method_label", "dataset", "model", "partition", "alpha", "partition_label", "seed",
-    "final_accuracy", "best_accuracy", "pr", "rounds", "virtual_time_s",
+    "final_accuracy", "best_accuracy", "pr", "rounds", "virtual_time_s", "ablation_label",
 )
+# NeuLite's ablation switches (Fig. 8): an ablation names its bars by them, and by nothing else
+# only if the runs agree on every other setting.
+ABLATION_SWITCHES = frozenset({"options.curriculum_loss", "options.co_adaptation", "options.round_robin"})
 GROUP_KEYS = ("method_label", "dataset", "model", "partition_label")
 
 # Logged params (a run's flattened RunConfig) that do not change what a run measures, so runs that
@@ -196,6 +199,9 @@ def summarize(
     frame = pd.DataFrame(rows)
     options = sorted(c for c in frame.columns if c.startswith("options."))
     frame["method_label"] = method_labels(frame, settings)
+    # The method and the settings other than the ablation switches that differ between its runs.
+    frame["ablation_label"] = method_labels(
+        frame, [{k: v for k, v in s.items() if k not in ABLATION_SWITCHES} for s in settings])
     return frame.reindex(columns=[*SUMMARY_COLUMNS, *options]), warnings
 
 

@@ -182,6 +182,25 @@ def test_ablation_bars_key_neulite_runs_by_their_options_next_to_fedavg(store, t
     assert (tmp_path / "ablation.pdf").stat().st_size > 1000
 
 
+def test_ablation_bars_average_only_seeds_of_one_configuration():
+    import pandas as pd
+
+    from fedbench.reports import series
+
+    common = {"dataset": "fashion-mnist", "model": "cnn", "partition_label": "IID"}
+    summary = pd.DataFrame([
+        {**common, "method": "fedavg", "ablation_label": "fedavg", "final_accuracy": 0.6},
+        {**common, "method": "neulite", "ablation_label": "neulite (rounds=40)", "final_accuracy": 0.7},
+        {**common, "method": "neulite", "ablation_label": "neulite (rounds=40)", "final_accuracy": 0.8},
+        {**common, "method": "neulite", "ablation_label": "neulite (rounds=80)", "final_accuracy": 0.9,
+         "options.curriculum_loss": "False"},
+    ])
+    bars = series.ablation(summary)
+    assert dict(zip(bars["variant"], bars["runs"], strict=True)) == {
+        "FedAvg": 1, "NeuLite (rounds=40)": 2, "w/o curriculum loss (rounds=80)": 1}
+    assert round(bars.set_index("variant").loc["NeuLite (rounds=40)", "accuracy"], 6) == 0.75
+
+
 @pytest.mark.parametrize(("switches", "variant"), [
     ((True, True, True), "NeuLite"),
     ((False, True, True), "w/o curriculum loss"),
