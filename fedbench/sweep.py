@@ -26,6 +26,8 @@ import itertools
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -270,6 +272,19 @@ def run_cell(config: RunConfig, resume_run_id: str | None = None) -> CellOutcome
     )
 
 
+def _stop_when_set(stop: Any) -> None:
+    """A sweep worker's initializer: when the sweep sets ``stop`` (it was interrupted or terminated),
+    interrupt this worker's cell as Ctrl-C would, so its engine marks the run KILLED (resumable by
+    the next sweep) and the sweep does not wait for the cell to finish."""
+
+    def watch() -> None:
+        stop.wait()
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    threading.Thread(target=watch, name="fedbench-sweep-stop", daemon=True).start()
+
+
 def _run_cell_in_worker(
     index: int, config_dict: dict[str, Any], resume_run_id: str | None = None, env: Mapping[str, str] | None = None,
 ) -> CellOutcome:
@@ -321,13 +336,22 @@ def run_grid(
         for cell in todo:
             finish(replace(run_cell(cell.config, resumable.get(cell.config.run_key)), index=cell.index))
     elif executor == "process":
-        with ProcessPoolExecutor(max_workers=max_parallel, mp_context=get_context("spawn")) as pool:
+        context = get_context("spawn")
+        stop = context.Event()
+        pool = ProcessPoolExecutor(max_workers=max_parallel, mp_context=context,
+                                   initializer=_stop_when_set, initargs=(stop,))
+        try:
             futures = [
                 pool.submit(_run_cell_in_worker, c.index, c.config.to_dict(), resumable.get(c.config.run_key))
                 for c in todo
             ]
             for future in as_completed(futures):
                 finish(future.result())
+        except BaseException:  # Ctrl-C, SIGTERM, a bug: the running cells stop now, marked KILLED
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     else:
         for outcome in _run_on_ray(todo, resumable, gpus_per_cell):
             finish(outcome)

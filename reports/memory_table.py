@@ -29,8 +29,8 @@ from fedbench.execution.worker_start import worker_context
 from fedbench.memory.model import MemoryModel, MemoryReport, SGDSpec
 from fedbench.models import build_model
 from fedbench.simulation.fleet import make_fleet
-from fedbench.tracing._speedups.collector import collector_paused, load_compiler_before_fork
 from fedbench.tracing import cache as trace_cache
+from fedbench.tracing._speedups.collector import collector_paused, load_compiler_before_fork
 from fedbench.tracing.meta import building_on_meta
 from fedbench.training.loop import cross_entropy_loss
 

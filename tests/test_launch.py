@@ -82,3 +82,15 @@ def test_a_run_whose_config_turns_tracking_off_starts_no_helper(tmp_path, monkey
     _fedbench(monkeypatch, "run", "--config", str(config), *TRACKED)
     assert spawned == []
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_python_dash_m_fedbench_cli_is_the_fedbench_command():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    result = subprocess.run([sys.executable, "-m", "fedbench.cli", "list", "methods"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "neulite" in result.stdout

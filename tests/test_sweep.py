@@ -190,3 +190,56 @@ def test_a_sweep_rerun_refuses_a_malicious_checkpoint_says_so_and_restarts_the_c
     assert outcome.run_id != tracker.run_id
     assert f"run {tracker.run_id} cannot be resumed" in caplog.text and "did not write" in caplog.text
     assert MlflowClient(tracking_uri).get_run(outcome.run_id).info.status == "FINISHED"
+
+
+LONG_GRID = """
+experiment: long-grid
+base:
+  method: fedavg
+  rounds: 10000
+  clients_per_round: 2
+  data: {dataset: synthetic, num_clients: 4, partition: iid}
+  model: {name: cnn, width: 0.25}
+  threads: 1
+axes:
+  seed: [1, 2]
+"""
+
+
+def test_sigterm_stops_a_parallel_sweep_at_once_and_marks_its_running_cells_killed(tmp_path):
+    """The sweep does not wait for cells that would run for hours: they stop, marked KILLED, and the
+    next sweep resumes them."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    grid = tmp_path / "long.yaml"
+    grid.write_text(textwrap.dedent(LONG_GRID))
+    store = tmp_path / "mlflow.db"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "FEDBENCH_CHECKPOINTS": str(tmp_path / "ckpt")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedbench.cli", "sweep", str(grid), "--max-parallel", "2",
+         "--tracking-uri", f"sqlite:///{store}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+    def statuses() -> list[str]:
+        try:
+            with sqlite3.connect(store) as db:
+                return [s for (s,) in db.execute("select status from runs")]
+        except sqlite3.Error:  # not created yet
+            return []
+
+    deadline = time.monotonic() + 120
+    while statuses().count("RUNNING") < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    assert statuses().count("RUNNING") == 2, process.communicate(timeout=30)
+    time.sleep(2)  # both cells into their rounds
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert sorted(statuses()) == ["KILLED", "KILLED"]

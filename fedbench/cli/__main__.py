@@ -1,5 +1,5 @@
 """``python -m fedbench.cli``: the same as the ``fedbench`` command."""
 
-from fedbench.cli.common import main
+from fedbench.cli import launch
 
-main()
+launch()
