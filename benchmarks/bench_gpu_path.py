@@ -28,6 +28,7 @@ machines can check it with ``--device cpu --model cnn --epochs 1 --rounds 3`` (p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -60,7 +61,7 @@ def workload(method: str, path: str, args: argparse.Namespace) -> RunConfig:
 
 def trained_images(config: RunConfig, rounds: range) -> dict[int, int]:
     """Images one FedAvg round trains (its clients' shards times the local epochs), per round."""
-    ctx, _ = engine.prepare(config)
+    ctx, _ = engine.prepare(dataclasses.replace(config, device="cpu", executor="serial"))  # shard sizes only
     sizes = ctx.data.shard_sizes()
     return {r: int(sum(sizes[c] for c in ctx.sample_clients(r))) * config.train.local_epochs for r in rounds}
 
