@@ -193,7 +193,12 @@ def _run_prepared(
     elif checkpoint_file is not None and checkpoint_file.is_file():
         saved = checkpoint.load(checkpoint_file, config)
     else:
-        tracker.start(config, stats)
+        try:
+            tracker.start(config, stats)
+        except KeyboardInterrupt:  # the run may exist already: it must not stay RUNNING
+            if tracker.run_id is not None:
+                tracker.finish("KILLED", "interrupted by the user")
+            raise
     if saved is not None:
         restore(method, saved)
         first_round = saved.round_idx + 1

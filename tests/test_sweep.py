@@ -233,11 +233,17 @@ def test_sigterm_stops_a_parallel_sweep_at_once_and_marks_its_running_cells_kill
         except sqlite3.Error:  # not created yet
             return []
 
-    deadline = time.monotonic() + 120
-    while statuses().count("RUNNING") < 2 and time.monotonic() < deadline and process.poll() is None:
+    def logging_runs() -> int:
+        try:
+            with sqlite3.connect(store) as db:
+                return db.execute("select count(distinct run_uuid) from metrics").fetchone()[0]
+        except sqlite3.Error:  # not created yet
+            return 0
+
+    deadline = time.monotonic() + 180
+    while logging_runs() < 2 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
-    assert statuses().count("RUNNING") == 2, process.communicate(timeout=30)
-    time.sleep(2)  # both cells into their rounds
+    assert statuses().count("RUNNING") == 2 and logging_runs() == 2, process.communicate(timeout=30)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
