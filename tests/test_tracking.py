@@ -124,6 +124,36 @@ def test_the_helper_process_logs_what_the_in_process_tracker_logs(store, tiny_co
     assert tracker._process.returncode == 0  # finished and exited
 
 
+def test_the_helper_sends_what_needs_the_method_so_the_helper_never_imports_torch(store, tiny_config, monkeypatch):
+    """The run key and the options with defaults need the method's class (hence torch): the main
+    process has it loaded, while importing it in the helper would take two cores' worth of CPU
+    from round 1 on a small machine."""
+    import subprocess
+    import sys
+
+    sent = []
+    monkeypatch.setattr(ProcessTracker, "_send", lambda self, name, *args: sent.append((name, args)))
+    monkeypatch.setattr(ProcessTracker, "_receive", lambda self, block=True: None)
+    ProcessTracker.start(ProcessTracker.__new__(ProcessTracker), tiny_config, {})
+    (name, (_, _, option_values, run_key)), = sent
+    assert name == "start" and run_key == tiny_config.run_key and option_values == tiny_config.option_params()
+
+    script = (
+        "import sys\n"
+        "from fedbench.config import make_config\n"
+        "from fedbench.tracking.tracker import MlflowTracker\n"
+        "config = make_config(overrides={'method': 'neulite', 'data': {'dataset': 'synthetic'}})\n"
+        f"tracker = MlflowTracker({store!r}, 'no-torch')\n"
+        "tracker.start(config, {}, option_values={'options.sigma': '0.5'}, run_key='k')\n"
+        "tracker.log_round(0, {'eval/accuracy': 0.5})\n"
+        "tracker.finish('FINISHED')\n"
+        "print(sorted(m for m in ('torch', 'fedbench.api', 'fedbench.engine') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.strip() == "[]"
+
+
 def test_the_helper_marks_an_interrupted_run_killed_and_keeps_its_rounds(store, tiny_config, monkeypatch):
     monkeypatch.setattr(engine, "make_method", lambda ctx: _InterruptInSecondRound(ctx))
     tracker = ProcessTracker(store, experiment="helper-killed")

@@ -196,11 +196,13 @@ class MlflowTracker:
         return client, experiment_id
 
     def start(
-        self, config: RunConfig, partition: Mapping[str, Any], option_values: Mapping[str, str] | None = None
+        self, config: RunConfig, partition: Mapping[str, Any], option_values: Mapping[str, str] | None = None,
+        run_key: str | None = None,
     ) -> None:
         """Create the run and log its params, config and partition. ``option_values``: the
-        method's options with defaults, as :meth:`RunConfig.option_params` gives them
-        (computed here if not given; that loads the method, hence torch)."""
+        method's options with defaults, as :meth:`RunConfig.option_params` gives them, and
+        ``run_key``: :attr:`RunConfig.run_key` (both computed here if not given; that loads the
+        method, hence torch, which a helper process that only logs should not import)."""
         from mlflow.entities import Param
 
         self.connect()
@@ -210,7 +212,7 @@ class MlflowTracker:
             "fedbench.method": config.method,
             "fedbench.dataset": config.data.dataset,
             "fedbench.model": config.model.name,
-            "fedbench.run_key": config.run_key,
+            "fedbench.run_key": run_key or config.run_key,
             "fedbench.git_sha": git_sha(),
         }
         self._check_artifact_folder(experiment_id)
