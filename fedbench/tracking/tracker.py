@@ -212,7 +212,7 @@ class MlflowTracker:
             "fedbench.method": config.method,
             "fedbench.dataset": config.data.dataset,
             "fedbench.model": config.model.name,
-            "fedbench.run_key": run_key or config.run_key,
+            "fedbench.run_key": config.run_key if run_key is None else run_key,
             "fedbench.git_sha": git_sha(),
         }
         self._check_artifact_folder(experiment_id)
