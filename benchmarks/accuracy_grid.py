@@ -62,6 +62,7 @@ def summarize(result: engine.RunResult, wall_s: float) -> dict[str, Any]:
         "wall_s": wall_s,
         "rounds_reached": len(result.rounds),
         "stopped": result.stopped,
+        "continued_from_round": result.first_round,
         "last_eval": last_eval,
     }
 

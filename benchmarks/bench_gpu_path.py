@@ -124,8 +124,9 @@ def measure(method: str, path: str, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def plain_loop(args: argparse.Namespace, steps: int = 400, warmup: int = 40) -> dict[str, Any]:
+def plain_loop(args: argparse.Namespace) -> dict[str, Any]:
     """One model, batch 64, resident data, torch.optim.SGD: the sequential ceiling."""
+    steps, warmup = args.plain_steps, max(args.plain_steps // 10, 1)
     from fedbench.core.setup import load_dataset
     from fedbench.models import build_model
 
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--plain-steps", type=int, default=400, help="timed steps of the plain loop")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

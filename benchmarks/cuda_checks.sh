@@ -17,8 +17,12 @@
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
 # STEPS="1 1c 2 3" (the default; 1b, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
 # step 3; LONG_METHODS, LONG_ROUNDS, LONG_SECONDS, LONG_WORKERS and CKPT_DIR those of step 6.
-# Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow): runs go through
-# benchmarks/accuracy_grid.py. Install fedbench first (pip install --no-deps -e .) for its entry points.
+# Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow, no network): runs go
+# through benchmarks/accuracy_grid.py. Installs this checkout (pip install --no-deps
+# --no-build-isolation -e .) if the Python it runs does not import fedbench from here.
+# DEVICE=cpu rehearses steps 2-6 at toy size on the CPU (a small CNN, 1 local epoch, a few rounds,
+# a few seconds per step), so a GPU visit is not spent finding a broken command
+# (tests/test_cuda_checks.py runs it).
 set -u
 OUT=${1:?usage: cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]}
 FMNIST=${2:-}
@@ -26,71 +30,97 @@ GRID_SECONDS=${3:-300}
 GRID_METHODS=${GRID_METHODS:-fedavg,allsmall,heterofl,fedrolex,depthfl,progfed}
 PY=${PYTHON:-python3}
 STEPS=" ${STEPS:-1 1c 2 3} "
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if ! $PY -c "import fedbench, pathlib, sys; sys.exit(pathlib.Path(fedbench.__file__).parent != pathlib.Path('$ROOT/fedbench'))" 2>/dev/null; then
+  echo "== installing $ROOT (entry points: methods, models, data sets)"
+  $PY -m pip install -q --no-deps --no-build-isolation --no-index -e "$ROOT" \
+    || { echo "cuda_checks.sh: could not install fedbench; run: $PY -m pip install --no-deps --no-build-isolation -e $ROOT"; exit 1; }
+fi
+
+# The workload of steps 3-6: the figures' own, or a toy one that runs in seconds on a CPU.
+if [ "$DEVICE" = cpu ]; then
+  MODEL=(--set model.name=cnn) BENCH=(--device cpu --model cnn --epochs 1 --threads 2 --plain-steps 40) THREADS=2
+  PATHS_4=plain,transfer:3,resident:3,workers2:3 PATHS_5=resident:3 GRID_ROUNDS=2 LONG_EPOCHS=1 LONG_EVERY=2
+  LONG_ROUNDS=${LONG_ROUNDS:-6} LONG_SECONDS=${LONG_SECONDS:-5} LONG_WORKERS=${LONG_WORKERS:-2}
+else
+  MODEL=(--set model.name=resnet18 --set model.width=1.0) BENCH=(--device "$DEVICE") THREADS=8
+  PATHS_4=plain,transfer:6,resident:22,workers2:8,workers4:22 PATHS_5=resident:8 GRID_ROUNDS=30 LONG_EPOCHS=5
+  LONG_EVERY=20 LONG_ROUNDS=${LONG_ROUNDS:-400} LONG_SECONDS=${LONG_SECONDS:-480} LONG_WORKERS=${LONG_WORKERS:-4}
+fi
 
 { nvidia-smi -L; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
   'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"; nproc; } >"$OUT/env.txt" 2>&1
 
+if [ "$DEVICE" = cpu ] && [[ $STEPS == *" 1"* ]]; then
+  echo "== 1, 1b, 1c compare the memory model with CUDA's allocator: skipped on the CPU"
+  STEPS=${STEPS//" 1 "/ }; STEPS=${STEPS//" 1b "/ }; STEPS=${STEPS//" 1c "/ }
+fi
 if [[ $STEPS == *" 1 "* ]]; then
   echo "== 1. memory model vs CUDA allocator"
-  timeout 300 $PY benchmarks/bench_memory_cuda.py --per-tensor --json "$OUT/memory_cuda.json" >"$OUT/memory_cuda.md" 2>&1
+  timeout 300 $PY "$ROOT/benchmarks/bench_memory_cuda.py" --per-tensor --json "$OUT/memory_cuda.json" >"$OUT/memory_cuda.md" 2>&1
   tail -n 1 "$OUT/memory_cuda.md"
 fi
 if [[ $STEPS == *" 1b "* ]]; then
   echo "== 1b. memory model vs CUDA allocator, cuDNN workspace capped at 0"
-  CUDNN_CONV_WSCAP_DBG=0 timeout 150 $PY benchmarks/bench_memory_cuda.py --json "$OUT/memory_cuda_ws0.json" \
+  CUDNN_CONV_WSCAP_DBG=0 timeout 150 $PY "$ROOT/benchmarks/bench_memory_cuda.py" --json "$OUT/memory_cuda_ws0.json" \
     >"$OUT/memory_cuda_ws0.md" 2>&1
   tail -n 1 "$OUT/memory_cuda_ws0.md"
 fi
 if [[ $STEPS == *" 1c "* ]]; then
   echo "== 1c. what CUDA holds beyond the memory model, for the 4 largest excesses"
-  timeout 240 $PY benchmarks/bench_memory_cuda.py --models resnet18,cnn --explain 4 >"$OUT/memory_explain.md" 2>&1
+  timeout 240 $PY "$ROOT/benchmarks/bench_memory_cuda.py" --models resnet18,cnn --explain 4 >"$OUT/memory_explain.md" 2>&1
   grep "^###" "$OUT/memory_explain.md"
 fi
 if [[ $STEPS == *" 2 "* ]]; then
   echo "== 2. every method, 2 rounds on --device cuda"
-  timeout 60 $PY benchmarks/accuracy_grid.py \
+  timeout 60 $PY "$ROOT/benchmarks/accuracy_grid.py" \
     --methods "$($PY -c 'from fedbench import registry; print(",".join(p.name for p in registry.available("methods")))')" \
     --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 --set rounds=2 \
-    --set device=cuda --set tracking.enabled=false --out "$OUT/smoke.jsonl"
+    --set "device=$DEVICE" --set tracking.enabled=false --out "$OUT/smoke.jsonl"
 fi
 
 if [[ $STEPS == *" 3 "* ]] && [ -n "$FMNIST" ] && [ "$GRID_SECONDS" -gt 0 ]; then
   echo "== 3. full-width ResNet18 baselines on Fashion-MNIST (stops after ${GRID_SECONDS}s)"
-  timeout "$GRID_SECONDS" $PY benchmarks/accuracy_grid.py \
+  timeout "$GRID_SECONDS" $PY "$ROOT/benchmarks/accuracy_grid.py" \
     --methods "$GRID_METHODS" \
-    --set data.dataset=fashion-mnist --set "data.data_dir=$FMNIST" --set model.name=resnet18 \
-    --set model.width=1.0 --set fleet.profile=relative --set data.partition=dirichlet --set data.alpha=0.5 \
-    --set data.num_clients=100 --set rounds=30 --set train.local_epochs=1 --set eval_every=5 --set seed=42 \
-    --set threads=8 --set device=cuda --set tracking.enabled=false --out "$OUT/grid.jsonl"
+    --set data.dataset=fashion-mnist --set "data.data_dir=$FMNIST" "${MODEL[@]}" \
+    --set fleet.profile=relative --set data.partition=dirichlet --set data.alpha=0.5 \
+    --set data.num_clients=100 --set rounds=$GRID_ROUNDS --set train.local_epochs=1 --set eval_every=5 --set seed=42 \
+    --set threads=$THREADS --set "device=$DEVICE" --set tracking.enabled=false --out "$OUT/grid.jsonl"
 fi
 
 if [[ $STEPS == *" 4 "* ]]; then
   echo "== 4. GPU path: transfer vs resident vs K trainers per GPU, plain loop, profiles"
-  timeout 420 $PY benchmarks/bench_gpu_path.py ${FMNIST:+--data-dir "$FMNIST"} \
-    --paths plain,transfer:6,resident:22,workers2:8,workers4:22 --profile --out "$OUT" 2>&1 | tail -n 12
+  timeout 420 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" \
+    --paths "$PATHS_4" --profile --out "$OUT" 2>&1 | tail -n 12
 fi
 if [[ $STEPS == *" 5 "* ]]; then
   echo "== 5. DepthFL round vs FedAvg round, resident path"
   mkdir -p "$OUT/depthfl"
-  timeout 240 $PY benchmarks/bench_gpu_path.py ${FMNIST:+--data-dir "$FMNIST"} --paths resident:8 \
+  timeout 240 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" --paths "$PATHS_5" \
     --methods fedavg,depthfl --out "$OUT/depthfl" 2>&1 | tail -n 4
   cp "$OUT/depthfl/gpu_path.md" "$OUT/depthfl_ratio.md"; cp "$OUT/depthfl/gpu_path.json" "$OUT/depthfl_ratio.json"
   rm -r "$OUT/depthfl"
 fi
 if [[ $STEPS == *" 6 "* ]] && [ -n "$FMNIST" ]; then
-  LONG_SECONDS=${LONG_SECONDS:-480}
   CKPT_DIR=${CKPT_DIR:-gpu-checkpoints}
+  mkdir -p "$CKPT_DIR"
+  # Checkpoints that travelled back in parts (below) are put together again.
+  for first in "$CKPT_DIR"/*.ckpt.part-00; do
+    [ -f "$first" ] && cat "${first%-00}"-* >"${first%.part-00}" && rm "${first%-00}"-*
+  done
   echo "== 6. long horizon: ${LONG_METHODS:-neulite,fedavg,exclusivefl,allsmall}, stops after ${LONG_SECONDS}s, checkpoints in $CKPT_DIR"
-  timeout $((LONG_SECONDS + 120)) $PY benchmarks/accuracy_grid.py --methods "${LONG_METHODS:-neulite,fedavg,exclusivefl,allsmall}" \
-    --set data.dataset=fashion-mnist --set "data.data_dir=$FMNIST" --set model.name=resnet18 --set model.width=1.0 \
+  timeout $((LONG_SECONDS + 120)) $PY "$ROOT/benchmarks/accuracy_grid.py" --methods "${LONG_METHODS:-neulite,fedavg,exclusivefl,allsmall}" \
+    --set data.dataset=fashion-mnist --set "data.data_dir=$FMNIST" "${MODEL[@]}" \
     --set data.partition=dirichlet --set data.alpha=0.5 --set data.num_clients=100 --set fleet.profile=paper \
-    --set rounds="${LONG_ROUNDS:-400}" --set train.local_epochs=5 --set eval_every=20 --set seed=42 --set threads=8 \
-    --set device=cuda --set executor=process --set workers="${LONG_WORKERS:-4}" --set tracking.enabled=false \
-    --checkpoint-dir "$CKPT_DIR" --stop-after "$LONG_SECONDS" --out "$OUT/long.jsonl"
+    --set rounds="$LONG_ROUNDS" --set train.local_epochs=$LONG_EPOCHS --set eval_every=$LONG_EVERY --set seed=42 \
+    --set threads=$THREADS --set "device=$DEVICE" --set executor=process --set workers="$LONG_WORKERS" \
+    --set tracking.enabled=false --checkpoint-dir "$CKPT_DIR" --stop-after "$LONG_SECONDS" --out "$OUT/long.jsonl"
   ls -l "$CKPT_DIR"
   # The trip back: files of at most 16 MiB come back, so each checkpoint returns in 15 MiB parts;
-  # `cat NAME.ckpt.part-* > gpu-checkpoints/NAME.ckpt` here puts it together for the next visit.
+  # carried out again in CKPT_DIR, the parts are put together by the next invocation (above).
   for c in "$CKPT_DIR"/*.ckpt; do [ -f "$c" ] && split -b 15M -d "$c" "$OUT/$(basename "$c").part-"; done
 fi

@@ -27,37 +27,49 @@ class RandomCropFlip:
 
     ``mean``/``std`` are the data set's normalisation; they fix the fill value
     of the padding so that it matches zero-padding before normalisation.
+
+    The random choices are drawn (:meth:`draw`) apart from their application (:meth:`apply`):
+    a pass over a client's data draws every batch's choices on the CPU generator up front, in
+    batch order, and moves them to the GPU in one copy, so a resident run's steps wait on no
+    copy from the host, yet see the crops and flips a CPU run sees.
     """
 
     padding_px: int
     mean: Sequence[float]
     std: Sequence[float]
     flip_probability: float = 0.5
-    _fill: torch.Tensor = field(init=False, repr=False, compare=False)
+    _fill: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         fill = -torch.tensor(self.mean, dtype=torch.float32) / torch.tensor(self.std, dtype=torch.float32)
-        object.__setattr__(self, "_fill", fill.view(1, -1, 1, 1))
+        object.__setattr__(self, "_fill", tuple(fill.tolist()))
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, c, h, w = images.shape
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The choices for ``n`` images, a 3×n int64 CPU tensor: crop top, crop left, flip (0/1)."""
         pad = self.padding_px
-        padded = self._fill.to(images.device, images.dtype).expand(n, c, h + 2 * pad, w + 2 * pad).clone()
-        padded[:, :, pad : pad + h, pad : pad + w] = images
-        # Drawn on the CPU generator whatever the images' device, so a GPU run makes the same
-        # choices as a CPU run; the draws then travel in one small copy.
         top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         left = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         flip = torch.rand(n, generator=generator) < self.flip_probability
-        if images.device != top.device:
-            top, left, flip = torch.stack([top, left, flip.long()]).to(images.device).unbind(0)
-            flip = flip.bool()
+        return torch.stack([top, left, flip.long()])
+
+    def apply(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """``images`` cropped and flipped as ``draws`` (from :meth:`draw`, on the images' device) say."""
+        n, c, h, w = images.shape
+        pad = self.padding_px
+        padded = images.new_empty(n, c, h + 2 * pad, w + 2 * pad)
+        for channel, value in enumerate(self._fill):  # a scalar fill: nothing to copy to the device
+            padded[:, channel].fill_(value)
+        padded[:, :, pad : pad + h, pad : pad + w] = images
+        top, left, flip = draws.unbind(0)
         rows = top[:, None] + torch.arange(h, device=images.device)
         cols = left[:, None] + torch.arange(w, device=images.device)
         # A mirrored crop reads its columns right to left: crop and flip are one gather.
-        cols = torch.where(flip[:, None], cols.flip(1), cols)
+        cols = torch.where(flip.bool()[:, None], cols.flip(1), cols)
         out = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * pad))
         return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.apply(images, self.draw(images.shape[0], generator).to(images.device))
 
 
 def pixel_mean_std(images: torch.Tensor, chunk_images: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:

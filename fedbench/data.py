@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,6 +22,18 @@ from fedbench.errors import DataNotFoundError
 
 # A batch augmentation: (float images N×C×H×W, generator) -> augmented images.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@runtime_checkable
+class DrawnAugment(Protocol):
+    """An augmentation whose random choices can be drawn ahead of the images they apply to
+    (:class:`fedbench.datasets.transforms.RandomCropFlip`). ``draw(n, generator)`` returns the
+    choices for ``n`` images as a tensor whose last dimension is the image; drawing for several
+    batches one after the other must consume ``generator`` as the batches' own calls would."""
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    def apply(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(eq=False)
@@ -97,6 +110,35 @@ class ImageDataset:
         if self.augment is not None and generator is not None:
             images = self.augment(images, generator)
         return images, self.train_labels[indices]
+
+    def training_batches(
+        self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass over the samples ``order`` (in that order) in batches of ``batch_size``,
+        normalised and, with a generator, augmented; a last batch of one sample is left out,
+        since BatchNorm cannot train on it.
+
+        A :class:`DrawnAugment`'s choices for the whole pass are drawn first, in batch order, then
+        copied to the data's device with ``order``: two copies per pass instead of one per batch,
+        so on a GPU no training step waits for the host. The draws are the numbers per-batch
+        :meth:`train_batch` calls would make, and leave ``generator`` in the same state."""
+        num = int(order.numel())
+        sizes = [n for n in (min(batch_size, num - start) for start in range(0, num, batch_size)) if n >= 2]
+        order = order.to(self.device)
+        augment = self.augment if generator is not None else None
+        drawn = augment if isinstance(augment, DrawnAugment) and sizes else None
+        if drawn is not None:
+            draws = torch.cat([drawn.draw(n, generator) for n in sizes], dim=-1).to(self.device)
+        start = 0
+        for n in sizes:
+            batch = order[start : start + n]
+            images = self.normalize(self.train_images[batch])
+            if drawn is not None:
+                images = drawn.apply(images, draws[..., start : start + n])
+            elif augment is not None:
+                images = augment(images, generator)
+            yield images, self.train_labels[batch]
+            start += n
 
     def test_batches(self, batch_size: int):
         """Yields normalised test batches in order."""

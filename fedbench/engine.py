@@ -42,6 +42,7 @@ class RunResult:
     rounds: list[RoundResult] = field(default_factory=list)
     partition: dict = field(default_factory=dict)
     stopped: bool = False  # True: ``stop_after_s`` ended the run before its last round (resumable)
+    first_round: int = 0  # the round this call began with: > 0 when it continued a checkpoint
 
     def metric(self, key: str) -> list[float]:
         """The values of ``key`` over the rounds that logged it."""
@@ -201,7 +202,7 @@ def _run_prepared(
             raise
     if saved is not None:
         restore(method, saved)
-        first_round = saved.round_idx + 1
+        first_round = result.first_round = saved.round_idx + 1
         result.rounds = [RoundResult(int(r["round"]), {k: v for k, v in r.items() if k != "round"})
                          for r in saved.metric_rows]
     rows = [{"round": r.round_idx, **r.metrics} for r in result.rounds]

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fedbench.data import ImageDataset
 from fedbench.datasets import cifar, cinic10, fashion_mnist, femnist, mini_imagenet
 from fedbench.datasets.idx import write_idx
 from fedbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip, pixel_mean_std
@@ -448,3 +449,31 @@ def test_pixel_mean_std_matches_a_direct_computation():
     as_float = images.double() / 255
     torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), as_float.mean(dim=(0, 2, 3)))
     torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), as_float.std(dim=(0, 2, 3), unbiased=False))
+
+
+def _tiny_augmented_set(augment) -> ImageDataset:
+    images = torch.randint(0, 256, (23, 3, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(23) % 10
+    return ImageDataset("tiny", images, labels, images[:4], labels[:4], 10, IMAGENET_MEAN, IMAGENET_STD,
+                        augment=augment)
+
+
+@pytest.mark.parametrize("drawn_ahead", [True, False])
+@pytest.mark.parametrize("batch_size", [5, 11, 22])  # last batches of 3, 1 (left out) and 1
+def test_a_pass_makes_the_batches_per_batch_calls_make_and_leaves_the_generator_as_they_do(drawn_ahead, batch_size):
+    """training_batches draws a pass's augmentation up front (one copy to a GPU): the same crops and
+    flips, batch for batch, as drawing per batch, and the generator ends in the same state.
+    An augmentation without draw/apply (a plain callable) is called per batch."""
+    crop_flip = RandomCropFlip(2, IMAGENET_MEAN, IMAGENET_STD)
+    dataset = _tiny_augmented_set(crop_flip if drawn_ahead else lambda images, g: crop_flip(images, g))
+    order = torch.randperm(23, generator=torch.Generator().manual_seed(1))
+    ahead, per_batch = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    batches = list(dataset.training_batches(order, batch_size, ahead))
+    expected = [dataset.train_batch(order[s : s + batch_size], per_batch) for s in range(0, 23, batch_size)
+                if len(order[s : s + batch_size]) >= 2]
+    assert len(batches) == len(expected) == 23 // batch_size + (23 % batch_size >= 2)
+    for (images, labels), (want_images, want_labels) in zip(batches, expected, strict=True):
+        assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
+    assert torch.equal(ahead.get_state(), per_batch.get_state())
+    plain = list(dataset.training_batches(order, batch_size))  # no generator: normalised, not augmented
+    assert torch.equal(plain[0][0], dataset.normalize(dataset.train_images[order[:batch_size]]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from typer.testing import CliRunner
 
 from fedbench import engine
@@ -88,6 +89,33 @@ def test_augmentation_draws_the_same_choices_wherever_the_images_are():
     on_cpu.train_batch(batch, first)
     moved.train_batch(batch, second)
     assert torch.equal(first.get_state(), second.get_state())
+
+
+class HostToDeviceCopies(TorchFunctionMode):
+    """Counts the operations that take a CPU tensor and return one on another device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        from_cpu = any(isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in args)
+        if from_cpu and isinstance(result, torch.Tensor) and result.device.type != "cpu":
+            self.count += 1
+        return result
+
+
+@pytest.mark.parametrize("batch_size", [2, 4, 10])
+def test_a_resident_pass_copies_to_the_device_twice_whatever_its_number_of_batches(batch_size):
+    """A copy from the host waits for the GPU (torch synchronises the stream on a blocking copy), so
+    none may happen per batch: a pass copies its order and its augmentation draws, once each."""
+    _, moved = _meta_dataset()
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    with HostToDeviceCopies() as copies:
+        batches = list(moved.training_batches(order, batch_size, torch.Generator().manual_seed(1)))
+    assert len(batches) == 20 // batch_size and batches[0][0].device.type == "meta"
+    assert copies.count == 2
 
 
 def test_aggregation_runs_where_the_states_are():

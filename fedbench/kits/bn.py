@@ -46,13 +46,11 @@ def recompute_bn_statistics(
     used = 0
     try:
         with placed_on(model, device):
-            for start in range(0, int(indices.numel()), batch_size):
-                batch = indices[start : start + batch_size]
-                if batch.numel() < 2:  # a one-sample batch has no variance
-                    continue
-                images, _ = dataset.train_batch(batch, generator)  # drawn on the CPU, as in training
+            # Augmentation drawn on the CPU generator, as in training; a one-sample batch, which has
+            # no variance, is left out.
+            for images, _ in dataset.training_batches(indices, batch_size, generator):
                 model(images.to(device))
-                used += int(batch.numel())
+                used += int(images.shape[0])
     finally:
         for m, (momentum, track) in zip(layers, saved, strict=True):
             m.momentum, m.track_running_stats = momentum, track

@@ -85,8 +85,9 @@ def local_sgd(
     """``train.local_epochs`` epochs of minibatch SGD on the samples ``indices``.
 
     Runs where ``model`` is (see :func:`placed_on`). Batches are made where the data set is
-    (:meth:`ImageDataset.to`: on the GPU for a resident run, with one copy of the epoch's
-    order per epoch) and moved to the model if that is elsewhere. Only parameters with ``requires_grad`` are optimised, so a method freezes a
+    (:meth:`ImageDataset.training_batches`: on the GPU for a resident run, with the epoch's
+    order and augmentation choices copied there once per epoch) and moved to the model if that
+    is elsewhere. Only parameters with ``requires_grad`` are optimised, so a method freezes a
     part of the model by switching it off before the call. Batches are shuffled
     with ``generator`` (seeded per round and client). The last partial batch is
     kept, except a batch of one sample, which BatchNorm cannot train on.
@@ -95,21 +96,13 @@ def local_sgd(
     """
     model.train()
     device = model_device(model)
-    data_device = dataset.device
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), train)
     num = int(indices.numel())
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     steps = 0
     for _ in range(train.local_epochs):
         order = indices[torch.randperm(num, generator=generator)]
-        if order.device != data_device:
-            order = order.to(data_device)
-        for start in range(0, num, train.batch_size):
-            batch = order[start : start + train.batch_size]
-            if batch.numel() < 2:
-                continue
-            # Augmentation draws on the CPU generator wherever the data is, so choices match a CPU run's.
-            images, labels = dataset.train_batch(batch, generator)
+        for images, labels in dataset.training_batches(order, train.batch_size, generator):
             images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model, images, labels)

@@ -1,0 +1,76 @@
+"""benchmarks/cuda_checks.sh rehearsed on the CPU (``DEVICE=cpu``): every step that runs on a GPU
+machine runs here at toy size, so a short GPU visit is not spent finding a broken command, and a
+long run's checkpoint makes the trip back in parts and out again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedbench import registry
+from fedbench.datasets.idx import write_idx
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_checks.sh"
+
+
+def toy_fashion_mnist(folder: Path) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for split, n in (("train", 600), ("t10k", 100)):
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8))
+    return folder
+
+
+def rehearse(out: Path, data: Path, steps: str, **env: str) -> str:
+    settings = {**os.environ, "DEVICE": "cpu", "STEPS": steps, "PYTHON": sys.executable, **env}
+    done = subprocess.run(["bash", str(SCRIPT), str(out), str(data)], env=settings, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("split") is None, reason="needs bash and split")
+def test_every_gpu_step_runs_on_the_cpu_and_a_stopped_run_continues_from_its_returned_parts(tmp_path):
+    data = toy_fashion_mnist(tmp_path / "fashion-mnist")
+    out, first_ckpt = tmp_path / "out", tmp_path / "ckpt-first-visit"
+    long_run = {"LONG_METHODS": "fedavg", "LONG_ROUNDS": "8"}
+    printed = rehearse(out, data, "1 2 4 5 6", CKPT_DIR=str(first_ckpt), LONG_SECONDS="1", **long_run)
+    assert "skipped on the CPU" in printed
+
+    smoke = lines(out / "smoke.jsonl")  # step 2: every registered method, two rounds
+    assert sorted(r["method"] for r in smoke) == sorted(p.name for p in registry.available("methods"))
+    assert all("error" not in r and r["rounds_reached"] == 2 for r in smoke)
+    paths = {r["path"]: r for r in json.loads((out / "gpu_path.json").read_text())}  # step 4
+    assert set(paths) == {"plain", "transfer", "resident", "workers2"}
+    assert paths["plain"]["images_per_s"] > 0 and all(paths[p]["steady_round_s"] > 0 for p in paths if p != "plain")
+    assert (out / "profile_fedavg_resident.txt").is_file() and (out / "profile_fedavg_transfer.txt").is_file()
+    ratio = {r["method"]: r for r in json.loads((out / "depthfl_ratio.json").read_text())}  # step 5
+    assert set(ratio) == {"fedavg", "depthfl"}
+
+    stopped = lines(out / "long.jsonl")  # step 6: stopped in time, its checkpoint sent back in parts
+    assert len(stopped) == 1 and stopped[0]["stopped"] and stopped[0]["rounds_reached"] < 8
+    parts = sorted(out.glob("fedavg-*.ckpt.part-*"))
+    assert parts and b"".join(p.read_bytes() for p in parts) == next(first_ckpt.glob("*.ckpt")).read_bytes()
+
+    # The next visit: only the parts travel out; the step puts the checkpoint together and continues.
+    next_ckpt = tmp_path / "ckpt-next-visit"
+    next_ckpt.mkdir()
+    for part in parts:
+        shutil.copy(part, next_ckpt / part.name)
+    rehearse(tmp_path / "out-next", data, "6", CKPT_DIR=str(next_ckpt), LONG_SECONDS="120", **long_run)
+    assert not list(next_ckpt.glob("*.part-*")) and len(list(next_ckpt.glob("*.ckpt"))) == 1
+    (continued,) = lines(tmp_path / "out-next" / "long.jsonl")
+    assert continued["continued_from_round"] == stopped[0]["rounds_reached"] > 0
+    assert continued["rounds_reached"] == 8 and not continued["stopped"]
