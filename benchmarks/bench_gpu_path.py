@@ -12,12 +12,16 @@ without it), 100 clients, Dirichlet alpha 0.5, 10 clients per round, ``--epochs`
                 goes to the GPU and back, batches are made on the CPU.
 ``resident``    the default on a GPU: data (uint8), models and aggregation stay on the GPU.
 ``workersK``    ``resident`` with ``--executor process --workers K``: K trainers share the GPU.
+``graphs``      ``resident`` with ``cuda_graphs``: each client's full-size steps replayed from a
+                CUDA graph; ``graphs-workersK`` both.
 ``plain``       a plain PyTorch loop training one model at batch 64 on the same resident data
                 (``torch.optim.SGD``): the images/s a sequential client could reach at best.
 
 For every (method, path): the first round (start-up and warm-up included), the steady round time
 (median of rounds 2 .. R-1; the last round also evaluates), images/s of a FedAvg round, the
-evaluation time, and the projected time of a paper cell: start-up + 1,600 steady rounds + 160
+evaluation time, the accuracy after the last round (paths of the same number of rounds train the
+same clients on the same samples, so they agree up to GPU non-determinism), and the projected time
+of a paper cell: start-up + 1,600 steady rounds + 160
 evaluations (every 10 rounds). ``--profile`` also writes, for the serial paths, the operators of
 one steady round by GPU time and the share of the round the GPU was busy (``profile_<path>.txt``).
 Writes ``OUT/gpu_path.json`` (one object per row) and ``OUT/gpu_path.md`` (the table). CPU-only
@@ -54,7 +58,10 @@ def workload(method: str, path: str, args: argparse.Namespace) -> RunConfig:
     }
     if path == "transfer":
         overrides["resident"] = False
-    elif path.startswith("workers"):
+    if path.startswith("graphs"):
+        overrides["cuda_graphs"] = True
+        path = path.removeprefix("graphs").removeprefix("-")
+    if path.startswith("workers"):
         overrides.update(executor="process", workers=int(path.removeprefix("workers")))
     return make_config(overrides=overrides)
 
@@ -97,7 +104,7 @@ def measure(method: str, path: str, args: argparse.Namespace) -> dict[str, Any]:
     config = workload(method, path, args)
     stamps: list[float] = []
     rounds: list[engine.RoundResult] = []
-    profiler = Profiler(args.out, f"{method}_{path}") if args.profile and not path.startswith("workers") else None
+    profiler = Profiler(args.out, f"{method}_{path}") if args.profile and "workers" not in path else None
 
     def on_round(finished: engine.RoundResult) -> None:
         if args.device != "cpu":
@@ -157,7 +164,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     base = {r["method"]: r["steady_round_s"] for r in rows if r.get("path") == "transfer"}
     fedavg = {r["path"]: r["steady_round_s"] for r in rows if r.get("method") == "fedavg" and "steady_round_s" in r}
     lines = ["| method | path | first round s | steady round s | vs transfer | vs FedAvg (same path) | images/s "
-             "| eval s | paper cell (1,600 rounds) min |", "|---" * 9 + "|"]
+             "| eval s | paper cell (1,600 rounds) min | accuracy after the last round |", "|---" * 10 + "|"]
 
     def cell(value: Any, spec: str) -> str:
         return "" if value is None else format(value, spec)
@@ -168,7 +175,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         relative = steady / fedavg[r["path"]] if steady and r["path"] in fedavg else None
         lines.append(f"| {r['method']} | {r['path']} | {cell(r.get('first_round_s'), '.2f')} | {cell(steady, '.3f')} "
                      f"| {cell(speedup, '.2f')} | {cell(relative, '.2f')} | {cell(r.get('images_per_s'), ',.0f')} "
-                     f"| {cell(r.get('eval_s'), '.2f')} | {cell(r.get('paper_cell_min'), '.0f')} |")
+                     f"| {cell(r.get('eval_s'), '.2f')} | {cell(r.get('paper_cell_min'), '.0f')} "
+                     f"| {cell(r.get('accuracy'), '.4f')} |")
     return "\n".join(lines) + "\n"
 
 

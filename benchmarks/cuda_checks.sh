@@ -8,15 +8,17 @@
 #      (torch's allocator history with C++ frames)          -> OUT/memory_explain.md
 #   2. one 2-round --device cuda run of every registered method on synthetic data -> OUT/smoke.jsonl
 #   3. the width/depth baselines at full width, ResNet18 on Fashion-MNIST, 30 rounds -> OUT/grid.jsonl
-#   4. the GPU path: round times of the transfer path, the resident path and 2/4 trainers per GPU,
-#      a plain PyTorch loop's images/s, one profiled round per serial path -> OUT/gpu_path.{md,json},
-#      OUT/profile_*.txt
-#   5. DepthFL's round against FedAvg's on the resident path           -> OUT/depthfl_ratio.{md,json}
+#   4. the GPU path: round times of the transfer path, the resident path, CUDA graphs and 4 trainers
+#      per GPU, a plain PyTorch loop's images/s, one profiled round per serial path
+#                                                   -> OUT/gpu_path.{md,json}, OUT/profile_*.txt
+#   5. DepthFL's round against FedAvg's on the resident path, eager and graphed
+#                                                                       -> OUT/depthfl_ratio.{md,json}
 #   6. the long-horizon comparison (full-width ResNet18, 5 local epochs), stopped in time with its
 #      checkpoints under CKPT_DIR, continued by the next invocation     -> OUT/long.jsonl
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
 # STEPS="1 1c 2 3" (the default; 1b, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
-# step 3; LONG_METHODS, LONG_ROUNDS, LONG_SECONDS, LONG_WORKERS and CKPT_DIR those of step 6.
+# step 3; LONG_METHODS, LONG_ROUNDS, LONG_SECONDS, LONG_WORKERS, LONG_GRAPHS (true: CUDA graphs) and
+# CKPT_DIR those of step 6.
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow, no network): runs go
 # through benchmarks/accuracy_grid.py. Installs this checkout (pip install --no-deps
 # --no-build-isolation -e .) if the Python it runs does not import fedbench from here.
@@ -47,7 +49,8 @@ if [ "$DEVICE" = cpu ]; then
   LONG_ROUNDS=${LONG_ROUNDS:-6} LONG_SECONDS=${LONG_SECONDS:-5} LONG_WORKERS=${LONG_WORKERS:-2}
 else
   MODEL=(--set model.name=resnet18 --set model.width=1.0) BENCH=(--device "$DEVICE") THREADS=8
-  PATHS_4=plain,transfer:6,resident:22,workers2:8,workers4:22 PATHS_5=resident:8 GRID_ROUNDS=30 LONG_EPOCHS=5
+  PATHS_4=plain,transfer:6,resident:12,graphs:22,workers4:12,graphs-workers4:22 PATHS_5=resident:8,graphs:8
+  GRID_ROUNDS=30 LONG_EPOCHS=5
   LONG_EVERY=20 LONG_ROUNDS=${LONG_ROUNDS:-400} LONG_SECONDS=${LONG_SECONDS:-480} LONG_WORKERS=${LONG_WORKERS:-4}
 fi
 
@@ -75,7 +78,7 @@ if [[ $STEPS == *" 1c "* ]]; then
   grep "^###" "$OUT/memory_explain.md"
 fi
 if [[ $STEPS == *" 2 "* ]]; then
-  echo "== 2. every method, 2 rounds on --device cuda"
+  echo "== 2. every method, 2 rounds on --device $DEVICE"
   timeout 60 $PY "$ROOT/benchmarks/accuracy_grid.py" \
     --methods "$($PY -c 'from fedbench import registry; print(",".join(p.name for p in registry.available("methods")))')" \
     --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 --set rounds=2 \
@@ -93,7 +96,7 @@ if [[ $STEPS == *" 3 "* ]] && [ -n "$FMNIST" ] && [ "$GRID_SECONDS" -gt 0 ]; the
 fi
 
 if [[ $STEPS == *" 4 "* ]]; then
-  echo "== 4. GPU path: transfer vs resident vs K trainers per GPU, plain loop, profiles"
+  echo "== 4. GPU path: transfer vs resident vs CUDA graphs vs K trainers per GPU, plain loop, profiles"
   timeout 420 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" \
     --paths "$PATHS_4" --profile --out "$OUT" 2>&1 | tail -n 12
 fi
@@ -118,7 +121,8 @@ if [[ $STEPS == *" 6 "* ]] && [ -n "$FMNIST" ]; then
     --set data.partition=dirichlet --set data.alpha=0.5 --set data.num_clients=100 --set fleet.profile=paper \
     --set rounds="$LONG_ROUNDS" --set train.local_epochs=$LONG_EPOCHS --set eval_every=$LONG_EVERY --set seed=42 \
     --set threads=$THREADS --set "device=$DEVICE" --set executor=process --set workers="$LONG_WORKERS" \
-    --set tracking.enabled=false --checkpoint-dir "$CKPT_DIR" --stop-after "$LONG_SECONDS" --out "$OUT/long.jsonl"
+    --set cuda_graphs="${LONG_GRAPHS:-false}" --set tracking.enabled=false --checkpoint-dir "$CKPT_DIR" \
+    --stop-after "$LONG_SECONDS" --out "$OUT/long.jsonl"
   ls -l "$CKPT_DIR"
   # The trip back: files of at most 16 MiB come back, so each checkpoint returns in 15 MiB parts;
   # carried out again in CKPT_DIR, the parts are put together by the next invocation (above).

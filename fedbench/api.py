@@ -15,7 +15,8 @@ What a method gets
     :class:`Workload` are what the hooks exchange with the engine.
 
 Shared pieces a method calls instead of re-implementing them
-    :func:`local_sgd` (the one local training loop, with a ``loss_fn`` hook),
+    :func:`local_sgd` (the one local training loop, with a ``loss_fn`` hook;
+    :func:`graph_safe` marks a loss that a GPU run may replay from a CUDA graph),
     :func:`weighted_average` / :func:`normalized_weights` (FedAvg averaging),
     :func:`overlap_count_average` (HeteroFL-style averaging of slices),
     :mod:`slicing` (width sub-models), :mod:`cutting` (depth/stage sub-models,
@@ -75,6 +76,7 @@ from fedbench.seeding import Stream, derive_seed, numpy_rng, torch_generator
 from fedbench.simulation.clock import DeviceCost, DeviceTime, VirtualClock, earliest, state_bytes
 from fedbench.simulation.fleet import Fleet
 from fedbench.training.aggregate import normalized_weights, overlap_count_average, weighted_average
+from fedbench.training.graphs import graph_safe
 from fedbench.training.loop import LocalResult, LossFn, cross_entropy_loss, local_sgd, placed_on
 
 __all__ = [
@@ -83,7 +85,7 @@ __all__ = [
     # errors a method raises for bad input
     "ConfigError", "FedbenchError", "MemoryBudgetError", "PluginError",
     # training, averaging, evaluation
-    "LocalResult", "LossFn", "cross_entropy_loss", "evaluate", "local_sgd", "normalized_weights",
+    "LocalResult", "LossFn", "cross_entropy_loss", "evaluate", "graph_safe", "local_sgd", "normalized_weights",
     "overlap_count_average", "placed_on", "weighted_average",
     # seeded randomness
     "Stream", "derive_seed", "numpy_rng", "torch_generator",

@@ -154,7 +154,7 @@ WEIGHTINGS = ("uniform", "samples")
 # How a round's local updates run (fedbench/execution/executors.py).
 EXECUTORS = ("serial", "process", "ray")
 # RunConfig fields that decide where work runs, never what it computes: not in the run key.
-EXECUTION_FIELDS = ("executor", "workers", "executor_threads", "resident")
+EXECUTION_FIELDS = ("executor", "workers", "executor_threads", "resident", "cuda_graphs")
 # Compute devices a run may use (RunConfig.device).
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -213,6 +213,10 @@ class RunConfig:
     # and each client's model goes to the GPU and back (the simpler path, kept to compare against).
     # Not part of the run key: both compute the same thing.
     resident: bool = True
+    # On a resident GPU run: replay each client's full-size local steps from a captured CUDA graph
+    # (fedbench/training/graphs.py), for the losses marked safe to replay. The same kernels, so not
+    # part of the run key.
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         # Freeze the options mapping so the whole tree is immutable and hashable in spirit.
@@ -262,6 +266,11 @@ class RunConfig:
             f"device {self.device} runs with the serial or process executor (got executor 'ray'); for several "
             "trainers on one GPU use --executor process --workers K, for GPU cells on a Ray cluster "
             "`fedbench sweep GRID --executor ray` (docs/gpu.md)",
+        )
+        _require(
+            not self.cuda_graphs or (self.device != "cpu" and self.resident),
+            f"cuda_graphs needs the resident GPU path (got device {self.device}"
+            f"{', resident=false' if not self.resident else ''}); use --device cuda, or drop --cuda-graphs",
         )
         _require(
             self.device == "cpu" or self.executor == "serial" or self.resident,

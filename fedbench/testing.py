@@ -280,6 +280,8 @@ def _feed(digest: Any, value: Any, shared: set[int], seen: set[int]) -> None:
         digest.update(repr(sorted(map(repr, value))).encode())
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
+            if not f.compare:  # not part of the value by the class's own account (a cache)
+                continue
             digest.update(f.name.encode())
             _feed(digest, getattr(value, f.name), shared, seen)
     elif callable(value):

@@ -47,6 +47,7 @@ from fedbench.api import (
     check_block_index,
     exit_heads,
     format_bytes,
+    graph_safe,
     numpy_rng,
     overlap_count_average,
     placed_on,
@@ -202,6 +203,7 @@ class FedDynTerm(torch.autograd.Function):
             part if len(shape) == 1 else part.view(shape) for part, shape in zip(parts, ctx.shapes, strict=True)))
 
 
+@graph_safe
 @dataclass(frozen=True)
 class DepthFLLoss:
     """DepthFL's local objective (spec §8.4), a hashable LossFn so the memory model can cache it:

@@ -52,6 +52,7 @@ from fedbench.api import (
     derive_seed,
     evaluate,
     format_bytes,
+    graph_safe,
     nhsic,
     one_hot,
     output_module,
@@ -220,25 +221,28 @@ class CurriculumLoss:
 
 
 class LossStats:
-    """Running sums of one device's loss terms, kept on the training device (no sync per batch)."""
+    """Running sums of one device's loss terms, kept on the training device (no sync per batch).
+
+    The sums are one tensor made at the first batch and added to in place, with no Python state
+    per batch, so the curriculum loss can be replayed from a CUDA graph (:func:`graph_safe`);
+    the number of batches is the local loop's step count."""
 
     def __init__(self) -> None:
         self.sums: torch.Tensor | None = None  # ce, nhsic_zx, nhsic_py, dropped batches
-        self.batches = 0
 
     def add(self, terms: LossTerms) -> None:
         used = terms.used.to(terms.ce.dtype)  # nHSIC means over the batches whose terms entered the loss
         values = torch.stack([terms.ce, terms.nhsic_zx * used, terms.nhsic_py * used, 1.0 - used])
-        values = values.detach().to(torch.float64)
-        self.sums = values if self.sums is None else self.sums + values
-        self.batches += 1
+        if self.sums is None:
+            self.sums = torch.zeros(4, dtype=torch.float64, device=values.device)
+        self.sums.add_(values.detach().to(torch.float64))
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self, batches: int) -> dict[str, float]:
         if self.sums is None:
             return {}
         ce, zx, py, dropped = (float(v) for v in self.sums.cpu())
-        used = max(self.batches - int(dropped), 1)
-        return {"ce": ce / max(self.batches, 1), "nhsic_zx": zx / used, "nhsic_py": py / used,
+        used = max(batches - int(dropped), 1)
+        return {"ce": ce / max(batches, 1), "nhsic_zx": zx / used, "nhsic_py": py / used,
                 "dropped_batches": dropped}
 
 
@@ -352,13 +356,14 @@ class NeuLite(Method):
         if work.loss_fn is not None:
             curriculum: CurriculumLoss = work.loss_fn  # type: ignore[assignment]
 
+            @graph_safe
             def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                 terms = curriculum.terms(model, images, labels)  # type: ignore[arg-type]
                 stats.add(terms)
                 return terms.loss
 
         update = self.train_client(worker, client, loss_fn=loss_fn)
-        update.extra.update(stats.as_dict())
+        update.extra.update(stats.as_dict(update.num_steps))
         return update
 
     def aggregate(self, round_idx: int, updates: Sequence[Update]) -> None:

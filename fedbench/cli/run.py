@@ -59,6 +59,7 @@ def run(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads." + default_note(RUN_DEFAULTS.threads))] = None,
     device: Annotated[str | None, typer.Option(help="Where training and evaluation compute: cpu, cuda or cuda:N (docs/gpu.md)." + default_note(RUN_DEFAULTS.device))] = None,
     resident: Annotated[bool | None, typer.Option("--resident/--no-resident", hidden=True, help="With a GPU: keep data and models on it for the run (--no-resident: move each client's model there and back, the path kept to compare against; docs/gpu.md).")] = None,
+    cuda_graphs: Annotated[bool | None, typer.Option("--cuda-graphs/--no-cuda-graphs", help="With a GPU: replay each client's local steps from a captured CUDA graph (docs/gpu.md)." + default_note(RUN_DEFAULTS.cuda_graphs))] = None,
     executor: Annotated[str | None, typer.Option(help="Where local updates run: serial, process or ray (docs/executors.md)." + default_note(RUN_DEFAULTS.executor))] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes or Ray actors of the process/ray executor." + default_note(RUN_DEFAULTS.workers))] = None,
     executor_threads: Annotated[int | None, typer.Option(help="torch threads per local update (default: threads // workers; serial: threads).")] = None,
@@ -90,7 +91,8 @@ def run(
             "train.momentum": momentum, "train.weight_decay": weight_decay, "weighting": weighting,
             "clients_per_round": clients_per_round, "rounds": rounds, "eval_every": eval_every,
             "info_plane": info_plane,
-            "seed": seed, "threads": threads, "device": device, "resident": resident, "tracking.uri": tracking_uri,
+            "seed": seed, "threads": threads, "device": device, "resident": resident, "cuda_graphs": cuda_graphs,
+            "tracking.uri": tracking_uri,
             "executor": executor, "workers": workers, "executor_threads": executor_threads,
             "tracking.experiment": experiment, "tracking.run_name": run_name, "tracking.keep_checkpoint": keep_checkpoint,
             "fleet.profile": fleet, "fleet.low_mb": low_mb, "fleet.high_mb": high_mb,
@@ -107,7 +109,7 @@ def run(
                                       "'fedbench run' or from mlflow ui")
                 cfg, tracker = _resumable_run(resume, tracking_uri)
                 execution = {"executor": executor, "workers": workers, "executor_threads": executor_threads,
-                             "resident": resident}
+                             "resident": resident, "cuda_graphs": cuda_graphs}
                 cfg = dataclasses.replace(cfg, **{k: v for k, v in execution.items() if v is not None})
             else:
                 cfg = make_config(config, overrides)

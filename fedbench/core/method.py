@@ -45,7 +45,8 @@ from fedbench.kits.hsic import SIGMA, balanced_probe, block_information_plane
 from fedbench.models import BlockModel
 from fedbench.simulation.clock import DeviceCost, DeviceTime, device_time
 from fedbench.training.aggregate import normalized_weights, weighted_average
-from fedbench.training.loop import LossFn, cross_entropy_loss, local_sgd, placed_on
+from fedbench.training.graphs import graph_safe, step_graphs
+from fedbench.training.loop import LossFn, cross_entropy_loss, local_sgd, model_device, placed_on
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,6 +247,9 @@ class Method:
         if loss_fn is None:
             def loss_fn(m: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                 return self.loss(m, images, labels, client)
+
+            if type(self).loss is Method.loss:  # cross-entropy: safe to replay from a CUDA graph
+                graph_safe(loss_fn)
         with placed_on(model, client.device):  # --device cuda: computes there, comes back
             client.start_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             result = local_sgd(
@@ -256,6 +260,7 @@ class Method:
                 client.generator,
                 loss_fn=loss_fn,
                 max_grad_norm=max_grad_norm,
+                graphs=step_graphs(model_device(model), self.ctx.config.cuda_graphs),
             )
         client.start_weights = {}
         source = sent if sent is not None else model

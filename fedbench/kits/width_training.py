@@ -18,11 +18,13 @@ meta copy) carries it and the memory model counts the extra tensor it creates.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fedbench.training.graphs import graph_safe
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -59,22 +61,39 @@ def use_batch_statistics(model: nn.Module) -> None:
             module.track_running_stats = False
 
 
+@graph_safe
 @dataclass(frozen=True)
 class MaskedCrossEntropy:
     """Cross-entropy after zeroing the logits of the classes a client does not hold.
 
     ``classes`` are the labels present in the client's shard. A value object (hashable,
-    equal by content), so the memory model's cache treats equal masks as one loss.
+    equal by content), so the memory model's cache treats equal masks as one loss. The mask is
+    made once per device and kept (not pickled): made per batch it would be a copy from the host,
+    which on a GPU waits for the queued steps, and cannot be replayed from a CUDA graph.
     """
 
     classes: tuple[int, ...]
     num_classes: int
+    _masks: dict[torch.device, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def absent(self, device: torch.device) -> torch.Tensor:
+        mask = self._masks.get(device)
+        if mask is None:
+            mask = torch.ones(self.num_classes, dtype=torch.bool)
+            mask[list(self.classes)] = False
+            mask = self._masks[device] = mask.to(device)
+        return mask
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = model(images)
-        absent = torch.ones(self.num_classes, dtype=torch.bool, device=logits.device)
-        absent[list(self.classes)] = False
-        return F.cross_entropy(logits.masked_fill(absent, 0.0), labels)
+        return F.cross_entropy(logits.masked_fill(self.absent(logits.device), 0.0), labels)
+
+    def __getstate__(self) -> dict:
+        return {"classes": self.classes, "num_classes": self.num_classes}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in {**state, "_masks": {}}.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def of(cls, labels: Iterable[int], num_classes: int) -> MaskedCrossEntropy:

@@ -17,12 +17,14 @@ from torch import nn
 
 from fedbench.config import TrainConfig
 from fedbench.data import ImageDataset
+from fedbench.training.graphs import GraphedSteps, StepGraph, graph_safe, is_graph_safe
 from fedbench.training.sgd import LocalSGD
 
 # (model, images, labels) -> scalar loss. NeuLite adds nHSIC terms, FedProx a proximal term.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+@graph_safe
 def cross_entropy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(images), labels)
 
@@ -81,6 +83,7 @@ def local_sgd(
     generator: torch.Generator,
     loss_fn: LossFn = cross_entropy_loss,
     max_grad_norm: float | None = None,
+    graphs: Callable[[], StepGraph] | None = None,
 ) -> LocalResult:
     """``train.local_epochs`` epochs of minibatch SGD on the samples ``indices``.
 
@@ -92,26 +95,35 @@ def local_sgd(
     with ``generator`` (seeded per round and client). The last partial batch is
     kept, except a batch of one sample, which BatchNorm cannot train on.
     ``max_grad_norm`` clips the global L2 norm of the gradients after every
-    backward (HeteroFL/FedRolex clip to 1.0); None: no clipping.
+    backward (HeteroFL/FedRolex clip to 1.0); None: no clipping. With ``graphs`` (a
+    :class:`~fedbench.training.graphs.StepGraph` maker: CUDA graphs on a GPU) the full-size steps
+    of a loss marked :func:`~fedbench.training.graphs.graph_safe` are replayed from a graph
+    captured for this call (:class:`~fedbench.training.graphs.GraphedSteps`); other losses run
+    eagerly.
     """
     model.train()
     device = model_device(model)
-    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), train)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trained, train)
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model, images, labels)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(trained, max_grad_norm)
+        optimizer.step()
+        return loss.detach()
+
+    if graphs is not None and is_graph_safe(loss_fn):
+        name = getattr(loss_fn, "__qualname__", type(loss_fn).__qualname__)
+        step = GraphedSteps(step, train.batch_size, graphs, name)
     num = int(indices.numel())
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     steps = 0
     for _ in range(train.local_epochs):
         order = indices[torch.randperm(num, generator=generator)]
         for images, labels in dataset.training_batches(order, train.batch_size, generator):
-            images, labels = images.to(device), labels.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, images, labels)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], max_grad_norm
-                )
-            optimizer.step()
-            total_loss += loss.detach()
+            total_loss += step(images.to(device), labels.to(device))
             steps += 1
     return LocalResult(num_samples=num, num_steps=steps, mean_loss=float(total_loss) / max(steps, 1))

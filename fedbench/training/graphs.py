@@ -1,0 +1,158 @@
+"""Local SGD steps replayed from a captured CUDA graph (run config ``cuda_graphs``).
+
+A client's ResNet step at batch 64 is a few hundred small kernels; on a large GPU the host takes
+longer to launch them than the GPU takes to run them, so a step costs its launch time. A CUDA
+graph records the launches of one whole step (zero grads, forward, loss, backward, clipping, SGD
+update) once and replays them with one call. :class:`GraphedSteps` does that per client: the
+first full-size batches run eagerly (they warm up cuDNN, cuBLAS and the momentum buffers), the
+next one is captured, and every later full-size batch is copied into the captured input tensors
+and replayed; a smaller last batch of an epoch runs eagerly. The kernels are those of the eager
+step, so a graphed client trains as an eager one does, up to GPU non-determinism.
+
+A graph replays the tensors it was captured with: it is captured afresh for every call of
+:func:`fedbench.training.loop.local_sgd` and dropped after it, so whatever a method's loss reads
+(FedProx's global weights, DepthFL's FedDyn vectors) is fixed for the graph's whole life. A loss
+that the GPU cannot capture (one that reads a value back to the host mid-step, say) is run
+eagerly instead, with one warning per loss type.
+
+The capture itself is :class:`CudaStepGraph`; :class:`ReplayedStep` calls the recorded step
+again instead, which is what runs on a CPU: the tests hold a graphed client's training to the
+eager one's there, bit for bit, through the same buffers and steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import torch
+
+log = logging.getLogger(__name__)
+
+WARMUP_STEPS = 2  # eager full-size steps before the capture (PyTorch's examples use a few)
+
+
+class StepGraph(Protocol):
+    """Records one step and replays it."""
+
+    def warmup(self) -> contextlib.AbstractContextManager: ...
+
+    def capture(self, step: Callable[[], None]) -> None: ...
+
+    def replay(self) -> None: ...
+
+
+class CudaStepGraph:
+    """``torch.cuda.CUDAGraph`` around one step; warm-up steps run on a side stream, as capture needs."""
+
+    def __init__(self) -> None:
+        self.graph = torch.cuda.CUDAGraph()
+
+    @contextlib.contextmanager
+    def warmup(self) -> Iterator[None]:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream().wait_stream(side)
+
+    def capture(self, step: Callable[[], None]) -> None:
+        with torch.cuda.graph(self.graph):
+            step()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class ReplayedStep:
+    """Calls the recorded step again on each replay: the same buffers and order as a graph, on any
+    device (a CPU run's stand-in for :class:`CudaStepGraph`)."""
+
+    def __init__(self) -> None:
+        self.step: Callable[[], None] | None = None
+
+    def warmup(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def capture(self, step: Callable[[], None]) -> None:
+        self.step = step
+
+    def replay(self) -> None:
+        assert self.step is not None, "replay before capture"
+        self.step()
+
+
+GRAPH_SAFE = "__fedbench_graph_safe__"
+
+
+def graph_safe(loss: object) -> object:
+    """Marks a loss function (or a loss class, for its instances) as safe to replay from a graph.
+
+    A graph replays GPU work only: a loss qualifies when everything it does per batch is GPU work
+    on tensors that live through the whole local training: no Python state that changes per call
+    (counters, lists of tensors), no new tensor kept past the step, no value read back to the host.
+    Accumulating into a tensor made before training with an in-place op is fine."""
+    setattr(loss, GRAPH_SAFE, True)
+    return loss
+
+
+def is_graph_safe(loss: object) -> bool:
+    return bool(getattr(loss, GRAPH_SAFE, False))
+
+
+def step_graphs(device: torch.device, enabled: bool) -> Callable[[], StepGraph] | None:
+    """The graph maker for a run's local training: CUDA graphs where asked for on a GPU, else none."""
+    return CudaStepGraph if enabled and device.type == "cuda" else None
+
+
+_uncapturable: set[str] = set()  # loss types that failed to capture: eager from then on
+
+
+class GraphedSteps:
+    """Runs ``step(images, labels) -> loss`` per batch, replaying a graph of it for full-size batches.
+
+    ``step`` must read its batch only from the tensors it is given and return the loss tensor it
+    computed; ``name`` names the loss in the warning if it cannot be captured.
+    """
+
+    def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch_size: int,
+                 make_graph: Callable[[], StepGraph], name: str) -> None:
+        self.step, self.batch_size, self.make_graph, self.name = step, batch_size, make_graph, name
+        self.full_steps = 0
+        self.graph: StepGraph | None = None
+        self.images: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
+        self.loss: torch.Tensor | None = None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] != self.batch_size or self.name in _uncapturable:
+            return self.step(images, labels)
+        self.full_steps += 1
+        if self.graph is not None:
+            self.images.copy_(images)
+            self.labels.copy_(labels)
+            self.graph.replay()
+            return self.loss
+        if self.full_steps <= WARMUP_STEPS:
+            with self.make_graph().warmup():
+                return self.step(images, labels)
+        graph = self.make_graph()
+        self.images, self.labels = images.clone(), labels.clone()
+
+        def recorded() -> None:
+            self.loss = self.step(self.images, self.labels)
+
+        try:
+            graph.capture(recorded)
+        except RuntimeError as exc:
+            _uncapturable.add(self.name)
+            warnings.warn(f"fedbench: {self.name} cannot be captured as a CUDA graph, so it runs eagerly "
+                          f"({str(exc).splitlines()[0]})", RuntimeWarning, stacklevel=2)
+            self.images = self.labels = self.loss = None
+            return self.step(images, labels)
+        self.graph = graph
+        graph.replay()  # capturing recorded the step without running it
+        return self.loss

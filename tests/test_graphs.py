@@ -1,0 +1,141 @@
+"""cuda_graphs: local steps replayed from a captured graph train as eager steps do.
+
+A CUDA graph needs a GPU; here :class:`ReplayedStep` stands in for it: it records the step at
+capture and calls it again per replay, through the same static input tensors, warm-up steps and
+eager last batches as a CUDA graph. A run through it must equal the eager run bit for bit, for every
+method whose loss is marked graph-safe; one whose loss is not (Oort's keeps per-batch tensors in a
+list) must never be captured."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedbench import engine, registry
+from fedbench.cli.main import app
+from fedbench.config import make_config
+from fedbench.data import ImageDataset
+from fedbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
+from fedbench.errors import ConfigError
+from fedbench.testing import kit_config
+from fedbench.training import graphs
+from fedbench.training.graphs import GraphedSteps, ReplayedStep, graph_safe, is_graph_safe
+from fedbench.training.loop import cross_entropy_loss, local_sgd
+
+BUILTIN_METHODS = sorted(info.name for info in registry.available("methods") if info.builtin)
+NOT_GRAPHED = {"oort"}  # its loss appends each first-epoch batch's per-sample losses to a list
+
+
+class CountingReplay(ReplayedStep):
+    captures = replays = 0
+
+    def capture(self, step):
+        CountingReplay.captures += 1
+        super().capture(step)
+
+    def replay(self):
+        CountingReplay.replays += 1
+        super().replay()
+
+
+def outcome(config):
+    """Per-round metrics (no wall times) and the evaluated model's state."""
+    ctx, _ = engine.prepare(config)
+    method = engine.make_method(ctx)
+    rounds = engine.run_rounds(method)
+    metrics = [{k: v for k, v in r.metrics.items() if not k.startswith("time/")} for r in rounds]
+    return metrics, {k: v.clone() for k, v in method.eval_model().state_dict().items()}
+
+
+@pytest.mark.parametrize("method", BUILTIN_METHODS)
+def test_a_graphed_run_trains_bit_for_bit_as_the_eager_run(method, monkeypatch):
+    # Batches of 8 over shards of ~40 samples, 2 epochs: warm-up, capture, replays and an eager
+    # last batch in every client's training.
+    config = kit_config(method, rounds=3, train={"local_epochs": 2, "batch_size": 8})
+    eager_metrics, eager_model = outcome(config)
+    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
+    monkeypatch.setattr(CountingReplay, "captures", 0)
+    monkeypatch.setattr(CountingReplay, "replays", 0)
+    graphed_metrics, graphed_model = outcome(config)
+    assert graphed_metrics == eager_metrics
+    assert eager_model.keys() == graphed_model.keys()
+    assert all(torch.equal(eager_model[k], graphed_model[k]) for k in eager_model)
+    if method in NOT_GRAPHED:
+        assert CountingReplay.captures == 0
+    else:
+        assert CountingReplay.captures > 0 and CountingReplay.replays > 2 * CountingReplay.captures
+
+
+def _tiny_training(loss_fn, make_graph):
+    """Three epochs of a linear model on 18 augmented 8x8 images in batches of 4."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(20) % 10
+    dataset = ImageDataset("tiny", images, labels, images[:4], labels[:4], 10, IMAGENET_MEAN, IMAGENET_STD,
+                           augment=RandomCropFlip(2, IMAGENET_MEAN, IMAGENET_STD))
+    train = make_config(overrides={"train": {"local_epochs": 3, "batch_size": 4}}).train
+    result = local_sgd(model, dataset, torch.arange(18), train, torch.Generator().manual_seed(1), loss_fn=loss_fn,
+                       graphs=make_graph)
+    return result, [p.detach().clone() for p in model.parameters()]
+
+
+def test_a_loss_that_cannot_be_captured_runs_eagerly_with_one_warning(monkeypatch):
+    class FailingCapture(ReplayedStep):
+        def capture(self, step):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(graphs, "_uncapturable", set())
+    eager, eager_weights = _tiny_training(cross_entropy_loss, None)
+    with pytest.warns(RuntimeWarning, match=r"cross_entropy_loss cannot be captured as a CUDA graph, so it runs "
+                                            r"eagerly \(operation not permitted when stream is capturing\)$"):
+        failed, failed_weights = _tiny_training(cross_entropy_loss, FailingCapture)
+    assert failed == eager and all(torch.equal(a, b) for a, b in zip(eager_weights, failed_weights, strict=True))
+    assert "cross_entropy_loss" in graphs._uncapturable  # later clients do not try again
+
+
+def test_only_losses_marked_graph_safe_are_captured(monkeypatch):
+    monkeypatch.setattr(CountingReplay, "captures", 0)
+
+    def unmarked(model, images, labels):
+        return cross_entropy_loss(model, images, labels)
+
+    _tiny_training(unmarked, CountingReplay)
+    assert CountingReplay.captures == 0 and not is_graph_safe(unmarked)
+    graphed, _ = _tiny_training(graph_safe(unmarked), CountingReplay)
+    assert CountingReplay.captures == 1  # one graph per local training, replayed for its full batches
+    assert graphed.num_steps == 3 * 5  # 18 samples: 4 full batches and a last one of 2, per epoch
+
+
+def test_graphed_steps_warm_up_then_capture_once_and_replay_full_size_batches_only():
+    calls: list[int] = []
+
+    def step(images, labels):
+        calls.append(images.shape[0])
+        return images.sum()
+
+    graph = CountingReplay()
+    run = GraphedSteps(step, 4, lambda: graph, "step")
+    for size in (4, 4, 4, 4, 3, 4):
+        run(torch.ones(size, 2), torch.zeros(size))
+    # two warm-ups, the capture's recording (run by its replay), a replay, the eager batch of 3, a replay
+    assert calls == [4, 4, 4, 4, 3, 4]
+    assert run.images.shape == (4, 2) and run.graph is graph
+
+
+def test_cuda_graphs_need_the_resident_gpu_path_and_stay_out_of_the_run_key():
+    with pytest.raises(ConfigError, match=r"cuda_graphs needs the resident GPU path \(got device cpu\)"):
+        make_config(overrides={"cuda_graphs": True})
+    with pytest.raises(ConfigError, match=r"got device cuda, resident=false"):
+        make_config(overrides={"cuda_graphs": True, "device": "cuda", "resident": False})
+    graphed = make_config(overrides={"cuda_graphs": True, "device": "cuda"})
+    assert graphed.run_key == dataclasses.replace(graphed, cuda_graphs=False).run_key
+
+
+def test_the_cuda_graphs_flag_on_a_cpu_run_is_one_line():
+    result = CliRunner().invoke(app, ["run", "--cuda-graphs", "--dataset", "synthetic", "--no-tracking"])
+    assert result.exit_code == 2
+    assert "cuda_graphs needs the resident GPU path" in result.output
