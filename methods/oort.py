@@ -32,6 +32,7 @@ from fedbench.api import (
     Stream,
     Update,
     earliest,
+    graph_safe,
     numpy_rng,
 )
 
@@ -89,6 +90,31 @@ def statistical_utility(losses: torch.Tensor) -> float:
     """U = n · sqrt(mean loss²) over the n per-sample losses of the first local epoch (spec §10.3)."""
     n = int(losses.numel())
     return 0.0 if n == 0 else n * math.sqrt(float((losses.double() ** 2).mean()))
+
+
+class PerSampleLosses:
+    """The per-sample training losses of every local step, in order, in one buffer on the training
+    device, written at a cursor that lives there too: no Python state changes per batch, so the
+    loss that records them can be replayed from a CUDA graph. The first epoch's are the first
+    ``first_epoch_samples`` (a last batch of one sample is not trained, spec common.md §1.3)."""
+
+    def __init__(self, shard: int, batch_size: int, epochs: int) -> None:
+        rest = shard % batch_size
+        self.first_epoch_samples = shard - rest + (rest if rest >= 2 else 0)
+        self.capacity = epochs * self.first_epoch_samples
+        self.buffer: torch.Tensor | None = None
+        self.cursor: torch.Tensor | None = None
+
+    def add(self, per_sample: torch.Tensor) -> None:
+        if self.buffer is None:
+            self.buffer = per_sample.new_zeros(self.capacity)
+            self.cursor = torch.zeros((), dtype=torch.long, device=per_sample.device)
+        at = self.cursor + torch.arange(per_sample.shape[0], device=per_sample.device)
+        self.buffer.index_copy_(0, at, per_sample.detach())
+        self.cursor.add_(per_sample.shape[0])
+
+    def first_epoch(self) -> torch.Tensor:
+        return torch.zeros(0) if self.buffer is None else self.buffer[: self.first_epoch_samples]
 
 
 @dataclass
@@ -250,21 +276,20 @@ class Oort(Method):
     def local_update(self, client: ClientContext) -> Update:
         """FedAvg's local update, recording the per-sample losses of the first local epoch through
         the loss: the statistical utility the client reports."""
-        shard = int(self.ctx.data.shards[client.client_id].numel())
-        batch = self.ctx.config.train.batch_size
-        first_epoch_batches = shard // batch + (1 if shard % batch >= 2 else 0)  # batches of 1 are skipped
-        losses: list[torch.Tensor] = []
+        train = self.ctx.config.train
+        recorded = PerSampleLosses(int(self.ctx.data.shards[client.client_id].numel()), train.batch_size,
+                                   train.local_epochs)
 
+        @graph_safe
         def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             per_sample = F.cross_entropy(model(images), labels, reduction="none")
-            if len(losses) < first_epoch_batches:
-                losses.append(per_sample.detach())
+            recorded.add(per_sample)
             return per_sample.mean()
 
         model = self.worker_model()
         model.load_state_dict(self.global_model.state_dict())
         update = self.train_client(model, client, loss_fn=loss)
-        update.extra["utility"] = statistical_utility(torch.cat(losses) if losses else torch.zeros(0))
+        update.extra["utility"] = statistical_utility(recorded.first_epoch())
         return update
 
     def aggregate(self, round_idx: int, updates: Sequence[Update]) -> None:

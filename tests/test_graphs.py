@@ -3,8 +3,7 @@
 A CUDA graph needs a GPU; here :class:`ReplayedStep` stands in for it: it records the step at
 capture and calls it again per replay, through the same static input tensors, warm-up steps and
 eager last batches as a CUDA graph. A run through it must equal the eager run bit for bit, for every
-method whose loss is marked graph-safe; one whose loss is not (Oort's keeps per-batch tensors in a
-list) must never be captured."""
+method (each marks its loss graph-safe); a loss that is not marked is never captured."""
 
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ from fedbench.training.graphs import GraphedSteps, ReplayedStep, graph_safe, is_
 from fedbench.training.loop import cross_entropy_loss, local_sgd
 
 BUILTIN_METHODS = sorted(info.name for info in registry.available("methods") if info.builtin)
-NOT_GRAPHED = {"oort"}  # its loss appends each first-epoch batch's per-sample losses to a list
 
 
 class CountingReplay(ReplayedStep):
@@ -63,10 +61,7 @@ def test_a_graphed_run_trains_bit_for_bit_as_the_eager_run(method, monkeypatch):
     assert graphed_metrics == eager_metrics
     assert eager_model.keys() == graphed_model.keys()
     assert all(torch.equal(eager_model[k], graphed_model[k]) for k in eager_model)
-    if method in NOT_GRAPHED:
-        assert CountingReplay.captures == 0
-    else:
-        assert CountingReplay.captures > 0 and CountingReplay.replays > 2 * CountingReplay.captures
+    assert CountingReplay.captures > 0 and CountingReplay.replays > 2 * CountingReplay.captures
 
 
 def _tiny_training(loss_fn, make_graph):
