@@ -45,7 +45,7 @@ from fedbench.kits.hsic import SIGMA, balanced_probe, block_information_plane
 from fedbench.models import BlockModel
 from fedbench.simulation.clock import DeviceCost, DeviceTime, device_time
 from fedbench.training.aggregate import normalized_weights, weighted_average
-from fedbench.training.graphs import graph_safe, step_graphs
+from fedbench.training.graphs import graph_safe, is_graph_safe, step_graphs
 from fedbench.training.loop import LossFn, cross_entropy_loss, local_sgd, model_device, placed_on
 
 
@@ -248,7 +248,7 @@ class Method:
             def loss_fn(m: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                 return self.loss(m, images, labels, client)
 
-            if type(self).loss is Method.loss:  # cross-entropy: safe to replay from a CUDA graph
+            if type(self).loss is Method.loss or is_graph_safe(type(self).loss):  # a @graph_safe loss hook
                 graph_safe(loss_fn)
         with placed_on(model, client.device):  # --device cuda: computes there, comes back
             client.start_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedbench.api import ClientContext, ConfigError, Method
+from fedbench.api import ClientContext, ConfigError, Method, graph_safe
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +61,7 @@ class FedProx(Method):
 
     options_type = FedProxOptions
 
+    @graph_safe  # GPU work only, on tensors fixed for the client's training: --cuda-graphs may replay it
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, client: ClientContext) -> torch.Tensor:
         proximal = proximal_term(model, client.start_weights)
         return super().loss(model, images, labels, client) + self.options.mu / 2 * proximal
