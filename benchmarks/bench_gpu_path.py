@@ -176,7 +176,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['method']} | {r['path']} | {cell(r.get('first_round_s'), '.2f')} | {cell(steady, '.3f')} "
                      f"| {cell(speedup, '.2f')} | {cell(relative, '.2f')} | {cell(r.get('images_per_s'), ',.0f')} "
                      f"| {cell(r.get('eval_s'), '.2f')} | {cell(r.get('paper_cell_min'), '.0f')} "
-                     f"| {cell(r.get('accuracy'), '.4f')} |")
+                     f"| {r['error'] if 'error' in r else cell(r.get('accuracy'), '.4f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         path, _, rounds = spec.partition(":")
         run_args = argparse.Namespace(**{**vars(args), "rounds": int(rounds) if rounds else args.rounds})
         for method in ["-"] if path == "plain" else args.methods.split(","):
-            row = plain_loop(run_args) if path == "plain" else measure(method, path, run_args)
+            try:
+                row = plain_loop(run_args) if path == "plain" else measure(method, path, run_args)
+            except Exception as exc:  # one broken path must not cost the others' rows
+                row = {"method": method, "path": path, "error": f"{type(exc).__name__}: {exc}"[:500]}
             rows.append(row)
             print(json.dumps(row), flush=True)
             (args.out / "gpu_path.json").write_text(json.dumps(rows, indent=1))

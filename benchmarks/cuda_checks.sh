@@ -16,6 +16,7 @@
 #   6. the long-horizon comparison (full-width ResNet18, 5 local epochs), stopped in time with its
 #      checkpoints under CKPT_DIR, continued by the next invocation     -> OUT/long.jsonl
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
+# STEPS="2 4 5" ends within 9 minutes (its steps' time limits: 60 + 330 + 150 s).
 # STEPS="1 1c 2 3" (the default; 1b, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
 # step 3; LONG_METHODS, LONG_ROUNDS, LONG_SECONDS, LONG_WORKERS, LONG_GRAPHS (true: CUDA graphs) and
 # CKPT_DIR those of step 6.
@@ -49,7 +50,7 @@ if [ "$DEVICE" = cpu ]; then
   LONG_ROUNDS=${LONG_ROUNDS:-6} LONG_SECONDS=${LONG_SECONDS:-5} LONG_WORKERS=${LONG_WORKERS:-2}
 else
   MODEL=(--set model.name=resnet18 --set model.width=1.0) BENCH=(--device "$DEVICE") THREADS=8
-  PATHS_4=plain,transfer:6,resident:12,graphs:22,workers4:12,graphs-workers4:22 PATHS_5=resident:8,graphs:8
+  PATHS_4=plain,transfer:6,graphs:22,resident:12,graphs-workers4:22,workers4:12 PATHS_5=graphs:6,resident:4
   GRID_ROUNDS=30 LONG_EPOCHS=5
   LONG_EVERY=20 LONG_ROUNDS=${LONG_ROUNDS:-400} LONG_SECONDS=${LONG_SECONDS:-480} LONG_WORKERS=${LONG_WORKERS:-4}
 fi
@@ -97,13 +98,13 @@ fi
 
 if [[ $STEPS == *" 4 "* ]]; then
   echo "== 4. GPU path: transfer vs resident vs CUDA graphs vs K trainers per GPU, plain loop, profiles"
-  timeout 420 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" \
+  timeout 330 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" \
     --paths "$PATHS_4" --profile --out "$OUT" 2>&1 | tail -n 12
 fi
 if [[ $STEPS == *" 5 "* ]]; then
   echo "== 5. DepthFL round vs FedAvg round, resident path"
   mkdir -p "$OUT/depthfl"
-  timeout 240 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" --paths "$PATHS_5" \
+  timeout 150 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" --paths "$PATHS_5" \
     --methods fedavg,depthfl --out "$OUT/depthfl" 2>&1 | tail -n 4
   cp "$OUT/depthfl/gpu_path.md" "$OUT/depthfl_ratio.md"; cp "$OUT/depthfl/gpu_path.json" "$OUT/depthfl_ratio.json"
   rm -r "$OUT/depthfl"
