@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fedbench.config import RunConfig
+from fedbench.config import EXECUTION_FIELDS, RunConfig
 from fedbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,10 @@ GROUP_KEYS = ("method_label", "dataset", "model", "partition_label")
 
 # Logged params (a run's flattened RunConfig) that do not change what a run measures, so runs that
 # differ only in them are seeds of one configuration: the seed itself; where data and logs live
-# (data.data_dir, tracking.*); where the arithmetic runs (threads, executor, workers,
-# executor_threads, device: at most the rounding differs); and partition.*, the partition's
-# statistics, which follow from the seed.
-IGNORED_SETTINGS = frozenset({"seed", "data.data_dir", "threads", "executor", "workers", "executor_threads", "device"})
+# (data.data_dir, tracking.*); where and how the arithmetic runs (threads, device and the execution
+# fields outside the run key: executor, workers, executor_threads, resident, cuda_graphs; at most
+# the rounding differs); and partition.*, the partition's statistics, which follow from the seed.
+IGNORED_SETTINGS = frozenset({"seed", "data.data_dir", "threads", "device", *EXECUTION_FIELDS})
 IGNORED_PREFIXES = ("tracking.", "partition.")
 # Settings that are the table's rows and columns already (method; data set, model, partition).
 # α is part of the partition's column label for Dirichlet and unused by the other partitioners.

@@ -387,11 +387,12 @@ def test_settings_that_do_not_change_results_are_not_configurations():
 
     run = pd.Series({"params.seed": "3", "params.threads": "1", "params.executor": "process",
                      "params.tracking.experiment": "x", "params.data.data_dir": "/d", "params.device": "cuda",
+                     "params.resident": "False", "params.cuda_graphs": "True",
                      "params.partition.size_min": "12", "params.train.lr": "0.3", "params.options.mu": float("nan")})
     settings = run_settings(run)
     assert settings["train.lr"] == "0.3" and settings["rounds"] == "20"  # not logged: the default
-    assert not {"seed", "threads", "executor", "tracking.experiment", "data.data_dir", "device",
-                "partition.size_min"} & set(settings)
+    assert not {"seed", "threads", "executor", "tracking.experiment", "data.data_dir", "device", "resident",
+                "cuda_graphs", "partition.size_min"} & set(settings)
     assert settings["options.mu"] is None
 
 
