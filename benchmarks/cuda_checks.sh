@@ -110,14 +110,14 @@ if [[ $STEPS == *" 5 "* ]]; then
   rm -r "$OUT/depthfl"
 fi
 if [[ $STEPS == *" 6 "* ]] && [ -n "$FMNIST" ]; then
-  CKPT_DIR=${CKPT_DIR:-gpu-checkpoints}
+  CKPT_DIR=${CKPT_DIR:-gpu-checkpoints} LONG_METHODS=${LONG_METHODS:-neulite,fedavg,exclusivefl,allsmall}
   mkdir -p "$CKPT_DIR"
   # Checkpoints that travelled back in parts (below) are put together again.
   for first in "$CKPT_DIR"/*.ckpt.part-00; do
     [ -f "$first" ] && cat "${first%-00}"-* >"${first%.part-00}" && rm "${first%-00}"-*
   done
-  echo "== 6. long horizon: ${LONG_METHODS:-neulite,fedavg,exclusivefl,allsmall}, stops after ${LONG_SECONDS}s, checkpoints in $CKPT_DIR"
-  timeout $((LONG_SECONDS + 120)) $PY "$ROOT/benchmarks/accuracy_grid.py" --methods "${LONG_METHODS:-neulite,fedavg,exclusivefl,allsmall}" \
+  echo "== 6. long horizon: $LONG_METHODS, stops after ${LONG_SECONDS}s, checkpoints in $CKPT_DIR"
+  timeout $((LONG_SECONDS + 120)) $PY "$ROOT/benchmarks/accuracy_grid.py" --methods "$LONG_METHODS" \
     --set data.dataset=fashion-mnist --set "data.data_dir=$FMNIST" "${MODEL[@]}" \
     --set data.partition=dirichlet --set data.alpha=0.5 --set data.num_clients=100 --set fleet.profile=paper \
     --set rounds="$LONG_ROUNDS" --set train.local_epochs=$LONG_EPOCHS --set eval_every=$LONG_EVERY --set seed=42 \
@@ -125,7 +125,19 @@ if [[ $STEPS == *" 6 "* ]] && [ -n "$FMNIST" ]; then
     --set cuda_graphs="${LONG_GRAPHS:-false}" --set tracking.enabled=false --checkpoint-dir "$CKPT_DIR" \
     --stop-after "$LONG_SECONDS" --out "$OUT/long.jsonl"
   ls -l "$CKPT_DIR"
-  # The trip back: files of at most 16 MiB come back, so each checkpoint returns in 15 MiB parts;
-  # carried out again in CKPT_DIR, the parts are put together by the next invocation (above).
-  for c in "$CKPT_DIR"/*.ckpt; do [ -f "$c" ] && split -b 15M -d "$c" "$OUT/$(basename "$c").part-"; done
+  # The trip back: files of at most 16 MiB come back, so each checkpoint returns in 15 MiB parts,
+  # in LONG_METHODS order while TRAVEL_MIB (60) lasts; carried out again in CKPT_DIR, the parts are
+  # put together by the next invocation (above). A checkpoint that does not fit stays behind.
+  budget=$(( ${TRAVEL_MIB:-60} * 1048576 ))
+  for method in ${LONG_METHODS//,/ }; do
+    for c in "$CKPT_DIR/$method"-*.ckpt; do
+      [ -f "$c" ] || continue
+      size=$(stat -c %s "$c")
+      if [ "$size" -le "$budget" ]; then
+        split -b 15M -d "$c" "$OUT/$(basename "$c").part-"; budget=$((budget - size))
+      else
+        echo "$(basename "$c"): $((size / 1048576)) MiB, more than the $((budget / 1048576)) MiB left to send back; not returned"
+      fi
+    done
+  done
 fi

@@ -1,6 +1,6 @@
 """benchmarks/cuda_checks.sh rehearsed on the CPU (``DEVICE=cpu``): every step that runs on a GPU
 machine runs here at toy size, so a short GPU visit is not spent finding a broken command, and a
-long run's checkpoint makes the trip back in parts and out again."""
+long run's checkpoint makes the trip back in parts and out again, while it fits what may come back."""
 
 from __future__ import annotations
 
@@ -74,3 +74,9 @@ def test_every_gpu_step_runs_on_the_cpu_and_a_stopped_run_continues_from_its_ret
     (continued,) = lines(tmp_path / "out-next" / "long.jsonl")
     assert continued["continued_from_round"] == stopped[0]["rounds_reached"] > 0
     assert continued["rounds_reached"] == 8 and not continued["stopped"]
+
+    # A checkpoint larger than what may still be sent back (TRAVEL_MIB) stays behind, said in one line.
+    printed = rehearse(tmp_path / "out-full", data, "6", CKPT_DIR=str(next_ckpt), LONG_SECONDS="0",
+                       TRAVEL_MIB="1", **long_run)
+    assert "MiB, more than the 1 MiB left to send back; not returned" in printed
+    assert not list((tmp_path / "out-full").glob("*.part-*"))
