@@ -50,7 +50,7 @@ if [ "$DEVICE" = cpu ]; then
   LONG_ROUNDS=${LONG_ROUNDS:-6} LONG_SECONDS=${LONG_SECONDS:-5} LONG_WORKERS=${LONG_WORKERS:-2}
 else
   MODEL=(--set model.name=resnet18 --set model.width=1.0) BENCH=(--device "$DEVICE") THREADS=8
-  PATHS_4=plain,transfer:6,graphs:22,resident:12,graphs-workers4:22,workers4:12 PATHS_5=graphs:6,resident:4
+  PATHS_4=plain,transfer:6,graphs:22,resident:22,graphs-workers4:22,workers4:12 PATHS_5=graphs:6,resident:4
   GRID_ROUNDS=30 LONG_EPOCHS=5
   LONG_EVERY=20 LONG_ROUNDS=${LONG_ROUNDS:-400} LONG_SECONDS=${LONG_SECONDS:-480} LONG_WORKERS=${LONG_WORKERS:-4}
 fi
