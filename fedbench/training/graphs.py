@@ -15,22 +15,19 @@ A graph replays the tensors it was captured with: it is captured afresh for ever
 that the GPU cannot capture (one that reads a value back to the host mid-step, say) is run
 eagerly instead, with one warning per loss type.
 
-The capture itself is :class:`CudaStepGraph`; :class:`ReplayedStep` calls the recorded step
-again instead, which is what runs on a CPU: the tests hold a graphed client's training to the
-eager one's there, bit for bit, through the same buffers and steps.
+The capture itself is :class:`CudaStepGraph`. :class:`ReplayedStep` calls the recorded step
+again instead of replaying a graph; the tests use it on the CPU to hold a graphed client's
+training to the eager one's, bit for bit, through the same buffers and steps.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
-
-log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 2  # eager full-size steps before the capture (PyTorch's examples use a few)
 
@@ -69,7 +66,7 @@ class CudaStepGraph:
 
 class ReplayedStep:
     """Calls the recorded step again on each replay: the same buffers and order as a graph, on any
-    device (a CPU run's stand-in for :class:`CudaStepGraph`)."""
+    device (the tests' stand-in for :class:`CudaStepGraph` on a CPU)."""
 
     def __init__(self) -> None:
         self.step: Callable[[], None] | None = None
