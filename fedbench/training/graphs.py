@@ -117,10 +117,10 @@ class GraphedSteps:
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch_size: int,
                  make_graph: Callable[[], StepGraph], name: str) -> None:
-        self.step, self.batch_size, self.make_graph, self.name = step, batch_size, make_graph, name
+        self.step, self.batch_size, self.name = step, batch_size, name
+        self.graph = make_graph()
         self.full_steps = 0
-        self.graph: StepGraph | None = None
-        self.images: torch.Tensor | None = None
+        self.images: torch.Tensor | None = None  # the captured inputs; set once the graph is captured
         self.labels: torch.Tensor | None = None
         self.loss: torch.Tensor | None = None
 
@@ -128,28 +128,26 @@ class GraphedSteps:
         if images.shape[0] != self.batch_size or self.name in _uncapturable:
             return self.step(images, labels)
         self.full_steps += 1
-        if self.graph is not None:
+        if self.images is not None:
             self.images.copy_(images)
             self.labels.copy_(labels)
             self.graph.replay()
             return self.loss
         if self.full_steps <= WARMUP_STEPS:
-            with self.make_graph().warmup():
+            with self.graph.warmup():
                 return self.step(images, labels)
-        graph = self.make_graph()
-        self.images, self.labels = images.clone(), labels.clone()
+        captured_images, captured_labels = images.clone(), labels.clone()
 
         def recorded() -> None:
-            self.loss = self.step(self.images, self.labels)
+            self.loss = self.step(captured_images, captured_labels)
 
         try:
-            graph.capture(recorded)
+            self.graph.capture(recorded)
         except RuntimeError as exc:
             _uncapturable.add(self.name)
             warnings.warn(f"fedbench: {self.name} cannot be captured as a CUDA graph, so it runs eagerly "
                           f"({str(exc).splitlines()[0]})", RuntimeWarning, stacklevel=2)
-            self.images = self.labels = self.loss = None
             return self.step(images, labels)
-        self.graph = graph
-        graph.replay()  # capturing recorded the step without running it
+        self.images, self.labels = captured_images, captured_labels
+        self.graph.replay()  # capturing recorded the step without running it
         return self.loss
