@@ -145,6 +145,16 @@ def test_resnet18_exits_follow_depthfl():
     assert all(not isinstance(exits[k].attention, nn.Identity) for k in exits)
 
 
+def test_exit_convs_are_kaiming_normal_fan_out_like_the_trunk():
+    """[C-DFL]'s init loop covers the exits: std √(2 / fan_out), not PyTorch's default √(1 / (3 fan_in))."""
+    exits = exit_heads(small("resnet18", (3, 32, 32), width=1.0))
+    convs = [m.weight for m in exits.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() >= 4096]
+    assert len(convs) >= 10
+    for weight in convs:
+        fan_out = weight.shape[0] * weight.shape[2] * weight.shape[3]
+        assert weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
+
+
 def test_an_exit_on_a_one_pixel_map_has_no_attention():
     model = small("vgg11_bn")  # at 16×16, block 3 ends on a 1×1 map
     assert model.block_output_shapes()[2][1:] == (1, 1)

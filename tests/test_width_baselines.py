@@ -12,6 +12,7 @@ from fedbench import engine
 from fedbench.cli.main import app
 from fedbench.config import make_config
 from fedbench.errors import ConfigError, MemoryBudgetError
+from fedbench.data import ImageDataset
 from fedbench.kits.bn import recompute_bn_statistics, sbn_indices
 from fedbench.kits.widths import largest_fitting, level_model
 from fedbench.models.base import BlockModel, PoolHead
@@ -211,8 +212,26 @@ def test_static_bn_replaces_running_statistics_by_the_training_data_statistics(s
     images, _ = synthetic_data.train_batch(indices)
     assert used == 100 and model[0].momentum == 0.1
     torch.testing.assert_close(model[0].running_mean, images.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
-    assert sbn_indices([torch.tensor([3, 1]), torch.tensor([2])], None, torch.Generator()).tolist() == [1, 2, 3]
-    assert sbn_indices([torch.arange(10)], 4, torch.Generator().manual_seed(0)).numel() == 4
+    assert sorted(sbn_indices([torch.tensor([3, 1]), torch.tensor([2])], None, torch.Generator()).tolist()) == [1, 2, 3]
+    subsample = sbn_indices([torch.arange(10), torch.arange(5)], 4, torch.Generator().manual_seed(0))
+    assert subsample.numel() == 4 and subsample.unique().numel() == 4
+
+
+def test_static_bn_on_a_data_set_stored_class_by_class_keeps_the_variance_between_classes():
+    """CINIC-10 and mini-ImageNet are stored class by class. Batches walked in index order would
+    each hold one class, and the cumulative average of per-batch variances would miss the spread
+    between the classes' means; the shuffled order of :func:`sbn_indices` measures all of it."""
+    classes, per_class = 4, 64
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    images = (labels * 60 + torch.randint(0, 8, (classes * per_class,))).to(torch.uint8).view(-1, 1, 1, 1)
+    data = ImageDataset("sorted", images, labels, images, labels, classes, mean=[0.0], std=[1.0])
+    shards = [torch.arange(i, classes * per_class, 8) for i in range(8)]
+    model = nn.Sequential(nn.BatchNorm2d(1))
+    recompute_bn_statistics(model, data, sbn_indices(shards, None, torch.Generator().manual_seed(0)), batch_size=32)
+    true_var = (images.float() / 255).var()
+    assert model[0].running_var.item() == pytest.approx(true_var.item(), rel=0.1)
+    recompute_bn_statistics(model, data, torch.arange(classes * per_class), batch_size=32)  # index order
+    assert model[0].running_var.item() < 0.1 * true_var.item()
 
 
 # ------------------------------------------------------------------- bad input

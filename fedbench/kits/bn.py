@@ -61,10 +61,14 @@ def recompute_bn_statistics(
 def sbn_indices(
     shards: list[torch.Tensor], max_samples: int | None, generator: torch.Generator
 ) -> torch.Tensor:
-    """The union of the clients' training shards, or a uniform subsample of ``max_samples``
-    of it (spec decisions Q15: all shards by default, ``sbn_max_samples`` to subsample)."""
+    """The union of the clients' training shards in a random order drawn from ``generator``,
+    or the first ``max_samples`` of that order (spec decisions Q15: all shards by default,
+    ``sbn_max_samples`` to subsample).
+
+    The order matters: the pass averages per-batch variances, so batches must be mixed like
+    [C-HFL]'s shuffled loader's. Walking the union in index order would feed a data set stored
+    class by class (CINIC-10, mini-ImageNet) one class per batch, and the statistics would lose
+    the variance between classes."""
     union = torch.unique(torch.cat([s.long() for s in shards])) if shards else torch.empty(0, dtype=torch.long)
-    if max_samples is None or max_samples >= union.numel():
-        return union
-    pick = torch.randperm(int(union.numel()), generator=generator)[:max_samples]
-    return union[pick.sort().values]
+    shuffled = union[torch.randperm(int(union.numel()), generator=generator)]
+    return shuffled if max_samples is None else shuffled[:max_samples]

@@ -220,6 +220,11 @@ class ConvExit(nn.Module):
         self.attention = Attention(channels) if attention else nn.Identity()
         self.scala = nn.Sequential(*(SepConv(s.in_channels, s.out_channels, s.stride) for s in chain))
         self.head = PoolHead(chain[-1].out_channels if chain else channels, num_classes, in_space=None)
+        # [C-DFL] builds the exits inside its ResNet, whose init loop covers them: Kaiming-normal
+        # (fan_out) for every conv, BatchNorm γ = 1, β = 0 (spec baselines.md §8.2).
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.scala(self.attention(x)))
