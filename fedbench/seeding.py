@@ -25,7 +25,11 @@ class Stream(IntEnum):
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:
-    """A 63-bit seed from the run seed, the stream and any integer keys."""
+    """A 63-bit seed from the run seed, the stream and any integer keys (each >= 0).
+
+    ``SeedSequence`` pads short entropy with zeros, so keys that differ only by trailing zeros give
+    the same seed: ``(r, 0)`` draws what ``(r,)`` draws. Within one stream, give every kind of
+    draw the same number of keys and a key of its own (e.g. ``(round, 0)`` and ``(tier, 1)``)."""
     state = np.random.SeedSequence([seed, int(stream), *map(int, keys)]).generate_state(2, np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 

@@ -117,6 +117,12 @@ class PerSampleLosses:
         return torch.zeros(0) if self.buffer is None else self.buffer[: self.first_epoch_samples]
 
 
+def overcommitted(k: int, factor: float) -> int:
+    """⌈factor · k⌉, the clients Oort starts for k results. The product is rounded first, since in
+    floating point 1.1 · 50 is a little above 55, whose ceiling would start a 56th client."""
+    return math.ceil(round(factor * k, 9))
+
+
 @dataclass
 class OortSelector:
     """The bandit selector of [C-Oort] ``getTopK`` (spec §10.4); ``rounds`` are 1-based."""
@@ -147,8 +153,10 @@ class OortSelector:
     # ------------------------------------------------------------ pieces
     def pace(self, round_no: int) -> None:
         """Step 1: record last round's exploited utility; every W rounds move the threshold."""
-        if self.last_exploited:
-            self.util_history.append(float(np.mean([self.arms[c].reward for c in self.last_exploited])))
+        # One entry per call, 0 for a round that exploited nobody (as [C-Oort]'s sum over an empty
+        # set), so the two windows compared below span W rounds each.
+        exploited = [self.arms[c].reward for c in self.last_exploited]
+        self.util_history.append(float(np.mean(exploited)) if exploited else 0.0)
         w, delta = self.options.pacer_step, self.options.pacer_delta
         if round_no >= 2 * w and round_no % w == 0:
             previous, current = sum(self.util_history[-2 * w:-w]), sum(self.util_history[-w:])
@@ -265,7 +273,7 @@ class Oort(Method):
 
     def assign(self, round_idx: int) -> list[Assignment]:
         k = self.ctx.config.clients_per_round
-        n = min(math.ceil(self.options.overcommit * k), len(self.eligible_ids))
+        n = min(overcommitted(k, self.options.overcommit), len(self.eligible_ids))
         rng = numpy_rng(self.ctx.config.seed, Stream.METHOD, round_idx)
         chosen = self.selector.select(round_idx + 1, n, self.eligible_ids, rng)
         times = [self.device_time(Assignment(c)) for c in chosen]

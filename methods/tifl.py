@@ -37,6 +37,11 @@ from fedbench.api import (
 log = logging.getLogger(__name__)
 
 POLICIES = ("adaptive", "uniform", "fast")
+# Second keys of TiFL's METHOD-stream draws: (round, _TIER_DRAW_KEY) picks a round's tier, (tier,
+# _TIER_EVAL_KEY) its evaluation subsample. Two keys each, since keys that differ only by trailing
+# zeros share a stream (fedbench.seeding.derive_seed).
+_TIER_DRAW_KEY = 0
+_TIER_EVAL_KEY = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,7 +127,7 @@ class TiFL(Method):
     def _tier_eval_indices(self, tier_idx: int, tier: tuple[int, ...]) -> torch.Tensor:
         """A fixed subsample (≤ ``eval_samples``) of the union of the tier's shards (Q18)."""
         union = torch.cat([self.ctx.data.shards[c] for c in tier])
-        rng = numpy_rng(self.ctx.config.seed, Stream.METHOD, 0, tier_idx)
+        rng = numpy_rng(self.ctx.config.seed, Stream.METHOD, tier_idx, _TIER_EVAL_KEY)
         take = min(self.options.eval_samples, int(union.numel()))
         return union[torch.as_tensor(np.sort(rng.choice(union.numel(), size=take, replace=False)))]
 
@@ -154,7 +159,7 @@ class TiFL(Method):
             weights = self.probabilities[live] if self.options.policy == "adaptive" else np.ones(len(live))
             if weights.sum() <= 0:
                 weights = np.ones(len(live))
-            rng = numpy_rng(self.ctx.config.seed, Stream.METHOD, round_idx)
+            rng = numpy_rng(self.ctx.config.seed, Stream.METHOD, round_idx, _TIER_DRAW_KEY)
             tier = int(live[rng.choice(len(live), p=weights / weights.sum())])
         self.credits[tier] = max(self.credits[tier] - 1, 0)
         return tier

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedbench import registry, sweep
+from fedbench.simulation.fleet_paper import PAPER_FIT_TABLE
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 
@@ -20,3 +21,14 @@ def test_shipped_grid_expands_and_names_only_registered_plugins(path):
         assert config.method in {i.name for i in registry.available("methods")}
         assert config.data.dataset in {i.name for i in registry.available("datasets")}
         assert config.model.name in {i.name for i in registry.available("models")}
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name == "paper"], ids=lambda p: p.name)
+def test_paper_grids_use_only_the_models_the_paper_fleet_was_fitted_to(path):
+    """The `paper` fleet's budgets hold NeuLite at 100 % on the models it was fitted to, and there
+    only: on `squeezenet_nopool` (the variant the fit rejected) ExclusiveFL, TiFL and Oort have no
+    device and NeuLite's stages fit 11–32 % of the fleet."""
+    fitted = {model for _, model, *_ in PAPER_FIT_TABLE}
+    for cell in sweep.load_grid(path).cells:
+        if cell.config.fleet.profile == "paper":
+            assert cell.config.model.name in fitted, f"{cell.label}: the paper fleet was fitted to {sorted(fitted)}"

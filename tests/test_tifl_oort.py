@@ -12,7 +12,7 @@ from fedbench import engine
 from fedbench.config import make_config
 from fedbench.core.method import Assignment
 from fedbench.errors import ConfigError
-from fedbench.methods.oort import Oort, OortOptions, OortSelector, statistical_utility
+from fedbench.methods.oort import Oort, OortOptions, OortSelector, overcommitted, statistical_utility
 from fedbench.methods.tifl import TiFL, credit_probabilities, make_tiers
 
 
@@ -140,6 +140,22 @@ def test_oort_exploration_share_decays_geometrically_to_its_minimum():
         seen.append(selector.exploration)
     expected = [max(0.9 * 0.95 ** j, 0.2) for j in range(1, 39)]
     assert seen == pytest.approx(expected)
+
+
+def test_over_commitment_is_the_ceiling_of_the_exact_product():
+    assert [overcommitted(k, 1.1) for k in (1, 10, 20, 50, 100, 200)] == [2, 11, 22, 55, 110, 220]
+    assert overcommitted(3, 1.3) == 4 and overcommitted(10, 2.0) == 20
+
+
+def test_the_pacer_records_one_entry_per_round_so_its_windows_span_w_rounds():
+    """A round that exploited nobody counts as 0 ([C-Oort] sums the exploited rewards): the windows
+    compared every W rounds are the last W rounds, not the last W rounds that exploited someone."""
+    selector = hand_selector(pacer_step=2)
+    exploited = [[], [0], [], [1, 2], [0]]
+    for round_no, clients in enumerate(exploited, start=2):
+        selector.last_exploited = clients
+        selector.pace(round_no)
+    assert selector.util_history == pytest.approx([0.0, 10.0, 0.0, 30.0, 10.0])
 
 
 def test_oort_over_commits_and_trains_the_clients_that_finish_first():
