@@ -164,3 +164,22 @@ def test_partition_stats_report_sizes_classes_and_entropy():
     assert [c["classes"] for c in stats["clients"]] == [1, 2]
     assert [c["label_entropy_bits"] for c in stats["clients"]] == [0.0, 1.0]
     assert stats["clients"][1]["label_counts"] == [0, 2, 2]
+
+
+def test_a_split_with_single_sample_clients_warns_that_they_train_no_step(caplog):
+    import torch
+
+    from fedbench.config import make_config
+    from fedbench.core.setup import partition
+    from fedbench.data import ImageDataset
+
+    labels = torch.arange(10) % 2
+    images = torch.zeros(10, 1, 2, 2, dtype=torch.uint8)
+    dataset = ImageDataset("tiny", images, labels, images, labels, 2, mean=[0.0], std=[1.0])
+    config = make_config(overrides={"data": {"partition": "iid", "num_clients": 6}, "clients_per_round": 2})
+    data, _ = partition(config, dataset)
+    assert sorted(len(s) for s in data.shards) == [1, 1, 2, 2, 2, 2]
+    assert "2 of 6 clients hold a single sample" in caplog.text and "train no step" in caplog.text
+    caplog.clear()
+    partition(make_config(overrides={"data": {"partition": "iid", "num_clients": 5}, "clients_per_round": 2}), dataset)
+    assert "single sample" not in caplog.text

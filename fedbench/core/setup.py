@@ -3,6 +3,7 @@ out of a checkpoint. The engine and the worker processes build a run the same wa
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -17,6 +18,8 @@ from fedbench.datasets.partitioners import partition_stats
 from fedbench.errors import CheckpointError, ConfigError, PluginError
 from fedbench.seeding import Stream, numpy_rng
 from fedbench.simulation.fleet import make_fleet
+
+log = logging.getLogger(__name__)
 
 
 def load_dataset(config: RunConfig) -> ImageDataset:
@@ -33,6 +36,13 @@ def partition(config: RunConfig, dataset: ImageDataset) -> tuple[FederatedData, 
     labels = dataset.train_labels.numpy()
     shards = split(labels, config.data, numpy_rng(config.seed, Stream.PARTITION), dataset.train_writers)
     data = FederatedData(dataset, [torch.as_tensor(s, dtype=torch.int64) for s in shards])
+    single = [i for i, shard in enumerate(shards) if len(shard) < 2]
+    if single:
+        log.warning(
+            "%d of %d clients hold a single sample (e.g. client %d) and train no step, since a batch of "
+            "one is skipped; their unchanged models still count in a uniform average. Raise --alpha or lower "
+            "--clients.", len(single), len(shards), single[0],
+        )
     return data, partition_stats(labels, shards, dataset.num_classes)
 
 
