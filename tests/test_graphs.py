@@ -7,10 +7,12 @@ method (each marks its loss graph-safe); a loss that is not marked is never capt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from typer.testing import CliRunner
 
 from fedbench import engine, registry
@@ -18,7 +20,7 @@ from fedbench.cli.main import app
 from fedbench.config import make_config
 from fedbench.data import ImageDataset
 from fedbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
-from fedbench.errors import ConfigError
+from fedbench.errors import ConfigError, PluginError
 from fedbench.testing import kit_config
 from fedbench.training import graphs
 from fedbench.training.graphs import GraphedSteps, ReplayedStep, graph_safe, is_graph_safe
@@ -80,18 +82,68 @@ def _tiny_training(loss_fn, make_graph):
     return result, [p.detach().clone() for p in model.parameters()]
 
 
-def test_a_loss_that_cannot_be_captured_runs_eagerly_with_one_warning(monkeypatch):
+class HostReadsRaise(TorchFunctionMode):
+    """On the CPU, what ``torch.cuda.set_sync_debug_mode("error")`` does on a GPU: reading a
+    tensor's value on the host raises torch's error."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__):
+            raise RuntimeError(f"{graphs.HOST_SYNC_ERROR}\nmore detail")
+        return func(*args, **(kwargs or {}))
+
+
+class SyncCheckingReplay(ReplayedStep):
+    warmups: list[bool] = []
+
+    def warmup(self, strict):
+        SyncCheckingReplay.warmups.append(strict)
+        return HostReadsRaise() if strict else contextlib.nullcontext()
+
+
+def test_a_graph_safe_loss_that_reads_the_host_stops_the_run_in_one_line_before_any_capture(monkeypatch):
+    monkeypatch.setattr(SyncCheckingReplay, "warmups", [])
+
+    @graph_safe
+    def reads_host(model, images, labels):
+        loss = cross_entropy_loss(model, images, labels)
+        print(f"loss {loss.item():.3f}")  # frozen at its captured value in a graph
+        return loss
+
+    with pytest.raises(PluginError, match=r"^test_\w+\.<locals>\.reads_host is marked graph_safe but a step of it reads a value back "
+                                          r"to the host \(called a synchronizing CUDA operation\), which a CUDA "
+                                          r"graph cannot replay; remove @graph_safe from it or run without "
+                                          r"--cuda-graphs$"):
+        _tiny_training(reads_host, SyncCheckingReplay)
+    assert SyncCheckingReplay.warmups == [False, True]
+
+
+def test_a_host_read_in_the_first_warm_up_only_fills_a_cache_and_is_allowed(monkeypatch):
+    monkeypatch.setattr(SyncCheckingReplay, "warmups", [])
+    cache: dict[str, int] = {}
+
+    @graph_safe
+    def cached(model, images, labels):
+        if "classes" not in cache:  # once, as a class mask is made
+            cache["classes"] = int(labels.max().item()) + 1
+        return cross_entropy_loss(model, images, labels)
+
+    eager, eager_weights = _tiny_training(cross_entropy_loss, None)
+    graphed, graphed_weights = _tiny_training(cached, SyncCheckingReplay)
+    assert graphed == eager and all(torch.equal(a, b) for a, b in zip(eager_weights, graphed_weights, strict=True))
+
+
+def test_a_failed_capture_stops_the_run_naming_the_error_it_started_with():
     class FailingCapture(ReplayedStep):
         def capture(self, step):
-            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+            try:
+                raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+            except RuntimeError:
+                raise RuntimeError("operation failed due to a previous error during capture") from None
 
-    monkeypatch.setattr(graphs, "_uncapturable", set())
-    eager, eager_weights = _tiny_training(cross_entropy_loss, None)
-    with pytest.warns(RuntimeWarning, match=r"cross_entropy_loss cannot be captured as a CUDA graph, so it runs "
-                                            r"eagerly \(operation not permitted when stream is capturing\)$"):
-        failed, failed_weights = _tiny_training(cross_entropy_loss, FailingCapture)
-    assert failed == eager and all(torch.equal(a, b) for a, b in zip(eager_weights, failed_weights, strict=True))
-    assert "cross_entropy_loss" in graphs._uncapturable  # later clients do not try again
+    with pytest.raises(RuntimeError, match=r"^capturing a local step of cross_entropy_loss as a CUDA graph failed "
+                                           r"\(operation not permitted when stream is capturing\); run without "
+                                           r"--cuda-graphs$"):
+        _tiny_training(cross_entropy_loss, FailingCapture)
 
 
 def test_only_losses_marked_graph_safe_are_captured(monkeypatch):

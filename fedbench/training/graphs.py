@@ -11,9 +11,14 @@ step, so a graphed client trains as an eager one does, up to GPU non-determinism
 
 A graph replays the tensors it was captured with: it is captured afresh for every call of
 :func:`fedbench.training.loop.local_sgd` and dropped after it, so whatever a method's loss reads
-(FedProx's global weights, DepthFL's FedDyn vectors) is fixed for the graph's whole life. A loss
-that the GPU cannot capture (one that reads a value back to the host mid-step, say) is run
-eagerly instead, with one warning per loss type.
+(FedProx's global weights, DepthFL's FedDyn vectors) is fixed for the graph's whole life.
+
+A loss marked :func:`graph_safe` that reads a value back to the host would be frozen at its
+captured value, or break the capture. The last warm-up step therefore runs with host
+synchronisations turned into errors (``torch.cuda.set_sync_debug_mode``), and such a loss stops
+the run with one line naming it, before anything is captured. A capture that fails anyway stops
+the run too: a failed capture can leave the CUDA stream and allocator mid-capture, so no later
+step of the process could be trusted.
 
 The capture itself is :class:`CudaStepGraph`. :class:`ReplayedStep` calls the recorded step
 again instead of replaying a graph; the tests use it on the CPU to hold a graphed client's
@@ -23,19 +28,25 @@ training to the eager one's, bit for bit, through the same buffers and steps.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
 
+from fedbench.errors import PluginError
+
 WARMUP_STEPS = 2  # eager full-size steps before the capture (PyTorch's examples use a few)
+# What torch raises for a synchronising op under ``set_sync_debug_mode("error")``.
+HOST_SYNC_ERROR = "called a synchronizing CUDA operation"
 
 
 class StepGraph(Protocol):
     """Records one step and replays it."""
 
-    def warmup(self) -> contextlib.AbstractContextManager: ...
+    def warmup(self, strict: bool) -> contextlib.AbstractContextManager:
+        """Context of an eager warm-up step; ``strict``: a host synchronisation in it raises a
+        RuntimeError containing :data:`HOST_SYNC_ERROR`."""
+        ...
 
     def capture(self, step: Callable[[], None]) -> None: ...
 
@@ -43,21 +54,29 @@ class StepGraph(Protocol):
 
 
 class CudaStepGraph:
-    """``torch.cuda.CUDAGraph`` around one step; warm-up steps run on a side stream, as capture needs."""
+    """``torch.cuda.CUDAGraph`` around one step. Warm-up and capture share one side stream, as in
+    PyTorch's whole-network capture: the momentum buffers and workspaces the warm-up makes belong
+    to the stream the graph then runs on."""
 
     def __init__(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
+        self.stream = torch.cuda.Stream()
 
     @contextlib.contextmanager
-    def warmup(self) -> Iterator[None]:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            yield
-        torch.cuda.current_stream().wait_stream(side)
+    def warmup(self, strict: bool) -> Iterator[None]:
+        self.stream.wait_stream(torch.cuda.current_stream())
+        previous = torch.cuda.get_sync_debug_mode()
+        try:
+            with torch.cuda.stream(self.stream):
+                if strict:
+                    torch.cuda.set_sync_debug_mode("error")
+                yield
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+            torch.cuda.current_stream().wait_stream(self.stream)
 
     def capture(self, step: Callable[[], None]) -> None:
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=self.stream):
             step()
 
     def replay(self) -> None:
@@ -71,7 +90,7 @@ class ReplayedStep:
     def __init__(self) -> None:
         self.step: Callable[[], None] | None = None
 
-    def warmup(self) -> contextlib.AbstractContextManager:
+    def warmup(self, strict: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
     def capture(self, step: Callable[[], None]) -> None:
@@ -105,14 +124,19 @@ def step_graphs(device: torch.device, enabled: bool) -> Callable[[], StepGraph] 
     return CudaStepGraph if enabled and device.type == "cuda" else None
 
 
-_uncapturable: set[str] = set()  # loss types that failed to capture: eager from then on
+def _first_cause(exc: BaseException) -> str:
+    """The first line of the error a failure started with: a capture that fails inside the step
+    raises again when it ends, with the real cause as the context."""
+    while exc.__context__ is not None:
+        exc = exc.__context__
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class GraphedSteps:
     """Runs ``step(images, labels) -> loss`` per batch, replaying a graph of it for full-size batches.
 
     ``step`` must read its batch only from the tensors it is given and return the loss tensor it
-    computed; ``name`` names the loss in the warning if it cannot be captured.
+    computed; ``name`` names the loss in the error if it cannot be graphed.
     """
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch_size: int,
@@ -125,7 +149,7 @@ class GraphedSteps:
         self.loss: torch.Tensor | None = None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if images.shape[0] != self.batch_size or self.name in _uncapturable:
+        if images.shape[0] != self.batch_size:
             return self.step(images, labels)
         self.full_steps += 1
         if self.images is not None:
@@ -134,8 +158,19 @@ class GraphedSteps:
             self.graph.replay()
             return self.loss
         if self.full_steps <= WARMUP_STEPS:
-            with self.graph.warmup():
-                return self.step(images, labels)
+            # The first warm-up may fill caches from the host (a class mask, say); the last one is
+            # the step the graph will record, so there a host synchronisation is an error.
+            try:
+                with self.graph.warmup(strict=self.full_steps == WARMUP_STEPS):
+                    return self.step(images, labels)
+            except RuntimeError as exc:
+                if HOST_SYNC_ERROR not in str(exc):
+                    raise
+                raise PluginError(
+                    f"{self.name} is marked graph_safe but a step of it reads a value back to the host "
+                    f"({_first_cause(exc)}), which a CUDA graph cannot replay; remove @graph_safe from it "
+                    "or run without --cuda-graphs"
+                ) from exc
         captured_images, captured_labels = images.clone(), labels.clone()
 
         def recorded() -> None:
@@ -144,10 +179,10 @@ class GraphedSteps:
         try:
             self.graph.capture(recorded)
         except RuntimeError as exc:
-            _uncapturable.add(self.name)
-            warnings.warn(f"fedbench: {self.name} cannot be captured as a CUDA graph, so it runs eagerly "
-                          f"({str(exc).splitlines()[0]})", RuntimeWarning, stacklevel=2)
-            return self.step(images, labels)
+            raise RuntimeError(
+                f"capturing a local step of {self.name} as a CUDA graph failed ({_first_cause(exc)}); "
+                "run without --cuda-graphs"
+            ) from exc
         self.images, self.labels = captured_images, captured_labels
         self.graph.replay()  # capturing recorded the step without running it
         return self.loss

@@ -115,7 +115,8 @@ def local_sgd(
         optimizer.step()
         return loss.detach()
 
-    if graphs is not None and is_graph_safe(loss_fn):
+    graphed = graphs is not None and is_graph_safe(loss_fn)
+    if graphed:
         name = getattr(loss_fn, "__qualname__", type(loss_fn).__qualname__)
         step = GraphedSteps(step, train.batch_size, graphs, name)
     num = int(indices.numel())
@@ -126,4 +127,6 @@ def local_sgd(
         for images, labels in dataset.training_batches(order, train.batch_size, generator):
             total_loss += step(images.to(device), labels.to(device))
             steps += 1
+    if graphed:  # replayed grads live in the graph's memory pool: let it go with the graph
+        optimizer.zero_grad(set_to_none=True)
     return LocalResult(num_samples=num, num_steps=steps, mean_loss=float(total_loss) / max(steps, 1))
