@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from fedbench import engine
 from fedbench.cli.main import app
 from fedbench.config import make_config
-from fedbench.errors import ConfigError, MemoryBudgetError
 from fedbench.data import ImageDataset
+from fedbench.errors import ConfigError, MemoryBudgetError
 from fedbench.kits.bn import recompute_bn_statistics, sbn_indices
 from fedbench.kits.widths import largest_fitting, level_model
 from fedbench.models.base import BlockModel, PoolHead
