@@ -7,6 +7,7 @@
 #   1c. for the 4 rows CUDA exceeds most: what is live at the peak and where it was allocated
 #      (torch's allocator history with C++ frames)          -> OUT/memory_explain.md
 #   2. one 2-round --device cuda run of every registered method on synthetic data -> OUT/smoke.jsonl
+#  2g. the same runs with CUDA graphs, set against step 2's            -> OUT/smoke_graphs.{jsonl,md}
 #   3. the width/depth baselines at full width, ResNet18 on Fashion-MNIST, 30 rounds -> OUT/grid.jsonl
 #   4. the GPU path: round times of the transfer path, the resident path, CUDA graphs and 4 trainers
 #      per GPU, a plain PyTorch loop's images/s, one profiled round per serial path
@@ -16,8 +17,8 @@
 #   6. the long-horizon comparison (full-width ResNet18, 5 local epochs), stopped in time with its
 #      checkpoints under CKPT_DIR, continued by the next invocation     -> OUT/long.jsonl
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
-# STEPS="2 4 5" ends within 9 minutes (its steps' time limits: 60 + 330 + 150 s).
-# STEPS="1 1c 2 3" (the default; 1b, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
+# STEPS="2 2g 4" ends within 8 minutes (its steps' time limits: 60 + 60 + 330 s), STEPS="5 6" within
+# LONG_SECONDS + 270 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
 # step 3; LONG_METHODS, LONG_ROUNDS, LONG_SECONDS, LONG_WORKERS, LONG_GRAPHS (true: CUDA graphs) and
 # CKPT_DIR those of step 6.
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow, no network): runs go
@@ -84,6 +85,17 @@ if [[ $STEPS == *" 2 "* ]]; then
     --methods "$($PY -c 'from fedbench import registry; print(",".join(p.name for p in registry.available("methods")))')" \
     --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 --set rounds=2 \
     --set "device=$DEVICE" --set tracking.enabled=false --out "$OUT/smoke.jsonl"
+fi
+if [[ $STEPS == *" 2g "* ]] && [ "$DEVICE" = cpu ]; then
+  echo "== 2g. every method graphed vs eager: skipped on the CPU (tests/test_graphs.py holds them bit for bit)"
+elif [[ $STEPS == *" 2g "* ]]; then
+  echo "== 2g. every method, the 2 rounds of step 2 with CUDA graphs, against step 2's eager runs"
+  timeout 60 $PY "$ROOT/benchmarks/accuracy_grid.py" \
+    --methods "$($PY -c 'from fedbench import registry; print(",".join(p.name for p in registry.available("methods")))')" \
+    --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 --set rounds=2 \
+    --set "device=$DEVICE" --set cuda_graphs=true --set tracking.enabled=false --out "$OUT/smoke_graphs.jsonl"
+  $PY "$ROOT/benchmarks/compare_runs.py" "$OUT/smoke.jsonl" "$OUT/smoke_graphs.jsonl" --names eager,graphs \
+    | tee "$OUT/smoke_graphs.md" | tail -n 1
 fi
 
 if [[ $STEPS == *" 3 "* ]] && [ -n "$FMNIST" ] && [ "$GRID_SECONDS" -gt 0 ]; then

@@ -46,8 +46,9 @@ def test_every_gpu_step_runs_on_the_cpu_and_a_stopped_run_continues_from_its_ret
     data = toy_fashion_mnist(tmp_path / "fashion-mnist")
     out, first_ckpt = tmp_path / "out", tmp_path / "ckpt-first-visit"
     long_run = {"LONG_METHODS": "fedavg", "LONG_ROUNDS": "8"}
-    printed = rehearse(out, data, "1 2 4 5 6", CKPT_DIR=str(first_ckpt), LONG_SECONDS="1", **long_run)
-    assert "skipped on the CPU" in printed
+    printed = rehearse(out, data, "1 2 2g 4 5 6", CKPT_DIR=str(first_ckpt), LONG_SECONDS="1", **long_run)
+    assert "1, 1b, 1c compare the memory model with CUDA's allocator: skipped on the CPU" in printed
+    assert "2g. every method graphed vs eager: skipped on the CPU" in printed
 
     smoke = lines(out / "smoke.jsonl")  # step 2: every registered method, two rounds
     assert sorted(r["method"] for r in smoke) == sorted(p.name for p in registry.available("methods"))
@@ -80,3 +81,26 @@ def test_every_gpu_step_runs_on_the_cpu_and_a_stopped_run_continues_from_its_ret
                        TRAVEL_MIB="1", **long_run)
     assert "MiB, more than the 1 MiB left to send back; not returned" in printed
     assert not list((tmp_path / "out-full").glob("*.part-*"))
+
+
+def test_graphed_and_eager_smoke_runs_are_compared_method_by_method(tmp_path):
+    """Step 2g's table: a method whose two runs differ beyond the tolerance, failed or is missing is
+    flagged; runs that agree are not."""
+    def write(path, runs):
+        path.write_text("".join(json.dumps(r) + "\n" for r in runs))
+
+    def run(method, accuracy, loss):
+        return {"method": method, "final_accuracy": accuracy, "last_eval": {"train/loss": loss}}
+
+    write(tmp_path / "eager.jsonl", [run("fedavg", 0.5, 2.0), run("neulite", 0.4, 1.0), run("oort", 0.3, 1.5)])
+    write(tmp_path / "graphs.jsonl", [run("fedavg", 0.505, 2.001), run("neulite", 0.4, 1.2),
+                                      {"method": "oort", "error": "RuntimeError: capture failed"},
+                                      run("tifl", 0.2, 1.0)])
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "compare_runs.py"), str(tmp_path / "eager.jsonl"),
+                           str(tmp_path / "graphs.jsonl"), "--names", "eager,graphs"],
+                          capture_output=True, text=True, check=True)
+    rows = {line.split(" | ")[0].strip("| "): line for line in done.stdout.splitlines() if line.startswith("| ")}
+    assert "same up to the tolerance" in rows["fedavg"]
+    assert "differ by more than 0.01" in rows["neulite"]
+    assert "graphs: RuntimeError: capture failed" in rows["oort"] and "eager: missing" in rows["tifl"]
+    assert done.stdout.rstrip().endswith("3 of 4 methods flagged")
