@@ -3,7 +3,9 @@
 A CUDA graph needs a GPU; here :class:`ReplayedStep` stands in for it: it records the step at
 capture and calls it again per replay, through the same static input tensors, warm-up steps and
 eager last batches as a CUDA graph. A run through it must equal the eager run bit for bit, for every
-method (each marks its loss graph-safe); a loss that is not marked is never captured."""
+method (each marks its loss graph-safe), and every replay must make the torch calls of the first
+with the same Python arguments, as a graph's frozen kernels do; a loss that is not marked is never
+captured."""
 
 from __future__ import annotations
 
@@ -30,16 +32,48 @@ from fedbench.training.loop import cross_entropy_loss, local_sgd
 METHODS = sorted(info.name for info in registry.available("methods") if info.builtin or info.name == "fedprox")
 
 
+def _shown(value):
+    """A torch call's argument as a graph sees it: a tensor by its shape, dtype and device (its
+    values may change between replays), anything else by its value (frozen at capture)."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype, value.device.type)
+    if isinstance(value, (list, tuple)):
+        return tuple(_shown(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _shown(v)) for k, v in value.items()))
+    return value if isinstance(value, (int, float, bool, str, type(None), torch.dtype)) else type(value).__name__
+
+
+class CallTrace(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls.append((getattr(func, "__qualname__", repr(func)), _shown(args), _shown(kwargs or {})))
+        return func(*args, **(kwargs or {}))
+
+
 class CountingReplay(ReplayedStep):
+    """The stand-in, also holding each replay to the torch calls of the first: a real graph replays
+    its captured kernels with the arguments they had, so a step whose calls or Python-side
+    arguments (a counter, a scalar read from a changing attribute) differ between replays would
+    be frozen on a GPU."""
+
     captures = replays = 0
 
     def capture(self, step):
         CountingReplay.captures += 1
+        self.recorded = None
         super().capture(step)
 
     def replay(self):
         CountingReplay.replays += 1
-        super().replay()
+        with CallTrace() as trace:
+            super().replay()
+        if self.recorded is None:
+            self.recorded = trace.calls
+        assert trace.calls == self.recorded, "a replay's torch calls differ from the captured step's"
 
 
 def outcome(config):
@@ -157,6 +191,18 @@ def test_only_losses_marked_graph_safe_are_captured(monkeypatch):
     graphed, _ = _tiny_training(graph_safe(unmarked), CountingReplay)
     assert CountingReplay.captures == 1  # one graph per local training, replayed for its full batches
     assert graphed.num_steps == 3 * 5  # 18 samples: 4 full batches and a last one of 2, per epoch
+
+
+def test_the_stand_in_catches_a_loss_whose_python_state_a_graph_would_freeze():
+    steps = [0]
+
+    @graph_safe
+    def counting(model, images, labels):  # weights the loss by a step counter kept in Python
+        steps[0] += 1
+        return cross_entropy_loss(model, images, labels) * min(steps[0], 10)
+
+    with pytest.raises(AssertionError, match="a replay's torch calls differ from the captured step's"):
+        _tiny_training(counting, CountingReplay)
 
 
 def test_graphed_steps_warm_up_then_capture_once_and_replay_full_size_batches_only():
