@@ -19,7 +19,7 @@ import torch
 from fedbench.config import RunConfig
 from fedbench.core import checkpoint
 from fedbench.core.method import Assignment, Method
-from fedbench.core.setup import check_device, make_method, prepare, restore, snapshot
+from fedbench.core.setup import check_device, make_method, prepare, restore, snapshot, warn_of_idle_clients
 from fedbench.errors import DivergedError, ExecutorError
 from fedbench.execution import executors
 from fedbench.execution.executors import Executor, SerialExecutor
@@ -183,6 +183,7 @@ def _run_prepared(
     if checkpoint_file is not None and (resume_run_id is not None or not isinstance(tracker, NullTracker)):
         raise ValueError("checkpoint_file is for untracked runs; a tracked run checkpoints under its run id")
     ctx, stats = prepare(config)
+    warn_of_idle_clients(ctx.data)
     method = make_method(ctx)
     _trace_before_round_one(method)
     result = RunResult(config=config, partition=stats)

@@ -170,16 +170,19 @@ def test_a_split_with_single_sample_clients_warns_that_they_train_no_step(caplog
     import torch
 
     from fedbench.config import make_config
-    from fedbench.core.setup import partition
+    from fedbench.core.setup import partition, warn_of_idle_clients
     from fedbench.data import ImageDataset
 
     labels = torch.arange(10) % 2
     images = torch.zeros(10, 1, 2, 2, dtype=torch.uint8)
     dataset = ImageDataset("tiny", images, labels, images, labels, 2, mean=[0.0], std=[1.0])
-    config = make_config(overrides={"data": {"partition": "iid", "num_clients": 6}, "clients_per_round": 2})
-    data, _ = partition(config, dataset)
+    data, _ = partition(make_config(overrides={"data": {"partition": "iid", "num_clients": 6},
+                                               "clients_per_round": 2}), dataset)
     assert sorted(len(s) for s in data.shards) == [1, 1, 2, 2, 2, 2]
+    warn_of_idle_clients(data)
     assert "2 of 6 clients hold a single sample" in caplog.text and "train no step" in caplog.text
     caplog.clear()
-    partition(make_config(overrides={"data": {"partition": "iid", "num_clients": 5}, "clients_per_round": 2}), dataset)
+    data, _ = partition(make_config(overrides={"data": {"partition": "iid", "num_clients": 5},
+                                               "clients_per_round": 2}), dataset)
+    warn_of_idle_clients(data)
     assert "single sample" not in caplog.text

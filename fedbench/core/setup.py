@@ -36,14 +36,19 @@ def partition(config: RunConfig, dataset: ImageDataset) -> tuple[FederatedData, 
     labels = dataset.train_labels.numpy()
     shards = split(labels, config.data, numpy_rng(config.seed, Stream.PARTITION), dataset.train_writers)
     data = FederatedData(dataset, [torch.as_tensor(s, dtype=torch.int64) for s in shards])
-    single = [i for i, shard in enumerate(shards) if len(shard) < 2]
+    return data, partition_stats(labels, shards, dataset.num_classes)
+
+
+def warn_of_idle_clients(data: FederatedData) -> None:
+    """Says, once per run, how many clients the split left unable to train: local SGD skips a
+    batch of one sample, so a client holding one sample sends back the model it received."""
+    single = [i for i, shard in enumerate(data.shards) if shard.numel() < 2]
     if single:
         log.warning(
             "%d of %d clients hold a single sample (e.g. client %d) and train no step, since a batch of "
             "one is skipped; their unchanged models still count in a uniform average. Raise --alpha or lower "
-            "--clients.", len(single), len(shards), single[0],
+            "--clients.", len(single), len(data.shards), single[0],
         )
-    return data, partition_stats(labels, shards, dataset.num_classes)
 
 
 def home_device(config: RunConfig) -> torch.device:
