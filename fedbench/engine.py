@@ -92,8 +92,9 @@ def run_round(
     check_finite(method, round_idx, updates)
     train_s = time.perf_counter() - start
     metrics: dict[str, float] = {"round/clients": float(len(updates))}
-    if updates:
-        metrics["train/loss"] = sum(u.loss for u in updates) / len(updates)
+    trained = [u for u in updates if u.num_steps > 0]  # a client with one sample trains no step
+    if trained:
+        metrics["train/loss"] = sum(u.loss for u in trained) / len(trained)
     metrics.update(method.round_metrics(round_idx, updates))
     metrics.update(method.ctx.participation_metrics())
     if method.ctx.fleet is not None:  # virtual clock: the round lasts as long as its slowest device

@@ -120,3 +120,24 @@ def test_a_negative_info_plane_probe_is_a_one_line_config_error(tiny_config):
 
     with pytest.raises(ConfigError, match=r"info_plane \(-1\) must be >= 0"):
         dataclasses.replace(tiny_config, info_plane=-1)
+
+
+def test_the_round_training_loss_averages_only_clients_that_trained_a_step(tiny_config, monkeypatch):
+    """1,200 samples over 700 clients: 200 of them hold one sample, train no step and report a loss
+    of 0, which must not pull the round's `train/loss` down."""
+    config = dataclasses.replace(tiny_config, clients_per_round=40, rounds=1,
+                                 data=dataclasses.replace(tiny_config.data, num_clients=700))
+    seen = []
+    run_updates = engine.SerialExecutor.local_updates
+
+    def recording(self, method, assignments, round_idx):
+        updates = run_updates(self, method, assignments, round_idx)
+        seen.extend(updates)
+        return updates
+
+    monkeypatch.setattr(engine.SerialExecutor, "local_updates", recording)
+    (result,) = engine.run_rounds(engine.make_method(engine.prepare(config)[0]))
+    idle = [u for u in seen if u.num_steps == 0]
+    trained = [u for u in seen if u.num_steps > 0]
+    assert idle and trained and all(u.loss == 0.0 for u in idle)
+    assert result.metrics["train/loss"] == sum(u.loss for u in trained) / len(trained)
