@@ -202,7 +202,21 @@ def summarize(
     # The method and the settings other than the ablation switches that differ between its runs.
     frame["ablation_label"] = method_labels(
         frame, [{k: v for k, v in s.items() if k not in ABLATION_SWITCHES} for s in settings])
-    return frame.reindex(columns=[*SUMMARY_COLUMNS, *options]), warnings
+    frame, repeats = _one_run_per_seed(frame)
+    return frame.reindex(columns=[*SUMMARY_COLUMNS, *options]), warnings + repeats
+
+
+def _one_run_per_seed(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Runs that differ only in :data:`IGNORED_SETTINGS` besides the seed (threads, device, the
+    executor) have different run keys but measure the same thing: of a seed run twice, the later
+    run (``frame`` is in start order) is kept, so a cell's n counts seeds, not runs."""
+    repeated = frame.duplicated([*GROUP_KEYS, "seed"], keep="last")
+    warnings = [
+        f"run {row['run_id'][:8]} ({row['method_label']}, {row['dataset']}, {row['model']}, seed {row['seed']}) "
+        "repeats a later run's configuration and seed in all but where it ran; the later run is used"
+        for _, row in frame[repeated].iterrows()
+    ]
+    return frame[~repeated].reset_index(drop=True), warnings
 
 
 def _number(value: object) -> float:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from fedbench.errors import ConfigError
-from fedbench.reports.summary import Stat, aggregate, is_iid
+from fedbench.reports.summary import DEFAULT_LAST_EVALS, Stat, aggregate, is_iid
 
 MISSING = "–"
 NOT_APPLICABLE = "NA"
@@ -129,7 +129,7 @@ def accuracy_table(
         rows.append((Cell(method), Cell(incl), *grid[method], *pr_cells))
     header = ("Method", "Incl.", *(" ".join(map(str, c)) for c in columns), *(f"PR {m}" for m in models))
     which = "final" if metric == "final" else "best"
-    how = f"mean of the last {last_evals} evaluations" if metric == "final" and last_evals else "maximum over rounds"
+    how = f"mean of the last {last_evals or DEFAULT_LAST_EVALS} evaluations" if metric == "final" else "maximum over rounds"
     note = (
         f"Accuracy (%): {which} `eval/accuracy` ({how}), mean ± sample std over the n seeds of one "
         "configuration (runs that differ in anything else are separate rows, labelled by those settings); "
@@ -154,7 +154,10 @@ def table1(summary: pd.DataFrame, metric: str = "final", iid: bool = False, last
         flag = "drop --iid" if iid else "add --iid"
         raise ConfigError(f"no {wanted} runs for Table 1 (data.partition); {flag} to tabulate the {other} runs")
     title = f"Table 1 — {'IID' if iid else 'non-IID'}: accuracy (%) and participation rate PR (%)"
-    return accuracy_table(chosen, ("dataset", "model"), title, metric, last_evals)
+    # Runs of several partitions (α = 0.1 and 0.5, say) are separate columns, never seeds of one.
+    several = chosen["partition_label"].nunique(dropna=False) > 1
+    columns = ("dataset", "partition_label", "model") if several else ("dataset", "model")
+    return accuracy_table(chosen, columns, title, metric, last_evals)
 
 
 def table2(summary: pd.DataFrame, metric: str = "final", last_evals: int | None = None) -> Table:

@@ -81,6 +81,14 @@ def store(tmp_path_factory):
         ids[i] = _log_run(client, ablation, spec, i, clock=True, nhsic=(i == 1))
     broken = client.create_experiment("broken")
     _log_run(client, broken, GRID[0], 0, status="FAILED")
+    mixed = client.create_experiment("mixed")  # two α in one non-IID Table 1; seed 2 run twice
+    for i, (seed, accuracy, extra) in enumerate([
+        (1, [0.1, 0.5, 0.6, 0.7], {}),
+        (2, [0.1, 0.1, 0.1, 0.1], {}),
+        (1, [0.2, 0.3, 0.3, 0.3], {"data.alpha": "0.1"}),
+        (2, [0.1, 0.6, 0.7, 0.8], {"threads": "2"}),  # the same run as seed 2's, on 2 threads, later
+    ]):
+        _log_run(client, mixed, ("fedavg", "cifar10", "resnet18", "dirichlet", seed, accuracy, 1.0, extra), i)
     return {"uri": uri, "neulite_run": ids[1], "fedavg_run": ids[0]}
 
 
@@ -105,6 +113,16 @@ def test_table1_markdown_matches_the_golden_table_with_na_missing_and_bold_cells
     assert "mean of the last 3 evaluations" in result.stdout
     assert (tmp_path / "table1.md").read_text() == result.stdout
     assert "run " in result.stderr and "(heterofl, cifar10, resnet18) has no eval/accuracy" in result.stderr
+
+
+def test_table1_keeps_partitions_apart_and_counts_a_seed_run_twice_once(store, tmp_path):
+    result = _report("table1", "--experiment", "mixed", "--tracking-uri", store["uri"], "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    header, _, fedavg = result.stdout.splitlines()[:3]
+    assert header.startswith("| Method | Incl. | cifar10 non-IID α=0.1 resnet18 | cifar10 non-IID α=0.5 resnet18 |")
+    # α 0.1: seed 1 alone; α 0.5: seeds 1 and 2, seed 2 from its later run: finals 0.6 and 0.7
+    assert fedavg.startswith("| fedavg | yes | **30.0 (n=1)** | **65.0 ± 7.1 (n=2)** |")
+    assert "repeats a later run's configuration and seed in all but where it ran" in result.stderr
 
 
 def test_table1_best_metric_uses_the_maximum_and_last_changes_the_final_window(store, tmp_path):
@@ -373,9 +391,9 @@ def test_runs_of_different_configurations_are_separate_rows_never_seeds(store, t
         "| fedavg (rounds=1, train.batch_size=32, train.lr=0.3)",
         "| fedavg (rounds=3, train.batch_size=8, train.lr=0.01)",
     ]
-    # The run that differs only in threads is the first row's second seed; every other cell has one.
-    assert "(n=2)" in rows[0] and all("(n=1)" in row for row in rows[1:])
-    assert all("±" not in row for row in rows[1:])
+    # The run that differs only in threads repeats the first row's seed: it replaces it, not a 2nd seed.
+    assert all("(n=1)" in row and "±" not in row for row in rows)
+    assert "repeats a later run's configuration and seed in all but where it ran" in result.stderr
     assert "99.0" not in result.stdout  # the FAILED run
     assert "skipping 1 unfinished run(s)" in result.stderr
 
