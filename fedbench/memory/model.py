@@ -25,7 +25,7 @@ optimizer step, including whatever the method's loss adds. The input batch is
 excluded, as in the paper's measurement (peak above the state before the
 step, plus the resident model and optimizer state). Kernel-internal scratch
 buffers (e.g. a convolution library's workspace) are not visible and are the
-remaining gap to a real allocator (< 1 % on CPU, see docs/memory.md).
+remaining gap to a real allocator (docs/memory.md says how large, per backend).
 """
 
 from __future__ import annotations
