@@ -22,6 +22,8 @@ from fedbench.errors import DataNotFoundError
 
 # A batch augmentation: (float images N×C×H×W, generator) -> augmented images.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# The smallest training batch: BatchNorm cannot train on one sample (nor nHSIC measure it).
+MIN_TRAIN_BATCH = 2
 
 
 @runtime_checkable
@@ -123,7 +125,8 @@ class ImageDataset:
         so on a GPU no training step waits for the host. The draws are the numbers per-batch
         :meth:`train_batch` calls would make, and leave ``generator`` in the same state."""
         num = int(order.numel())
-        sizes = [n for n in (min(batch_size, num - start) for start in range(0, num, batch_size)) if n >= 2]
+        sizes = [n for n in (min(batch_size, num - start) for start in range(0, num, batch_size))
+                 if n >= MIN_TRAIN_BATCH]
         order = order.to(self.device)
         augment = self.augment if generator is not None else None
         drawn = augment if isinstance(augment, DrawnAugment) and sizes else None

@@ -13,7 +13,7 @@ from fedbench.config import RunConfig
 from fedbench.core import checkpoint, state
 from fedbench.core.context import RunContext
 from fedbench.core.method import Method, validate_method
-from fedbench.data import FederatedData, ImageDataset
+from fedbench.data import MIN_TRAIN_BATCH, FederatedData, ImageDataset
 from fedbench.datasets.partitioners import partition_stats
 from fedbench.errors import CheckpointError, ConfigError, PluginError
 from fedbench.seeding import Stream, numpy_rng
@@ -42,7 +42,7 @@ def partition(config: RunConfig, dataset: ImageDataset) -> tuple[FederatedData, 
 def warn_of_idle_clients(data: FederatedData) -> None:
     """Says, once per run, how many clients the split left unable to train: local SGD skips a
     batch of one sample, so a client holding one sample sends back the model it received."""
-    single = [i for i, shard in enumerate(data.shards) if shard.numel() < 2]
+    single = [i for i, shard in enumerate(data.shards) if shard.numel() < MIN_TRAIN_BATCH]
     if single:
         log.warning(
             "%d of %d clients hold a single sample (e.g. client %d) and train no step, since a batch of "
