@@ -20,7 +20,8 @@ Shared pieces a method calls instead of re-implementing them
     :func:`weighted_average` / :func:`normalized_weights` (FedAvg averaging),
     :func:`overlap_count_average` (HeteroFL-style averaging of slices),
     :mod:`slicing` (width sub-models), :mod:`cutting` (depth/stage sub-models,
-    early exits), :func:`evaluate`, the seeded streams :func:`numpy_rng` /
+    early exits), :func:`evaluate` (and :func:`evaluate_outputs` for a model with several
+    outputs), the seeded streams :func:`numpy_rng` /
     :func:`torch_generator` with :attr:`Stream.METHOD` for a method's own draws,
     :class:`DeviceCost` / :class:`DeviceTime` / :class:`VirtualClock` for a
     method whose sub-models cost the virtual clock less than the full model;
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 from fedbench.config import RunConfig, TrainConfig, make_config
 from fedbench.core.context import RunContext
-from fedbench.core.evaluation import evaluate
+from fedbench.core.evaluation import evaluate, evaluate_outputs
 from fedbench.core.method import Assignment, ClientContext, Method, NoOptions, Update, Workload
 from fedbench.data import FederatedData, ImageDataset
 from fedbench.engine import RoundResult, RunResult, prepare, run, run_rounds
@@ -85,7 +86,7 @@ __all__ = [
     # errors a method raises for bad input
     "ConfigError", "FedbenchError", "MemoryBudgetError", "PluginError",
     # training, averaging, evaluation
-    "LocalResult", "LossFn", "cross_entropy_loss", "evaluate", "graph_safe", "local_sgd", "normalized_weights",
+    "LocalResult", "LossFn", "cross_entropy_loss", "evaluate", "evaluate_outputs", "graph_safe", "local_sgd", "normalized_weights",
     "overlap_count_average", "placed_on", "weighted_average",
     # seeded randomness
     "Stream", "derive_seed", "numpy_rng", "torch_generator",

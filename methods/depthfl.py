@@ -45,12 +45,12 @@ from fedbench.api import (
     Update,
     Workload,
     check_block_index,
+    evaluate_outputs,
     exit_heads,
     format_bytes,
     graph_safe,
     numpy_rng,
     overlap_count_average,
-    placed_on,
     state_bytes,
 )
 
@@ -281,15 +281,19 @@ def deepest_fitting_depth(peaks: Mapping[int, int], budget_bytes: int | None) ->
 # ----------------------------------------------------------------------- method
 class ExitEnsemble(nn.Module):
     """DepthFL's prediction: the mean of the logits of the exits at ``indices`` (positions in the
-    exit model's output list; None: every exit)."""
+    exit model's output list; None: every exit). ``with_exits`` returns every exit's logits
+    before the ensemble's, so one pass over the test set scores them all."""
 
-    def __init__(self, net: ExitModel, indices: Sequence[int] | None = None) -> None:
+    def __init__(self, net: ExitModel, indices: Sequence[int] | None = None, *, with_exits: bool = False) -> None:
         super().__init__()
         self.net = net
         self.indices = None if indices is None else tuple(indices)
+        self.with_exits = with_exits
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return ensemble_logits(self.net(images), self.indices)
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = self.net(images)
+        ensemble = ensemble_logits(outputs, self.indices)
+        return (*outputs, ensemble) if self.with_exits else ensemble
 
 
 def ensemble_logits(outputs: Sequence[torch.Tensor], indices: Sequence[int] | None = None) -> torch.Tensor:
@@ -418,40 +422,23 @@ class DepthFL(Method):
     def eval_model(self) -> nn.Module:
         return ExitEnsemble(self.full, [self.exit_positions.index(k) for k in self.ensemble_exits])
 
-    @torch.inference_mode()
     def evaluate(self, batch_size: int) -> dict[str, float]:
         """Every trained exit and the ensemble in one pass; the ensemble is the headline (spec §8.6,
         Q11). An exit no device trains has no ``eval/exit<k>/accuracy`` (it would be the accuracy
         of its initialisation); ``eval/ensemble_exits`` counts the exits averaged."""
-        self.full.eval()
         positions = self.exit_positions
         averaged = [positions.index(k) for k in self.ensemble_exits]
-        device = torch.device(self.ctx.config.device)
-        correct = torch.zeros(len(positions), dtype=torch.int64, device=device)
-        ensemble_correct = torch.zeros((), dtype=torch.int64, device=device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        count = 0
-        with placed_on(self.full, device):
-            for images, labels in self.ctx.data.dataset.test_batches(batch_size):
-                images, labels = images.to(device), labels.to(device)
-                outputs = self.full(images)
-                for index, logits in enumerate(outputs):
-                    correct[index] += (logits.argmax(dim=1) == labels).sum()
-                ensemble = ensemble_logits(outputs, averaged)
-                ensemble_correct += (ensemble.argmax(dim=1) == labels).sum()
-                loss_sum += F.cross_entropy(ensemble, labels, reduction="sum")
-                count += int(labels.numel())
-        self.full.train()
-        count = max(count, 1)
+        scored = ExitEnsemble(self.full, averaged, with_exits=True)
+        *exits, ensemble = evaluate_outputs(scored, self.ctx.data.dataset, batch_size, self.ctx.config.device)
         metrics = {
-            f"eval/exit{k}/accuracy": c / count
-            for k, c in zip(positions, correct.tolist(), strict=True) if k in self.trained_exits
+            f"eval/exit{k}/accuracy": scores["accuracy"]
+            for k, scores in zip(positions, exits, strict=True) if k in self.trained_exits
         }
         metrics.update({
-            "eval/accuracy": int(ensemble_correct) / count,
-            "eval/ensemble/accuracy": int(ensemble_correct) / count,
+            "eval/accuracy": ensemble["accuracy"],
+            "eval/ensemble/accuracy": ensemble["accuracy"],
             "eval/ensemble_exits": float(len(averaged)),
-            "eval/loss": float(loss_sum) / count,
+            "eval/loss": ensemble["loss"],
         })
         return metrics
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from fedbench import engine
 from fedbench.config import make_config
+from fedbench.core.evaluation import evaluate
 from fedbench.core.method import ClientContext
 from fedbench.errors import ConfigError, MemoryBudgetError
 from fedbench.kits.hsic import balanced_probe, block_information_plane, nhsic
@@ -311,8 +312,22 @@ def test_by_default_every_evaluation_follows_a_stage_s_round_and_the_last_round_
 def test_evaluate_stage_scores_the_just_trained_stage_model_every_round():
     result = engine.run(config(rounds=2, model="cnn", width=0.25, evaluate="stage"))
     first, second = (r.metrics for r in result.rounds)
-    assert first["eval/accuracy"] == first["eval/stage1/accuracy"]
-    assert "eval/accuracy" in second and "eval/stage2/accuracy" not in second  # stage S: the full model
+    assert first["eval/accuracy"] == first["eval/stage1/accuracy"] and "eval/stage2/accuracy" not in first
+    assert second["eval/accuracy"] == second["eval/stage2/accuracy"] and "eval/stage1/accuracy" not in second
+
+
+def test_a_cycle_evaluation_scores_the_full_model_and_every_stage_model_in_one_pass():
+    method = method_for(config(rounds=4, model="resnet18", width=0.125))  # 4 stages: one cycle
+    rounds = engine.run_rounds(method)
+    assert [sorted(k for k in r.metrics if k.startswith("eval/stage")) for r in rounds[:3]] == [[], [], []]
+    logged = rounds[-1].metrics
+    dataset, device = method.ctx.data.dataset, method.ctx.config.device
+    full = evaluate(method.global_model, dataset, 64, device)
+    assert (logged["eval/accuracy"], logged["eval/loss"]) == pytest.approx((full["accuracy"], full["loss"]))
+    for k, work in enumerate(method.stages, start=1):  # each S_k scored on its own agrees
+        assert logged[f"eval/stage{k}/accuracy"] == pytest.approx(evaluate(work.model, dataset, 64, device)["accuracy"])
+    assert logged["eval/stage4/accuracy"] == logged["eval/accuracy"]
+    assert len({logged[f"eval/stage{k}/accuracy"] for k in range(1, 5)}) > 1  # four models, not one scored four times
 
 
 # ----------------------------------------------------------------- bad input
