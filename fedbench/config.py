@@ -324,6 +324,16 @@ class RunConfig:
             return dict(self.options), {}
         return _as_json(parsed), _as_json(defaults)
 
+    def method_tags(self) -> dict[str, str]:
+        """Tags that describe the run's method rather than its settings:
+        ``fedbench.ignores_memory`` for a method that declares it (:attr:`Method.ignores_memory`).
+        None when the method cannot be loaded (a failed run is still recorded)."""
+        try:
+            method = registry.load("methods", self.method)
+        except FedbenchError:
+            return {}
+        return {"fedbench.ignores_memory": "true"} if getattr(method, "ignores_memory", False) is True else {}
+
     def option_params(self) -> dict[str, str]:
         """``options.<name>`` MLflow params for every option of the run's method, defaults included and
         values normalised (``mu=1`` -> ``1.0``, tuples as ``[a, b]``), so reports can group runs by an

@@ -27,6 +27,10 @@ from fedbench.tracking.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
+# Logged with every evaluation: 1 where the round ends one of the method's cycles
+# (Method.ends_cycle), 0 for a last round that does not; reports read it by this name.
+CYCLE_END = "eval/cycle_end"
+
 
 @dataclass(frozen=True)
 class RoundResult:
@@ -104,6 +108,9 @@ def run_round(
     if evaluate:
         eval_start = time.perf_counter()
         metrics.update(method.evaluate(config.eval_batch_size))
+        # 0 for a last round that ends no cycle (NeuLite: a stage-k < S round): reports leave
+        # such an evaluation out of final and best accuracy (spec neulite §2.9).
+        metrics[CYCLE_END] = float(method.ends_cycle(round_idx))
         if config.info_plane:
             metrics.update(method.information_plane(config.info_plane))
         metrics["time/eval_s"] = time.perf_counter() - eval_start

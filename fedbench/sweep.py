@@ -6,7 +6,9 @@ product is one run with a stable key (:attr:`RunConfig.run_key`). Cells already
 FINISHED in the tracking store are skipped, a cell whose last run was cut short
 (RUNNING after a SIGKILL, KILLED, FAILED) and left a checkpoint is resumed from
 it, and a failing cell is recorded as FAILED with its one-line reason and never
-stops the others. Cells run here one after the other, in a pool of processes
+stops the others. A cell whose method no device of the fleet can train is not a failure but
+the paper's "NA": it is recorded as a FINISHED run with ``participation/rate`` 0, which the
+report tables show as NA. Cells run here one after the other, in a pool of processes
 (``max_parallel``) or as Ray tasks (``executor="ray"``: a local Ray, or the
 cluster at ``$RAY_ADDRESS``; log to a shared MLflow server then). On Ray a cell whose
 ``device`` is ``cuda``/``cuda:N`` also asks for ``gpus_per_cell`` GPUs (default 1; 0.25 packs
@@ -39,7 +41,7 @@ from typing import Any
 from fedbench import engine
 from fedbench.config import RunConfig, build_dataclass, deep_merge, dotted_to_nested, load_yaml
 from fedbench.core import checkpoint
-from fedbench.errors import ConfigError, FedbenchError, TrackingError
+from fedbench.errors import ConfigError, FedbenchError, MemoryBudgetError, TrackingError
 from fedbench.execution.executors import connect_ray, cpu_demand, require_ray
 from fedbench.tracking.tracker import MlflowTracker
 
@@ -73,7 +75,8 @@ class Cell:
 
 @dataclass(frozen=True)
 class CellOutcome:
-    """What happened to a cell: FINISHED, SKIPPED or FAILED (with the reason)."""
+    """What happened to a cell: FINISHED, SKIPPED, NA (no device of the fleet can train the
+    method: PR 0, recorded as a finished run) or FAILED (with the reason)."""
 
     index: int
     status: str
@@ -259,6 +262,9 @@ def run_cell(config: RunConfig, resume_run_id: str | None = None) -> CellOutcome
     try:
         result = engine.run(config, tracker=tracker, resume_run_id=resume)
     except FedbenchError as exc:
+        if tracker.run_id is None and isinstance(exc, MemoryBudgetError):  # PR 0: a result, not a failure
+            tracker.record_no_device_fits(config, str(exc))
+            return CellOutcome(-1, "NA", time.perf_counter() - start, run_id=tracker.run_id, reason=str(exc))
         if tracker.run_id is None and not isinstance(exc, TrackingError):
             tracker.record_failure(config, str(exc))
         return CellOutcome(-1, "FAILED", time.perf_counter() - start, run_id=tracker.run_id, reason=str(exc))
@@ -412,6 +418,7 @@ def summarize(outcomes: Iterable[CellOutcome]) -> dict[str, float]:
     return {
         "done": sum(o.status == "FINISHED" for o in outcomes),
         "skipped": sum(o.status == "SKIPPED" for o in outcomes),
+        "na": sum(o.status == "NA" for o in outcomes),
         "failed": sum(o.status == "FAILED" for o in outcomes),
         "seconds": sum(o.seconds for o in outcomes),
     }

@@ -16,3 +16,5 @@ from fedbench.api import (
 
 class FedAvg(Method):
     """Vanilla federated averaging; the reference every other method is compared with."""
+
+    ignores_memory = True

@@ -19,7 +19,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 GREYS = ("0.1", "0.45", "0.7", "0.3", "0.85", "0.55")
-HATCHES = ("", "//", "..", "xx", "\\\\", "--")
+# 7 hatches against 6 greys: the first 42 bars of a figure all look different.
+HATCHES = ("", "//", "..", "xx", "\\\\", "--", "++")
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "x", "*", "P")
 MIB = 1024 * 1024
@@ -130,7 +131,7 @@ def info_plane_figure(points: pd.DataFrame) -> Figure:
     points shaded from light (early) to dark (late), with a colour bar of the round."""
     runs = list(dict.fromkeys(points["run"]))
     fig, axes = _grid(len(runs))
-    last_round = max(points["round"].max(), 1)
+    last_round = max(points["round"].max() + 1, 1)  # rounds are 1-based on figures, as on the curves
     for ax, run in zip(axes, runs, strict=True):
         part = points[points["run"] == run]
         for i, (block, path) in enumerate(part.groupby("block", sort=True)):
@@ -138,7 +139,7 @@ def info_plane_figure(points: pd.DataFrame) -> Figure:
             style = _style(i)
             ax.plot(path["xz"], path["yz"], color="0.5", linestyle=style["linestyle"], linewidth=0.8,
                     label=f"block {block}", marker=style["marker"], markersize=0)
-            shaded = ax.scatter(path["xz"], path["yz"], c=path["round"], cmap="Greys", vmin=-0.3 * last_round,
+            shaded = ax.scatter(path["xz"], path["yz"], c=path["round"] + 1, cmap="Greys", vmin=-0.3 * last_round,
                                 vmax=last_round, marker=style["marker"], edgecolors="0.0", linewidths=0.4, s=22)
         # The shading is time: say so on the figure itself, not only in the caption.
         colorbar = fig.colorbar(shaded, ax=ax, pad=0.02)

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from fedbench.errors import ConfigError, TrackingError, UnknownNameError
-from fedbench.reports.summary import finished_runs, summarize
+from fedbench.reports.summary import CYCLE_END, cycle_end_evaluations, finished_runs, summarize
 from fedbench.tracking.tracker import (  # also: MLflow's quiet defaults
     one_line,
     quiet_store_logging,
@@ -39,8 +39,23 @@ def load_history(run_id: str, key: str, tracking_uri: str | None = None) -> Any:
     """Per-round values of one metric of one run, as a DataFrame with columns ``round`` and ``value``."""
     from mlflow.tracking import MlflowClient
 
-    history = MlflowClient(tracking_uri=tracking_uri).get_metric_history(run_id, key)
-    return pd.DataFrame({"round": [m.step for m in history], "value": [m.value for m in history]})
+    history = latest_per_round(MlflowClient(tracking_uri=tracking_uri).get_metric_history(run_id, key))
+    return pd.DataFrame({"round": [step for step, _ in history], "value": [value for _, value in history]})
+
+
+def latest_per_round(history: Iterable[Any]) -> list[tuple[int, float]]:
+    """(round, value) of a metric history, one value per round: the last one logged.
+
+    A resumed run repeats the rounds that finished after its last checkpoint, so MLflow holds
+    two values for them; the repeat is the run's own continuation, and counting both would
+    weigh those rounds twice in every mean and curve."""
+    latest: dict[int, tuple[int, int, float]] = {}
+    for order, metric in enumerate(history):
+        mark = (int(metric.timestamp or 0), order)
+        step = int(metric.step)
+        if step not in latest or mark >= latest[step][:2]:
+            latest[step] = (*mark, float(metric.value))
+    return [(step, latest[step][2]) for step in sorted(latest)]
 
 
 def _describe(uri: str | None) -> str:
@@ -112,13 +127,13 @@ class RunStore:
         return runs_frame([found])
 
     def histories(self, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:
-        """Per-round values of ``keys`` of every run, long format (:data:`HISTORY_COLUMNS`);
-        a metric a run did not log simply has no rows."""
+        """Per-round values of ``keys`` of every run, long format (:data:`HISTORY_COLUMNS`), one
+        per round (:func:`latest_per_round`); a metric a run did not log simply has no rows."""
         rows = []
         for run_id in run_ids:
             for key in keys:
-                for m in self._call("read metric history", self._client.get_metric_history, run_id, key):
-                    rows.append((run_id, key, int(m.step), float(m.value)))
+                history = self._call("read metric history", self._client.get_metric_history, run_id, key)
+                rows.extend((run_id, key, step, value) for step, value in latest_per_round(history))
         return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
 
     def metric_keys(self, run_id: str) -> list[str]:
@@ -149,10 +164,11 @@ def load_experiment(
     experiment: str, tracking_uri: str | None = None, keys: Iterable[str] = ("eval/accuracy",), last_evals: int = 3
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The finished runs of ``experiment`` summarised (one row per run), the per-round history
-    of ``keys``, and warnings naming runs with missing metrics."""
+    of ``keys`` (without evaluations that end no cycle: :func:`cycle_end_evaluations`), and
+    warnings naming runs with missing metrics."""
 
     store = RunStore(tracking_uri)
     runs, skipped = finished_runs(store.runs(experiment), experiment)
-    history = store.histories(runs["run_id"], keys)
+    history, off_cycle = cycle_end_evaluations(store.histories(runs["run_id"], (*keys, CYCLE_END)))
     summary, warnings = summarize(runs, history, last_evals)
-    return summary, history, skipped + warnings
+    return summary, history, skipped + off_cycle + warnings

@@ -92,32 +92,46 @@ def ablation(summary: pd.DataFrame, baseline: str = "fedavg", method: str = "neu
     ``options.round_robin`` (absent = the default, ``True``; see :func:`ablation_variant`) and by
     any other setting in which a method's runs differ (named after the variant, e.g.
     ``NeuLite (rounds=40)``): only seeds of one configuration are averaged. Columns ``group,
-    variant, accuracy, std, runs``."""
+    bar`` (the Fig. 8 bar: FedAvg or a :func:`ablation_variant` name), ``variant`` (the bar and
+    the settings that set its runs apart), ``accuracy, std, runs``; bars in the paper's order."""
     chosen = summary[summary["method"].isin([baseline, method])]
     if not (chosen["method"] == method).any():
         found = ", ".join(sorted(set(summary["method"]))) or "none"
         raise ConfigError(f"no {method} runs for the ablation (methods in this experiment: {found})")
-    labels = []
+    bars, labels = [], []
     for _, row in chosen.iterrows():
         if row["method"] == baseline:
-            label = "FedAvg" if baseline == "fedavg" else baseline
+            bar = "FedAvg" if baseline == "fedavg" else baseline
         else:
-            label = ablation_variant(*(_flag(row.get(f"options.{name}"))
-                                       for name in ("curriculum_loss", "co_adaptation", "round_robin")))
+            bar = ablation_variant(*(_flag(row.get(f"options.{name}"))
+                                     for name in ("curriculum_loss", "co_adaptation", "round_robin")))
         # Runs that differ in anything but the switches (rounds, λ, ...) are other bars, never seeds.
         other = str(row.get("ablation_label") or row["method"]).removeprefix(str(row["method"]))
-        labels.append(label + other)
-    chosen = chosen.assign(variant=labels, group=[panel_name(r) for _, r in chosen.iterrows()])
+        bars.append(bar)
+        labels.append(bar + other)
+    chosen = chosen.assign(bar=bars, variant=labels, group=[panel_name(r) for _, r in chosen.iterrows()])
+    order = {v: i for i, v in enumerate(ABLATION_ORDER)}  # other combinations sort last
     rows = []
-    for (group, variant), runs in chosen.groupby(["group", "variant"], sort=True):
+    for (group, bar, variant), runs in chosen.groupby(["group", "bar", "variant"], sort=True):
         stat = Stat.of(runs["final_accuracy"].tolist())
         if not stat.missing:
-            rows.append({"group": group, "variant": variant, "accuracy": stat.mean, "std": stat.std,
+            rows.append({"group": group, "bar": bar, "variant": variant, "accuracy": stat.mean, "std": stat.std,
                          "runs": stat.n})
-    frame = pd.DataFrame(rows, columns=["group", "variant", "accuracy", "std", "runs"])
-    order = {v: i for i, v in enumerate(ABLATION_ORDER)}  # other combinations sort last
-    return frame.sort_values(["group", "variant"], key=lambda s: s.map(lambda v: order.get(v, len(order))) if s.name == "variant" else s,
-                             ignore_index=True)
+    rows.sort(key=lambda r: (r["group"], order.get(r["bar"], len(order)), r["variant"]))
+    return pd.DataFrame(rows, columns=["group", "bar", "variant", "accuracy", "std", "runs"])
+
+
+def missing_bars(bars: pd.DataFrame) -> list[str]:
+    """A line per setting of :func:`ablation`'s frame naming the paper's Fig. 8 bars it has no
+    runs for ("w/o both" is no bar of the paper)."""
+    lines = []
+    for group, variants in bars.groupby("group", sort=False):
+        present = set(variants["bar"])
+        missing = [v for v in ABLATION_ORDER if v not in present and v != "w/o both"
+                   and v not in ("w/o co-adapted layers", "w/o round-robin")]
+        if missing:
+            lines.append(f"{group}: no runs for {', '.join(missing)}")
+    return lines
 
 
 def nhsic_keys(metric_keys: list[str]) -> list[str]:

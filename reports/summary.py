@@ -20,6 +20,7 @@ from fedbench.errors import ConfigError
 log = logging.getLogger(__name__)
 
 ACCURACY = "eval/accuracy"
+CYCLE_END = "eval/cycle_end"  # logged with every evaluation: 1 where the round ends a method's cycle
 PARTICIPATION = "participation/rate"
 VIRTUAL_TIME = "clock/total_s"
 
@@ -29,7 +30,7 @@ DEFAULT_LAST_EVALS = 3
 # Summary columns, in order; ``options.*`` columns of the runs follow them.
 SUMMARY_COLUMNS = (
     "run_id", "method", "method_label", "dataset", "model", "partition", "alpha", "partition_label", "seed",
-    "final_accuracy", "best_accuracy", "pr", "rounds", "virtual_time_s", "ablation_label",
+    "final_accuracy", "best_accuracy", "pr", "rounds", "virtual_time_s", "ablation_label", "ignores_memory",
 )
 # NeuLite's ablation switches (Fig. 8): an ablation names its bars by them, and by nothing else
 # only if the runs agree on every other setting.
@@ -148,7 +149,31 @@ def finished_runs(runs: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame, li
     warnings = [f"skipping {skipped} unfinished run(s) of experiment '{experiment}'"] if skipped else []
     keys = _column(done, "tags.fedbench.run_key").fillna(done["run_id"])
     latest = done.assign(_key=keys).sort_values("start_time").groupby("_key", sort=False).tail(1)
+    if len(latest) < len(done):
+        warnings.append(f"{len(done) - len(latest)} finished run(s) of experiment '{experiment}' repeat the "
+                        "configuration (run key) of a later run, which replaces them")
     return latest.drop(columns="_key").sort_values("start_time").reset_index(drop=True), warnings
+
+
+def cycle_end_evaluations(history: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``history`` without the ``eval/accuracy`` values of rounds that end none of their method's
+    cycles (``eval/cycle_end`` = 0; only the last round of a run can be one), and a warning per
+    run that had one. A NeuLite run whose rounds are not a multiple of S ends with a stage-k < S
+    round; its final value is the one after the last stage-S round (spec neulite §2.9). Runs
+    logged without ``eval/cycle_end`` keep every evaluation."""
+    ends = history[history["key"] == CYCLE_END]
+    off_cycle = ends[ends["value"] == 0][["run_id", "round"]]
+    rest = history[history["key"] != CYCLE_END]
+    if off_cycle.empty:
+        return rest, []
+    marked = rest.merge(off_cycle.assign(off_cycle=True), on=["run_id", "round"], how="left")
+    dropped = marked["off_cycle"].eq(True) & marked["key"].eq(ACCURACY)
+    warnings = [
+        f"run {run_id[:8]}: the evaluation after round {int(round_idx) + 1} ends no cycle of its method "
+        "(NeuLite: --rounds not a multiple of its stages) and is left out of final and best accuracy"
+        for run_id, round_idx in marked.loc[dropped, ["run_id", "round"]].itertuples(index=False)
+    ]
+    return rest[~dropped.to_numpy()], warnings
 
 
 def summarize(
@@ -182,6 +207,7 @@ def summarize(
             "pr": _number(run.get(f"metrics.{PARTICIPATION}")),
             "rounds": _number(run.get("params.rounds")),
             "virtual_time_s": _number(run.get(f"metrics.{VIRTUAL_TIME}")),
+            "ignores_memory": run.get("tags.fedbench.ignores_memory") == "true",  # vanilla FedAvg
         }
         row["partition_label"] = partition_label(row["partition"], row["alpha"])
         options = {k.removeprefix("params."): v for k, v in run.items()

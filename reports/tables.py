@@ -20,6 +20,7 @@ from fedbench.reports.summary import DEFAULT_LAST_EVALS, Stat, aggregate, is_iid
 
 MISSING = "–"
 NOT_APPLICABLE = "NA"
+IGNORES_MEMORY = "n/a"  # the Incl. cell of a method that trains devices whatever their budget
 # A method is inclusive when every device may take part: PR of 100 % (to rounding).
 INCLUSIVE_PR = 0.995
 # Row order of the paper's tables; methods it does not name follow alphabetically.
@@ -100,11 +101,14 @@ def accuracy_table(
     def model_pr(method: str, model: str) -> Stat:
         return by_model.loc[(method, model), "pr"] if (method, model) in by_model.index else Stat.of([])
 
-    inclusive = {}
+    # A method that ignores memory budgets (vanilla FedAvg) is no candidate: "n/a", never bold.
+    ignores_memory = summary.groupby("method_label")["ignores_memory"].all().to_dict() \
+        if "ignores_memory" in summary.columns else {}
+    inclusive: dict[str, bool | None] = {}
     for method in methods:
         prs = [model_pr(method, m) for m in models]
         known = [s.mean for s in prs if not s.missing]
-        inclusive[method] = None if not known else all(v >= INCLUSIVE_PR for v in known)
+        inclusive[method] = None if not known or ignores_memory.get(method) else all(v >= INCLUSIVE_PR for v in known)
 
     def accuracy_cell(method: str, column: tuple) -> Cell:
         model = column[list(column_keys).index("model")]
@@ -123,7 +127,7 @@ def accuracy_table(
                 grid[m][j] = Cell(cell.text, bold=True, value=cell.value)
     rows = []
     for method in methods:
-        incl = {None: MISSING, True: "yes", False: "no"}[inclusive[method]]
+        incl = IGNORES_MEMORY if ignores_memory.get(method) else {None: MISSING, True: "yes", False: "no"}[inclusive[method]]
         prs = [model_pr(method, m) for m in models]
         pr_cells = [Cell(percent(s, 0, spread=False), value=s.mean) for s in prs]
         rows.append((Cell(method), Cell(incl), *grid[method], *pr_cells))
@@ -133,8 +137,10 @@ def accuracy_table(
     note = (
         f"Accuracy (%): {which} `eval/accuracy` ({how}), mean ± sample std over the n seeds of one "
         "configuration (runs that differ in anything else are separate rows, labelled by those settings); "
-        f"PR (%): `participation/rate`; bold: best inclusive method (PR 100 %); {MISSING}: not run; "
-        f"{NOT_APPLICABLE}: PR 0, the method cannot run."
+        f"PR (%): `participation/rate`; bold: best inclusive method (PR 100 %); "
+        + (f"Incl. {IGNORES_MEMORY}: the method ignores memory budgets (vanilla FedAvg); "
+           if any(ignores_memory.get(m) for m in methods) else "")
+        + f"{MISSING}: not run; {NOT_APPLICABLE}: PR 0, the method cannot run."
     )
     keys = (None, None, *({"metric": "accuracy", **dict(zip(column_keys, map(str, c), strict=True))} for c in columns),
             *({"metric": "pr", "model": m} for m in models))

@@ -184,3 +184,13 @@ def test_an_unreachable_tracking_store_is_one_line_and_leaves_no_helper_behind()
         except OSError:  # the process ended while we looked
             pass
     assert helpers == []
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--rounds", "abc"], ["run", "--bogus", "3"], ["runn"], ["list", "foo"], ["list"],
+    ["checkpoints", "foo"], ["report", "info-plane"],
+])
+def test_a_bad_flag_value_or_command_is_a_usage_error_with_exit_code_2_not_a_bug(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Usage: fedbench" in result.output and "unexpected" not in result.output

@@ -309,6 +309,14 @@ def test_by_default_every_evaluation_follows_a_stage_s_round_and_the_last_round_
     assert sorted(engine.evaluation_rounds(every_second_cycle)) == [3, 7]
 
 
+def test_every_evaluation_says_whether_it_ends_a_cycle_so_reports_can_leave_out_the_last_round():
+    result = engine.run(config(rounds=3, model="cnn", width=0.25))  # 2 stages: round 3 is a stage-1 round
+    ends = [r.metrics.get("eval/cycle_end") for r in result.rounds]
+    assert ends == [None, 1.0, 0.0]
+    staged = engine.run(config(rounds=3, model="cnn", width=0.25, evaluate="stage"))
+    assert [r.metrics.get("eval/cycle_end") for r in staged.rounds] == [1.0, 1.0, 1.0]
+
+
 def test_evaluate_stage_scores_the_just_trained_stage_model_every_round():
     result = engine.run(config(rounds=2, model="cnn", width=0.25, evaluate="stage"))
     first, second = (r.metrics for r in result.rounds)

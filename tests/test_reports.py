@@ -134,6 +134,55 @@ def test_table1_best_metric_uses_the_maximum_and_last_changes_the_final_window(s
     assert "| neulite | yes | **80.0 (n=1)** | **60.0 (n=1)** |" in last1.stdout
 
 
+def test_rounds_a_resumed_run_logged_twice_count_once_with_the_value_logged_last(tmp_path):
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from fedbench.reports import series
+    from fedbench.reports.runs import load_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("resumed")
+    run_id = _log_run(client, experiment, GRID[0], 0)  # eval/accuracy 0.1, 0.5, 0.6, 0.7 at time 0
+    # The run stopped after round 3 with its checkpoint at round 1, resumed and logged rounds 2-3 again
+    # (a stale 0.0 stands for any earlier value: the last one logged is the run's own).
+    client.log_batch(run_id, metrics=[Metric("eval/accuracy", 0.0, 1, 2), Metric("eval/accuracy", 0.6, 2, 2),
+                                      Metric("eval/accuracy", 0.7, 2, 3)])
+    summary, history, _ = load_experiment("resumed", uri)
+    assert history["round"].tolist() == [0, 1, 2, 3]
+    assert summary["final_accuracy"].tolist() == [pytest.approx((0.5 + 0.6 + 0.7) / 3)]
+    frame, _ = series.curves(summary, history, "round")
+    assert frame["accuracy"].round(6).tolist() == [0.1, 0.5, 0.6, 0.7]
+
+
+def test_an_evaluation_that_ends_no_cycle_is_left_out_of_final_and_best_with_a_warning(tmp_path):
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from fedbench import engine
+    from fedbench.reports.runs import load_experiment
+    from fedbench.reports.summary import CYCLE_END
+
+    assert CYCLE_END == engine.CYCLE_END
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("off-cycle")
+    # 2-stage NeuLite, 5 rounds: evaluated after rounds 2 and 4 (stage 2) and 5 (stage 1, the last round).
+    spec = ("neulite", "cifar10", "resnet18", "dirichlet", 1, None, 1.0, {})
+    run_id = _log_run(client, experiment, spec, 0)
+    client.log_batch(run_id, metrics=[
+        metric for round_idx, accuracy, ends in ((1, 0.4, 1.0), (3, 0.6, 1.0), (4, 0.9, 0.0))
+        for metric in (Metric("eval/accuracy", accuracy, 0, round_idx), Metric(CYCLE_END, ends, 0, round_idx))
+    ])
+    summary, history, warnings = load_experiment("off-cycle", uri)
+    assert summary[["final_accuracy", "best_accuracy"]].values.tolist() == [[pytest.approx(0.5), 0.6]]
+    assert history["round"].tolist() == [1, 3]
+    assert [w for w in warnings if "ends no cycle" in w] == [
+        f"run {run_id[:8]}: the evaluation after round 5 ends no cycle of its method (NeuLite: --rounds not "
+        "a multiple of its stages) and is left out of final and best accuracy"]
+
+
 def test_table2_puts_iid_next_to_non_iid_and_keeps_pr_per_model(store, tmp_path):
     result = _report("table2", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
@@ -217,6 +266,9 @@ def test_ablation_bars_average_only_seeds_of_one_configuration():
     assert dict(zip(bars["variant"], bars["runs"], strict=True)) == {
         "FedAvg": 1, "NeuLite (rounds=40)": 2, "w/o curriculum loss (rounds=80)": 1}
     assert round(bars.set_index("variant").loc["NeuLite (rounds=40)", "accuracy"], 6) == 0.75
+    # Bars keep the paper's order (FedAvg, the ablations, NeuLite) whatever settings name them apart.
+    assert bars["bar"].tolist() == ["FedAvg", "w/o curriculum loss", "NeuLite"]
+    assert series.missing_bars(bars) == ["fashion-mnist · cnn · IID: no runs for w/o co-adaptation"]
 
 
 @pytest.mark.parametrize(("switches", "variant"), [
@@ -359,7 +411,9 @@ def test_two_real_runs_logged_by_the_tracker_render_as_table1(store, tiny_config
     mean = sum(finals) / 2
     std = math.sqrt(sum((f - mean) ** 2 for f in finals))
     assert out.stdout.splitlines()[0] == "| Method | Incl. | synthetic cnn | PR cnn |"
-    assert out.stdout.splitlines()[2] == f"| fedavg | yes | **{100 * mean:.1f} ± {100 * std:.1f} (n=2)** | 100 |"
+    # FedAvg trains every device whatever its budget: its PR of 100 % is no inclusiveness (spec §13).
+    assert out.stdout.splitlines()[2] == f"| fedavg | n/a | {100 * mean:.1f} ± {100 * std:.1f} (n=2) | 100 |"
+    assert "Incl. n/a: the method ignores memory budgets" in out.stdout
 
 
 def test_runs_of_different_configurations_are_separate_rows_never_seeds(store, tiny_config, tmp_path):

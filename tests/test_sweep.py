@@ -12,6 +12,8 @@ from fedbench import sweep
 from fedbench.cli.main import app
 from fedbench.errors import ConfigError
 
+runner = CliRunner()
+
 GRID = """
 experiment: tiny-grid
 base:
@@ -59,6 +61,34 @@ def test_a_failing_cell_is_recorded_and_finished_cells_are_skipped_next_time(gri
     assert [o.status for o in second] == ["SKIPPED", "FAILED", "SKIPPED", "FAILED"]
     forced = sweep.run_grid(grid, tracking_uri=tracking_uri, rerun=True)
     assert [o.status for o in forced] == ["FINISHED", "FAILED", "FINISHED", "FAILED"]
+
+
+def test_a_cell_no_device_can_train_is_recorded_as_pr_0_and_reported_as_na(tmp_path, tracking_uri):
+    """Spec common.md §1.1: a method whose workload fits no device gets PR 0, the paper's NA cell."""
+    path = tmp_path / "na.yaml"
+    path.write_text(textwrap.dedent("""
+        experiment: no-fit
+        base:
+          rounds: 1
+          clients_per_round: 2
+          data: {dataset: synthetic, num_clients: 4, partition: dirichlet}
+          model: {name: cnn, width: 1.0}
+          train: {local_epochs: 1}
+          fleet: {profile: uniform-mb, low_mb: 1, high_mb: 2}  # the full cnn needs more
+        axes:
+          method: [fedavg, exclusivefl]
+    """))
+    result = runner.invoke(app, ["sweep", str(path), "--tracking-uri", tracking_uri])
+    assert result.exit_code == 0, result.output
+    assert "NA #1 method=exclusivefl — no device can train cnn" in " ".join(result.output.split())  # its one-line reason
+    outcomes = sweep.run_grid(sweep.load_grid(path), tracking_uri=tracking_uri)
+    assert [o.status for o in outcomes] == ["SKIPPED", "SKIPPED"]  # PR 0 is a result: not retried
+    table = runner.invoke(app, ["report", "table1", "--experiment", "no-fit", "--tracking-uri", tracking_uri,
+                                "--out", str(tmp_path / "reports")])
+    assert table.exit_code == 0, table.output
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.stdout.splitlines()}
+    assert rows["exclusivefl"] == "| exclusivefl | no | NA | 0 |"
+    assert rows["fedavg"].startswith("| fedavg | n/a |") and rows["fedavg"].endswith("| 100 |")
 
 
 def test_parallel_cells_give_the_same_results_as_serial(tmp_path, grid_file):

@@ -135,8 +135,9 @@ def test_the_helper_sends_what_needs_the_method_so_the_helper_never_imports_torc
     monkeypatch.setattr(ProcessTracker, "_send", lambda self, name, *args: sent.append((name, args)))
     monkeypatch.setattr(ProcessTracker, "_receive", lambda self, block=True: None)
     ProcessTracker.start(ProcessTracker.__new__(ProcessTracker), tiny_config, {})
-    (name, (_, _, option_values, run_key)), = sent
+    (name, (_, _, option_values, run_key, method_tags)), = sent
     assert name == "start" and run_key == tiny_config.run_key and option_values == tiny_config.option_params()
+    assert method_tags == tiny_config.method_tags() == {"fedbench.ignores_memory": "true"}  # tiny_config: FedAvg
 
     script = (
         "import sys\n"
@@ -144,7 +145,7 @@ def test_the_helper_sends_what_needs_the_method_so_the_helper_never_imports_torc
         "from fedbench.tracking.tracker import MlflowTracker\n"
         "config = make_config(overrides={'method': 'neulite', 'data': {'dataset': 'synthetic'}})\n"
         f"tracker = MlflowTracker({store!r}, 'no-torch')\n"
-        "tracker.start(config, {}, option_values={'options.sigma': '0.5'}, run_key='k')\n"
+        "tracker.start(config, {}, option_values={'options.sigma': '0.5'}, run_key='k', method_tags={})\n"
         "tracker.log_round(0, {'eval/accuracy': 0.5})\n"
         "tracker.finish('FINISHED')\n"
         "print(sorted(m for m in ('torch', 'fedbench.api', 'fedbench.engine') if m in sys.modules))\n"

@@ -83,6 +83,13 @@ def interrupted_line(exc: KeyboardInterrupt, run_id: str | None = None, resuming
     return code
 
 
+def _is_usage_error(exc: Exception) -> bool:
+    """A bad flag or value, an unknown command: click prints these with the usage line and exit
+    code 2. typer may ship its own copy of click, whose exceptions are not ``click``'s classes, so
+    they are recognised by click's protocol (an ``exit_code`` and a ``show`` method)."""
+    return isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "show", None))
+
+
 class _Commands(TyperGroup):
     """The top-level command group: an unexpected exception is one line (exit code 1) unless
     ``--verbose`` was given, and Ctrl-C outside a run is one line (exit code 130)."""
@@ -100,6 +107,8 @@ class _Commands(TyperGroup):
             err.print(f"[yellow]{'terminated (SIGTERM)' if terminated else 'interrupted'}[/yellow]", highlight=False)
             raise typer.Exit(code=EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
         except Exception as exc:
+            if _is_usage_error(exc):
+                raise  # click prints it with the usage line and exits 2
             if _verbose:
                 raise
             reason = " ".join(str(exc).split())

@@ -182,11 +182,7 @@ def ablation_command(
     except FedbenchError as exc:
         raise fail(exc) from None
     _warn(warnings)
-    for group, variants in bars.groupby("group", sort=False):
-        present = set(variants["variant"])
-        missing = [v for v in series.ABLATION_ORDER if v not in present and v != "w/o both"]
-        if missing:
-            _warn([f"{group}: no runs for {', '.join(missing)}"])
+    _warn(series.missing_bars(bars))
     fig = figures.ablation_figure(bars)
     _print_paths(figures.save_figure(fig, out_dir or OUT_ROOT / folder_name(experiment), "ablation"))
 

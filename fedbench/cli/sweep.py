@@ -55,9 +55,9 @@ def sweep_command(
             check_writable(checkpoint_dir(), "checkpoint folder", "set FEDBENCH_CHECKPOINTS to a writable folder")
 
             def show(cell: sweep.Cell, outcome: sweep.CellOutcome) -> None:
-                colour = {"FINISHED": "green", "SKIPPED": "cyan", "FAILED": "red"}[outcome.status]
+                colour = {"FINISHED": "green", "SKIPPED": "cyan", "NA": "yellow", "FAILED": "red"}[outcome.status]
                 detail = f" accuracy {outcome.final_accuracy:.4f}" if outcome.final_accuracy is not None else ""
-                detail += f" — {outcome.reason}" if outcome.status == "FAILED" else ""
+                detail += f" — {outcome.reason}" if outcome.status in ("FAILED", "NA") else ""
                 if outcome.resumed_after_round is not None:
                     detail += f" (resumed run {outcome.run_id} after round {outcome.resumed_after_round})"
                 err.print(f"[{colour}]{outcome.status:8}[/{colour}] #{cell.index} {cell.label}{detail}", highlight=False)
@@ -76,9 +76,9 @@ def sweep_command(
         raise typer.Exit(code=code) from None
     totals = sweep.summarize(outcomes)
     table = Table(title=f"sweep '{grid.experiment}'")
-    for column in ("done", "skipped", "failed", "run time"):
+    for column in ("done", "skipped", "NA (PR 0)", "failed", "run time"):
         table.add_column(column, justify="right")
-    table.add_row(str(totals["done"]), str(totals["skipped"]), str(totals["failed"]), f"{totals['seconds']:.1f} s")
+    table.add_row(*(str(totals[k]) for k in ("done", "skipped", "na", "failed")), f"{totals['seconds']:.1f} s")
     out.print(table)
     if totals["failed"]:
         raise typer.Exit(code=1)

@@ -134,6 +134,9 @@ class Method:
     options_type: ClassVar[type] = NoOptions
     server_state: ClassVar[tuple[str, ...]] = ("global_model",)
     client_state: ClassVar[tuple[str, ...]] = ()
+    # True for a reference that trains devices whatever their memory budget (vanilla FedAvg): its
+    # PR of 100 % says nothing about inclusiveness, so report tables mark it "n/a", never bold.
+    ignores_memory: ClassVar[bool] = False
 
     def __init__(self, ctx: RunContext, options: Any | None = None) -> None:
         self.ctx = ctx

@@ -88,7 +88,7 @@ class ProcessTracker:
     def start(self, config: RunConfig, partition: Mapping[str, Any]) -> None:
         # The options with their defaults and the run key need the method's class: resolved here, where
         # it is loaded already, so that the helper never imports the method (and torch with it).
-        self._send("start", config, dict(partition), config.option_params(), config.run_key)
+        self._send("start", config, dict(partition), config.option_params(), config.run_key, config.method_tags())
         self._receive(block=False)  # an error already there fails the run before round 1
 
     def resume(self, run_id: str, rows: list[dict[str, float]]) -> None:

@@ -197,12 +197,13 @@ class MlflowTracker:
 
     def start(
         self, config: RunConfig, partition: Mapping[str, Any], option_values: Mapping[str, str] | None = None,
-        run_key: str | None = None,
+        run_key: str | None = None, method_tags: Mapping[str, str] | None = None,
     ) -> None:
         """Create the run and log its params, config and partition. ``option_values``: the
-        method's options with defaults, as :meth:`RunConfig.option_params` gives them, and
-        ``run_key``: :attr:`RunConfig.run_key` (both computed here if not given; that loads the
-        method, hence torch, which a helper process that only logs should not import)."""
+        method's options with defaults, as :meth:`RunConfig.option_params` gives them,
+        ``run_key``: :attr:`RunConfig.run_key` and ``method_tags``: :meth:`RunConfig.method_tags`
+        (each computed here if not given; that loads the method, hence torch, which a helper
+        process that only logs should not import)."""
         from mlflow.entities import Param
 
         self.connect()
@@ -214,6 +215,7 @@ class MlflowTracker:
             "fedbench.model": config.model.name,
             "fedbench.run_key": config.run_key if run_key is None else run_key,
             "fedbench.git_sha": git_sha(),
+            **(config.method_tags() if method_tags is None else method_tags),
         }
         self._check_artifact_folder(experiment_id)
         run = self._client.create_run(experiment_id, tags=tags, run_name=self.run_name)
@@ -286,6 +288,16 @@ class MlflowTracker:
         sweeps show it in the tracking store with its one-line reason."""
         self.start(config, {})
         self.finish("FAILED", reason)
+
+    def record_no_device_fits(self, config: RunConfig, reason: str) -> None:
+        """A FINISHED run with ``participation/rate`` 0 and no accuracy, for a config whose method
+        no device of the fleet can train: PR 0 is that cell's result, the paper's "NA" (spec
+        common.md §1.1), so report tables show it. The one-line reason is the tag
+        ``fedbench.no_device_fits``."""
+        self.start(config, {})
+        self.log_round(0, {"participation/rate": 0.0})
+        self._client.set_tag(self.run_id, "fedbench.no_device_fits", reason[:5000])
+        self.finish("FINISHED")
 
     def log_round(self, round_idx: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric

@@ -60,6 +60,7 @@ class FedProx(Method):
     holds the parameters the client started its round from, on the device it trains on."""
 
     options_type = FedProxOptions
+    ignores_memory = True  # every device trains the full model, as in FedAvg
 
     @graph_safe  # GPU work only, on tensors fixed for the client's training: --cuda-graphs may replay it
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, client: ClientContext) -> torch.Tensor:
