@@ -39,6 +39,9 @@ MAX_CLIENTS = 1_000_000
 # nHSIC builds n x n kernel matrices over the n = per-class x classes probe images (the spec uses
 # 200 per class); at 1,000 per class and 10 classes one matrix is already 10^8 entries.
 MAX_INFO_PLANE = 1_000
+# The most rounds a run may ask for: the paper's protocol is 1,600; the evaluation schedule and
+# the logs grow with the count, so a typo of a few zeros is refused instead of filling memory.
+MAX_ROUNDS = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +94,11 @@ _NO_DEFAULT = object()  # an option without a default always counts as set
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: weights and optimiser factors live there
 
 
+# The smallest training batch: BatchNorm cannot train on one sample (nor nHSIC measure it), so a
+# batch of one is skipped and --batch-size 1 would train nothing.
+MIN_TRAIN_BATCH = 2
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Local training on a device: SGD with the paper's defaults (spec common.md §1.3)."""
@@ -103,7 +111,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.local_epochs >= 1, f"train.local_epochs ({self.local_epochs}) must be >= 1")
-        _require(self.batch_size >= 1, f"train.batch_size ({self.batch_size}) must be >= 1")
+        _require(self.batch_size >= MIN_TRAIN_BATCH,
+                 f"train.batch_size ({self.batch_size}) must be >= {MIN_TRAIN_BATCH}: a batch of one sample "
+                 "trains nothing (BatchNorm needs two); the paper uses 64")
         _require(self.lr > 0, f"train.lr ({self.lr}) must be > 0")
         _require(0 <= self.momentum < 1, f"train.momentum ({self.momentum}) must be in [0, 1)")
         _require(self.weight_decay >= 0, f"train.weight_decay ({self.weight_decay}) must be >= 0")
@@ -222,6 +232,8 @@ class RunConfig:
         # Freeze the options mapping so the whole tree is immutable and hashable in spirit.
         object.__setattr__(self, "options", FrozenOptions(self.options))
         _require(self.rounds >= 1, f"rounds ({self.rounds}) must be >= 1")
+        _require(self.rounds <= MAX_ROUNDS,
+                 f"rounds ({self.rounds:,}) is above {MAX_ROUNDS:,}, the most a run may ask for; the paper uses 1,600")
         _require(
             self.clients_per_round >= 1,
             f"clients_per_round ({self.clients_per_round}) must be >= 1",
@@ -473,8 +485,8 @@ def load_yaml(path: str | Path, what: str = "config file", fix: str = "pass an e
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{what} {path} is not valid YAML{where}; fix its syntax") from exc
-    if loaded is None:
-        return {}
+    if loaded is None:  # empty, or comments only: running the defaults instead would hide the mistake
+        raise ConfigError(f"{what} {path} holds no settings (it is empty or only comments); {fix}")
     if not isinstance(loaded, dict):
         raise ConfigError(f"{what} {path} must hold a mapping of keys, got {type(loaded).__name__}")
     return loaded

@@ -18,12 +18,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from fedbench.config import MIN_TRAIN_BATCH
 from fedbench.errors import DataNotFoundError
 
 # A batch augmentation: (float images N×C×H×W, generator) -> augmented images.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-# The smallest training batch: BatchNorm cannot train on one sample (nor nHSIC measure it).
-MIN_TRAIN_BATCH = 2
 
 
 @runtime_checkable

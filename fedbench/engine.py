@@ -19,7 +19,15 @@ import torch
 from fedbench.config import RunConfig
 from fedbench.core import checkpoint
 from fedbench.core.method import Assignment, Method
-from fedbench.core.setup import check_device, make_method, prepare, restore, snapshot, warn_of_idle_clients
+from fedbench.core.setup import (
+    check_device,
+    check_parallelism,
+    make_method,
+    prepare,
+    restore,
+    snapshot,
+    warn_of_idle_clients,
+)
 from fedbench.errors import DivergedError, ExecutorError
 from fedbench.execution import executors
 from fedbench.execution.executors import Executor, SerialExecutor
@@ -159,6 +167,7 @@ def run(
     ``stop_after_s`` the run stops after the first round that ends past that many seconds,
     checkpoints there and returns with ``stopped``: a run longer than one allotted slot of a
     machine goes on in the next one from the file."""
+    check_parallelism(config)
     torch.set_num_threads(config.threads)
     executors.check_available(config)
     check_device(config.device)

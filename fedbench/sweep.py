@@ -38,7 +38,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from fedbench import engine
+from fedbench import engine, registry
 from fedbench.config import RunConfig, build_dataclass, deep_merge, dotted_to_nested, load_yaml
 from fedbench.core import checkpoint
 from fedbench.errors import ConfigError, FedbenchError, MemoryBudgetError, TrackingError
@@ -115,6 +115,11 @@ def read_grid(
         raise ConfigError(f"grid {path}: 'base' must be a mapping of run-config keys")
     if not isinstance(axes, Mapping) or not all(isinstance(v, list) and v for v in axes.values()):
         raise ConfigError(f"grid {path}: 'axes' must map dotted config keys to non-empty lists, e.g. seed: [1, 2]")
+    for name, values in axes.items():  # a repeated value would be the same run twice
+        seen = [repr(v) for v in values]
+        repeated = sorted({v for v in seen if seen.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"grid {path}: axis '{name}' repeats {', '.join(repeated)}; list each value once")
     size = math.prod(len(v) for v in axes.values())
     if size > MAX_GRID_CELLS:
         lengths = " x ".join(str(len(v)) for v in axes.values())
@@ -125,7 +130,9 @@ def read_grid(
     gpus_per_cell = raw.get("gpus_per_cell")
     if gpus_per_cell is not None:
         gpus_per_cell = check_gpus_per_cell(gpus_per_cell, f"grid {path}: gpus_per_cell")
-    experiment = str(raw.get("experiment") or Path(path).stem)
+    experiment = raw.get("experiment") or Path(path).stem
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise ConfigError(f"grid {path}: 'experiment' ({experiment!r}) must be a name, e.g. experiment: mini-table1")
     base = deep_merge(base, dict(overrides or {}))
     base = deep_merge(base, {"tracking": {"experiment": experiment}})
     return experiment, base, axes, gpus_per_cell
@@ -136,6 +143,19 @@ def expand(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> list[Cell]
     return list(iter_cells(base, axes))
 
 
+def check_method_options(config: RunConfig) -> None:
+    """A method option of the wrong type or range is a :class:`ConfigError` now, before any cell
+    runs, as ``fedbench run --opt`` says it. A method that cannot be loaded (a typo in ``method``)
+    is left to fail as its own cell, with its own line."""
+    try:
+        method = registry.load("methods", config.method)
+    except FedbenchError:
+        return
+    parse = getattr(method, "parse_options", None)
+    if parse is not None:
+        parse(config.options)
+
+
 def iter_cells(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> Iterator[Cell]:
     """The cells of :func:`expand` one at a time, each validated as it is built."""
     names = list(axes)
@@ -143,6 +163,7 @@ def iter_cells(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> Iterat
         values = dict(zip(names, combo, strict=True))
         try:
             config = build_dataclass(RunConfig, deep_merge(base, dotted_to_nested(values)))
+            check_method_options(config)
         except ConfigError as exc:
             raise ConfigError(f"grid cell {index} ({', '.join(f'{k}={v}' for k, v in values.items())}): {exc}") from exc
         yield Cell(index, values, config)

@@ -120,6 +120,41 @@ def test_a_truncated_checkpoint_is_refused_with_one_line(tmp_path):
         checkpoint.load(path, config)
 
 
+def _cut_padded_and_whole(folder):
+    """Three checkpoints of round 2 with ~160 KB payloads: one cut to 70 KB, one padded, one intact."""
+    config = _config()
+    for name in ("cut", "padded", "whole"):
+        state = {"w": torch.arange(40_000, dtype=torch.float32)}
+        checkpoint.save(folder / f"{name}.ckpt", checkpoint.Checkpoint(config.run_key, 1, state, {}, [],
+                                                                       config.flat_params()))
+    (folder / "cut.ckpt").write_bytes((folder / "cut.ckpt").read_bytes()[:70_000])
+    (folder / "padded.ckpt").write_bytes((folder / "padded.ckpt").read_bytes() + b"\0" * 16)
+    return config
+
+
+def test_a_truncated_or_padded_checkpoint_is_listed_unreadable_as_resume_refuses_it(checkpoints):
+    config = _cut_padded_and_whole(checkpoints)
+    rounds = {item.run_id: item.round_idx for item in checkpoint.stored()}
+    assert rounds == {"cut": None, "padded": None, "whole": 1}
+    with pytest.raises(CheckpointError, match=r"cut.ckpt is corrupt \(its payload is \d+ bytes, .*truncated or padded"):
+        checkpoint.load(checkpoints / "cut.ckpt", config)
+    with pytest.raises(CheckpointError, match=r"padded.ckpt is corrupt .*truncated or padded"):
+        checkpoint.checked_header(checkpoints / "padded.ckpt")
+    listing = CliRunner().invoke(app, ["checkpoints", "list", "--json"])
+    assert listing.exit_code == 0, listing.output
+    by_run = {line.split('"run_id": "')[1].split('"')[0]: line for line in " ".join(listing.output.split()).split("}")
+              if '"run_id"' in line}
+    assert '"round": null' in by_run["cut"] and '"round": 2' in by_run["whole"]
+
+
+def test_prune_unreadable_removes_a_truncated_or_padded_checkpoint_and_keeps_an_intact_one(checkpoints):
+    _cut_padded_and_whole(checkpoints)
+    pruned = CliRunner().invoke(app, ["checkpoints", "prune", "--unreadable"])
+    assert pruned.exit_code == 0, pruned.output
+    assert "removed cut.ckpt (unreadable)" in pruned.output and "removed padded.ckpt (unreadable)" in pruned.output
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["whole.ckpt"]
+
+
 def _saved_checkpoint(path, config):
     ctx, _ = engine.prepare(config)
     method = engine.make_method(ctx)

@@ -37,8 +37,11 @@ def _fails_with(args: list[str], *fragments: str) -> None:
         (["--model", "cnnn"], ["unknown model 'cnnn'", "did you mean 'cnn'"]),
         (["--partition", "dirichle"], ["unknown partitioner 'dirichle'", "did you mean 'dirichlet'"]),
         (["--rounds", "0"], ["rounds (0) must be >= 1"]),
+        (["--rounds", "10000000000"], ["rounds (10,000,000,000) is above 1,000,000"]),
+        (["--threads", "100000"], ["threads (100000) is above", "per CPU of this machine"]),
+        (["--executor", "process", "--workers", "100000"], ["workers (100000) is above", "per CPU of this machine"]),
         (["--clients", "0"], ["num_clients (0) must be >= 1"]),
-        (["--batch-size", "0"], ["batch_size (0) must be >= 1"]),
+        (["--batch-size", "1"], ["batch_size (1) must be >= 2: a batch of one sample trains nothing"]),
         (["--local-epochs", "-1"], ["local_epochs (-1) must be >= 1"]),
         (["--clients-per-round", "7"], ["clients_per_round (7) exceeds num_clients (6)"]),
         (["--alpha", "0"], ["alpha (0.0) must be > 0"]),
@@ -64,6 +67,12 @@ def test_malformed_yaml_names_the_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rounds: 3\ndata: [1,\n")
     _fails_with([*TINY_RUN, "--config", str(bad)], "is not valid YAML", "line")
+
+
+def test_an_empty_yaml_file_is_refused_not_run_with_every_default(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# settings to come\n")
+    _fails_with([*TINY_RUN, "--config", str(empty)], "empty.yaml holds no settings (it is empty or only comments)")
 
 
 def test_unreadable_yaml_is_reported(tmp_path):
@@ -194,3 +203,45 @@ def test_a_bad_flag_value_or_command_is_a_usage_error_with_exit_code_2_not_a_bug
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "Usage: fedbench" in result.output and "unexpected" not in result.output
+
+
+def test_a_stopped_run_resumes_from_a_moved_data_folder_and_names_the_flags_it_ignores(
+    tmp_path, tracking_uri, monkeypatch
+):
+    """The data folder is not part of the run key: --resume takes --data-dir; flags that would change
+    the run (here --rounds, --lr) are ignored, and said to be."""
+    import numpy as np
+
+    from fedbench import engine
+    from fedbench.config import make_config
+    from fedbench.datasets.idx import write_idx
+    from fedbench.tracking.tracker import MlflowTracker
+
+    monkeypatch.setenv("FEDBENCH_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    first = tmp_path / "first"
+    first.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 200), ("t10k", 50)):
+        write_idx(first / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(first / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8))
+    config = make_config(overrides={
+        "method": "fedavg", "data": {"dataset": "fashion-mnist", "data_dir": str(first), "num_clients": 4},
+        "model": {"name": "cnn", "width": 0.25}, "train": {"local_epochs": 1}, "clients_per_round": 2, "rounds": 3,
+        "tracking": {"uri": tracking_uri},
+    })
+    tracker = MlflowTracker(tracking_uri)
+    stopped = engine.run(config, tracker=tracker, stop_after_s=0)  # stops after round 1, checkpoint kept
+    assert stopped.stopped and len(stopped.rounds) == 1
+    moved = first.rename(tmp_path / "moved")
+
+    lost = runner.invoke(app, ["run", "--resume", tracker.run_id, "--tracking-uri", tracking_uri])
+    assert lost.exit_code == 2 and "does not exist" in lost.output
+    result = runner.invoke(app, ["run", "--resume", tracker.run_id, "--tracking-uri", tracking_uri,
+                                 "--data-dir", str(moved), "--rounds", "9", "--lr", "5"])
+    assert result.exit_code == 0, result.output
+    assert (f"--resume continues run {tracker.run_id} with its own config; ignored: --lr, --rounds"
+            in " ".join(result.output.split()))
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(tracking_uri).get_metric_history(tracker.run_id, "eval/accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2]  # the run's own 3 rounds, not 9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import pickle
@@ -407,6 +408,52 @@ def test_fashion_mnist_images_and_labels_that_disagree_are_rejected(tmp_path):
     write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(11, dtype=np.uint8))
     with pytest.raises(DataCorruptError, match=r"Fashion-MNIST train files in .* disagree"):
         fashion_mnist.load(str(folder))
+
+
+@pytest.mark.parametrize("wrong_splits", [("train", "t10k"), ("train",), ("t10k",)], ids=["both", "train", "test"])
+def test_fashion_mnist_images_that_are_not_28x28_are_named_with_their_shape(tmp_path, wrong_splits):
+    folder = make_fashion_mnist(tmp_path)
+    rng = np.random.default_rng(1)
+    for split in wrong_splits:
+        n = 12 if split == "train" else 4
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", _images(rng, n, (14, 56)))
+    first = wrong_splits[0]
+    expected = rf"{first}-images-idx3-ubyte.gz holds images of shape {12 if first == 'train' else 4}×14×56, expected N×28×28"
+    with pytest.raises(DataCorruptError, match=expected + r".*fetch the data set again, or point --data-dir") as caught:
+        fashion_mnist.load(str(folder))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_an_empty_fashion_mnist_split_is_rejected(tmp_path, split):
+    folder = make_fashion_mnist(tmp_path)
+    write_idx(folder / f"{split}-images-idx3-ubyte.gz", np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.zeros(0, dtype=np.uint8))
+    with pytest.raises(DataCorruptError, match=rf"{split}-images-idx3-ubyte.gz holds no images \(shape 0×28×28"):
+        fashion_mnist.load(str(folder))
+
+
+def test_a_fashion_mnist_folder_missing_a_file_names_it(tmp_path, monkeypatch):
+    folder = make_fashion_mnist(tmp_path)
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    named = r"Fashion-MNIST in .*fashion-mnist is incomplete: missing t10k-labels-idx1-ubyte\[.gz\]; restore"
+    for data_dir in (str(folder), str(tmp_path)):  # the copy itself, or its parent
+        with pytest.raises(DataNotFoundError, match=named):
+            fashion_mnist.load(data_dir)
+    # Searched without --data-dir and no complete copy anywhere: named before any download is tried.
+    monkeypatch.setenv("FEDBENCH_DATA", str(tmp_path))
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIRS", ())
+    monkeypatch.setattr(fashion_mnist, "_torchvision_download", lambda: pytest.fail("downloaded over a partial copy"))
+    with pytest.raises(DataNotFoundError, match=named):
+        fashion_mnist.load()
+
+
+def test_fashion_mnist_files_may_mix_gzip_and_plain(tmp_path):
+    folder = make_fashion_mnist(tmp_path)
+    packed = folder / "t10k-labels-idx1-ubyte.gz"
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(gzip.decompress(packed.read_bytes()))
+    packed.unlink()
+    assert fashion_mnist.load(str(folder)).test_labels.shape == (4,)
 
 
 # ------------------------------------------------------------------ augmentation

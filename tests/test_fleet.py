@@ -164,7 +164,7 @@ def test_budgets_at_or_below_zero_or_low_above_high_are_config_errors(values, me
         (["--fleet", "bogus"], "unknown fleet profile 'bogus'"),
         (["--fleet", "uniform-mb", "--low-mb", "-5"], "fleet.low_mb (-5) must be >= 1"),
         (["--fleet", "uniform-mb", "--low-mb", "900", "--high-mb", "100"], "fleet.high_mb (100) must be >= fleet.low_mb (900)"),
-        (["--batch-size", "0"], "train.batch_size (0) must be >= 1"),
+        (["--batch-size", "1"], "train.batch_size (1) must be >= 2"),
     ],
 )
 def test_fedbench_memory_rejects_bad_input_with_one_line_and_exit_code_2(args, needle):

@@ -112,6 +112,11 @@ def test_dry_run_lists_cells_without_running(grid_file):
         ("axes: {seed: 3}\n", "'axes' must map dotted config keys to non-empty lists"),
         ("colours: [1]\n", "unknown key(s) 'colours'"),
         ("axes: {rounds: [0]}\n", "grid cell 0 (rounds=0): rounds (0) must be >= 1"),
+        ("base: {method: neulite}\naxes: {options.lambda_max: [0.1, -1]}\n",
+         "grid cell 1 (options.lambda_max=-1): options.lambda_max (-1"),
+        ("base: {method: fedavg}\naxes: {options.mu: [0.1]}\n", "grid cell 0 (options.mu=0.1): "),
+        ("axes: {seed: [1, 2, 1]}\n", "axis 'seed' repeats 1; list each value once"),
+        ("experiment: [a]\n", "'experiment' (['a']) must be a name"),
     ],
 )
 def test_a_bad_grid_is_one_line_before_anything_runs(tmp_path, text, fragment):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ from fedbench.cli.common import (
     sigterm_raises,
 )
 from fedbench.config import (
+    EXECUTION_FIELDS,
     FleetConfig,
     RunConfig,
     check_writable,
@@ -34,6 +36,8 @@ from fedbench.config import (
 )
 from fedbench.errors import ConfigError, FedbenchError
 from fedbench.execution.worker_start import start_early
+
+log = logging.getLogger(__name__)
 
 
 @app.command()
@@ -74,7 +78,7 @@ def run(
     run_name: Annotated[str | None, typer.Option(help="MLflow run name.")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
     keep_checkpoint: Annotated[bool | None, typer.Option("--keep-checkpoint", help="Keep the run's checkpoint after it finishes (default: removed once the run is recorded FINISHED).")] = None,
-    resume: Annotated[str | None, typer.Option(help="Continue the MLflow run RUN_ID from its last checkpoint (its own config; other flags but --tracking-uri and the executor ones are ignored).")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue the MLflow run RUN_ID from its last checkpoint (its own config; other flags but --tracking-uri, --data-dir, --threads and the executor ones are ignored, with a warning).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     """Train one method on one data set and log the run to MLflow."""
@@ -83,8 +87,7 @@ def run(
     from fedbench.tracking.tracker import NullTracker
 
     setup_logging(verbose)
-    overrides = dotted_to_nested(
-        {
+    given = {
             "method": method, "data.dataset": dataset, "data.partition": partition, "data.alpha": alpha,
             "data.num_clients": clients, "data.data_dir": data_dir, "model.name": model, "model.width": width,
             "train.local_epochs": local_epochs, "train.batch_size": batch_size, "train.lr": lr,
@@ -96,8 +99,8 @@ def run(
             "executor": executor, "workers": workers, "executor_threads": executor_threads,
             "tracking.experiment": experiment, "tracking.run_name": run_name, "tracking.keep_checkpoint": keep_checkpoint,
             "fleet.profile": fleet, "fleet.low_mb": low_mb, "fleet.high_mb": high_mb,
-        }
-    )
+    }
+    overrides = dotted_to_nested(given)
     tracker: Any = None
     try:
         with sigterm_raises():
@@ -108,9 +111,13 @@ def run(
                     raise ConfigError("--resume needs a run id, got an empty one; copy it from the output of "
                                       "'fedbench run' or from mlflow ui")
                 cfg, tracker = _resumable_run(resume, tracking_uri)
-                execution = {"executor": executor, "workers": workers, "executor_threads": executor_threads,
-                             "resident": resident, "cuda_graphs": cuda_graphs}
-                cfg = dataclasses.replace(cfg, **{k: v for k, v in execution.items() if v is not None})
+                cfg = _with_resume_overrides(cfg, given)
+                ignored = [f"--{k.split('.')[-1].replace('_', '-')}" for k, v in given.items()
+                           if v is not None and k not in RESUME_OVERRIDES]
+                ignored += [flag for flag, value in (("--opt", opt), ("--config", config)) if value]
+                if ignored:
+                    log.warning("--resume continues run %s with its own config; ignored: %s", resume, ", ".join(ignored))
+                check_data_dir(cfg.data.data_dir)
             else:
                 cfg = make_config(config, overrides)
                 check_data_dir(cfg.data.data_dir)
@@ -146,6 +153,20 @@ def run(
     summary = f"{cfg.method} on {cfg.data.dataset}: final accuracy {accuracy[-1]:.4f}, best {max(accuracy):.4f}"
     run_id = getattr(tracker, "run_id", None)
     out.print(summary + (f" (MLflow run {run_id}, experiment '{cfg.tracking.experiment}')" if run_id else ""))
+
+
+# What `--resume` may change: where the data and the logs live and how the arithmetic runs, none of
+# which is part of the run key (a moved data folder, a machine with more cores or a GPU).
+RESUME_OVERRIDES = frozenset({"data.data_dir", "tracking.uri", "threads", *EXECUTION_FIELDS})
+
+
+def _with_resume_overrides(cfg: RunConfig, given: dict[str, Any]) -> RunConfig:
+    """``cfg`` with the :data:`RESUME_OVERRIDES` given on the command line."""
+    top = {k: v for k, v in given.items() if v is not None and k in RESUME_OVERRIDES and "." not in k}
+    cfg = dataclasses.replace(cfg, **top)
+    if given.get("data.data_dir") is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=given["data.data_dir"]))
+    return cfg
 
 
 def _resumable_run(run_id: str, tracking_uri: str | None) -> tuple[RunConfig, Any]:

@@ -23,6 +23,9 @@ even a file crafted to pass the checks cannot execute code. Any failed check is 
 Files are written to a temporary name, flushed and renamed, so a crash while writing leaves
 the previous checkpoint intact. A run's checkpoint is removed once the run is recorded
 FINISHED (``tracking.keep_checkpoint`` keeps it); ``fedbench checkpoints`` lists and prunes.
+Listing checks each file's header and size against ``payload_bytes`` but does not hash the
+payload (that would read every checkpoint in full): a truncated or padded file is listed
+unreadable, a same-length bit flip only shows when :func:`load` verifies the checksum.
 """
 
 from __future__ import annotations
@@ -117,6 +120,36 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, len(first) + len(line)
 
 
+def _check_length(path: Path, header: dict[str, Any], length: int) -> None:
+    """Refuse a payload whose length is not the header's ``payload_bytes`` (a truncated or padded file).
+
+    Apart from :func:`load`, which hashes the payload next, :func:`checked_header` runs it with
+    the length taken from the file's size, so listing and pruning catch a cut-short file without
+    reading its payload."""
+    expected = header.get("payload_bytes")
+    if length != expected:
+        raise CheckpointError(f"checkpoint {path} is corrupt (its payload is {length} bytes, the header says "
+                              f"{expected}: truncated or padded); delete it and rerun")
+
+
+def _check_payload(path: Path, header: dict[str, Any], data: bytes) -> None:
+    """Refuse a payload of the wrong length or SHA-256, before anything of it is unpickled."""
+    _check_length(path, header, len(data))
+    if hashlib.sha256(data).hexdigest() != header.get("payload_sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupt (its payload fails the checksum); delete it and rerun")
+
+
+def checked_header(path: Path) -> dict[str, Any]:
+    """The header of ``path`` once the file's size agrees with it; the payload is neither read nor hashed.
+
+    The checks :func:`load` makes that need no config and no payload bytes: format, header,
+    payload length. Hashing every payload would make listing a folder of checkpoints read
+    them all; a same-length bit flip is left to :func:`load`'s checksum."""
+    header, offset = read_header(path)
+    _check_length(path, header, path.stat().st_size - offset)
+    return header
+
+
 def load(path: Path, config: RunConfig) -> Checkpoint:
     """Read and verify a checkpoint; anything wrong is a one-line :class:`CheckpointError`."""
     header, offset = read_header(path)
@@ -127,8 +160,7 @@ def load(path: Path, config: RunConfig) -> Checkpoint:
             "rerun instead of resuming"
         )
     data = path.read_bytes()[offset:]
-    if len(data) != header.get("payload_bytes") or hashlib.sha256(data).hexdigest() != header.get("payload_sha256"):
-        raise CheckpointError(f"checkpoint {path} is corrupt (its payload fails the checksum); delete it and rerun")
+    _check_payload(path, header, data)
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         return Checkpoint(header["run_key"], int(header["round_idx"]), payload["method_state"],
@@ -154,16 +186,17 @@ class StoredCheckpoint:
     size_bytes: int
     modified: float  # POSIX time
     method: str
-    round_idx: int | None  # None: the header is unreadable (the file would be refused)
+    round_idx: int | None  # None: unreadable (bad header, or a size that disagrees with it): load() refuses it
 
 
 def stored() -> Iterator[StoredCheckpoint]:
-    """Every checkpoint in :func:`checkpoint_dir`, newest first; headers only, no payload is read."""
+    """Every checkpoint in :func:`checkpoint_dir`, newest first, checked by :func:`checked_header`:
+    header and file size only, so listing stays cheap however large the payloads are."""
     folder = checkpoint_dir()
     files = sorted(folder.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
     for path in files:
         try:
-            header, _ = read_header(path)
+            header = checked_header(path)
             method, round_idx = str(header.get("method", "?")), int(header["round_idx"])
         except (CheckpointError, KeyError, TypeError, ValueError):
             method, round_idx = "?", None

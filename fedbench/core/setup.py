@@ -4,6 +4,7 @@ out of a checkpoint. The engine and the worker processes build a run the same wa
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -75,6 +76,24 @@ def prepare(config: RunConfig) -> tuple[RunContext, dict]:
 def make_method(ctx: RunContext) -> Method:
     method_cls = registry.load("methods", ctx.config.method, validate=validate_method)
     return method_cls(ctx, method_cls.parse_options(ctx.config.options))
+
+
+# Threads (or worker processes) per CPU of this machine above which a run is refused: beyond it
+# torch or the OS fails to start them (a crash, not a message), and nothing runs faster anyway.
+MAX_THREADS_PER_CPU = 4
+
+
+def check_parallelism(config: RunConfig) -> None:
+    """Fail before anything starts if ``threads`` (or the process executor's ``workers``) asks for
+    far more than this machine's CPUs, which crashes torch's thread pool instead of running."""
+    cpus = os.cpu_count() or 1
+    limit = MAX_THREADS_PER_CPU * cpus
+    if config.threads > limit:
+        raise ConfigError(f"threads ({config.threads}) is above {limit}, {MAX_THREADS_PER_CPU} per CPU of this "
+                          f"machine ({cpus}); use --threads {cpus}")
+    if config.executor == "process" and config.workers > limit:
+        raise ConfigError(f"workers ({config.workers}) is above {limit}, {MAX_THREADS_PER_CPU} per CPU of this "
+                          f"machine ({cpus}); use --workers {max(1, cpus // 2)} or fewer")
 
 
 def check_device(device: str) -> None:
