@@ -154,6 +154,8 @@ class TrackingConfig:
     keep_checkpoint: bool = False
 
     def __post_init__(self) -> None:
+        _require(bool(self.experiment.strip()),
+                 f"tracking.experiment ({self.experiment!r}) must be a name, e.g. --experiment mini-table1")
         _require(
             self.checkpoint_every >= 0,
             f"tracking.checkpoint_every ({self.checkpoint_every}) must be >= 0 (0 turns checkpoints off)",

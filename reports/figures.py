@@ -9,6 +9,7 @@ relies on colour.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,9 @@ matplotlib.use("Agg")
 
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from fedbench.reports.render import check_out_dir, write_out  # noqa: E402
 
 GREYS = ("0.1", "0.45", "0.7", "0.3", "0.85", "0.55")
 # 7 hatches against 6 greys: the first 42 bars of a figure all look different.
@@ -24,6 +28,16 @@ HATCHES = ("", "//", "..", "xx", "\\\\", "--", "++")
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "x", "*", "P")
 MIB = 1024 * 1024
+# A panel of a grid figure (curves, info plane), in inches, and the most panels a row holds.
+PANEL_WIDTH_IN, PANEL_HEIGHT_IN, GRID_COLS = 4.2, 3.2, 3
+# Legend metrics at LEGEND_FONT points, in inches, for sizing a figure legend before it is drawn:
+# a character's mean width, one line's height, the line sample with the gaps around it (handle,
+# text pad and column spacing), and the margin kept around the legend.
+LEGEND_FONT = 8
+LEGEND_CHAR_IN = 0.55 * LEGEND_FONT / 72
+LEGEND_LINE_IN = 1.25 * LEGEND_FONT / 72
+LEGEND_HANDLE_IN = 4.8 * LEGEND_FONT / 72
+LEGEND_MARGIN_IN = 0.25
 
 
 def _style(i: int) -> dict:
@@ -35,37 +49,67 @@ def _bar_style(i: int) -> dict:
     return {"color": GREYS[i % len(GREYS)], "hatch": HATCHES[i % len(HATCHES)], "edgecolor": "0.0"}
 
 
-def _grid(n: int, width_in: float = 4.2, height_in: float = 3.2) -> tuple[Figure, list]:
-    cols = min(n, 3)
+def _grid(n: int, extra_height_in: float = 0.0) -> tuple[Figure, list]:
+    """``n`` panels, at most :data:`GRID_COLS` a row, each :data:`PANEL_WIDTH_IN` ×
+    :data:`PANEL_HEIGHT_IN`; ``extra_height_in`` more at the bottom for a figure legend, so that
+    the legend does not take its room from the panels."""
+    cols = min(n, GRID_COLS)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(width_in * cols, height_in * rows), layout="constrained")
+    fig = Figure(figsize=(PANEL_WIDTH_IN * cols, PANEL_HEIGHT_IN * rows + extra_height_in), layout="constrained")
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
     return fig, axes
 
 
+def legend_layout(labels: list[str], width_in: float) -> tuple[list[str], int, float]:
+    """Labels wrapped to fit a legend ``width_in`` wide, its number of columns and its height (inches).
+
+    A configuration's label (``fedavg (rounds=8, train.lr=0.05)``) can be longer than a panel
+    is wide; a legend inside a panel then squeezes the panel to a sliver, or constrained layout
+    gives up ("axes sizes collapsed to zero"). One legend below the panels, with as many columns
+    as the longest label allows and labels wrapped at a word only where one alone is wider than
+    the figure, keeps every panel its size whatever the labels. Sizes are estimated from character
+    counts (no renderer needed), with a margin."""
+    usable = max(width_in - 2 * LEGEND_MARGIN_IN, 1.0)
+    chars = max(int((usable - LEGEND_HANDLE_IN) / LEGEND_CHAR_IN), 12)
+    wrapped = [textwrap.fill(label, chars, break_long_words=False, break_on_hyphens=False) for label in labels]
+    widest = max((len(line) for label in wrapped for line in label.splitlines()), default=1)
+    ncol = max(1, min(len(wrapped), int(usable // (widest * LEGEND_CHAR_IN + LEGEND_HANDLE_IN))))
+    # Matplotlib fills a legend column by column: rows of ncol labels, each as tall as its tallest.
+    rows = math.ceil(len(wrapped) / ncol) if wrapped else 0
+    lines = sum(max(wrapped[r + rows * c].count("\n") + 1 for c in range(ncol) if r + rows * c < len(wrapped))
+                for r in range(rows))
+    height = lines * LEGEND_LINE_IN + rows * 0.5 * LEGEND_FONT / 72 + 2 * LEGEND_MARGIN_IN
+    return wrapped, ncol, height
+
+
 def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``<stem>.png`` (150 dpi) and ``<stem>.pdf`` into ``out_dir``; returns both paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
-    return paths
+    """Write ``<stem>.png`` (150 dpi) and ``<stem>.pdf`` into ``out_dir``; returns both paths.
+    A folder or file that cannot be written is a one-line :class:`~fedbench.errors.ConfigError`
+    (:func:`~fedbench.reports.render.check_out_dir`), as for tables."""
+    check_out_dir(out_dir)
+    return [write_out(out_dir / f"{stem}.png", lambda path: fig.savefig(path, dpi=150)),
+            write_out(out_dir / f"{stem}.pdf", fig.savefig)]
 
 
 def curves_figure(curves: pd.DataFrame, x_label: str) -> Figure:
     """Fig. 5: one panel per (data set, model, partition), one line per method.
 
     ``curves`` has columns ``panel, method, x, accuracy, std`` (accuracy as a fraction);
-    a band shows ± std over seeds where there are several.
+    a band shows ± std over seeds where there are several. A method (configuration) has the same
+    line style in every panel, so one legend below the panels names them all
+    (:func:`legend_layout`): labels of any length leave the panels their size.
     """
     panels = list(dict.fromkeys(curves["panel"]))
-    fig, axes = _grid(len(panels))
+    methods = list(dict.fromkeys(curves["method"]))
+    labels, ncol, legend_in = legend_layout(methods, PANEL_WIDTH_IN * min(len(panels), GRID_COLS))
+    fig, axes = _grid(len(panels), extra_height_in=legend_in)
+    handles: dict[str, Line2D] = {}
     for ax, panel in zip(axes, panels, strict=True):
         part = curves[curves["panel"] == panel]
-        for i, (method, line) in enumerate(part.groupby("method", sort=False)):
+        for method, line in part.groupby("method", sort=False):
             line = line.sort_values("x")
-            style = _style(i)
-            ax.plot(line["x"], 100 * line["accuracy"], label=method, markersize=4, **style)
+            style = _style(methods.index(method))
+            (handles[method],) = ax.plot(line["x"], 100 * line["accuracy"], label=method, markersize=4, **style)
             if (line["std"] > 0).any():
                 ax.fill_between(line["x"], 100 * (line["accuracy"] - line["std"]),
                                 100 * (line["accuracy"] + line["std"]), color=style["color"], alpha=0.15)
@@ -73,7 +117,9 @@ def curves_figure(curves: pd.DataFrame, x_label: str) -> Figure:
         ax.set_xlabel(x_label)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, color="0.9")
-        ax.legend(fontsize=8)
+    if methods:  # every method has a line in some panel, hence a handle
+        fig.legend([handles[m] for m in methods], labels, loc="outside lower center", ncol=ncol,
+                   fontsize=LEGEND_FONT, frameon=False)
     return fig
 
 

@@ -6,7 +6,10 @@ import csv
 import hashlib
 import io
 import re
+from collections.abc import Callable
+from pathlib import Path
 
+from fedbench.config import check_writable
 from fedbench.errors import ConfigError
 from fedbench.reports.tables import MISSING, Table
 
@@ -23,6 +26,28 @@ def folder_name(experiment: str) -> str:
         return safe
     digest = hashlib.sha256(experiment.encode()).hexdigest()[:8]
     return f"{safe or 'experiment'}-{digest}"
+
+
+def check_out_dir(folder: Path) -> Path:
+    """Make the output folder of a report (``--out``) and fail with one line if files cannot be
+    written there: a file where the folder belongs, a path under ``/proc``, no permission. Called
+    before anything is written, so a bad ``--out`` is a :class:`ConfigError` (exit code 2), not
+    an ``OSError`` from deep inside ``write_text`` or matplotlib, which reads as a bug."""
+    if folder.expanduser().is_file():
+        raise ConfigError(f"--out {folder} is a file; give --out a folder (it is made if missing)")
+    check_writable(folder, "output folder", "give --out a folder you can write to")
+    return folder
+
+
+def write_out(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write(path)`` with an ``OSError`` (the file itself is read-only, a folder, the disk is
+    full) turned into a one-line :class:`ConfigError` naming the file; returns ``path``."""
+    try:
+        write(path)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot write {path} ({reason}); give --out a folder you can write to") from exc
+    return path
 
 
 def to_markdown(table: Table) -> str:

@@ -8,7 +8,10 @@ functions, so they can be tested on hand-made frames.
 from __future__ import annotations
 
 import os
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -16,13 +19,17 @@ import pandas as pd
 from fedbench.errors import ConfigError, TrackingError, UnknownNameError
 from fedbench.reports.summary import CYCLE_END, cycle_end_evaluations, finished_runs, summarize
 from fedbench.tracking.tracker import (  # also: MLflow's quiet defaults
+    describe_store,
     one_line,
     quiet_store_logging,
     require_store,
+    sqlite_store_path,
 )
 
 # The columns of a history frame: one row per (run, metric, round).
 HISTORY_COLUMNS = ("run_id", "key", "round", "value")
+# MLflow's error codes for a run id the store does not hold: unknown, or not an id at all.
+NO_SUCH_RUN = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 def load_runs(experiment: str = "fedbench", tracking_uri: str | None = None) -> Any:
@@ -58,15 +65,37 @@ def latest_per_round(history: Iterable[Any]) -> list[tuple[int, float]]:
     return [(step, latest[step][2]) for step in sorted(latest)]
 
 
-def _describe(uri: str | None) -> str:
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or "the default store (./mlflow.db)"
+def store_fix(tracking_uri: str | None) -> str:
+    """How to fix a store that cannot be opened or read, by the kind of store the URI names.
+
+    The causes differ by kind, and so does the fix: a server is down, a local file is not an
+    MLflow database (junk, truncated, another program's), or a path without ``sqlite:///`` names
+    MLflow's folder store, which MLflow 3 refuses to open (typically ``./mlruns``, or the folder
+    or file of the SQLite store the scheme was left off). Telling a user with a local file to
+    "start the server" would send them the wrong way."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    flag = "--tracking-uri (or MLFLOW_TRACKING_URI)"
+    database = sqlite_store_path(tracking_uri)
+    if database is not None:
+        return (f"check that {database} is the MLflow database 'fedbench run' wrote and is readable, "
+                f"or fix {flag}")
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme == "file" else uri).expanduser()
+        if path.is_file():
+            return f"a store in a database file needs the scheme: --tracking-uri sqlite:///{path.resolve()}"
+        if (path / "mlflow.db").is_file():
+            return f"to read the SQLite store in that folder use --tracking-uri sqlite:///{(path / 'mlflow.db').resolve()}"
+        return f"give {flag} the sqlite:///PATH.db store 'fedbench run' wrote, not a folder"
+    return f"start the server or fix {flag}"
 
 
 class RunStore:
-    """A tracking store opened for reading; every MLflow failure becomes a one-line
-    :class:`TrackingError`, an unknown experiment an :class:`UnknownNameError` listing
-    the experiments that exist. A local SQLite store must exist: reading never creates one
-    (a mistyped path would otherwise become a new, empty store)."""
+    """A tracking store opened for reading; every MLflow failure, opening the store included,
+    becomes a one-line :class:`TrackingError` naming the store and the fix (:func:`store_fix`),
+    an unknown experiment an :class:`UnknownNameError` listing the experiments that exist. A
+    local SQLite store must exist: reading never creates one (a mistyped path would otherwise
+    become a new, empty store)."""
 
     def __init__(self, tracking_uri: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
@@ -74,24 +103,28 @@ class RunStore:
         require_store(tracking_uri)
         quiet_store_logging()
         self.tracking_uri = tracking_uri
-        self._client = MlflowClient(tracking_uri=tracking_uri)
+        # MLflow opens a SQLite database (and refuses a folder store) in the constructor already,
+        # so a junk file or a folder fails here, not at the first query.
+        self._client = self._call("open", MlflowClient, tracking_uri=tracking_uri)
+
+    def _error(self, what: str, exc: BaseException) -> TrackingError:
+        return TrackingError(
+            f"cannot {what} the MLflow tracking store at {describe_store(self.tracking_uri)} "
+            f"({type(exc).__name__}: {one_line(exc)}); {store_fix(self.tracking_uri)}"
+        )
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # MLflow raises many types for an unreachable or broken store
-            raise TrackingError(
-                f"cannot {what} in the MLflow tracking store at {_describe(self.tracking_uri)} "
-                f"({type(exc).__name__}: {one_line(exc)}); "
-                "start the server or fix --tracking-uri"
-            ) from exc
+            raise self._error(what, exc) from exc
 
     def experiment_names(self) -> list[str]:
-        found = self._call("list experiments", self._client.search_experiments)
+        found = self._call("list experiments in", self._client.search_experiments)
         return sorted(e.name for e in found)
 
     def experiment_id(self, experiment: str) -> str:
-        found = self._call("read experiments", self._client.get_experiment_by_name, experiment)
+        found = self._call("read experiments in", self._client.get_experiment_by_name, experiment)
         if found is None:
             raise UnknownNameError("experiment", experiment, self.experiment_names())
         return found.experiment_id
@@ -102,7 +135,7 @@ class RunStore:
         runs, token = [], None
         while True:
             page = self._call(
-                "search runs", self._client.search_runs, [experiment_id], max_results=1000, page_token=token
+                "search runs in", self._client.search_runs, [experiment_id], max_results=1000, page_token=token
             )
             runs.extend(page)
             token = page.token
@@ -112,19 +145,33 @@ class RunStore:
 
     def run(self, run_id: str) -> pd.DataFrame:
         """One run by id (a one-row frame); an unknown id is a :class:`ConfigError`."""
+        found = self._find_run(run_id)
+        if found is None:
+            raise ConfigError(
+                f"run '{run_id}' is not in the tracking store at {describe_store(self.tracking_uri)}; "
+                "copy the id from 'fedbench run' output or the MLflow UI"
+            )
+        return runs_frame([found])
+
+    def status(self, run_id: str) -> str | None:
+        """The status of a run (``FINISHED``, ``FAILED``, ...), None if the store holds no such run.
+        A store that fails is a :class:`TrackingError`, never None: ``checkpoints prune --finished``
+        would otherwise take a server that is down for "no run finished" and prune nothing, silently."""
+        found = self._find_run(run_id)
+        return None if found is None else found.info.status
+
+    def _find_run(self, run_id: str) -> Any | None:
+        """The MLflow run, or None where the store has no run with that id."""
         from mlflow.exceptions import MlflowException
 
         try:
-            found = self._client.get_run(run_id)
+            return self._client.get_run(run_id)
         except MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                found = self._call("read the run", self._client.get_run, run_id)
-            else:
-                raise ConfigError(
-                    f"run '{run_id}' is not in the tracking store at {_describe(self.tracking_uri)}; "
-                    "copy the id from 'fedbench run' output or the MLflow UI"
-                ) from exc
-        return runs_frame([found])
+            if exc.error_code in NO_SUCH_RUN:
+                return None
+            raise self._error(f"read run {run_id} in", exc) from exc
+        except Exception as exc:  # a broken database raises SQLAlchemy's errors, not MLflow's
+            raise self._error(f"read run {run_id} in", exc) from exc
 
     def histories(self, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:
         """Per-round values of ``keys`` of every run, long format (:data:`HISTORY_COLUMNS`), one
@@ -132,13 +179,13 @@ class RunStore:
         rows = []
         for run_id in run_ids:
             for key in keys:
-                history = self._call("read metric history", self._client.get_metric_history, run_id, key)
+                history = self._call("read metric history in", self._client.get_metric_history, run_id, key)
                 rows.extend((run_id, key, step, value) for step, value in latest_per_round(history))
         return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
 
     def metric_keys(self, run_id: str) -> list[str]:
         """The metric keys a run logged."""
-        run = self._call("read the run", self._client.get_run, run_id)
+        run = self._call(f"read run {run_id} in", self._client.get_run, run_id)
         return sorted(run.data.metrics)
 
 

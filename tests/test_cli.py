@@ -50,6 +50,7 @@ def _fails_with(args: list[str], *fragments: str) -> None:
         (["--weighting", "median"], ["weighting ('median') must be one of uniform, samples"]),
         (["--opt", "mu=1"], ["options of FedAvg takes no keys, got 'mu'"]),
         (["--opt", "mu"], ["must look like key=value"]),
+        (["--experiment", ""], ["tracking.experiment ('') must be a name"]),
     ],
 )
 def test_bad_run_flags_fail_with_one_line(args, fragments):

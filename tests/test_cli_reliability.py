@@ -142,6 +142,19 @@ def _no_store_made(tmp: Path, _values: Mapping[str, str]) -> None:
     assert not (tmp / "typo.db").exists()
 
 
+# A checkpoint file in $FEDBENCH_CHECKPOINTS ({tmp}/ckpt) of a run with this id.
+CHECKPOINT_RUN = "0" * 32
+
+
+def _checkpoint_file(tmp: Path) -> None:
+    (tmp / "ckpt").mkdir()
+    (tmp / "ckpt" / f"{CHECKPOINT_RUN}.ckpt").write_bytes(b"not a real checkpoint")
+
+
+def _checkpoint_kept(tmp: Path, _values: Mapping[str, str]) -> None:
+    assert (tmp / "ckpt" / f"{CHECKPOINT_RUN}.ckpt").exists()
+
+
 def _inside_output_folder(tmp: Path, _values: Mapping[str, str]) -> None:
     written = [p.relative_to(tmp) for p in tmp.rglob("table1.md")]
     assert len(written) == 1 and written[0].parts[:2] == ("reports", "out"), written
@@ -232,6 +245,18 @@ CASES: list[Case] = [
          "is above 1,000,000, the most clients fedbench simulates", "10^8 clients"),
     Case("run-info-plane-huge", (*TINY, "--no-tracking", "--info-plane", "100000000"), 2,
          "info_plane (100000000) is above 1,000 probe images per class", "10^8 info-plane probe images per class"),
+    Case("run-rounds-huge", (*TINY, "--no-tracking", "--rounds", "10000000000"), 2,
+         "rounds (10,000,000,000) is above 1,000,000, the most a run may ask for", "10^10 rounds"),
+    Case("run-threads-huge", (*TINY, "--no-tracking", "--threads", "100000"), 2,
+         "threads (100000) is above", "10^5 torch threads (more than the machine can start)"),
+    Case("batch-size-one", (*TINY, "--no-tracking", "--batch-size", "1"), 2,
+         "train.batch_size (1) must be >= 2: a batch of one sample trains nothing", "--batch-size 1"),
+    Case("config-empty", ("run", "--config", "{tmp}/empty.yaml", "--no-tracking"), 2,
+         "holds no settings (it is empty or only comments)", "a config file with only a comment",
+         setup=_write("empty.yaml", b"# settings to come\n")),
+    Case("sweep-option-bad", ("sweep", "{tmp}/grid.yaml", "--dry-run"), 2,
+         "grid cell 1 (options.lambda_max=-1): options.lambda_max (-1", "a grid cell with a bad method option",
+         setup=_write("grid.yaml", b"base: {method: neulite}\naxes: {options.lambda_max: [0.1, -1]}\n")),
     Case("memory-clients-huge", ("memory", "--clients", "100000000"), 2,
          "--clients (100000000) is above 1,000,000", "a fleet of 10^8 devices"),
     Case("memory-jobs-negative", ("memory", "--jobs", "-1"), 2, "--jobs (-1) must be >= 0", "a negative --jobs"),
@@ -250,6 +275,25 @@ CASES: list[Case] = [
          "Supported URI schemes are: ['', 'file',", "an unknown tracking URI scheme (MLflow's hint kept whole)"),
     Case("report-store-missing", ("report", "table1", "--tracking-uri", "sqlite:///{tmp}/typo.db"), 2,
          "no tracking store at {tmp}/typo.db", "a mistyped SQLite store for report", check=_no_store_made),
+    Case("report-store-folder", ("report", "table1", "--tracking-uri", "{tmp}"), 2,
+         "cannot open the MLflow tracking store at {tmp} (MlflowException: The filesystem tracking backend",
+         "a folder (MLflow's file store) as the store of report", absent=("unexpected",)),
+    Case("report-store-junk", ("report", "table1", "--tracking-uri", "sqlite:///{tmp}/junk.db"), 2,
+         "file is not a database); check that {tmp}/junk.db is the MLflow database 'fedbench run' wrote",
+         "a file that is not a database as the SQLite store of report", setup=_write("junk.db", b"junk\n"),
+         absent=("[SQL:",)),
+    Case("prune-store-junk", ("checkpoints", "prune", "--finished", "--tracking-uri", "sqlite:///{tmp}/junk.db"), 2,
+         "cannot open the MLflow tracking store at sqlite:///{tmp}/junk.db", "a junk file as the store of prune --finished",
+         setup=_write("junk.db", b"junk\n")),
+    Case("prune-store-down", ("checkpoints", "prune", "--finished", "--tracking-uri", "http://127.0.0.1:9"), 2,
+         f"cannot read run {CHECKPOINT_RUN} in the MLflow tracking store at http://127.0.0.1:9",
+         "prune --finished against a server that is down (not taken for \"no such run\")",
+         env={**CHECKPOINTS, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}, setup=_checkpoint_file, check=_checkpoint_kept),
+    Case("report-out-is-file", ("report", "table1", "--experiment", "e", "--tracking-uri", STORE, "--out", "{tmp}/file.txt"),
+         2, "--out {tmp}/file.txt is a file; give --out a folder", "an existing file given to report --out",
+         setup=_experiment("e", with_run=True)),
+    Case("report-out-unwritable", ("report", "memory", "--model", "cnn", "--dataset", "synthetic", "--out", "/proc/fedbench"),
+         2, "output folder /proc/fedbench is not writable", "a report --out where no folder can be made"),
     Case("report-experiment-path", ("report", "table1", "--experiment", "../../x", "--tracking-uri", STORE), 0,
          "wrote reports/out/x-", "an experiment named ../../x (the report stays in reports/out/)",
          setup=_experiment("../../x", with_run=True), subprocess=True, check=_inside_output_folder),

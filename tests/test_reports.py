@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -390,6 +391,139 @@ def test_an_unreachable_tracking_uri_is_one_line_with_exit_code_2():
     assert result.exit_code == 2, result.output
     assert "cannot" in result.output and "http://127.0.0.1:9" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "fix"),
+    [
+        ("folder", "give --tracking-uri (or MLFLOW_TRACKING_URI) the sqlite:///PATH.db store 'fedbench run' wrote"),
+        ("file-uri-folder", "the sqlite:///PATH.db store 'fedbench run' wrote, not a folder"),
+        ("env-folder", "the sqlite:///PATH.db store 'fedbench run' wrote, not a folder"),
+        ("junk-db", "is the MLflow database 'fedbench run' wrote and is readable"),
+        ("truncated-db", "is the MLflow database 'fedbench run' wrote and is readable"),
+        ("db-without-scheme", "a store in a database file needs the scheme: --tracking-uri sqlite:///"),
+    ],
+)
+def test_a_store_that_cannot_be_opened_is_one_line_naming_it_and_the_fix(store, tmp_path, monkeypatch, kind, fix):
+    """MLflow opens the store in MlflowClient's constructor: a folder (its refused file store), a
+    junk or truncated database fail there, which once escaped as "unexpected ..." (exit code 1)."""
+    from pathlib import Path
+
+    real = Path(store["uri"].removeprefix("sqlite:///"))
+    folder = tmp_path / "mlruns"
+    folder.mkdir()
+    (tmp_path / "junk.db").write_text("junk\n")
+    (tmp_path / "truncated.db").write_bytes(real.read_bytes()[:4096])
+    uri = {"folder": str(folder), "file-uri-folder": folder.as_uri(), "env-folder": None,
+           "junk-db": f"sqlite:///{tmp_path / 'junk.db'}", "truncated-db": f"sqlite:///{tmp_path / 'truncated.db'}",
+           "db-without-scheme": str(real)}[kind]
+    if uri is None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", str(folder))
+    result = _report("table1", "--experiment", "grid", "--out", str(tmp_path / "out"),
+                     *(["--tracking-uri", uri] if uri else []))
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert f"cannot open the MLflow tracking store at {uri or folder} (" in result.output
+    assert fix in result.output and "unexpected" not in result.output
+
+
+def test_a_store_that_fails_a_run_lookup_is_an_error_not_a_missing_run(store):
+    """``checkpoints prune --finished`` asks the status of each checkpoint's run: "no such run"
+    keeps the checkpoint, so a store that is down must not look like one (nothing pruned, silently)."""
+    from fedbench.errors import TrackingError
+    from fedbench.reports.runs import RunStore
+
+    runs = RunStore(store["uri"])
+    assert runs.status(store["fedavg_run"]) == "FINISHED"
+    assert runs.status("0" * 32) is None and runs.status("../x") is None  # unknown / not an id
+    with pytest.raises(TrackingError, match=r"cannot read run 0+ in .*http://127.0.0.1:9.*start the server"):
+        RunStore("http://127.0.0.1:9").status("0" * 32)
+
+
+REPORTS_WITH_OUT = {
+    "table1": ["table1", "--experiment", "grid"],
+    "table2": ["table2", "--experiment", "grid"],
+    "curves": ["curves", "--experiment", "grid"],
+    "ablation": ["ablation", "--experiment", "ablation"],
+    "info-plane": ["info-plane", "--run", "{neulite_run}"],
+    "memory": ["memory", "--model", "cnn", "--dataset", "synthetic"],
+    "time": ["time", "--model", "cnn", "--dataset", "synthetic", "--samples", "30", "--epochs", "1"],
+}
+
+
+@pytest.mark.parametrize("report", list(REPORTS_WITH_OUT))
+def test_an_out_that_is_a_file_is_one_line_with_exit_code_2(store, tmp_path, report):
+    args = [a.format(**store) for a in REPORTS_WITH_OUT[report]]
+    if report not in ("memory", "time"):
+        args += ["--tracking-uri", store["uri"]]
+    (tmp_path / "base.txt").write_text("a file where the output folder belongs\n")
+    result = _report(*args, "--out", str(tmp_path / "base.txt"))
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert f"--out {tmp_path / 'base.txt'} is a file; give --out a folder" in result.output
+    assert (tmp_path / "base.txt").read_text().startswith("a file")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no folder can be made")
+@pytest.mark.parametrize("report", ["table1", "curves", "memory"])
+def test_an_out_that_cannot_be_made_is_one_line_with_exit_code_2(store, report):
+    args = [a.format(**store) for a in REPORTS_WITH_OUT[report]]
+    if report != "memory":
+        args += ["--tracking-uri", store["uri"]]
+    result = _report(*args, "--out", "/proc/fedbench-report")
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "output folder /proc/fedbench-report is not writable" in result.output
+
+
+@pytest.mark.parametrize(("args", "name"), [
+    (["table1", "--experiment", "ablation"], "table1.md"),
+    (["memory", "--model", "cnn", "--dataset", "synthetic", "--batch-size", "32"], "memory-cnn-synthetic-b32.png"),
+])
+def test_an_output_file_that_cannot_be_written_is_one_line_naming_it(store, tmp_path, args, name):
+    (tmp_path / name).mkdir()  # a folder where the file goes: the folder itself is writable
+    result = _report(*args, *(["--tracking-uri", store["uri"]] if args[0] == "table1" else []), "--out", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert f"cannot write {tmp_path / name} (Is a directory); give --out a folder you can write to" in result.output
+
+
+def _long_label_curves(panels: int, labels: int, settings: int):
+    import pandas as pd
+
+    names = [f"fedavg (rounds=8, train.lr=0.{i:02d}" + ", train.batch_size=32" * settings + ")" for i in range(labels)]
+    rows = [(f"cifar10 resnet{p} non-IID α=0.5", name, r, 0.1 * r + 0.01 * i, 0.02)
+            for p in range(panels) for i, name in enumerate(names) for r in range(1, 5)]
+    return pd.DataFrame(rows, columns=["panel", "method", "x", "accuracy", "std"]), names
+
+
+@pytest.mark.parametrize(("panels", "labels", "settings"), [(1, 2, 4), (3, 12, 2), (4, 7, 1), (2, 1, 0)])
+def test_curves_with_long_labels_keep_every_panel_readable(panels, labels, settings):
+    """Several configurations of a method give long labels (``fedavg (rounds=8, train.lr=0.05)``):
+    a legend inside each panel squeezed the panels to slivers, or made constrained layout give up
+    with a warning. One legend below the panels keeps them their size."""
+    import io
+    import warnings
+
+    from fedbench.reports import figures
+
+    frame, names = _long_label_curves(panels, labels, settings)
+    fig = figures.curves_figure(frame, "round")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
+        fig.savefig(io.BytesIO(), format="png", dpi=72)
+    width_in, height_in = fig.get_size_inches()
+    for ax in fig.axes:
+        box = ax.get_position()
+        assert box.width * width_in > 2.5 and box.height * height_in > 2.0, (box, width_in, height_in)
+        assert ax.get_legend() is None
+    (legend,) = fig.legends
+    shown = [text.get_text().replace("\n", " ") for text in legend.get_texts()]
+    assert shown == names  # wrapped at a word, never cut
+    assert legend.get_window_extent().width <= fig.bbox.width
+    if panels > 1:  # a configuration is drawn alike in every panel: one legend serves them all
+        styles = [[(line.get_linestyle(), line.get_marker(), line.get_color()) for line in ax.lines] for ax in fig.axes]
+        assert all(s == styles[0] for s in styles)
 
 
 def test_two_real_runs_logged_by_the_tracker_render_as_table1(store, tiny_config, tmp_path):

@@ -9,7 +9,6 @@ import at the end of :mod:`fedbench.cli.main`.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -19,7 +18,7 @@ import typer
 from rich.table import Table
 
 from fedbench.cli.common import app, fail, out
-from fedbench.errors import ConfigError, FedbenchError, TrackingError
+from fedbench.errors import ConfigError, FedbenchError
 
 checkpoints_app = typer.Typer(help="List and prune the resumable checkpoints of runs ($FEDBENCH_CHECKPOINTS).",
                               no_args_is_help=True)
@@ -96,22 +95,12 @@ def prune_command(
 
 
 def _run_statuses(tracking_uri: str | None) -> Callable[[str], str | None]:
-    """A lookup run id -> status in the tracking store (None: no such run there). A sqlite store
-    that does not exist is an error: pruning never creates a store."""
-    from mlflow.tracking import MlflowClient
+    """A lookup run id -> status in the tracking store (None: no such run there).
 
-    # lazy: MLflow loads only for --finished
-    from fedbench.tracking.tracker import sqlite_store_path
+    Read through :class:`~fedbench.reports.runs.RunStore`, like the reports: a sqlite store that
+    does not exist is an error (pruning never creates a store), and one that cannot be opened or
+    read (a junk file, a folder, a server that is down) is one line naming it and the fix. A failed
+    lookup is never taken for "no such run", which would keep every checkpoint without a word."""
+    from fedbench.reports.runs import RunStore  # lazy: MLflow and pandas load only for --finished
 
-    path = sqlite_store_path(tracking_uri)
-    if path is not None and not path.is_file():
-        raise TrackingError(f"no tracking store at {path}; give the store the runs were logged to with --tracking-uri")
-    client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
-
-    def status(run_id: str) -> str | None:
-        try:
-            return client.get_run(run_id).info.status
-        except Exception:  # MLflow raises its own error types for an unknown run id
-            return None
-
-    return status
+    return RunStore(tracking_uri).status

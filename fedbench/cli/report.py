@@ -69,6 +69,26 @@ def _print_paths(paths: list[Path]) -> None:
         out.print(str(path), highlight=False, soft_wrap=True)
 
 
+def _check_out(out_dir: Path | None) -> None:
+    """A ``--out`` given on the command line is checked before any work (a store query, a model
+    build), so that its one-line error is all a user sees; the default folder is made only when
+    a report is written there, so a mistyped experiment leaves no empty folder behind."""
+    if out_dir is not None:
+        from fedbench.reports.render import check_out_dir  # lazy: pandas loads only when a report is drawn
+
+        check_out_dir(out_dir)
+
+
+def _save(fig: Any, folder: Path, stem: str) -> list[Path]:
+    """:func:`fedbench.reports.figures.save_figure`, a bad ``--out`` being one red line (exit code 2)."""
+    from fedbench.reports import figures  # lazy: matplotlib loads only when a report is drawn
+
+    try:
+        return figures.save_figure(fig, folder, stem)
+    except FedbenchError as exc:
+        raise fail(exc) from None
+
+
 def _table(kind: str, experiment: str, tracking_uri: str | None, fmt: str, out_dir: Path | None,
            metric: str, last: int, iid: bool = False, compare: str | None = None) -> None:
     # lazy: pandas, matplotlib and torch load only when a report is drawn
@@ -79,6 +99,7 @@ def _table(kind: str, experiment: str, tracking_uri: str | None, fmt: str, out_d
     tables.check_metric(metric)
     if compare is not None:
         paper.check_source(compare)
+    _check_out(out_dir)
     summary, _history, warnings = load_experiment(experiment, tracking_uri, last_evals=last)
     _warn(warnings)
     table = (tables.table1(summary, metric, iid=iid, last_evals=last) if kind == "table1"
@@ -87,9 +108,8 @@ def _table(kind: str, experiment: str, tracking_uri: str | None, fmt: str, out_d
         table = paper.compare(table, compare, iid=iid)
         kind = f"{kind}-{compare}"
     text = render.render(table, fmt)
-    path = (out_dir or OUT_ROOT / render.folder_name(experiment)) / f"{kind}.{fmt}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    folder = render.check_out_dir(out_dir or OUT_ROOT / render.folder_name(experiment))
+    path = render.write_out(folder / f"{kind}.{fmt}", lambda target: target.write_text(text, encoding="utf-8"))
     typer.echo(text, nl=False)
     err.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
@@ -151,13 +171,14 @@ def curves_command(
     setup_logging(verbose)
     try:
         series.check_x_axis(x)
+        _check_out(out_dir)
         summary, history, warnings = load_experiment(experiment, tracking_uri, keys=(ACCURACY, VIRTUAL_TIME))
         frame, more = series.curves(summary, history, x)
     except FedbenchError as exc:
         raise fail(exc) from None
     _warn(warnings + more)
     fig = figures.curves_figure(frame, series.X_AXES[x])
-    _print_paths(figures.save_figure(fig, out_dir or OUT_ROOT / folder_name(experiment), f"curves-{x}"))
+    _print_paths(_save(fig, out_dir or OUT_ROOT / folder_name(experiment), f"curves-{x}"))
 
 
 @report_app.command("ablation")
@@ -177,6 +198,7 @@ def ablation_command(
 
     setup_logging(verbose)
     try:
+        _check_out(out_dir)
         summary, _history, warnings = load_experiment(experiment, tracking_uri, last_evals=last)
         bars = series.ablation(summary, baseline=baseline)
     except FedbenchError as exc:
@@ -184,7 +206,7 @@ def ablation_command(
     _warn(warnings)
     _warn(series.missing_bars(bars))
     fig = figures.ablation_figure(bars)
-    _print_paths(figures.save_figure(fig, out_dir or OUT_ROOT / folder_name(experiment), "ablation"))
+    _print_paths(_save(fig, out_dir or OUT_ROOT / folder_name(experiment), "ablation"))
 
 
 @report_app.command("info-plane")
@@ -203,6 +225,7 @@ def info_plane_command(
 
     setup_logging(verbose)
     try:
+        _check_out(out_dir)
         store = RunStore(tracking_uri)
         frames = []
         for run_id in run:
@@ -214,7 +237,7 @@ def info_plane_command(
         raise fail(exc) from None
     fig = figures.info_plane_figure(pd.concat(frames, ignore_index=True))
     stem = "info-plane-" + "-".join(r[:8] for r in run)
-    _print_paths(figures.save_figure(fig, out_dir or OUT_ROOT / "runs", stem))
+    _print_paths(_save(fig, out_dir or OUT_ROOT / "runs", stem))
 
 
 def _model_and_shape(model: str, dataset: str, width: float, data_dir: str | None) -> tuple[Any, tuple, int]:
@@ -245,6 +268,7 @@ def memory_command(
     setup_logging(verbose)
     try:
         train = TrainConfig(batch_size=batch_size)
+        _check_out(out_dir)
         built, shape, _classes = _model_and_shape(model, dataset, width, data_dir)
         frame, source = costs.block_memory(built, shape, batch_size, SGDSpec.from_train(train))
     except FedbenchError as exc:
@@ -253,7 +277,7 @@ def memory_command(
              ("optimizer_bytes", "momentum"), ("activations_bytes", "activations")]
     title = f"{model} on {dataset}, batch {batch_size} ({source})"
     fig = figures.bars_vs_full(frame, parts, "peak training memory (MiB)", title, scale=figures.MIB)
-    paths = figures.save_figure(fig, out_dir or OUT_ROOT / "models", f"memory-{model}-{dataset}-b{batch_size}")
+    paths = _save(fig, out_dir or OUT_ROOT / "models", f"memory-{model}-{dataset}-b{batch_size}")
     full = frame.loc[frame["label"] == "full", "peak_bytes"].iloc[0] / figures.MIB
     largest = frame.loc[frame["label"] != "full", "peak_bytes"].max() / figures.MIB
     saved = costs.reduction(frame, "peak_bytes")
@@ -289,6 +313,7 @@ def time_command(
     try:
         TrainConfig(batch_size=batch_size, local_epochs=epochs)
         ModelConfig(name=model, width=width)
+        _check_out(out_dir)
         # lazy: pandas, matplotlib and torch load only when a report is drawn
         from fedbench.reports.memory_table import dataset_shape
 
@@ -313,7 +338,7 @@ def time_command(
     title = f"{model} on {dataset}: {samples} samples × {epochs} epochs\non {where}"
     fig = figures.bars_vs_full(frame, parts, "time per round (s, simulated)", title)
     stem = f"time-{model}-{dataset}-" + (device_class if fleet is None else f"fleet-{fleet}")
-    paths = figures.save_figure(fig, out_dir or OUT_ROOT / "models", stem)
+    paths = _save(fig, out_dir or OUT_ROOT / "models", stem)
     full = frame.loc[frame["label"] == "full", "total_s"].iloc[0]
     blocks = frame[frame["label"] != "full"]
     err.print(f"full model {full:.1f} s per round; blocks "
