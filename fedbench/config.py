@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -457,6 +458,35 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
+class _RepeatedKey(Exception):
+    def __init__(self, key: object, line: int) -> None:
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+@functools.cache
+def _unique_key_loader() -> type:
+    """PyYAML's safe loader refusing a mapping that repeats a key (which it would resolve by
+    silently keeping the last value, so `rounds: 20` ... `rounds: 200` runs 200)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden on purpose
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):
+                    continue
+                if key in seen:
+                    raise _RepeatedKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def load_yaml(path: str | Path, what: str = "config file", fix: str = "pass an existing YAML file to --config") -> dict[str, Any]:
     """Read a YAML file into a mapping, with one-line errors for every failure.
 
@@ -482,7 +512,10 @@ def load_yaml(path: str | Path, what: str = "config file", fix: str = "pass an e
             "expected a YAML file"
         ) from exc
     try:
-        loaded = yaml.safe_load(text)
+        loaded = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader subclass)
+    except _RepeatedKey as exc:
+        raise ConfigError(f"{what} {path} repeats the key '{exc.key}' at line {exc.line}; keep one (YAML "
+                          "would silently use the last)") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -149,7 +149,7 @@ def info_plane(history: pd.DataFrame, run_label: str) -> pd.DataFrame:
     if parsed.empty:
         raise ConfigError(
             f"run {run_label} logged no nhsic/xz/block<b> or nhsic/yz/block<b> metrics "
-            "(NeuLite logs them on evaluation rounds); pick a NeuLite run"
+            "(a run logs them on evaluation rounds with --info-plane N, any method); pick such a run"
         )
     wide = parsed.pivot_table(index=["block", "round"], columns="which", values="value").reset_index()
     for side in ("xz", "yz"):

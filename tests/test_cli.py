@@ -70,10 +70,32 @@ def test_malformed_yaml_names_the_line(tmp_path):
     _fails_with([*TINY_RUN, "--config", str(bad)], "is not valid YAML", "line")
 
 
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--data-dir", ""], "--data-dir is empty"),
+    (["--resume", "abc", "--no-tracking"], "--resume continues a run logged in MLflow"),
+])
+def test_an_empty_data_dir_or_a_resume_without_tracking_is_one_line(args, fragment):
+    _fails_with(["run", *args], fragment)
+
+
 def test_an_empty_yaml_file_is_refused_not_run_with_every_default(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# settings to come\n")
     _fails_with([*TINY_RUN, "--config", str(empty)], "empty.yaml holds no settings (it is empty or only comments)")
+
+
+def test_a_yaml_file_that_repeats_a_key_is_refused_naming_the_key_and_line(tmp_path):
+    repeated = tmp_path / "twice.yaml"
+    repeated.write_text("rounds: 20\ntrain:\n  lr: 0.1\nrounds: 200\n")
+    _fails_with([*TINY_RUN, "--config", str(repeated)], "twice.yaml repeats the key 'rounds' at line 4")
+
+
+def test_a_yaml_merge_key_may_still_be_overridden(tmp_path):
+    from fedbench.config import load_yaml
+
+    merged = tmp_path / "merge.yaml"
+    merged.write_text("common: &common {rounds: 2, seed: 1}\nrun: {<<: *common, rounds: 3}\n")
+    assert load_yaml(merged)["run"] == {"rounds": 3, "seed": 1}
 
 
 def test_unreadable_yaml_is_reported(tmp_path):

@@ -257,6 +257,8 @@ CASES: list[Case] = [
     Case("sweep-option-bad", ("sweep", "{tmp}/grid.yaml", "--dry-run"), 2,
          "grid cell 1 (options.lambda_max=-1): options.lambda_max (-1", "a grid cell with a bad method option",
          setup=_write("grid.yaml", b"base: {method: neulite}\naxes: {options.lambda_max: [0.1, -1]}\n")),
+    Case("report-time-no-samples", ("report", "time", "--samples", "0"), 2, "--samples (0) must be >= 1",
+         "`fedbench report time` for a device holding no samples"),
     Case("memory-clients-huge", ("memory", "--clients", "100000000"), 2,
          "--clients (100000000) is above 1,000,000", "a fleet of 10^8 devices"),
     Case("memory-jobs-negative", ("memory", "--jobs", "-1"), 2, "--jobs (-1) must be >= 0", "a negative --jobs"),

@@ -152,6 +152,9 @@ def setup_logging(verbose: bool) -> None:
 
 
 def check_data_dir(data_dir: str | None) -> None:
-    """A file given where the data set's folder belongs is named as such (not "does not exist")."""
+    """A file given where the data set's folder belongs is named as such (not "does not exist");
+    an empty --data-dir is refused rather than silently searching the default places."""
+    if data_dir is not None and not data_dir.strip():
+        raise ConfigError("--data-dir is empty; give the folder holding the data set, or leave the flag out")
     if data_dir and Path(data_dir).expanduser().is_file():
         raise ConfigError(f"--data-dir {data_dir} is a file, expected a folder holding the data set")

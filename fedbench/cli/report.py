@@ -27,7 +27,7 @@ from fedbench.cli.common import (
     setup_logging,
 )
 from fedbench.config import ModelConfig, TrainConfig, make_config
-from fedbench.errors import FedbenchError, UnknownNameError
+from fedbench.errors import ConfigError, FedbenchError, UnknownNameError
 
 OUT_ROOT = Path("reports") / "out"
 
@@ -313,6 +313,8 @@ def time_command(
     try:
         TrainConfig(batch_size=batch_size, local_epochs=epochs)
         ModelConfig(name=model, width=width)
+        if samples < 1:
+            raise ConfigError(f"--samples ({samples}) must be >= 1 (training samples on the device; the default is 500)")
         _check_out(out_dir)
         # lazy: pandas, matplotlib and torch load only when a report is drawn
         from fedbench.reports.memory_table import dataset_shape

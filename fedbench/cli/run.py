@@ -110,6 +110,9 @@ def run(
                 if not resume.strip():
                     raise ConfigError("--resume needs a run id, got an empty one; copy it from the output of "
                                       "'fedbench run' or from mlflow ui")
+                if no_tracking:
+                    raise ConfigError("--resume continues a run logged in MLflow, into the same run; drop "
+                                      "--no-tracking")
                 cfg, tracker = _resumable_run(resume, tracking_uri)
                 cfg = _with_resume_overrides(cfg, given)
                 ignored = [f"--{k.split('.')[-1].replace('_', '-')}" for k, v in given.items()
