@@ -161,7 +161,7 @@ def test_unreachable_tracking_uri_fails_before_training():
 def test_run_prints_the_final_accuracy(tmp_path):
     result = runner.invoke(app, TINY_RUN)
     assert result.exit_code == 0, result.output
-    assert "fedavg on synthetic: final accuracy" in result.output
+    assert "fedavg on synthetic: last evaluation" in result.output
 
 
 @pytest.mark.parametrize("kind", ["methods", "datasets", "models", "partitioners"])

@@ -153,7 +153,8 @@ def run(
         if close is not None:
             close()  # a run that failed before it started leaves no logging helper behind
     accuracy = result.metric("eval/accuracy")
-    summary = f"{cfg.method} on {cfg.data.dataset}: final accuracy {accuracy[-1]:.4f}, best {max(accuracy):.4f}"
+    # The last evaluation, not the report's "final" (the mean of the last evaluations; docs/reports.md).
+    summary = f"{cfg.method} on {cfg.data.dataset}: last evaluation {accuracy[-1]:.4f}, best {max(accuracy):.4f}"
     run_id = getattr(tracker, "run_id", None)
     out.print(summary + (f" (MLflow run {run_id}, experiment '{cfg.tracking.experiment}')" if run_id else ""))
 
