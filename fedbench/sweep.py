@@ -31,6 +31,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -116,8 +117,7 @@ def read_grid(
     if not isinstance(axes, Mapping) or not all(isinstance(v, list) and v for v in axes.values()):
         raise ConfigError(f"grid {path}: 'axes' must map dotted config keys to non-empty lists, e.g. seed: [1, 2]")
     for name, values in axes.items():  # a repeated value would be the same run twice
-        seen = [repr(v) for v in values]
-        repeated = sorted({v for v in seen if seen.count(v) > 1})
+        repeated = sorted(text for text, count in Counter(map(repr, values)).items() if count > 1)
         if repeated:
             raise ConfigError(f"grid {path}: axis '{name}' repeats {', '.join(repeated)}; list each value once")
     size = math.prod(len(v) for v in axes.values())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -113,8 +112,8 @@ def run(
                 if no_tracking:
                     raise ConfigError("--resume continues a run logged in MLflow, into the same run; drop "
                                       "--no-tracking")
-                cfg, tracker = _resumable_run(resume, tracking_uri)
-                cfg = _with_resume_overrides(cfg, given)
+                allowed = {k: v for k, v in given.items() if v is not None and k in RESUME_OVERRIDES}
+                cfg, tracker = _resumable_run(resume, tracking_uri, dotted_to_nested(allowed))
                 ignored = [f"--{k.split('.')[-1].replace('_', '-')}" for k, v in given.items()
                            if v is not None and k not in RESUME_OVERRIDES]
                 ignored += [flag for flag, value in (("--opt", opt), ("--config", config)) if value]
@@ -164,17 +163,9 @@ def run(
 RESUME_OVERRIDES = frozenset({"data.data_dir", "tracking.uri", "threads", *EXECUTION_FIELDS})
 
 
-def _with_resume_overrides(cfg: RunConfig, given: dict[str, Any]) -> RunConfig:
-    """``cfg`` with the :data:`RESUME_OVERRIDES` given on the command line."""
-    top = {k: v for k, v in given.items() if v is not None and k in RESUME_OVERRIDES and "." not in k}
-    cfg = dataclasses.replace(cfg, **top)
-    if given.get("data.data_dir") is not None:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=given["data.data_dir"]))
-    return cfg
-
-
-def _resumable_run(run_id: str, tracking_uri: str | None) -> tuple[RunConfig, Any]:
-    """The config of an unfinished MLflow run and a tracker attached to its store."""
+def _resumable_run(run_id: str, tracking_uri: str | None, overrides: dict[str, Any]) -> tuple[RunConfig, Any]:
+    """The config of an unfinished MLflow run, with ``overrides`` (of :data:`RESUME_OVERRIDES`,
+    the store's URI among them) applied as to any config file, and a tracker attached to its store."""
     import tempfile
 
     # lazy: MLflow and torch load after the command line is parsed
@@ -188,7 +179,7 @@ def _resumable_run(run_id: str, tracking_uri: str | None) -> tuple[RunConfig, An
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(text)
-        cfg = make_config(path, {"tracking": {"uri": tracking_uri}} if tracking_uri else None)
+        cfg = make_config(path, overrides or None)
     tracker.experiment = cfg.tracking.experiment
     return cfg, tracker
 
