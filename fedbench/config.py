@@ -100,15 +100,31 @@ FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: weights and o
 MIN_TRAIN_BATCH = 2
 
 
+# How the local learning rate changes over a run's rounds (TrainConfig.lr_at). The paper's common
+# setting is constant; the others are the baselines' own codes' (spec decisions Q7, `official`).
+LR_SCHEDULES = ("constant", "exponential", "multistep", "cosine")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Local training on a device: SGD with the paper's defaults (spec common.md §1.3)."""
+    """Local training on a device: SGD with the paper's defaults (spec common.md §1.3).
+
+    The learning rate of round t (1-based) of R follows ``lr_schedule``:
+    ``constant`` lr; ``exponential`` lr·decay^(t−1) (DepthFL's code); ``multistep`` lr·decay^n,
+    n the milestones already passed, each milestone a fraction of R so one setting fits every run
+    length (HeteroFL's and FedRolex's MultiStepLR); ``cosine`` lr·(1 + cos(π(t−1)/(R−1)))/2
+    (ProgFed's). Every schedule is floored at ``lr_min``.
+    """
 
     local_epochs: int = 5
     batch_size: int = 64
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    lr_schedule: str = "constant"
+    lr_decay: float = 0.1
+    lr_milestones: tuple[float, ...] = ()
+    lr_min: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.local_epochs >= 1, f"train.local_epochs ({self.local_epochs}) must be >= 1")
@@ -122,6 +138,57 @@ class TrainConfig:
             value = getattr(self, name)
             _require(value <= FLOAT32_MAX, f"train.{name} ({value}) must be a finite number below {FLOAT32_MAX:.1e} "
                      "(the float32 limit); the paper's setting is lr 0.01, weight decay 5e-4")
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            close = difflib.get_close_matches(self.lr_schedule, LR_SCHEDULES, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"train.lr_schedule ({self.lr_schedule!r}) is not a schedule{hint}; known: "
+                              f"{', '.join(LR_SCHEDULES)}")
+        _require(0 < self.lr_decay <= 1, f"train.lr_decay ({self.lr_decay}) must be in (0, 1]: the factor the lr is "
+                 "multiplied by (each round for exponential, at each milestone for multistep)")
+        _require(0 <= self.lr_min <= self.lr, f"train.lr_min ({self.lr_min}) must be in [0, train.lr = {self.lr}]")
+        milestones = self.lr_milestones
+        _require(all(0 < m < 1 for m in milestones) and list(milestones) == sorted(set(milestones)),
+                 f"train.lr_milestones ({list(milestones)}) must be increasing fractions of the run's rounds in "
+                 "(0, 1), e.g. [0.375, 0.625] for rounds 150 and 250 of 400")
+        _require(self.lr_schedule == "multistep" or not milestones,
+                 f"train.lr_milestones ({list(milestones)}) only apply to lr_schedule multistep (got "
+                 f"{self.lr_schedule}); drop them or set train.lr_schedule: multistep")
+        _require(self.lr_schedule != "multistep" or bool(milestones),
+                 "train.lr_schedule multistep needs train.lr_milestones, fractions of the run's rounds, e.g. [0.5, 0.75]")
+        _require(self.lr_schedule in ("exponential", "multistep") or self.lr_decay == TrainConfig.lr_decay,
+                 f"train.lr_decay ({self.lr_decay}) only applies to lr_schedule exponential or multistep (got "
+                 f"{self.lr_schedule}); drop it or pick one of those schedules")
+
+    def lr_at(self, round_idx: int, rounds: int) -> float:
+        """The learning rate of round ``round_idx`` (0-based) of a run of ``rounds`` rounds."""
+        if self.lr_schedule == "exponential":
+            lr = self.lr * self.lr_decay ** round_idx
+        elif self.lr_schedule == "multistep":
+            passed = sum(1 for m in self.lr_milestones if milestone_round(m, rounds) <= round_idx)
+            lr = self.lr * self.lr_decay ** passed
+        elif self.lr_schedule == "cosine":
+            progress = round_idx / (rounds - 1) if rounds > 1 else 0.0
+            lr = self.lr * (1 + math.cos(math.pi * progress)) / 2
+        else:
+            lr = self.lr
+        return max(lr, self.lr_min)
+
+    def at_round(self, round_idx: int, rounds: int) -> TrainConfig:
+        """This setting with round ``round_idx``'s learning rate as a constant ``lr``: what one
+        round's local SGD runs with."""
+        if self.lr_schedule == "constant":
+            return self
+        return dataclasses.replace(self, lr=self.lr_at(round_idx, rounds), lr_schedule="constant",
+                                   lr_decay=TrainConfig.lr_decay, lr_milestones=(), lr_min=0.0)
+
+
+def milestone_round(fraction: float, rounds: int) -> int:
+    """The 0-based round from which a multistep milestone at ``fraction`` of ``rounds`` applies:
+    PyTorch's MultiStepLR stepped once per round with milestone ``round(fraction · rounds)``."""
+    return max(1, round(fraction * rounds))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +230,11 @@ class TrackingConfig:
         )
 
 
+# The training presets (RunConfig.preset; docs/protocol.md).
+PRESETS = ("paper", "official")
+# The lr-schedule fields at their defaults, as the run key's JSON holds them.
+SCHEDULE_DEFAULTS = {"lr_schedule": "constant", "lr_decay": 0.1, "lr_milestones": [], "lr_min": 0.0}
+
 WEIGHTINGS = ("uniform", "samples")
 # How a round's local updates run (fedbench/execution/executors.py).
 EXECUTORS = ("serial", "process", "ray")
@@ -201,6 +273,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # Training values set as a whole (docs/protocol.md): `paper` (the paper's common setting for
+    # every method) or `official` (each method's own code's, Method.official_train); None: the
+    # values given. Applied by make_config between the config file and the overrides; a label
+    # afterwards, so not part of the run key (the values it set are).
+    preset: str | None = None
     rounds: int = 20
     clients_per_round: int = 10
     eval_every: int = 1
@@ -234,6 +311,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         # Freeze the options mapping so the whole tree is immutable and hashable in spirit.
         object.__setattr__(self, "options", FrozenOptions(self.options))
+        if self.preset is not None and self.preset not in PRESETS:
+            close = difflib.get_close_matches(str(self.preset), PRESETS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"preset ({self.preset!r}) is not a preset{hint}; known: {', '.join(PRESETS)} "
+                              "(docs/protocol.md)")
         _require(self.rounds >= 1, f"rounds ({self.rounds}) must be >= 1")
         _require(self.rounds <= MAX_ROUNDS,
                  f"rounds ({self.rounds:,}) is above {MAX_ROUNDS:,}, the most a run may ask for; the paper uses 1,600")
@@ -297,6 +379,7 @@ class RunConfig:
         """A plain nested dict (YAML/JSON-ready) of the whole tree."""
         out = dataclasses.asdict(self, dict_factory=dict)
         out["options"] = dict(self.options)
+        out["train"]["lr_milestones"] = list(self.train.lr_milestones)  # YAML and JSON have lists
         return out
 
     def flat_params(self) -> dict[str, str]:
@@ -367,6 +450,10 @@ class RunConfig:
             payload.pop(name)
         if payload["device"] == "cpu":  # runs from before the field existed keep their key
             payload.pop("device")
+        payload.pop("preset")
+        for name, default in SCHEDULE_DEFAULTS.items():  # likewise for constant-lr runs
+            if payload["train"][name] == default:
+                payload["train"].pop(name)
         payload["options"] = self.options_differing_from_defaults()
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -548,13 +635,40 @@ def check_writable(folder: str | Path, what: str, fix: str) -> None:
 
 
 def make_config(
-    yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+    yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *, presets: bool = True
 ) -> RunConfig:
-    """Defaults <- YAML file <- overrides (nested mapping), validated."""
+    """Defaults <- YAML file <- the preset's training values <- overrides (nested mapping),
+    validated. ``presets=False`` takes a stored run's config as it is (its preset already applied)."""
     values: dict[str, Any] = load_yaml(yaml_path) if yaml_path is not None else {}
-    if overrides:
-        values = deep_merge(values, overrides)
-    return build_dataclass(RunConfig, values)
+    layered = with_preset(values, overrides or {}) if presets else deep_merge(values, overrides or {})
+    return build_dataclass(RunConfig, layered)
+
+
+def with_preset(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` <- the training values of the preset the merged config names <- ``overrides``:
+    a preset replaces what a config file (or a grid's base) says about training, and a flag (or
+    a grid's axis value) replaces what the preset says."""
+    merged = deep_merge(base, overrides)
+    layer = preset_layer(merged.get("preset"), merged.get("method", RunConfig.method))
+    return deep_merge(deep_merge(base, layer), overrides) if layer else merged
+
+
+def preset_layer(preset: Any, method: Any) -> dict[str, Any]:
+    """The whole ``train`` block ``preset`` sets for ``method``: ``paper`` the paper's common
+    setting (TrainConfig's defaults), ``official`` those updated with the method's
+    ``official_train``. Empty for no preset (or a value RunConfig will refuse by name)."""
+    if preset not in PRESETS or not isinstance(method, str):
+        return {}
+    train = dataclasses.asdict(TrainConfig()) | {"lr_milestones": []}
+    if preset == "official":
+        train |= {k: list(v) if isinstance(v, tuple) else v for k, v in official_train(method).items()}
+    return {"train": train}
+
+
+def official_train(method: str) -> Mapping[str, Any]:
+    """The training values ``method``'s own code uses where they differ from the paper's common
+    setting (``Method.official_train``; spec decisions Q7)."""
+    return getattr(registry.load("methods", method), "official_train", {})
 
 
 def dotted_to_nested(pairs: Mapping[str, Any]) -> dict[str, Any]:

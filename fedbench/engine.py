@@ -82,11 +82,18 @@ def check_finite(method: Method, round_idx: int, updates: list) -> None:
     if any(not math.isfinite(loss) for loss in losses):
         bad = next(loss for loss in losses if not math.isfinite(loss))
         raise DivergedError(f"diverged at round {round_idx + 1}: training loss {bad}; lower --lr "
-                            f"(now {method.ctx.config.train.lr}) or check the data")
+                            f"(now {_round_lr(method, round_idx)}) or check the data")
     for name, tensor in method.global_model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise DivergedError(f"diverged at round {round_idx + 1}: global parameter {name} is not finite "
-                                f"after aggregation; lower --lr (now {method.ctx.config.train.lr})")
+                                f"after aggregation; lower --lr (now {_round_lr(method, round_idx)})")
+
+
+def _round_lr(method: Method, round_idx: int) -> str:
+    """The lr a diverged round trained with, and the run's --lr where a schedule changed it."""
+    train, rounds = method.ctx.config.train, method.ctx.config.rounds
+    lr = train.lr_at(round_idx, rounds)
+    return f"{train.lr}" if lr == train.lr else f"{train.lr}; {lr:.3g} in round {round_idx + 1} by the {train.lr_schedule} schedule"
 
 
 def run_round(
@@ -104,6 +111,8 @@ def run_round(
     check_finite(method, round_idx, updates)
     train_s = time.perf_counter() - start
     metrics: dict[str, float] = {"round/clients": float(len(updates))}
+    if config.train.lr_schedule != "constant":
+        metrics["train/lr"] = config.train.lr_at(round_idx, config.rounds)
     trained = [u for u in updates if u.num_steps > 0]  # a client with one sample trains no step
     if trained:
         metrics["train/loss"] = sum(u.loss for u in trained) / len(trained)

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbench import engine, registry
-from fedbench.config import RunConfig, build_dataclass, deep_merge, dotted_to_nested, load_yaml
+from fedbench.config import RunConfig, build_dataclass, deep_merge, dotted_to_nested, load_yaml, with_preset
 from fedbench.core import checkpoint
 from fedbench.errors import ConfigError, FedbenchError, MemoryBudgetError, TrackingError
 from fedbench.execution.executors import connect_ray, cpu_demand, require_ray
@@ -162,7 +162,7 @@ def iter_cells(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> Iterat
     for index, combo in enumerate(itertools.product(*(axes[n] for n in names))):
         values = dict(zip(names, combo, strict=True))
         try:
-            config = build_dataclass(RunConfig, deep_merge(base, dotted_to_nested(values)))
+            config = build_dataclass(RunConfig, with_preset(base, dotted_to_nested(values)))
             check_method_options(config)
         except ConfigError as exc:
             raise ConfigError(f"grid cell {index} ({', '.join(f'{k}={v}' for k, v in values.items())}): {exc}") from exc

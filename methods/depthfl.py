@@ -313,6 +313,10 @@ class DepthFL(Method):
     """Depth-scaled FL: each device trains the deepest exit-model prefix its memory holds."""
 
     options_type = DepthFLOptions
+    # [C-DFL] conf/config.yaml (spec §8.7): batch 50, SGD without momentum, wd 1e-3,
+    # lr 0.1·0.998^(t−1).
+    official_train = {"batch_size": 50, "lr": 0.1, "momentum": 0.0, "weight_decay": 1e-3,
+                      "lr_schedule": "exponential", "lr_decay": 0.998}
     server_state = ("exits", "h")  # the global model (base) and exits; FedDyn's server state h
     client_state = ("g",)  # FedDyn's g_m lives on client m
 

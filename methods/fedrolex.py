@@ -26,3 +26,6 @@ class FedRolex(HeteroFL):
 
     rule = "rolling"
     method_name = "fedrolex"
+    # Not HeteroFL's: [C-FR] trains CIFAR with Adam (utils.py process_control), which the shared
+    # SGD loop does not run, so its `official` preset is the paper's setting (docs/protocol.md).
+    official_train = {}

@@ -113,6 +113,10 @@ class HeteroFL(Method):
     server_state = ("aggregations",)  # the global model (base) and FedRolex's window position
     rule: ClassVar[Rule] = "prefix"
     method_name: ClassVar[str] = "heterofl"
+    # [C-HFL] process_control, CIFAR (spec §6.6): lr 0.1, batch 10, ×0.1 at rounds 150 and 250
+    # of 400 (IID) or 300 and 500 of 800 (non-IID): both 3/8 and 5/8 of the run.
+    official_train = {"lr": 0.1, "batch_size": 10, "lr_schedule": "multistep", "lr_decay": 0.1,
+                      "lr_milestones": (0.375, 0.625)}
 
     def __init__(self, ctx: RunContext, options: HeteroFLOptions | None = None) -> None:
         super().__init__(ctx, options)

@@ -411,6 +411,9 @@ class NeuLite(Method):
             "neulite/peak_bytes": float(self.stage_peak_bytes(k)),
             "neulite/skipped_rounds": float(sum(self.skipped_rounds)),
         }
+        for stage, skipped in enumerate(self.skipped_rounds, start=1):  # spec Q19's per-stage counters
+            if skipped:
+                metrics[f"neulite/stage{stage}_skipped"] = float(skipped)
         extras = [u.extra for u in updates if u.extra]
         for key in ("ce", "nhsic_zx", "nhsic_py", "dropped_batches"):
             if extras:

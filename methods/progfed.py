@@ -102,6 +102,10 @@ class ProgFed(Method):
     """Progressive growing: a fixed schedule of ever deeper prefixes, each with a temporary head."""
 
     options_type = ProgFedOptions
+    # [C-PF] CIFAR-10 ResNet18 presets (spec §11.2): batch 50, wd 1e-4,
+    # lr_t = max(0.1·(1 + cos(π(t−1)/(R−1)))/2, 1e-6).
+    official_train = {"batch_size": 50, "lr": 0.1, "weight_decay": 1e-4, "lr_schedule": "cosine",
+                      "lr_min": 1e-6}
     server_state = ("heads",)  # the global model (base) and the temporary heads of the stages
 
     def __init__(self, ctx: RunContext, options: ProgFedOptions | None = None) -> None:

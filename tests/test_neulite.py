@@ -349,7 +349,9 @@ def test_a_stage_no_device_can_train_is_skipped_with_a_warning_and_counted(caplo
     assert [len(ids) > 0 for ids in method.eligible_ids] == [True, False]
     assert [r.metrics["round/clients"] for r in rounds] == [2.0, 0.0, 2.0, 0.0]
     assert rounds[-1].metrics["neulite/skipped_rounds"] == 2.0
-    assert rounds[-1].metrics["participation/rate"] == 1.0
+    assert [r.metrics.get("neulite/stage2_skipped") for r in rounds] == [None, 1.0, 1.0, 2.0]
+    assert not any("neulite/stage1_skipped" in r.metrics for r in rounds)
+    assert rounds[-1].metrics["participation/rate"] == 1.0  # PR alone does not tell: read the counters
     assert "stage 2 fits no device" in caplog.text
 
 

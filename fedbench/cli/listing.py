@@ -13,6 +13,7 @@ from fedbench import registry
 
 # Set by each command's --verbose (through setup_logging): show tracebacks of unexpected errors.
 from fedbench.cli.common import app, fail, out, setup_logging
+from fedbench.config import PRESETS, preset_layer
 from fedbench.errors import FedbenchError
 
 
@@ -22,6 +23,7 @@ class Kind(StrEnum):
     models = "models"
     partitioners = "partitioners"
     fleets = "fleets"
+    presets = "presets"
 
 
 @app.command("list")
@@ -33,8 +35,11 @@ def list_plugins(
     width: Annotated[float, typer.Option(help="Models: width multiplier, in (0, 1].")] = 1.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details (and tracebacks of unexpected errors).")] = False,
 ) -> None:
-    """List registered methods, datasets, models, partitioners or fleet profiles."""
+    """List registered methods, datasets, models, partitioners, fleet profiles or training presets."""
     setup_logging(verbose)
+    if kind is Kind.presets:
+        _list_presets(as_json)
+        return
     try:
         infos = registry.available(kind.value)
     except FedbenchError as exc:
@@ -74,3 +79,51 @@ def list_plugins(
     for row in rows:
         if "error" in row:
             out.print(f"[yellow]{row['name']}[/yellow]: {row['error']}", highlight=False, soft_wrap=True)
+
+
+def _list_presets(as_json: bool) -> None:
+    """The training values each preset gives each registered method (docs/protocol.md): in the
+    table, the paper's common setting once and each method's own where it differs."""
+    rows = []
+    for info in registry.available("methods"):
+        if info.conflict:
+            continue
+        for preset in PRESETS:
+            try:
+                train = preset_layer(preset, info.name)["train"]
+            except FedbenchError as exc:
+                raise fail(exc) from None
+            rows.append({"method": info.name, "preset": preset, **train})
+    if as_json:
+        out.print_json(json.dumps({"presets": rows}))
+        return
+    paper = next((r for r in rows if r["preset"] == "paper"), None)
+    if paper is None:
+        out.print("no methods are registered")
+        return
+    values = {k: v for k, v in paper.items() if k not in ("method", "preset")}
+    own = [r for r in rows if r["preset"] == "official" and {k: r[k] for k in values} != values]
+    table = Table(title="fedbench presets (training values; flags override them)")
+    for column in ("preset", "method", "lr", "lr schedule", "momentum", "weight decay", "epochs", "batch"):
+        table.add_column(column, no_wrap=column != "lr schedule")
+    for row in [paper | {"method": "every method"}, *own]:
+        table.add_row(row["preset"], row["method"], f"{row['lr']:g}", describe_schedule(row), f"{row['momentum']:g}",
+                      f"{row['weight_decay']:g}", str(row["local_epochs"]), str(row["batch_size"]))
+    out.print(table)
+    same = sorted({r["method"] for r in rows} - {r["method"] for r in own})
+    if same:
+        out.print(f"official is paper for: {', '.join(same)}", highlight=False)
+
+
+def describe_schedule(train: dict) -> str:
+    """``train``'s lr schedule in a few words, milestones as fractions of the rounds R."""
+    kind = train["lr_schedule"]
+    floor = f", at least {train['lr_min']:g}" if train["lr_min"] else ""
+    if kind == "exponential":
+        return f"×{train['lr_decay']:g} a round{floor}"
+    if kind == "multistep":
+        at = ", ".join(f"{m:g}R" for m in train["lr_milestones"])
+        return f"×{train['lr_decay']:g} at {at}{floor}"
+    if kind == "cosine":
+        return f"cosine{floor}"
+    return "constant"

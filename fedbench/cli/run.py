@@ -55,6 +55,11 @@ def run(
     lr: Annotated[float | None, typer.Option(help="Local SGD learning rate." + default_note(TRAIN_DEFAULTS.lr))] = None,
     momentum: Annotated[float | None, typer.Option(help="Local SGD momentum." + default_note(TRAIN_DEFAULTS.momentum))] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Local SGD weight decay." + default_note(TRAIN_DEFAULTS.weight_decay))] = None,
+    lr_schedule: Annotated[str | None, typer.Option(help="How the lr changes over the rounds: constant, exponential, multistep or cosine (docs/protocol.md)." + default_note(TRAIN_DEFAULTS.lr_schedule))] = None,
+    lr_decay: Annotated[float | None, typer.Option(help="exponential: the lr's factor per round; multistep: its factor at each milestone." + default_note(TRAIN_DEFAULTS.lr_decay))] = None,
+    lr_milestone: Annotated[list[float] | None, typer.Option(help="multistep: a milestone, as a fraction of the rounds (repeatable), e.g. --lr-milestone 0.5 --lr-milestone 0.75.")] = None,
+    lr_min: Annotated[float | None, typer.Option(help="The floor of every lr schedule." + default_note(TRAIN_DEFAULTS.lr_min))] = None,
+    preset: Annotated[str | None, typer.Option(help="Training values as a whole: paper (the paper's common setting) or official (the method's own code's); flags given here override it (docs/protocol.md).")] = None,
     weighting: Annotated[str | None, typer.Option(help="Server averaging: uniform or samples." + default_note(RUN_DEFAULTS.weighting))] = None,
     eval_every: Annotated[int | None, typer.Option(help="Evaluate every N rounds (and after the last)." + default_note(RUN_DEFAULTS.eval_every))] = None,
     info_plane: Annotated[int | None, typer.Option(help="Log nHSIC of every block output on N test images per class at evaluation rounds (Fig. 2; 0: off)." + default_note(RUN_DEFAULTS.info_plane))] = None,
@@ -91,6 +96,8 @@ def run(
             "data.num_clients": clients, "data.data_dir": data_dir, "model.name": model, "model.width": width,
             "train.local_epochs": local_epochs, "train.batch_size": batch_size, "train.lr": lr,
             "train.momentum": momentum, "train.weight_decay": weight_decay, "weighting": weighting,
+            "train.lr_schedule": lr_schedule, "train.lr_decay": lr_decay, "train.lr_min": lr_min,
+            "train.lr_milestones": lr_milestone or None, "preset": preset,
             "clients_per_round": clients_per_round, "rounds": rounds, "eval_every": eval_every,
             "info_plane": info_plane,
             "seed": seed, "threads": threads, "device": device, "resident": resident, "cuda_graphs": cuda_graphs,
@@ -179,7 +186,7 @@ def _resumable_run(run_id: str, tracking_uri: str | None, overrides: dict[str, A
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(text)
-        cfg = make_config(path, overrides or None)
+        cfg = make_config(path, overrides or None, presets=False)  # stored with its preset applied
     tracker.experiment = cfg.tracking.experiment
     return cfg, tracker
 

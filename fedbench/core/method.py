@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fedbench.config import build_dataclass
+from fedbench.config import TrainConfig, build_dataclass
 from fedbench.core.context import RunContext
 from fedbench.core.evaluation import evaluate
 from fedbench.errors import ConfigError, PluginError
@@ -137,6 +137,10 @@ class Method:
     # True for a reference that trains devices whatever their memory budget (vanilla FedAvg): its
     # PR of 100 % says nothing about inclusiveness, so report tables mark it "n/a", never bold.
     ignores_memory: ClassVar[bool] = False
+    # The local training of the method's own published code where it differs from the paper's
+    # common setting (TrainConfig fields: lr, lr_schedule, momentum, batch_size, ...): what the
+    # `official` preset runs (docs/protocol.md, spec decisions Q7). Empty: the common setting.
+    official_train: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, ctx: RunContext, options: Any | None = None) -> None:
         self.ctx = ctx
@@ -253,13 +257,14 @@ class Method:
 
             if type(self).loss is Method.loss or is_graph_safe(type(self).loss):  # a @graph_safe loss hook
                 graph_safe(loss_fn)
+        config = self.ctx.config
         with placed_on(model, client.device):  # --device cuda: computes there, comes back
             client.start_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             result = local_sgd(
                 model,
                 self.ctx.data.dataset,
                 self.ctx.data.shards[client.client_id],
-                self.ctx.config.train,
+                config.train.at_round(client.round_idx, config.rounds),  # the round's lr
                 client.generator,
                 loss_fn=loss_fn,
                 max_grad_norm=max_grad_norm,
@@ -339,6 +344,11 @@ def validate_method(name: str, obj: object) -> None:
         if not (isinstance(declared, tuple) and all(isinstance(n, str) and n.isidentifier() for n in declared)):
             raise PluginError(f"method '{name}': {kind} must be a tuple of attribute names, "
                               f"e.g. {kind} = (\"heads\",), got {declared!r}")
+    official = vars(obj).get("official_train", {})
+    try:
+        build_dataclass(TrainConfig, official, path="official_train")
+    except ConfigError as exc:
+        raise PluginError(f"method '{name}': {exc}") from exc
     for hook in _hook_names():
         problem = _override_problem(obj, hook)
         if problem:
