@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fedbench.config import EXECUTION_FIELDS, RunConfig
-from fedbench.errors import ConfigError
+from fedbench.config import EXECUTION_FIELDS, RunConfig, preset_layer
+from fedbench.errors import ConfigError, FedbenchError
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ def method_labels(frame: pd.DataFrame, settings: Sequence[dict[str, str | None]]
     that method's runs: runs of other configurations are other rows, never averaged together as
     seeds. An option a run did not log is its default and not shown."""
     methods = frame["method"].tolist()
+    # Where some run of a method names a preset, its runs are told apart by preset, then by the
+    # training values that differ from their preset's; elsewhere by every value that differs.
+    with_preset = {m for m, s in zip(methods, settings, strict=True) if s.get("preset")}
+    settings = [_without_preset_values(m, s) if m in with_preset else s for m, s in zip(methods, settings, strict=True)]
     varying: dict[str, list[str]] = {}
     for method in set(methods):
         mine = [settings[i] for i, m in enumerate(methods) if m == method]
@@ -108,15 +112,30 @@ def method_labels(frame: pd.DataFrame, settings: Sequence[dict[str, str | None]]
     ]
 
 
+def _without_preset_values(method: str, settings: dict[str, str | None]) -> dict[str, str | None]:
+    """``settings`` with its training values only where they differ from those of its preset (no
+    preset: the paper's), and no empty preset: a label names ``preset=official`` rather than the
+    values it stands for, and ``train.local_epochs=1`` where a flag changed one (docs/protocol.md)."""
+    preset = settings.get("preset") or "paper"
+    try:
+        implied = preset_layer(preset, method)["train"]
+    except (FedbenchError, KeyError):  # a plugin not installed here, an unknown preset: name every value
+        return settings
+    expected = {f"train.{k}": str(v) for k, v in implied.items()}
+    return {k: v for k, v in settings.items()
+            if not (k == "preset" and not v) and not (k in expected and v == expected[k])}
+
+
 # Evaluation protocols other than the default are always named in a row label, so a table says
 # which was used even when every run of the method used it (NeuLite's evaluate=stage scores the
 # just-trained stage model every round, the released code's protocol; DepthFL's ensemble=all
 # averages untrained exits too).
-_PROTOCOL_SETTINGS = {"options.evaluate": "cycle", "options.ensemble": "trained"}
+# The `official` preset (each baseline's own optimizer) is named too.
+_PROTOCOL_SETTINGS = {"options.evaluate": "cycle", "options.ensemble": "trained", "preset": "paper"}
 
 
 def _off_protocol(key: str, value: str | None) -> bool:
-    return key in _PROTOCOL_SETTINGS and value is not None and str(value) != _PROTOCOL_SETTINGS[key]
+    return key in _PROTOCOL_SETTINGS and value not in (None, "") and str(value) != _PROTOCOL_SETTINGS[key]
 
 
 def is_iid(label: str) -> bool:

@@ -631,3 +631,19 @@ def test_a_non_default_evaluation_protocol_is_named_in_the_row_even_when_every_r
     assert method_labels(frame, settings) == ["neulite (evaluate=stage)", "neulite (evaluate=stage)", "fedavg"]
     cycle = [{"options.evaluate": "cycle"}, {"options.evaluate": "cycle"}, {}]
     assert method_labels(frame, cycle) == ["neulite", "neulite", "fedavg"]
+
+
+def test_a_preset_is_named_in_the_row_instead_of_the_training_values_it_stands_for():
+    import pandas as pd
+
+    from fedbench.config import make_config
+    from fedbench.reports.summary import method_labels, run_settings
+
+    configs = [make_config(overrides={"method": "heterofl", "preset": preset}) for preset in (None, "official")]
+    configs.append(make_config(overrides={"method": "heterofl", "preset": "official", "train": {"local_epochs": 1}}))
+    configs.append(make_config(overrides={"method": "depthfl", "preset": "official"}))
+    frame = pd.DataFrame({"method": [c.method for c in configs]})
+    settings = [run_settings(pd.Series({f"params.{k}": v for k, v in c.flat_params().items()})) for c in configs]
+    assert method_labels(frame, settings) == [
+        "heterofl", "heterofl (preset=official)", "heterofl (preset=official, train.local_epochs=1)",
+        "depthfl (preset=official)"]
