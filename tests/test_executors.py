@@ -102,6 +102,20 @@ def test_every_method_gives_bit_identical_results_serially_and_in_worker_process
     assert_same(serial, process)
 
 
+def test_worker_processes_train_each_round_with_its_scheduled_lr_like_the_serial_run(pool):
+    config = config_for("depthfl")
+    config = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, lr=0.1, lr_schedule="multistep", lr_decay=0.1, lr_milestones=(0.3, 0.6)))
+    serial = outcome(config, SerialExecutor(1))
+    process = outcome(dataclasses.replace(config, executor="process"), ProcessExecutor(2, 1, pool=pool))
+    assert_same(serial, process)
+    assert [m["train/lr"] for m in serial[0]] == pytest.approx([0.1, 0.01, 0.001])
+    constant = outcome(dataclasses.replace(config, train=dataclasses.replace(config.train, lr_schedule="constant",
+                                                                             lr_milestones=())), SerialExecutor(1))
+    assert serial[0][0]["train/loss"] == constant[0][0]["train/loss"] != 0  # round 1 at the same lr
+    assert serial[0][1]["train/loss"] != constant[0][1]["train/loss"]  # round 2 at a tenth of it
+
+
 def test_the_executor_does_not_change_the_run_key():
     keys = {config_for("fedavg", executor=e, workers=w).run_key for e in ("serial", "process") for w in (1, 3)}
     assert len(keys) == 1
