@@ -112,7 +112,7 @@ class TrainConfig:
     The learning rate of round t (1-based) of R follows ``lr_schedule``:
     ``constant`` lr; ``exponential`` lr·decay^(t−1) (DepthFL's code); ``multistep`` lr·decay^n,
     n the milestones already passed, each milestone a fraction of R so one setting fits every run
-    length (HeteroFL's and FedRolex's MultiStepLR); ``cosine`` lr·(1 + cos(π(t−1)/(R−1)))/2
+    length (HeteroFL's MultiStepLR); ``cosine`` lr·(1 + cos(π(t−1)/(R−1)))/2
     (ProgFed's). Every schedule is floored at ``lr_min``.
     """
 

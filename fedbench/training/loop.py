@@ -85,7 +85,10 @@ def local_sgd(
     max_grad_norm: float | None = None,
     graphs: Callable[[], StepGraph] | None = None,
 ) -> LocalResult:
-    """``train.local_epochs`` epochs of minibatch SGD on the samples ``indices``.
+    """``train.local_epochs`` epochs of minibatch SGD on the samples ``indices``, at ``train.lr``.
+
+    A caller other than :meth:`Method.train_client` (which does it) passes the round's setting,
+    ``config.train.at_round(round_idx, config.rounds)``, so a run's lr schedule applies.
 
     Runs where ``model`` is (see :func:`placed_on`). Batches are made where the data set is
     (:meth:`ImageDataset.training_batches`: on the GPU for a resident run, with the epoch's
