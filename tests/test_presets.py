@@ -177,3 +177,28 @@ def test_a_plugin_declaring_an_official_setting_that_is_not_a_training_value_fai
         validate_method("typo", Typo)
     with pytest.raises(PluginError, match="needs train.lr_milestones"):
         validate_method("bad", Bad)
+
+
+def test_list_presets_shows_each_methods_own_setting_and_a_run_says_what_its_preset_set():
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedbench.cli.main import app
+
+    runner = CliRunner()
+    table = runner.invoke(app, ["list", "presets"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    depthfl = next(line for line in table.output.splitlines() if "depthfl" in line)
+    assert [cell.strip() for cell in depthfl.strip("│ ").split("│")] == [
+        "official", "depthfl", "0.1", "×0.998 a round", "0", "0.001", "5", "50"]
+    assert "official is paper for: " in table.output and "neulite" in table.output.split("official is paper for: ")[1]
+    rows = json.loads(runner.invoke(app, ["list", "presets", "--json"]).output)["presets"]
+    assert {"method": "heterofl", "preset": "official", "lr_milestones": [0.375, 0.625]}.items() <= next(
+        r for r in rows if r["method"] == "heterofl" and r["preset"] == "official").items()
+    run = runner.invoke(app, ["run", "--method", "progfed", "--preset", "official", "--dataset", "synthetic",
+                              "--clients", "4", "--clients-per-round", "2", "--rounds", "1", "--local-epochs", "1",
+                              "--model", "cnn", "--width", "0.25", "--no-tracking"], env={"COLUMNS": "80"})
+    assert run.exit_code == 0, run.output
+    assert ("progfed, official preset: lr 0.1 (cosine, ≥ 1e-06), momentum 0.9, weight decay 0.0001, "
+            "1 local epoch, batch 50") in run.output

@@ -10,6 +10,7 @@ stack. Ctrl-C and SIGTERM are one line as well (exit codes 130 and 143).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -158,3 +159,25 @@ def check_data_dir(data_dir: str | None) -> None:
         raise ConfigError("--data-dir is empty; give the folder holding the data set, or leave the flag out")
     if data_dir and Path(data_dir).expanduser().is_file():
         raise ConfigError(f"--data-dir {data_dir} is a file, expected a folder holding the data set")
+
+
+def describe_schedule(train: dict) -> str:
+    """``train``'s lr schedule in a few words, milestones as fractions of the rounds R."""
+    kind = train["lr_schedule"]
+    floor = f", ≥ {train['lr_min']:g}" if train["lr_min"] else ""
+    if kind == "exponential":
+        return f"×{train['lr_decay']:g} a round{floor}"
+    if kind == "multistep":
+        at = ", ".join(f"{m:g}R" for m in train["lr_milestones"])
+        return f"×{train['lr_decay']:g} at {at}{floor}"
+    if kind == "cosine":
+        return f"cosine{floor}"
+    return "constant"
+
+
+def describe_training(train: Any) -> str:
+    """A run's local training in one line: ``lr 0.1 (×0.1 at 0.375R, 0.625R), momentum 0.9, ...``."""
+    schedule = describe_schedule(dataclasses.asdict(train))
+    lr = f"lr {train.lr:g}" + ("" if schedule == "constant" else f" ({schedule})")
+    return (f"{lr}, momentum {train.momentum:g}, weight decay {train.weight_decay:g}, "
+            f"{train.local_epochs} local epoch{'s' if train.local_epochs != 1 else ''}, batch {train.batch_size}")

@@ -12,7 +12,7 @@ from rich.table import Table
 from fedbench import registry
 
 # Set by each command's --verbose (through setup_logging): show tracebacks of unexpected errors.
-from fedbench.cli.common import app, fail, out, setup_logging
+from fedbench.cli.common import app, describe_schedule, fail, out, setup_logging
 from fedbench.config import PRESETS, preset_layer
 from fedbench.errors import FedbenchError
 
@@ -104,26 +104,14 @@ def _list_presets(as_json: bool) -> None:
     values = {k: v for k, v in paper.items() if k not in ("method", "preset")}
     own = [r for r in rows if r["preset"] == "official" and {k: r[k] for k in values} != values]
     table = Table(title="fedbench presets (training values; flags override them)")
-    for column in ("preset", "method", "lr", "lr schedule", "momentum", "weight decay", "epochs", "batch"):
-        table.add_column(column, no_wrap=column != "lr schedule")
-    for row in [paper | {"method": "every method"}, *own]:
+    for column in ("preset", "method", "lr", "lr schedule", "momentum", "wd", "E", "B"):
+        table.add_column(column, no_wrap=column != "lr schedule", min_width=16 if column == "lr schedule" else None)
+    for row in [paper | {"method": "(all)"}, *own]:
         table.add_row(row["preset"], row["method"], f"{row['lr']:g}", describe_schedule(row), f"{row['momentum']:g}",
                       f"{row['weight_decay']:g}", str(row["local_epochs"]), str(row["batch_size"]))
     out.print(table)
+    out.print("wd: weight decay; E: local epochs; B: batch size; R: the run's rounds", highlight=False)
     same = sorted({r["method"] for r in rows} - {r["method"] for r in own})
     if same:
         out.print(f"official is paper for: {', '.join(same)}", highlight=False)
 
-
-def describe_schedule(train: dict) -> str:
-    """``train``'s lr schedule in a few words, milestones as fractions of the rounds R."""
-    kind = train["lr_schedule"]
-    floor = f", at least {train['lr_min']:g}" if train["lr_min"] else ""
-    if kind == "exponential":
-        return f"×{train['lr_decay']:g} a round{floor}"
-    if kind == "multistep":
-        at = ", ".join(f"{m:g}R" for m in train["lr_milestones"])
-        return f"×{train['lr_decay']:g} at {at}{floor}"
-    if kind == "cosine":
-        return f"cosine{floor}"
-    return "constant"

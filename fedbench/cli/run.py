@@ -17,6 +17,7 @@ from fedbench.cli.common import (
     app,
     check_data_dir,
     default_note,
+    describe_training,
     err,
     fail,
     interrupted_line,
@@ -130,6 +131,9 @@ def run(
             else:
                 cfg = make_config(config, overrides)
                 check_data_dir(cfg.data.data_dir)
+                if cfg.preset is not None:  # what the preset (and any flag over it) set
+                    err.print(f"{cfg.method}, {cfg.preset} preset: {describe_training(cfg.train)}", highlight=False,
+                              soft_wrap=True)
                 # Started before torch is imported, so MLflow's start-up overlaps the run's (tracking_process.py).
                 tracker = (
                     NullTracker()
