@@ -17,7 +17,7 @@ from fedbench import engine, registry
 from fedbench.cli.main import app
 from fedbench.core import checkpoint
 from fedbench.core.method import Assignment, Method
-from fedbench.errors import ConfigError, ExecutorError
+from fedbench.errors import ConfigError, ExecutorError, PluginError
 from fedbench.execution.executors import ProcessExecutor, ProcessPool, SerialExecutor, make_executor
 from fedbench.execution.replica import split_work
 from fedbench.testing import kit_config
@@ -114,6 +114,31 @@ def test_worker_processes_train_each_round_with_its_scheduled_lr_like_the_serial
                                                                              lr_milestones=())), SerialExecutor(1))
     assert serial[0][0]["train/loss"] == constant[0][0]["train/loss"] != 0  # round 1 at the same lr
     assert serial[0][1]["train/loss"] != constant[0][1]["train/loss"]  # round 2 at a tenth of it
+
+
+class CountsAggregations(Method):
+    """FedAvg keeping an undeclared counter that the server changes in ``aggregate``."""
+
+    def __init__(self, ctx, options=None):
+        super().__init__(ctx, options)
+        self.aggregations = 0
+
+    def aggregate(self, round_idx, updates):
+        super().aggregate(round_idx, updates)
+        self.aggregations += 1
+
+
+def test_undeclared_state_the_server_changes_stops_a_process_run_before_workers_use_a_stale_copy(pool):
+    ctx, _ = engine.prepare(config_for("fedavg", executor="process"))
+    method = CountsAggregations(ctx)  # the workers build fedavg, the server this subclass
+    executor = ProcessExecutor(2, 1, pool=pool)
+    executor.start(method)
+    with pytest.raises(PluginError) as failure:
+        engine.run_rounds(method, executor=executor)
+    message = str(failure.value)
+    assert "\n" not in message and message.startswith(
+        "method CountsAggregations: aggregations changed on the server before round 2, but is not declared state")
+    assert method.aggregations == 1  # round 1 finished; round 2 never reached the workers
 
 
 def test_the_executor_does_not_change_the_run_key():

@@ -241,9 +241,11 @@ class ServerSync:
         self._table: ModuleTable | None = None
         self._signature: list[tuple[int, tuple[int, ...], torch.dtype]] | None = None
         self._sent: dict[str, bytes] = {}
+        self._undeclared = undeclared_summary(method)
 
     def message(self, assignments: Sequence[Assignment], round_idx: int) -> RoundMessage:
         method = self.method
+        self._check_undeclared(round_idx)
         state = {k: v for k, v in shipped_state(method).items() if k not in self.device_attributes}
         table = ModuleTable()
         shared, _ = _run_objects(method)
@@ -272,6 +274,20 @@ class ServerSync:
             assignments=dumps(list(assignments), table, shared=shared),
             device_state=device_state,
         )
+
+    def _check_undeclared(self, round_idx: int) -> None:
+        """The workers hold the undeclared attributes as ``__init__`` made them: one the server
+        changed since the last round (in ``aggregate``, ``assign``, ``evaluate``, ...) would
+        silently differ there, so the run stops naming it."""
+        now = undeclared_summary(self.method)
+        changed = changed_undeclared(self._undeclared, now)
+        if changed:
+            raise PluginError(
+                f"method {type(self.method).__name__}: {', '.join(changed)} changed on the server before round "
+                f"{round_idx + 1}, but is not declared state, so worker processes would train with its old value; "
+                "add it to server_state (or prefix it with _ if it is a cache)"
+            )
+        self._undeclared = now
 
     def updates(self, assignments: Sequence[Assignment], results: Sequence[WorkerResult]) -> list[Update]:
         """The round's updates in assignment order; device state merged into the method."""
