@@ -141,6 +141,23 @@ def test_undeclared_state_the_server_changes_stops_a_process_run_before_workers_
     assert method.aggregations == 1  # round 1 finished; round 2 never reached the workers
 
 
+def test_a_worker_that_dies_starting_names_a_script_without_a_main_guard(tmp_path):
+    import types
+
+    from fedbench.execution.executors import unguarded_script_hint
+
+    def main(source, spec=None):
+        path = tmp_path / "script.py"
+        path.write_text(source)
+        return types.SimpleNamespace(__file__=str(path), __spec__=spec)
+
+    hint = unguarded_script_hint(main("from fedbench.testing import check_method\ncheck_method(M)\n"))
+    assert hint.startswith("; worker processes run the script ") and 'under `if __name__ == "__main__":`' in hint
+    assert unguarded_script_hint(main("if __name__ == '__main__':\n    check_method(M)\n")) == ""
+    assert unguarded_script_hint(main("check_method(M)\n", spec=object())) == ""  # python -m: run as a module
+    assert unguarded_script_hint(types.SimpleNamespace()) == ""  # an interactive session
+
+
 def test_the_executor_does_not_change_the_run_key():
     keys = {config_for("fedavg", executor=e, workers=w).run_key for e in ("serial", "process") for w in (1, 3)}
     assert len(keys) == 1

@@ -22,11 +22,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import signal
+import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -176,6 +179,24 @@ def _died(what: str, exitcode: int | None) -> str:
     return f"exited with code {exitcode} while {what}"
 
 
+def unguarded_script_hint(main: Any = None) -> str:
+    """Why a worker may have died at start: multiprocessing runs the script that started the
+    server again in each new worker, so a script that calls fedbench at its top level (no
+    ``if __name__ == "__main__":``) starts processes while the worker is still starting."""
+    main = sys.modules.get("__main__") if main is None else main
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:  # interactive, or `python -m`
+        return ""
+    try:
+        source = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    if re.search(r"""__name__\s*==\s*['"]__main__['"]""", source):
+        return ""
+    return (f"; worker processes run the script {path} again as they start: put the code that runs "
+            "fedbench under `if __name__ == \"__main__\":`")
+
+
 # ------------------------------------------------------------------- process
 def _process_worker(conn: Connection, threads: int) -> None:
     """A worker process: set up a replica per run, train shares of rounds, until told to stop."""
@@ -255,7 +276,8 @@ class ProcessPool:
     def _raise_dead(self, index: int, what: str) -> None:
         proc = self._procs[index]
         proc.join(timeout=5)
-        raise ExecutorError(f"worker process {index} (pid {proc.pid}) {_died(what, proc.exitcode)}; the round is lost")
+        raise ExecutorError(f"worker process {index} (pid {proc.pid}) {_died(what, proc.exitcode)}; the round is "
+                            f"lost{unguarded_script_hint()}")
 
     def send_setup(self, config: RunConfig) -> None:
         """Ask every worker to build its replica of the run (data, context, method);
