@@ -23,12 +23,12 @@ class ConfigError(FedbenchError, ValueError):
 class UnknownNameError(FedbenchError, LookupError):
     """A name (method, dataset, model, ...) is not registered."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+    def __init__(self, kind: str, name: str, known: Iterable[str], stray: str = "") -> None:
         known = sorted(known)
         close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = f" (did you mean '{close[0]}'?)" if close and not stray else ""
         listing = ", ".join(known) if known else "none installed"
-        super().__init__(f"unknown {kind} '{name}'{hint}; known: {listing}")
+        super().__init__(f"unknown {kind} '{name}'{hint}{stray}; known: {listing}")
         self.kind, self.name, self.known = kind, name, known
 
 

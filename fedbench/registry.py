@@ -79,6 +79,21 @@ def _conflict(kind: str, name: str, eps: tuple[EntryPoint, ...]) -> str | None:
     )
 
 
+def stray_registration(kind: str, name: str) -> str:
+    """Where ``name`` is registered under a ``fedbench...`` group fedbench does not read (a typo
+    in a plugin's entry-point group), as a sentence to add to the unknown-name error."""
+    expected = _group(kind)
+    known_groups = {_group(k) for k in KINDS}
+    for group in sorted(entry_points().groups):
+        if group.startswith("fedbench") and group not in known_groups:
+            for ep in entry_points(group=group):
+                if ep.name == name:
+                    return (f": distribution '{distribution_name(ep)}' registers it under the entry-point group "
+                            f"'{group}', which fedbench does not read; rename the group to '{expected}' and "
+                            "reinstall the plugin")
+    return ""
+
+
 def available(kind: str) -> list[PluginInfo]:
     """Registered names of a kind, without importing their code."""
     infos = []
@@ -103,7 +118,7 @@ def load(kind: str, name: str, validate: Callable[[str, Any], None] | None = Non
     """
     found = _entry_points(kind)
     if name not in found:
-        raise UnknownNameError(KINDS[kind], name, found)
+        raise UnknownNameError(KINDS[kind], name, found, stray_registration(kind, name))
     conflict = _conflict(kind, name, found[name])
     if conflict:
         raise PluginError(conflict)

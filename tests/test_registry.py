@@ -78,3 +78,18 @@ def test_unknown_names_suggest_the_closest_match():
     with pytest.raises(UnknownNameError) as info:
         registry.load("methods", "fedavgg")
     assert str(info.value).startswith("unknown method 'fedavgg' (did you mean 'fedavg'?); known: ")
+
+
+def test_a_method_registered_under_a_misspelt_entry_point_group_is_named_with_the_group_to_fix(tmp_path, monkeypatch):
+    dist = tmp_path / "fedbench_typo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fedbench-typo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[fedbench.method]\nscaffold = typo_method:Scaffold\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UnknownNameError) as failure:
+        registry.load("methods", "scaffold")
+    assert str(failure.value).startswith(
+        "unknown method 'scaffold': distribution 'fedbench-typo' registers it under the entry-point group "
+        "'fedbench.method', which fedbench does not read; rename the group to 'fedbench.methods'")
+    with pytest.raises(UnknownNameError, match=r"^unknown method 'scafold'; known: allsmall, "):
+        registry.load("methods", "scafold")  # no stray registration of that name: the usual line
