@@ -268,3 +268,16 @@ def test_a_stopped_run_resumes_from_a_moved_data_folder_and_names_the_flags_it_i
 
     history = MlflowClient(tracking_uri).get_metric_history(tracker.run_id, "eval/accuracy")
     assert sorted(m.step for m in history) == [0, 1, 2]  # the run's own 3 rounds, not 9
+
+
+
+def test_a_reader_that_closes_the_pipe_early_is_no_bug_report(monkeypatch):
+    from fedbench.cli import common, listing
+
+    def closed_pipe(kind):
+        raise BrokenPipeError(32, "Broken pipe")  # what printing raises once `| head` has its lines
+
+    monkeypatch.setattr(listing.registry, "available", closed_pipe)
+    monkeypatch.setattr(common, "_silence_stdout", lambda: None)  # the runner's stdout is no pipe
+    result = runner.invoke(app, ["list", "methods"])
+    assert result.exit_code == 1 and "unexpected" not in result.output and "bug" not in result.output

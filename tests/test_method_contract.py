@@ -62,3 +62,23 @@ def test_declared_state_must_be_a_tuple_of_names():
 
     with pytest.raises(PluginError, match="server_state must be a tuple of attribute names"):
         validate_method("misdeclared", Misdeclared)
+
+
+def test_an_option_without_a_default_that_is_not_given_says_how_to_give_it():
+    from dataclasses import dataclass
+
+    from fedbench.errors import ConfigError
+
+    @dataclass(frozen=True, kw_only=True)
+    class NeedsRate:
+        global_lr: float
+        beta: float = 0.9
+
+    class ServerRate(Method):
+        options_type = NeedsRate
+
+    with pytest.raises(ConfigError) as failure:
+        ServerRate.parse_options({"beta": 0.5})
+    assert str(failure.value) == ("method ServerRate needs option global_lr, which has no default: pass "
+                                  "--opt global_lr=VALUE (options: in YAML), or give NeedsRate a default")
+    assert ServerRate.parse_options({"global_lr": 1}).global_lr == 1.0

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +93,13 @@ def _is_usage_error(exc: Exception) -> bool:
     return isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "show", None))
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not hit the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 class _Commands(TyperGroup):
     """The top-level command group: an unexpected exception is one line (exit code 1) unless
     ``--verbose`` was given, and Ctrl-C outside a run is one line (exit code 130)."""
@@ -103,6 +112,9 @@ class _Commands(TyperGroup):
         except FedbenchError as exc:  # raised outside a command's own handler
             print_error(str(exc))
             raise typer.Exit(code=2) from None
+        except BrokenPipeError:  # the reader of our output stopped early (`| head`): no bug to report
+            _silence_stdout()
+            raise typer.Exit(code=1) from None  # click's own exit code for a closed pipe
         except KeyboardInterrupt as exc:  # a command without a run of its own: nothing to mark
             terminated = isinstance(exc, Terminated)
             err.print(f"[yellow]{'terminated (SIGTERM)' if terminated else 'interrupted'}[/yellow]", highlight=False)

@@ -153,6 +153,14 @@ class Method:
     @classmethod
     def parse_options(cls, values: Mapping[str, Any]) -> Any:
         """The method's options dataclass from a mapping (YAML ``options:`` or ``--opt k=v``)."""
+        missing = [f.name for f in dataclasses.fields(cls.options_type)
+                   if f.name not in values and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING and f.init]
+        if missing:
+            given = " ".join(f"--opt {name}=VALUE" for name in missing)
+            raise ConfigError(f"method {cls.__name__} needs option{'s' if len(missing) > 1 else ''} "
+                              f"{', '.join(missing)}, which {'have' if len(missing) > 1 else 'has'} no default: "
+                              f"pass {given} (options: in YAML), or give {cls.options_type.__name__} a default")
         try:
             return build_dataclass(cls.options_type, dict(values), path=f"options of {cls.__name__}")
         except TypeError as exc:  # a required option without a default is missing
