@@ -93,3 +93,16 @@ def test_a_method_registered_under_a_misspelt_entry_point_group_is_named_with_th
         "'fedbench.method', which fedbench does not read; rename the group to 'fedbench.methods'")
     with pytest.raises(UnknownNameError, match=r"^unknown method 'scafold'; known: allsmall, "):
         registry.load("methods", "scafold")  # no stray registration of that name: the usual line
+
+
+def test_list_methods_check_loads_every_method_and_fails_on_a_broken_one(third_party_method):
+    result = CliRunner().invoke(app, ["list", "methods", "--check"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    rows = {line.split("│")[1].strip(): line.split("│")[4].strip()
+            for line in result.output.splitlines() if line.startswith("│")}
+    assert rows["fancy"] == "ok" and rows["fedavg"] == "ok"
+    assert rows["broken"] == rows["notamethod"] == "broken"
+    assert "notamethod: method 'notamethod' must be a subclass of fedbench.api.Method, got <function dedent" in \
+        " ".join(result.output.split())
+    plain = CliRunner().invoke(app, ["list", "methods"], env={"COLUMNS": "200"})
+    assert plain.exit_code == 0 and "broken" not in plain.output.replace("broken =", "")

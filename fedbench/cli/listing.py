@@ -33,6 +33,7 @@ def list_plugins(
     input_shape: Annotated[str, typer.Option(help="Models: input shape C,H,W for parameter and FLOP counts.")] = "3,32,32",
     num_classes: Annotated[int, typer.Option(help="Models: number of classes.")] = 10,
     width: Annotated[float, typer.Option(help="Models: width multiplier, in (0, 1].")] = 1.0,
+    check: Annotated[bool, typer.Option("--check", help="Methods: import and check each one against the method contract (what a run does first).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details (and tracebacks of unexpected errors).")] = False,
 ) -> None:
     """List registered methods, datasets, models, partitioners, fleet profiles or training presets."""
@@ -49,6 +50,12 @@ def list_plugins(
         | ({"error": i.conflict} if i.conflict else {})  # printed below the table
         for i in infos
     ]
+    if kind is Kind.methods and check:
+        for row in rows:
+            if "error" not in row:
+                problem = method_problem(row["name"])
+                if problem:
+                    row["error"] = problem
     if kind is Kind.models:
         # lazy: torch loads only to describe models
         from fedbench.reports.model_summary import summarize_rows
@@ -57,17 +64,22 @@ def list_plugins(
             rows = summarize_rows(rows, input_shape, num_classes, width)
         except FedbenchError as exc:
             raise fail(exc) from None
+    broken = check and any("error" in row for row in rows)  # --check is a test: it fails like one
     if as_json:
         out.print_json(json.dumps({kind.value: rows}))
+        if broken:
+            raise typer.Exit(code=2)
         return
     table = Table(title=f"fedbench {kind.value}")
-    for column in ("name", "object", "from"):
+    for column in ("name", "object", "from", *(["check"] if kind is Kind.methods and check else [])):
         table.add_column(column)
     model_columns = ("parameters", "forward GFLOPs", "blocks") if kind is Kind.models else ()
     for column in model_columns:
         table.add_column(column, justify="right")
     for row in rows:
         cells = [row["name"], row["object"], "built-in" if row["builtin"] else row["distribution"]]
+        if kind is Kind.methods and check:
+            cells.append("broken" if "error" in row else "ok")
         if model_columns:
             cells += (
                 ["-", "-", "-"]
@@ -79,6 +91,8 @@ def list_plugins(
     for row in rows:
         if "error" in row:
             out.print(f"[yellow]{row['name']}[/yellow]: {row['error']}", highlight=False, soft_wrap=True)
+    if broken:
+        raise typer.Exit(code=2)
 
 
 def _list_presets(as_json: bool) -> None:
@@ -115,3 +129,14 @@ def _list_presets(as_json: bool) -> None:
     if same:
         out.print(f"official is paper for: {', '.join(same)}", highlight=False)
 
+
+
+def method_problem(name: str) -> str | None:
+    """Why method ``name`` cannot be used (its import or its contract fails), in one line; None if it can."""
+    from fedbench.core.method import validate_method  # lazy: imports torch, only for --check
+
+    try:
+        registry.load("methods", name, validate=validate_method)
+    except FedbenchError as exc:
+        return str(exc)
+    return None
