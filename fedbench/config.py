@@ -103,6 +103,9 @@ MIN_TRAIN_BATCH = 2
 # How the local learning rate changes over a run's rounds (TrainConfig.lr_at). The paper's common
 # setting is constant; the others are the baselines' own codes' (spec decisions Q7, `official`).
 LR_SCHEDULES = ("constant", "exponential", "multistep", "cosine")
+# The local optimizers: SGD (the paper's, with momentum) and Adam (FedRolex's code; fedbench's
+# LocalAdam keeps torch.optim.Adam's default betas and takes no momentum).
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,6 +121,7 @@ class TrainConfig:
 
     local_epochs: int = 5
     batch_size: int = 64
+    optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -138,6 +142,14 @@ class TrainConfig:
             value = getattr(self, name)
             _require(value <= FLOAT32_MAX, f"train.{name} ({value}) must be a finite number below {FLOAT32_MAX:.1e} "
                      "(the float32 limit); the paper's setting is lr 0.01, weight decay 5e-4")
+        if self.optimizer not in OPTIMIZERS:
+            close = difflib.get_close_matches(self.optimizer, OPTIMIZERS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"train.optimizer ({self.optimizer!r}) is not an optimizer{hint}; known: "
+                              f"{', '.join(OPTIMIZERS)}")
+        _require(self.optimizer == "sgd" or self.momentum == TrainConfig.momentum,
+                 f"train.momentum ({self.momentum}) is SGD's; adam uses its own moments (betas 0.9, 0.999): "
+                 "drop the momentum setting or use optimizer sgd")
         self._check_schedule()
 
     def _check_schedule(self) -> None:
@@ -232,8 +244,10 @@ class TrackingConfig:
 
 # The training presets (RunConfig.preset; docs/protocol.md).
 PRESETS = ("paper", "official")
-# The lr-schedule fields at their defaults, as the run key's JSON holds them.
-SCHEDULE_DEFAULTS = {"lr_schedule": "constant", "lr_decay": 0.1, "lr_milestones": [], "lr_min": 0.0}
+# The training fields added after runs were first keyed, at their defaults, as the run key's JSON
+# holds them: left out of the key at these values, so earlier runs keep their keys.
+LATER_TRAIN_DEFAULTS = {"optimizer": "sgd", "lr_schedule": "constant", "lr_decay": 0.1, "lr_milestones": [],
+                        "lr_min": 0.0}
 
 WEIGHTINGS = ("uniform", "samples")
 # How a round's local updates run (fedbench/execution/executors.py).
@@ -451,7 +465,7 @@ class RunConfig:
         if payload["device"] == "cpu":  # runs from before the field existed keep their key
             payload.pop("device")
         payload.pop("preset")
-        for name, default in SCHEDULE_DEFAULTS.items():  # likewise for constant-lr runs
+        for name, default in LATER_TRAIN_DEFAULTS.items():  # likewise for SGD runs at a constant lr
             if payload["train"][name] == default:
                 payload["train"].pop(name)
         payload["options"] = self.options_differing_from_defaults()

@@ -83,7 +83,10 @@ def test_the_official_preset_is_each_methods_own_code_and_paper_the_common_setti
         0.1, 0.0, 1e-3, 50, 0.998)
     progfed = make_config(overrides={"method": "progfed", "preset": "official"}).train
     assert (progfed.lr_schedule, progfed.lr_min, progfed.weight_decay) == ("cosine", 1e-6, 1e-4)
-    for method in ("neulite", "fedavg", "fedrolex", "oort", "tifl"):  # their own code is the common setting
+    fedrolex = make_config(overrides={"method": "fedrolex", "preset": "official"}).train
+    assert (fedrolex.optimizer, fedrolex.lr, fedrolex.weight_decay, fedrolex.local_epochs, fedrolex.batch_size,
+            fedrolex.lr_decay, fedrolex.lr_milestones) == ("adam", 2e-4, 1e-3, 1, 10, 0.25, (0.375,))
+    for method in ("neulite", "fedavg", "oort", "tifl"):  # their own code is the common setting
         assert make_config(overrides={"method": method, "preset": "official"}).train == TrainConfig()
     assert make_config(overrides={"method": "depthfl", "preset": "paper"}).train == TrainConfig()
 
@@ -191,7 +194,9 @@ def test_list_presets_shows_each_methods_own_setting_and_a_run_says_what_its_pre
     assert table.exit_code == 0, table.output
     depthfl = next(line for line in table.output.splitlines() if "depthfl" in line)
     assert [cell.strip() for cell in depthfl.strip("│ ").split("│")] == [
-        "official", "depthfl", "0.1", "×0.998 a round", "0", "0.001", "5", "50"]
+        "official", "depthfl", "SGD 0", "0.1", "×0.998 a round", "0.001", "5", "50"]
+    fedrolex = next(line for line in table.output.splitlines() if "fedrolex" in line)
+    assert [cell.strip() for cell in fedrolex.strip("│ ").split("│")][2:5] == ["Adam", "0.0002", "×0.25 at 0.375R"]
     assert "official is paper for: " in table.output and "neulite" in table.output.split("official is paper for: ")[1]
     rows = json.loads(runner.invoke(app, ["list", "presets", "--json"]).output)["presets"]
     assert {"method": "heterofl", "preset": "official", "lr_milestones": [0.375, 0.625]}.items() <= next(
@@ -200,5 +205,40 @@ def test_list_presets_shows_each_methods_own_setting_and_a_run_says_what_its_pre
                               "--clients", "4", "--clients-per-round", "2", "--rounds", "1", "--local-epochs", "1",
                               "--model", "cnn", "--width", "0.25", "--no-tracking"], env={"COLUMNS": "80"})
     assert run.exit_code == 0, run.output
-    assert ("progfed, official preset: lr 0.1 (cosine, ≥ 1e-06), momentum 0.9, weight decay 0.0001, "
+    assert ("progfed, official preset: SGD, momentum 0.9, lr 0.1 (cosine, ≥ 1e-06), weight decay 0.0001, "
             "1 local epoch, batch 50") in run.output
+
+
+def test_adam_is_refused_with_sgds_momentum_and_keeps_two_moments_the_fleet_compares():
+    from fedbench.memory.model import MemoryModel, optimizer_spec
+    from fedbench.models import build_model
+
+    with pytest.raises(ConfigError, match=r"train.momentum \(0.0\) is SGD's; adam uses its own moments"):
+        TrainConfig(optimizer="adam", momentum=0.0)
+    with pytest.raises(ConfigError, match="did you mean 'adam'"):
+        TrainConfig(optimizer="adamw")
+    model = build_model("cnn", (1, 28, 28), 10)
+    trained = sum(p.numel() * p.element_size() for p in model.parameters())
+    adam = MemoryModel(optimizer=optimizer_spec(TrainConfig(optimizer="adam"))).report(model, batch_size=10)
+    sgd = MemoryModel(optimizer=optimizer_spec(TrainConfig())).report(model, batch_size=10)
+    assert adam.optimizer_bytes == 2 * trained and sgd.optimizer_bytes == trained
+    assert adam.peak_bytes > sgd.peak_bytes
+    assert make_config(overrides={"train": {"optimizer": "sgd"}}).run_key == make_config().run_key
+
+
+def test_a_fedrolex_run_of_its_official_preset_trains_with_adam(monkeypatch, tiny_config):
+    import dataclasses
+
+    from fedbench import engine
+    from fedbench.training import loop
+
+    built = []
+    real = loop.make_optimizer
+    monkeypatch.setattr(loop, "make_optimizer", lambda params, train: built.append(real(params, train)) or built[-1])
+    config = make_config(overrides={**{k: v for k, v in tiny_config.to_dict().items() if k not in ("train", "method")},
+                                    "method": "fedrolex", "preset": "official", "rounds": 1,
+                                    "fleet": {"profile": "relative"}})
+    result = engine.run(dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=4)))
+    assert built and {type(o).__name__ for o in built} == {"LocalAdam"}
+    assert all(o.lr == 2e-4 and o.weight_decay == 1e-3 for o in built)
+    assert math.isfinite(result.metric("train/loss")[0])

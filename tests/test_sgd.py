@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from fedbench.training.adam import LocalAdam
 from fedbench.training.sgd import LocalSGD
 
 
@@ -50,6 +51,28 @@ def test_local_sgd_state_holds_momentum_buffers_like_torch():
     opt.step()
     assert set(opt.state) == set(params[1:])  # the parameter without a gradient has no buffer
     assert all(torch.equal(s["momentum_buffer"], torch.ones_like(p)) for p, s in opt.state.items())
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_local_adam_updates_are_bit_identical_to_torch_optim_adam(weight_decay):
+    ours = _train(_model(), lambda p: LocalAdam(p, lr=2e-3, weight_decay=weight_decay), steps=6)
+    torch_adam = _train(_model(), lambda p: torch.optim.Adam(p, lr=2e-3, weight_decay=weight_decay, foreach=False),
+                        steps=6)
+    assert all(torch.equal(a, b) for a, b in zip(ours, torch_adam, strict=True))
+    assert not torch.equal(ours[1], _model()[0].bias.detach())  # it did train
+    frozen = _model()[0].weight.detach()
+    assert torch.equal(ours[0], frozen)  # no gradient, no update
+
+
+def test_local_adam_keeps_two_moments_per_trained_tensor_and_refuses_bad_values():
+    params = list(_model().parameters())
+    opt = LocalAdam(params, lr=0.1)
+    for p in params[1:]:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert set(opt.state) == set(params[1:]) and all(set(s) == {"exp_avg", "exp_avg_sq"} for s in opt.state.values())
+    with pytest.raises(ValueError, match="lr and weight_decay >= 0"):
+        LocalAdam(params, lr=-1)
 
 
 def test_local_sgd_refuses_bad_hyperparameters():

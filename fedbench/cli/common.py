@@ -188,8 +188,9 @@ def describe_schedule(train: dict) -> str:
 
 
 def describe_training(train: Any) -> str:
-    """A run's local training in one line: ``lr 0.1 (×0.1 at 0.375R, 0.625R), momentum 0.9, ...``."""
+    """A run's local training in one line: ``SGD, momentum 0.9, lr 0.1 (×0.1 at 0.375R, 0.625R), ...``."""
     schedule = describe_schedule(dataclasses.asdict(train))
     lr = f"lr {train.lr:g}" + ("" if schedule == "constant" else f" ({schedule})")
-    return (f"{lr}, momentum {train.momentum:g}, weight decay {train.weight_decay:g}, "
+    optimizer = "Adam" if train.optimizer == "adam" else f"SGD, momentum {train.momentum:g}"
+    return (f"{optimizer}, {lr}, weight decay {train.weight_decay:g}, "
             f"{train.local_epochs} local epoch{'s' if train.local_epochs != 1 else ''}, batch {train.batch_size}")

@@ -118,13 +118,15 @@ def _list_presets(as_json: bool) -> None:
     values = {k: v for k, v in paper.items() if k not in ("method", "preset")}
     own = [r for r in rows if r["preset"] == "official" and {k: r[k] for k in values} != values]
     table = Table(title="fedbench presets (training values; flags override them)")
-    for column in ("preset", "method", "lr", "lr schedule", "momentum", "wd", "E", "B"):
-        table.add_column(column, no_wrap=column != "lr schedule", min_width=16 if column == "lr schedule" else None)
+    for column in ("preset", "method", "optimizer", "lr", "lr schedule", "wd", "E", "B"):
+        table.add_column(column, no_wrap=column != "lr schedule", min_width=14 if column == "lr schedule" else None)
     for row in [paper | {"method": "(all)"}, *own]:
-        table.add_row(row["preset"], row["method"], f"{row['lr']:g}", describe_schedule(row), f"{row['momentum']:g}",
+        optimizer = "Adam" if row["optimizer"] == "adam" else f"SGD {row['momentum']:g}"
+        table.add_row(row["preset"], row["method"], optimizer, f"{row['lr']:g}", describe_schedule(row),
                       f"{row['weight_decay']:g}", str(row["local_epochs"]), str(row["batch_size"]))
     out.print(table)
-    out.print("wd: weight decay; E: local epochs; B: batch size; R: the run's rounds", highlight=False)
+    out.print("SGD m: SGD with momentum m; wd: weight decay; E: local epochs; B: batch size; R: the run's rounds",
+              highlight=False)
     same = sorted({r["method"] for r in rows} - {r["method"] for r in own})
     if same:
         out.print(f"official is paper for: {', '.join(same)}", highlight=False)

@@ -15,7 +15,7 @@ from torch import nn
 from fedbench.config import RunConfig
 from fedbench.data import FederatedData
 from fedbench.errors import MemoryBudgetError
-from fedbench.memory.model import MemoryModel, MemoryReport, SGDSpec, format_bytes
+from fedbench.memory.model import MemoryModel, MemoryReport, format_bytes, optimizer_spec
 from fedbench.models import BlockModel, build_model
 from fedbench.seeding import Stream, numpy_rng, torch_generator
 from fedbench.simulation.clock import VirtualClock
@@ -40,7 +40,7 @@ class RunContext:
 
     def __post_init__(self) -> None:
         if self.memory is None:
-            self.memory = MemoryModel(optimizer=SGDSpec.from_train(self.config.train))
+            self.memory = MemoryModel(optimizer=optimizer_spec(self.config.train))
         if self.clock is None:
             train = self.config.train
             self.clock = VirtualClock(train.batch_size, self.data.dataset.input_shape, train.local_epochs)

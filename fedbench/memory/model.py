@@ -51,6 +51,7 @@ from fedbench.tracing import meta as meta_outputs
 from fedbench.tracing._speedups.dispatch import Unguarded
 from fedbench.tracing._speedups.meta_kernels import dispatcher
 from fedbench.training.loop import LossFn, cross_entropy_loss
+from fedbench.training.adam import LocalAdam
 from fedbench.training.sgd import LocalSGD, StepOptimizer
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,26 @@ class SGDSpec:
     def from_train(cls, train: Any, foreach: bool = False) -> SGDSpec:
         """The spec of a :class:`fedbench.config.TrainConfig`."""
         return cls(lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, foreach=foreach)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdamSpec:
+    """Adam as the local loop builds it (:class:`fedbench.training.adam.LocalAdam`); hashable like
+    :class:`SGDSpec`. Its two moment estimates per trained tensor are optimizer state, and its
+    update is traced op by op."""
+
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+
+    def __call__(self, parameters: Iterable[nn.Parameter]) -> LocalAdam:
+        return LocalAdam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+
+
+def optimizer_spec(train: Any) -> SGDSpec | AdamSpec:
+    """The memory model's optimizer for a :class:`fedbench.config.TrainConfig`."""
+    if getattr(train, "optimizer", "sgd") == "adam":
+        return AdamSpec(lr=train.lr, weight_decay=train.weight_decay)
+    return SGDSpec.from_train(train)
 
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], StepOptimizer]

@@ -18,6 +18,7 @@ from torch import nn
 from fedbench.config import TrainConfig
 from fedbench.data import ImageDataset
 from fedbench.training.graphs import GraphedSteps, StepGraph, graph_safe, is_graph_safe
+from fedbench.training.adam import LocalAdam
 from fedbench.training.sgd import LocalSGD
 
 # (model, images, labels) -> scalar loss. NeuLite adds nHSIC terms, FedProx a proximal term.
@@ -69,9 +70,11 @@ def placed_on(model: nn.Module, device: torch.device | str) -> Iterator[nn.Modul
             model.to(home)
 
 
-def make_optimizer(parameters: Iterable[nn.Parameter], train: TrainConfig) -> LocalSGD:
-    """Fresh SGD each round: momentum is not carried across rounds (spec common.md §1.3).
-    torch.optim.SGD's update without its import cost (see fedbench.training.sgd)."""
+def make_optimizer(parameters: Iterable[nn.Parameter], train: TrainConfig) -> LocalSGD | LocalAdam:
+    """A fresh optimizer each round: no state is carried across rounds (spec common.md §1.3).
+    torch.optim's SGD and Adam updates without their import cost (see fedbench.training.sgd)."""
+    if train.optimizer == "adam":
+        return LocalAdam(parameters, lr=train.lr, weight_decay=train.weight_decay)
     return LocalSGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
 
@@ -118,7 +121,8 @@ def local_sgd(
         optimizer.step()
         return loss.detach()
 
-    graphed = graphs is not None and is_graph_safe(loss_fn)
+    # LocalAdam's bias corrections change every step on the host: a graph would freeze them.
+    graphed = graphs is not None and is_graph_safe(loss_fn) and train.optimizer == "sgd"
     if graphed:
         name = getattr(loss_fn, "__qualname__", type(loss_fn).__qualname__)
         step = GraphedSteps(step, train.batch_size, graphs, name)
