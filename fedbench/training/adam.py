@@ -16,6 +16,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from fedbench.training.sgd import clear_grads
+
 BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as FedRolex's code leaves them
 EPS = 1e-8
 
@@ -43,13 +45,7 @@ class LocalAdam:
         }
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for param in self.params:
-            if param.grad is None:
-                continue
-            if set_to_none:
-                param.grad = None
-            else:
-                param.grad.detach_().zero_()
+        clear_grads(self.params, set_to_none)
 
     @torch.no_grad()
     def step(self) -> None:

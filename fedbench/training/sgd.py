@@ -34,6 +34,17 @@ class StepOptimizer(Protocol):
     def step(self) -> None: ...
 
 
+def clear_grads(params: Iterable[nn.Parameter], set_to_none: bool = True) -> None:
+    """``torch.optim.Optimizer.zero_grad`` for a list of parameters."""
+    for param in params:
+        if param.grad is None:
+            continue
+        if set_to_none:
+            param.grad = None
+        else:
+            param.grad.detach_().zero_()
+
+
 class LocalSGD:
     """SGD with momentum and L2 weight decay, exactly ``torch.optim.SGD``'s update.
 
@@ -101,13 +112,7 @@ class LocalSGD:
         return [p.grad.numel() * torch.promote_types(p.grad.dtype, p.dtype).itemsize for p, _ in with_grad]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for param in self.params:
-            if param.grad is None:
-                continue
-            if set_to_none:
-                param.grad = None
-            else:
-                param.grad.detach_().zero_()
+        clear_grads(self.params, set_to_none)
 
     @torch.no_grad()
     def step(self) -> None:
