@@ -13,11 +13,12 @@ writes its traces to the on-disk cache (:mod:`fedbench.tracing.cache`) that late
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from fedbench import registry
@@ -26,7 +27,7 @@ from fedbench.core import setup
 from fedbench.core.method import Workload, validate_method
 from fedbench.errors import ConfigError, FedbenchError
 from fedbench.execution.worker_start import worker_context
-from fedbench.memory.model import MemoryModel, MemoryReport, SGDSpec
+from fedbench.memory.model import MemoryModel, MemoryReport, optimizer_spec
 from fedbench.models import build_model
 from fedbench.simulation.fleet import make_fleet
 from fedbench.tracing import cache as trace_cache
@@ -58,8 +59,8 @@ def dataset_shape(dataset: str, data_dir: str | None) -> tuple[tuple[int, int, i
 
 
 class ReportsKey(NamedTuple):
-    """Everything a method's memory reports depend on (options: the method's defaults; SGD: the
-    default local optimizer)."""
+    """Everything a method's memory reports depend on (options: the method's defaults; the local
+    optimizer: the paper's SGD unless a preset names another)."""
 
     model_name: str
     shape: tuple[int, int, int]
@@ -67,6 +68,13 @@ class ReportsKey(NamedTuple):
     width: float
     method: str
     batch_size: int
+    optimizer: str = "sgd"
+    momentum: float = TrainConfig.momentum
+    weight_decay: float = TrainConfig.weight_decay
+
+    def train(self) -> TrainConfig:
+        return TrainConfig(batch_size=self.batch_size, optimizer=self.optimizer, momentum=self.momentum,
+                           weight_decay=self.weight_decay)
 
 
 # ReportsKey -> ((sub-model name, MemoryReport), ...), the full model's cross-entropy peak.
@@ -76,12 +84,14 @@ REPORTS_CACHE_SIZE = 256
 
 
 def workload_reports(
-    model_name: str, shape: tuple[int, int, int], num_classes: int, width: float, method: str, batch_size: int
+    model_name: str, shape: tuple[int, int, int], num_classes: int, width: float, method: str, batch_size: int,
+    optimizer: str = "sgd", momentum: float = TrainConfig.momentum, weight_decay: float = TrainConfig.weight_decay,
 ) -> tuple[tuple[tuple[str, Any], ...], int]:
     """``(sub-model name, MemoryReport)`` of each workload of ``method`` (default options) plus the
-    full model, at the default SGD, and the full model's cross-entropy peak (the ``relative``
-    fleet's reference). Cached for the process."""
-    key = ReportsKey(model_name, tuple(shape), num_classes, width, method, batch_size)  # type: ignore[arg-type]
+    full model, at the given local optimizer, and the full model's cross-entropy peak (the
+    ``relative`` fleet's reference). Cached for the process."""
+    key = ReportsKey(model_name, tuple(shape), num_classes, width, method, batch_size,  # type: ignore[arg-type]
+                     optimizer, momentum, weight_decay)
     found = _REPORTS.get(key)
     if found is None:
         found = _remember(key, _traced_reports(key))
@@ -136,7 +146,7 @@ def _reports_of(method_cls: Any, key: ReportsKey) -> tuple[tuple[tuple[str, Any]
         workloads = list(method_cls.workloads(model, method_cls.parse_options({})))
     if all(w.name != "full" for w in workloads):  # the full model as the reference row
         workloads.append(Workload("full", model))
-    memory = MemoryModel(SGDSpec.from_train(TrainConfig(batch_size=key.batch_size)))
+    memory = MemoryModel(optimizer_spec(key.train()))
     reports = tuple(
         (w.name, memory.report(w.model, w.trainable, key.batch_size, key.shape,
                                loss_fn=w.loss_fn or cross_entropy_loss))
@@ -162,13 +172,16 @@ def memory_rows(
     low_mb: int = 100,
     high_mb: int = 900,
     data_dir: str | None = None,
+    train: TrainConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per workload of ``method`` on ``model_name``: peak, breakdown and PR under the fleet."""
+    """One row per workload of ``method`` on ``model_name``: peak, breakdown and PR under the fleet.
+    ``train``: the local optimizer (its batch size is ``batch_size``'s); None: the paper's SGD."""
 
-    TrainConfig(batch_size=batch_size)  # validates the batch size
+    train = dataclasses.replace(train or TrainConfig(), batch_size=batch_size)  # validates the batch size
     fleet_config = FleetConfig(profile=fleet_profile, low_mb=low_mb, high_mb=high_mb)
     shape, num_classes = dataset_shape(dataset, data_dir)
-    reports, full_peak_bytes = workload_reports(model_name, shape, num_classes, width, method, batch_size)
+    reports, full_peak_bytes = workload_reports(model_name, shape, num_classes, width, method, batch_size,
+                                                train.optimizer, train.momentum, train.weight_decay)
     fleet = make_fleet(fleet_config, clients, seed, lambda: full_peak_bytes)
     return [
         {
@@ -185,11 +198,15 @@ def memory_rows(
 
 
 def memory_table(
-    pairs: Sequence[tuple[str, str, str]], batch_size: int, fleet_profile: str, *, jobs: int = 0, **options: Any
+    pairs: Sequence[tuple[str, str, str]], batch_size: int, fleet_profile: str, *, jobs: int = 0,
+    trains: Mapping[str, TrainConfig] | None = None, **options: Any
 ) -> list[dict[str, Any]]:
     """:func:`memory_rows` of every ``(model, data set, method)`` in ``pairs`` (``options``: its
     keyword options, ``width`` to ``data_dir``), each row also naming its model, data set and
-    method; pairs are traced in ``jobs`` worker processes (0: one per core, 1: here, in turn)."""
+    method; pairs are traced in ``jobs`` worker processes (0: one per core, 1: here, in turn).
+    ``trains`` gives a method its own batch size and optimizer (a preset's); the others train at
+    ``batch_size`` with the paper's SGD."""
+    trains = dict(trains or {})
 
     if jobs < 0:
         raise ConfigError(f"jobs ({jobs}) must be >= 0 (0: one worker per core, 1: no workers)")
@@ -205,13 +222,16 @@ def memory_table(
     keys = []
     for model, dataset, method in pairs:
         shape, num_classes = dataset_shape(dataset, data_dir)
-        keys.append(ReportsKey(model, shape, num_classes, width, method, batch_size))
+        train = trains.get(method, TrainConfig(batch_size=batch_size))
+        keys.append(ReportsKey(model, shape, num_classes, width, method, train.batch_size, train.optimizer,
+                               train.momentum, train.weight_decay))
     trace_all(keys, jobs)
-    return [
-        {"model": model, "dataset": dataset, "method": method, **row}
-        for model, dataset, method in pairs
-        for row in memory_rows(model, dataset, batch_size, method, fleet_profile, **options)
-    ]
+    rows = []
+    for model, dataset, method in pairs:
+        train = trains.get(method, TrainConfig(batch_size=batch_size))
+        rows += [{"model": model, "dataset": dataset, "method": method, **row}
+                 for row in memory_rows(model, dataset, train.batch_size, method, fleet_profile, train=train, **options)]
+    return rows
 
 
 def trace_all(keys: Sequence[ReportsKey], jobs: int = 0) -> None:

@@ -242,3 +242,26 @@ def test_a_fedrolex_run_of_its_official_preset_trains_with_adam(monkeypatch, tin
     assert built and {type(o).__name__ for o in built} == {"LocalAdam"}
     assert all(o.lr == 2e-4 and o.weight_decay == 1e-3 for o in built)
     assert math.isfinite(result.metric("train/loss")[0])
+
+
+def test_fedbench_memory_traces_each_method_at_its_presets_batch_and_optimizer():
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedbench.cli.main import app
+
+    def rows(*extra):
+        result = CliRunner().invoke(app, ["memory", "--model", "cnn", "--dataset", "fashion-mnist", "--method",
+                                          "depthfl", "--fleet", "relative", "--json", *extra])
+        assert result.exit_code == 0, result.output
+        return {row["submodel"]: row for row in json.loads(result.output)["rows"]}
+
+    paper, official = rows(), rows("--preset", "official")
+    assert paper["depth2"]["optimizer_bytes"] > 0 and official["depth2"]["optimizer_bytes"] == 0  # no momentum
+    assert official["depth1"]["activations_bytes"] < paper["depth1"]["activations_bytes"]  # batch 50, not 64
+    assert paper["depth2"]["pr"] == 0.02 and official["depth2"]["pr"] == 0.0  # as the runs of presets.md found
+    assert rows("--preset", "official", "--batch-size", "64")["depth1"]["activations_bytes"] == \
+        paper["depth1"]["activations_bytes"]  # a flag beats the preset
+    bad = CliRunner().invoke(app, ["memory", "--model", "cnn", "--preset", "offical"])
+    assert bad.exit_code == 2 and "--preset ('offical') must be one of paper, official" in bad.output

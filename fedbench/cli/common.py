@@ -187,10 +187,12 @@ def describe_schedule(train: dict) -> str:
     return "constant"
 
 
-def describe_training(train: Any) -> str:
+def describe_training(train: Any, epochs: bool = True) -> str:
     """A run's local training in one line: ``SGD, momentum 0.9, lr 0.1 (×0.1 at 0.375R, 0.625R), ...``."""
     schedule = describe_schedule(dataclasses.asdict(train))
     lr = f"lr {train.lr:g}" + ("" if schedule == "constant" else f" ({schedule})")
     optimizer = "Adam" if train.optimizer == "adam" else f"SGD, momentum {train.momentum:g}"
+    if not epochs:  # what memory depends on: the optimizer and the batch
+        return f"{optimizer}, batch {train.batch_size}"
     return (f"{optimizer}, {lr}, weight decay {train.weight_decay:g}, "
             f"{train.local_epochs} local epoch{'s' if train.local_epochs != 1 else ''}, batch {train.batch_size}")

@@ -5,6 +5,7 @@ Registered on the main ``app`` by an import at the end of :mod:`fedbench.cli.mai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated
 
@@ -19,11 +20,12 @@ from fedbench.cli.common import (
     TRAIN_DEFAULTS,
     app,
     default_note,
+    describe_training,
     fail,
     out,
     setup_logging,
 )
-from fedbench.config import MAX_CLIENTS
+from fedbench.config import MAX_CLIENTS, PRESETS, TrainConfig, build_dataclass, preset_layer
 from fedbench.errors import ConfigError, FedbenchError
 
 _MIB = 1024 * 1024
@@ -61,7 +63,8 @@ def _check_sizes(clients: int, jobs: int) -> None:
 def memory_command(
     model: Annotated[str, typer.Option(help="Model architecture (see 'fedbench list models'); several: a,b or all." + default_note(MODEL_DEFAULTS.name))] = MODEL_DEFAULTS.name,
     dataset: Annotated[str, typer.Option(help="Data set, for its input shape and classes." + default_note(DATA_DEFAULTS.dataset))] = DATA_DEFAULTS.dataset,
-    batch_size: Annotated[int, typer.Option(help="Local batch size (B)." + default_note(TRAIN_DEFAULTS.batch_size))] = TRAIN_DEFAULTS.batch_size,
+    batch_size: Annotated[int | None, typer.Option(help="Local batch size (B); default: the preset's, else " + str(TRAIN_DEFAULTS.batch_size) + ".")] = None,
+    preset: Annotated[str | None, typer.Option(help="Each method's batch size and optimizer from a training preset: paper or official (docs/protocol.md).")] = None,
     method: Annotated[str, typer.Option(help="Method whose sub-models to report; several: a,b or all." + default_note(RUN_DEFAULTS.method))] = RUN_DEFAULTS.method,
     fleet: Annotated[str, typer.Option(help="Fleet profile for the PR column (see 'fedbench list fleets').")] = "uniform-mb",
     width: Annotated[float, typer.Option(help="Width multiplier of the model, in (0, 1]." + default_note(MODEL_DEFAULTS.width))] = MODEL_DEFAULTS.width,
@@ -81,13 +84,16 @@ def memory_command(
     models, methods = _names(model, "models"), _names(method, "methods")
     try:
         _check_sizes(clients, jobs)
+        trains = {name: _training(name, preset, batch_size) for name in methods}
         if len(models) == len(methods) == 1:
-            rows = memory_table.memory_rows(models[0], dataset, batch_size, methods[0], fleet, width, clients, seed,
-                               low_mb, high_mb, data_dir)
+            train = trains[methods[0]]
+            rows = memory_table.memory_rows(models[0], dataset, train.batch_size, methods[0], fleet, width, clients,
+                                            seed, low_mb, high_mb, data_dir, train=train)
         else:
-            rows = memory_table.memory_table([(m, dataset, name) for m in models for name in methods], batch_size, fleet,
-                                jobs=jobs, width=width, clients=clients, seed=seed, low_mb=low_mb,
-                                high_mb=high_mb, data_dir=data_dir)
+            rows = memory_table.memory_table([(m, dataset, name) for m in models for name in methods],
+                                             TRAIN_DEFAULTS.batch_size, fleet, jobs=jobs, trains=trains, width=width,
+                                             clients=clients, seed=seed, low_mb=low_mb, high_mb=high_mb,
+                                             data_dir=data_dir)
     except FedbenchError as exc:
         raise fail(exc) from None
     if as_json:
@@ -95,7 +101,9 @@ def memory_command(
         return
     several = len(models) * len(methods) > 1
     about = f"{', '.join(methods)} on {', '.join(models)}" if several else f"{method} on {model}"
-    table = Table(title=f"{about} ({dataset}, batch {batch_size}); PR under fleet '{fleet}'")
+    settings = {describe_training(t, epochs=False) for t in trains.values()}
+    training = settings.pop() if len(settings) == 1 else f"each method's {preset} training"
+    table = Table(title=f"{about} ({dataset}; {training}); PR under fleet '{fleet}'")
     for column in (["model", "method"] if several else []) + ["sub-model"]:
         table.add_column(column)
     for column in [*_BYTE_COLUMNS, "PR"]:
@@ -108,3 +116,12 @@ def memory_command(
             f"{100 * row['pr']:.0f} %",
         )
     out.print(table)
+
+
+def _training(method: str, preset: str | None, batch_size: int | None) -> TrainConfig:
+    """The batch size and optimizer ``method`` trains with: the preset's (if any), ``batch_size`` over it."""
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"--preset ({preset!r}) must be one of {', '.join(PRESETS)} (docs/protocol.md)")
+    values = preset_layer(preset, method).get("train", {})
+    train = build_dataclass(TrainConfig, values, path="train") if values else TrainConfig()
+    return train if batch_size is None else dataclasses.replace(train, batch_size=batch_size)
