@@ -13,6 +13,7 @@ import difflib
 import functools
 import hashlib
 import json
+import logging
 import math
 import re
 import types
@@ -24,6 +25,8 @@ from typing import Any
 
 from fedbench import registry
 from fedbench.errors import ConfigError, FedbenchError
+
+log = logging.getLogger(__name__)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -103,8 +106,8 @@ MIN_TRAIN_BATCH = 2
 # How the local learning rate changes over a run's rounds (TrainConfig.lr_at). The paper's common
 # setting is constant; the others are the baselines' own codes' (spec decisions Q7, `official`).
 LR_SCHEDULES = ("constant", "exponential", "multistep", "cosine")
-# The local optimizers: SGD (the paper's, with momentum) and Adam (FedRolex's code; fedbench's
-# LocalAdam keeps torch.optim.Adam's default betas and takes no momentum).
+# The local optimizers: SGD (the paper's, with momentum) and Adam (fedbench's LocalAdam keeps
+# torch.optim.Adam's default betas and takes no momentum).
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -161,6 +164,9 @@ class TrainConfig:
         _require(0 < self.lr_decay <= 1, f"train.lr_decay ({self.lr_decay}) must be in (0, 1]: the factor the lr is "
                  "multiplied by (each round for exponential, at each milestone for multistep)")
         _require(0 <= self.lr_min <= self.lr, f"train.lr_min ({self.lr_min}) must be in [0, train.lr = {self.lr}]")
+        _require(self.lr_schedule != "constant" or self.lr_min == 0,
+                 f"train.lr_min ({self.lr_min}) only applies to a schedule that lowers the lr (got constant); "
+                 "drop it or set train.lr_schedule")
         milestones = self.lr_milestones
         _require(all(0 < m < 1 for m in milestones) and list(milestones) == sorted(set(milestones)),
                  f"train.lr_milestones ({list(milestones)}) must be increasing fractions of the run's rounds in "
@@ -199,8 +205,9 @@ class TrainConfig:
 
 def milestone_round(fraction: float, rounds: int) -> int:
     """The 0-based round from which a multistep milestone at ``fraction`` of ``rounds`` applies:
-    PyTorch's MultiStepLR stepped once per round with milestone ``round(fraction · rounds)``."""
-    return max(1, round(fraction * rounds))
+    PyTorch's MultiStepLR stepped once per round with milestone ``fraction · rounds`` rounded
+    half up (150 and 250 of 400 are 0.375 and 0.625)."""
+    return math.floor(fraction * rounds + 0.5)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -648,41 +655,60 @@ def check_writable(folder: str | Path, what: str, fix: str) -> None:
         raise ConfigError(f"{what} {path} is not writable ({reason}); {fix}") from exc
 
 
-def make_config(
-    yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *, presets: bool = True
-) -> RunConfig:
-    """Defaults <- YAML file <- the preset's training values <- overrides (nested mapping),
-    validated. ``presets=False`` takes a stored run's config as it is (its preset already applied)."""
+def make_config(yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Defaults <- the preset's training values <- YAML file <- overrides (nested mapping), validated."""
     values: dict[str, Any] = load_yaml(yaml_path) if yaml_path is not None else {}
-    layered = with_preset(values, overrides or {}) if presets else deep_merge(values, overrides or {})
-    return build_dataclass(RunConfig, layered)
+    return build_dataclass(RunConfig, with_preset(deep_merge(values, overrides or {})))
 
 
-def with_preset(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` <- the training values of the preset the merged config names <- ``overrides``:
-    a preset replaces what a config file (or a grid's base) says about training, and a flag (or
-    a grid's axis value) replaces what the preset says."""
-    merged = deep_merge(base, overrides)
-    layer = preset_layer(merged.get("preset"), merged.get("method", RunConfig.method))
-    return deep_merge(deep_merge(base, layer), overrides) if layer else merged
+# A training value that decides what others mean: naming it explicitly drops the preset's values
+# of the others (`--lr-schedule constant` over HeteroFL's multistep preset drops its milestones).
+_COMPANIONS = {"lr_schedule": ("lr_decay", "lr_milestones", "lr_min"), "optimizer": ("momentum",)}
+
+
+def with_preset(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` over the training values of the preset they name: the preset replaces the
+    defaults, and every value given (in a config file, a grid or a flag) replaces the preset's.
+    A stored run's config, which gives every value, is therefore run again as it was."""
+    layer = preset_layer(values.get("preset"), values.get("method", RunConfig.method)).get("train")
+    if not layer:
+        return dict(values)
+    given = values.get("train") or {}
+    if isinstance(given, Mapping):
+        for key, companions in _COMPANIONS.items():
+            if key in given:
+                layer = {k: v for k, v in layer.items() if k not in companions}
+        masked = sorted(k for k, v in given.items() if k in layer and _as_list(v) != _as_list(layer[k]))
+        if masked:
+            log.warning("preset %s: the values given win over the preset's: %s", values.get("preset"),
+                        ", ".join(f"train.{k}={given[k]} (preset: {layer[k]})" for k in masked))
+    return deep_merge({"train": layer}, values)
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def preset_layer(preset: Any, method: Any) -> dict[str, Any]:
     """The whole ``train`` block ``preset`` sets for ``method``: ``paper`` the paper's common
     setting (TrainConfig's defaults), ``official`` those updated with the method's
-    ``official_train``. Empty for no preset (or a value RunConfig will refuse by name)."""
+    ``official_train``. Empty for no preset (or a value RunConfig will refuse by name); the
+    paper's setting for a method that cannot be loaded (the run fails on that, in its own line)."""
     if preset not in PRESETS or not isinstance(method, str):
         return {}
     train = dataclasses.asdict(TrainConfig()) | {"lr_milestones": []}
     if preset == "official":
-        train |= {k: list(v) if isinstance(v, tuple) else v for k, v in official_train(method).items()}
+        train |= {k: _as_list(v) for k, v in official_train(method).items()}
     return {"train": train}
 
 
 def official_train(method: str) -> Mapping[str, Any]:
     """The training values ``method``'s own code uses where they differ from the paper's common
-    setting (``Method.official_train``; spec decisions Q7)."""
-    return getattr(registry.load("methods", method), "official_train", {})
+    setting (``Method.official_train``; spec decisions Q7); none for a method that cannot be loaded."""
+    try:
+        return getattr(registry.load("methods", method), "official_train", {})
+    except FedbenchError:
+        return {}
 
 
 def dotted_to_nested(pairs: Mapping[str, Any]) -> dict[str, Any]:

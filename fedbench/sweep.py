@@ -162,7 +162,7 @@ def iter_cells(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> Iterat
     for index, combo in enumerate(itertools.product(*(axes[n] for n in names))):
         values = dict(zip(names, combo, strict=True))
         try:
-            config = build_dataclass(RunConfig, with_preset(base, dotted_to_nested(values)))
+            config = build_dataclass(RunConfig, with_preset(deep_merge(base, dotted_to_nested(values))))
             check_method_options(config)
         except ConfigError as exc:
             raise ConfigError(f"grid cell {index} ({', '.join(f'{k}={v}' for k, v in values.items())}): {exc}") from exc
@@ -347,11 +347,17 @@ def run_grid(
     resumable = {} if rerun else resumable_runs(grid.experiment, uri)
     outcomes: dict[int, CellOutcome] = {}
     todo: list[Cell] = []
+    first: dict[str, int] = {}  # run key -> the cell that runs it (cells may differ only in a label)
     for cell in cells:
-        if cell.config.run_key in done:
+        key = cell.config.run_key
+        if key in done:
             outcomes[cell.index] = CellOutcome(cell.index, "SKIPPED", reason="already finished")
             _notify(on_outcome, cell, outcomes[cell.index])
+        elif key in first:
+            outcomes[cell.index] = CellOutcome(cell.index, "SKIPPED", reason=f"the same run as cell #{first[key]}")
+            _notify(on_outcome, cell, outcomes[cell.index])
         else:
+            first[key] = cell.index
             todo.append(cell)
     by_index = {c.index: c for c in todo}
 

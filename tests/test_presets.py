@@ -34,9 +34,10 @@ def test_exponential_and_multistep_schedules_are_torchs_schedulers_stepped_once_
     exponential = TrainConfig(lr=0.1, lr_schedule="exponential", lr_decay=0.998)
     assert schedule(exponential) == pytest.approx(
         torch_lrs(torch.optim.lr_scheduler.ExponentialLR, ROUNDS, 0.1, gamma=0.998), rel=1e-12)
-    # HeteroFL's [150, 250] of 400 rounds, as fractions: the same rounds at 400, scaled at 40.
+    # HeteroFL's [150, 250] of 400 rounds, as fractions: the same rounds at 400, scaled (rounded
+    # half up) at 40, 4 and 1 (a milestone at round 0 decays from the first round, as in PyTorch).
     multistep = TrainConfig(lr=0.1, lr_schedule="multistep", lr_decay=0.1, lr_milestones=(0.375, 0.625))
-    for rounds, milestones in ((400, [150, 250]), (ROUNDS, [15, 25])):
+    for rounds, milestones in ((400, [150, 250]), (ROUNDS, [15, 25]), (4, [2, 3]), (1, [0, 1])):
         assert schedule(multistep, rounds) == pytest.approx(
             torch_lrs(torch.optim.lr_scheduler.MultiStepLR, rounds, 0.1, milestones=milestones, gamma=0.1), rel=1e-12)
 
@@ -68,6 +69,7 @@ def test_a_round_trains_with_a_constant_config_holding_its_lr():
     ({"lr_schedule": "cosine", "lr_decay": 0.5}, "only applies to lr_schedule exponential or multistep"),
     ({"lr_schedule": "exponential", "lr_decay": 1.5}, "must be in (0, 1]"),
     ({"lr_min": 0.5}, "must be in [0, train.lr"),
+    ({"lr_min": 0.001}, "only applies to a schedule that lowers the lr"),
 ])
 def test_a_schedule_that_cannot_mean_what_it_says_is_refused_by_name(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -84,31 +86,48 @@ def test_the_official_preset_is_each_methods_own_code_and_paper_the_common_setti
     progfed = make_config(overrides={"method": "progfed", "preset": "official"}).train
     assert (progfed.lr_schedule, progfed.lr_min, progfed.weight_decay) == ("cosine", 1e-6, 1e-4)
     fedrolex = make_config(overrides={"method": "fedrolex", "preset": "official"}).train
-    assert (fedrolex.optimizer, fedrolex.lr, fedrolex.weight_decay, fedrolex.local_epochs, fedrolex.batch_size,
-            fedrolex.lr_decay, fedrolex.lr_milestones) == ("adam", 2e-4, 1e-3, 1, 10, 0.25, (0.375,))
+    assert (fedrolex.optimizer, fedrolex.momentum, fedrolex.lr, fedrolex.weight_decay, fedrolex.local_epochs,
+            fedrolex.batch_size, fedrolex.lr_decay, fedrolex.lr_milestones) == (
+        "sgd", 0.9, 2e-4, 1e-3, 1, 10, 0.25, (0.25, 0.375))
     for method in ("neulite", "fedavg", "oort", "tifl"):  # their own code is the common setting
         assert make_config(overrides={"method": method, "preset": "official"}).train == TrainConfig()
     assert make_config(overrides={"method": "depthfl", "preset": "paper"}).train == TrainConfig()
 
 
-def test_a_preset_replaces_the_config_files_training_and_flags_replace_the_preset(tmp_path):
+def test_a_preset_fills_what_is_not_given_and_every_given_value_wins_over_it(tmp_path, caplog):
+    import logging
+
     path = tmp_path / "run.yaml"
     path.write_text("method: heterofl\ntrain: {lr: 0.05, local_epochs: 2}\n")
     assert make_config(path).train.lr == 0.05  # no preset: the file's values
-    official = make_config(path, {"preset": "official"}).train
-    assert (official.lr, official.local_epochs, official.batch_size) == (0.1, 5, 10)
-    flagged = make_config(path, {"preset": "official", "train": {"local_epochs": 1}}).train
+    with caplog.at_level(logging.WARNING, logger="fedbench.config"):
+        official = make_config(path, {"preset": "official"}).train
+    assert (official.lr, official.local_epochs, official.batch_size, official.lr_schedule) == (0.05, 2, 10, "multistep")
+    assert ("preset official: the values given win over the preset's: train.local_epochs=2 (preset: 5), "
+            "train.lr=0.05 (preset: 0.1)") in caplog.text
+    flagged = make_config(overrides={"method": "heterofl", "preset": "official", "train": {"local_epochs": 1}}).train
     assert (flagged.lr, flagged.local_epochs, flagged.batch_size) == (0.1, 1, 10)
-    assert make_config(path, {"preset": "paper"}).train == TrainConfig()
+    assert make_config(overrides={"method": "depthfl", "preset": "paper"}).train == TrainConfig()
 
 
-def test_a_stored_config_is_taken_as_it_is_so_a_resumed_run_keeps_the_flags_that_overrode_its_preset(tmp_path):
-    config = make_config(overrides={"method": "depthfl", "preset": "official", "train": {"local_epochs": 1}})
-    path = tmp_path / "config.yaml"
-    path.write_text(to_yaml(config))
-    stored = make_config(path, presets=False)
-    assert stored == config and stored.train.local_epochs == 1
-    assert make_config(path).train.local_epochs == 5  # re-applying the preset would lose the flag
+def test_naming_a_schedule_or_optimizer_over_a_preset_drops_the_presets_values_that_belong_to_it():
+    constant = make_config(overrides={"method": "heterofl", "preset": "official",
+                                      "train": {"lr_schedule": "constant"}}).train
+    assert (constant.lr, constant.batch_size, constant.lr_schedule, constant.lr_milestones) == (0.1, 10, "constant", ())
+    cosine = make_config(overrides={"method": "depthfl", "preset": "official", "train": {"lr_schedule": "cosine"}}).train
+    assert (cosine.lr_schedule, cosine.lr_decay, cosine.momentum) == ("cosine", TrainConfig.lr_decay, 0.0)
+    adam = make_config(overrides={"method": "depthfl", "preset": "official", "train": {"optimizer": "adam"}}).train
+    assert (adam.optimizer, adam.momentum, adam.batch_size) == ("adam", TrainConfig.momentum, 50)
+
+
+def test_a_stored_config_runs_again_as_it_was_with_config_or_resume(tmp_path):
+    for overrides in ({"method": "depthfl", "preset": "official", "train": {"local_epochs": 1}},
+                      {"method": "heterofl", "preset": "paper", "train": {"lr": 0.1}}):
+        config = make_config(overrides=overrides)
+        path = tmp_path / "config.yaml"
+        path.write_text(to_yaml(config))
+        stored = make_config(path)
+        assert stored == config and stored.run_key == config.run_key
 
 
 def test_the_preset_is_a_label_and_constant_lr_runs_keep_their_run_keys():
@@ -122,13 +141,13 @@ def test_the_preset_is_a_label_and_constant_lr_runs_keep_their_run_keys():
     assert "train.lr_schedule" in plain.flat_params() and plain.flat_params()["preset"] == ""
 
 
-def test_a_grid_axis_picks_the_preset_per_cell_and_an_axis_value_beats_the_preset(tmp_path):
+def test_a_grid_axis_picks_the_preset_per_cell_and_the_grids_own_values_beat_the_preset(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text("experiment: presets\nbase: {method: depthfl, train: {lr: 0.05}}\n"
                     "axes:\n  preset: [paper, official]\n  train.local_epochs: [1]\n")
     paper, official = (cell.config.train for cell in load_grid(grid).cells)
-    assert (paper.lr, paper.local_epochs, paper.batch_size) == (0.01, 1, 64)
-    assert (official.lr, official.local_epochs, official.momentum, official.batch_size) == (0.1, 1, 0.0, 50)
+    assert (paper.lr, paper.local_epochs, paper.batch_size) == (0.05, 1, 64)
+    assert (official.lr, official.local_epochs, official.momentum, official.batch_size) == (0.05, 1, 0.0, 50)
 
 
 def test_every_client_of_a_round_trains_with_that_rounds_lr_and_the_run_logs_it(monkeypatch, tiny_config):
@@ -196,7 +215,7 @@ def test_list_presets_shows_each_methods_own_setting_and_a_run_says_what_its_pre
     assert [cell.strip() for cell in depthfl.strip("│ ").split("│")] == [
         "official", "depthfl", "SGD 0", "0.1", "×0.998 a round", "0.001", "5", "50"]
     fedrolex = next(line for line in table.output.splitlines() if "fedrolex" in line)
-    assert [cell.strip() for cell in fedrolex.strip("│ ").split("│")][2:5] == ["Adam", "0.0002", "×0.25 at 0.375R"]
+    assert [cell.strip() for cell in fedrolex.strip("│ ").split("│")][2:5] == ["SGD 0.9", "0.0002", "×0.25 at 0.25R, 0.375R"]
     assert "official is paper for: " in table.output and "neulite" in table.output.split("official is paper for: ")[1]
     rows = json.loads(runner.invoke(app, ["list", "presets", "--json"]).output)["presets"]
     assert {"method": "heterofl", "preset": "official", "lr_milestones": [0.375, 0.625]}.items() <= next(
@@ -226,7 +245,7 @@ def test_adam_is_refused_with_sgds_momentum_and_keeps_two_moments_the_fleet_comp
     assert make_config(overrides={"train": {"optimizer": "sgd"}}).run_key == make_config().run_key
 
 
-def test_a_fedrolex_run_of_its_official_preset_trains_with_adam(monkeypatch, tiny_config):
+def test_every_client_of_an_adam_run_trains_with_adam_at_the_rounds_lr(monkeypatch, tiny_config):
     import dataclasses
 
     from fedbench import engine
@@ -235,13 +254,12 @@ def test_a_fedrolex_run_of_its_official_preset_trains_with_adam(monkeypatch, tin
     built = []
     real = loop.make_optimizer
     monkeypatch.setattr(loop, "make_optimizer", lambda params, train: built.append(real(params, train)) or built[-1])
-    config = make_config(overrides={**{k: v for k, v in tiny_config.to_dict().items() if k not in ("train", "method")},
-                                    "method": "fedrolex", "preset": "official", "rounds": 1,
-                                    "fleet": {"profile": "relative"}})
-    result = engine.run(dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=4)))
-    assert built and {type(o).__name__ for o in built} == {"LocalAdam"}
-    assert all(o.lr == 2e-4 and o.weight_decay == 1e-3 for o in built)
-    assert math.isfinite(result.metric("train/loss")[0])
+    train = dataclasses.replace(tiny_config.train, optimizer="adam", lr=2e-3, weight_decay=1e-3,
+                                lr_schedule="exponential", lr_decay=0.5)
+    result = engine.run(dataclasses.replace(tiny_config, method="fedrolex", train=train, rounds=2))
+    assert len(built) == 2 * tiny_config.clients_per_round and {type(o).__name__ for o in built} == {"LocalAdam"}
+    assert [o.lr for o in built] == [2e-3] * tiny_config.clients_per_round + [1e-3] * tiny_config.clients_per_round
+    assert all(o.weight_decay == 1e-3 for o in built) and all(math.isfinite(x) for x in result.metric("train/loss"))
 
 
 def test_fedbench_memory_traces_each_method_at_its_presets_batch_and_optimizer():

@@ -284,3 +284,20 @@ def test_sigterm_stops_a_parallel_sweep_at_once_and_marks_its_running_cells_kill
     assert process.returncode == 143, err
     assert "terminated (SIGTERM)" in err and "Traceback" not in err
     assert sorted(statuses()) == ["KILLED", "KILLED"]
+
+
+def test_cells_that_differ_only_in_a_label_run_once_and_a_misspelt_method_fails_alone(tmp_path, tracking_uri):
+    """neulite's `official` preset is the paper's setting: the two cells are one run (one run key)."""
+    path = tmp_path / "presets.yaml"
+    path.write_text(textwrap.dedent("""
+        experiment: presets
+        base: {rounds: 1, clients_per_round: 2, data: {dataset: synthetic, num_clients: 4, partition: iid},
+               model: {width: 0.25}, train: {local_epochs: 1}}
+        axes:
+          method: [fedavg, fedavgg]
+          preset: [paper, official]
+    """))
+    grid = sweep.load_grid(path)  # the misspelt method does not stop the grid from loading
+    outcomes = sweep.run_grid(grid, tracking_uri=tracking_uri)
+    assert [o.status for o in outcomes] == ["FINISHED", "SKIPPED", "FAILED", "SKIPPED"]
+    assert outcomes[1].reason == "the same run as cell #0" and "unknown method 'fedavgg'" in outcomes[2].reason

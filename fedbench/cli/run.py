@@ -191,7 +191,7 @@ def _resumable_run(run_id: str, tracking_uri: str | None, overrides: dict[str, A
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(text)
-        cfg = make_config(path, overrides or None, presets=False)  # stored with its preset applied
+        cfg = make_config(path, overrides or None)  # it gives every value: its preset changes none
     tracker.experiment = cfg.tracking.experiment
     return cfg, tracker
 

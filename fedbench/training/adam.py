@@ -1,4 +1,4 @@
-"""The local Adam update (FedRolex's official optimizer), without ``torch.optim.Optimizer``.
+"""The local Adam update (``train.optimizer: adam``), without ``torch.optim.Optimizer``.
 
 For the reasons :mod:`fedbench.training.sgd` gives, and one more: ``torch.optim.Adam`` keeps its
 step count in a tensor and reads it back to compute the bias corrections, which the memory
@@ -18,7 +18,7 @@ from torch import nn
 
 from fedbench.training.sgd import clear_grads
 
-BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as FedRolex's code leaves them
+BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
 EPS = 1e-8
 
 
