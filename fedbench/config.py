@@ -34,6 +34,15 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _require_one_of(path: str, value: Any, allowed: tuple[str, ...], what: str, more: str = "") -> None:
+    """``value`` is one of ``allowed``, or a one-line error naming the closest one and all of them."""
+    if value in allowed:
+        return
+    close = difflib.get_close_matches(str(value), allowed, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(f"{path} ({value!r}) is not {what}{hint}; known: {', '.join(allowed)}{more}")
+
+
 DIRICHLET_VARIANTS = ("per-sample", "cumsum")
 # Upper bounds on sizes that are allocated up front, so that a typo (an extra zero or three) is one
 # line before anything is allocated instead of a MemoryError minutes later. Every client's device
@@ -145,22 +154,14 @@ class TrainConfig:
             value = getattr(self, name)
             _require(value <= FLOAT32_MAX, f"train.{name} ({value}) must be a finite number below {FLOAT32_MAX:.1e} "
                      "(the float32 limit); the paper's setting is lr 0.01, weight decay 5e-4")
-        if self.optimizer not in OPTIMIZERS:
-            close = difflib.get_close_matches(self.optimizer, OPTIMIZERS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"train.optimizer ({self.optimizer!r}) is not an optimizer{hint}; known: "
-                              f"{', '.join(OPTIMIZERS)}")
+        _require_one_of("train.optimizer", self.optimizer, OPTIMIZERS, "an optimizer")
         _require(self.optimizer == "sgd" or self.momentum == TrainConfig.momentum,
                  f"train.momentum ({self.momentum}) is SGD's; adam uses its own moments (betas 0.9, 0.999): "
                  "drop the momentum setting or use optimizer sgd")
         self._check_schedule()
 
     def _check_schedule(self) -> None:
-        if self.lr_schedule not in LR_SCHEDULES:
-            close = difflib.get_close_matches(self.lr_schedule, LR_SCHEDULES, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"train.lr_schedule ({self.lr_schedule!r}) is not a schedule{hint}; known: "
-                              f"{', '.join(LR_SCHEDULES)}")
+        _require_one_of("train.lr_schedule", self.lr_schedule, LR_SCHEDULES, "a schedule")
         _require(0 < self.lr_decay <= 1, f"train.lr_decay ({self.lr_decay}) must be in (0, 1]: the factor the lr is "
                  "multiplied by (each round for exponential, at each milestone for multistep)")
         _require(0 <= self.lr_min <= self.lr, f"train.lr_min ({self.lr_min}) must be in [0, train.lr = {self.lr}]")
@@ -251,10 +252,14 @@ class TrackingConfig:
 
 # The training presets (RunConfig.preset; docs/protocol.md).
 PRESETS = ("paper", "official")
-# The training fields added after runs were first keyed, at their defaults, as the run key's JSON
-# holds them: left out of the key at these values, so earlier runs keep their keys.
-LATER_TRAIN_DEFAULTS = {"optimizer": "sgd", "lr_schedule": "constant", "lr_decay": 0.1, "lr_milestones": [],
-                        "lr_min": 0.0}
+# The training fields added after runs were first keyed: left out of the run key at their
+# defaults, so earlier runs keep their keys.
+LATER_TRAIN_FIELDS = ("optimizer", "lr_schedule", "lr_decay", "lr_milestones", "lr_min")
+
+
+def train_defaults() -> dict[str, Any]:
+    """TrainConfig's defaults as a config's JSON and YAML hold them (lists, not tuples)."""
+    return dataclasses.asdict(TrainConfig()) | {"lr_milestones": []}
 
 WEIGHTINGS = ("uniform", "samples")
 # How a round's local updates run (fedbench/execution/executors.py).
@@ -332,11 +337,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         # Freeze the options mapping so the whole tree is immutable and hashable in spirit.
         object.__setattr__(self, "options", FrozenOptions(self.options))
-        if self.preset is not None and self.preset not in PRESETS:
-            close = difflib.get_close_matches(str(self.preset), PRESETS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"preset ({self.preset!r}) is not a preset{hint}; known: {', '.join(PRESETS)} "
-                              "(docs/protocol.md)")
+        if self.preset is not None:
+            _require_one_of("preset", self.preset, PRESETS, "a preset", " (docs/protocol.md)")
         _require(self.rounds >= 1, f"rounds ({self.rounds}) must be >= 1")
         _require(self.rounds <= MAX_ROUNDS,
                  f"rounds ({self.rounds:,}) is above {MAX_ROUNDS:,}, the most a run may ask for; the paper uses 1,600")
@@ -472,8 +474,9 @@ class RunConfig:
         if payload["device"] == "cpu":  # runs from before the field existed keep their key
             payload.pop("device")
         payload.pop("preset")
-        for name, default in LATER_TRAIN_DEFAULTS.items():  # likewise for SGD runs at a constant lr
-            if payload["train"][name] == default:
+        defaults = train_defaults()
+        for name in LATER_TRAIN_FIELDS:  # likewise for SGD runs at a constant lr
+            if payload["train"][name] == defaults[name]:
                 payload["train"].pop(name)
         payload["options"] = self.options_differing_from_defaults()
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
@@ -696,7 +699,7 @@ def preset_layer(preset: Any, method: Any) -> dict[str, Any]:
     paper's setting for a method that cannot be loaded (the run fails on that, in its own line)."""
     if preset not in PRESETS or not isinstance(method, str):
         return {}
-    train = dataclasses.asdict(TrainConfig()) | {"lr_milestones": []}
+    train = train_defaults()
     if preset == "official":
         train |= {k: _as_list(v) for k, v in official_train(method).items()}
     return {"train": train}
