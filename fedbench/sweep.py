@@ -1,8 +1,10 @@
 """Sweeps: a grid of runs (method × dataset × model × seed …) from one YAML file.
 
 A grid file holds a ``base`` run config, the ``axes`` to vary (dotted config
-keys → lists of values) and an ``experiment``. Each cell of the cartesian
-product is one run with a stable key (:attr:`RunConfig.run_key`). Cells already
+keys → lists of values), optional ``cases`` (settings that go together, such as a
+number of devices and the clients drawn from them: each case is a mapping of dotted keys, and
+the grid is every case × every combination of the axes) and an ``experiment``. Each cell is
+one run with a stable key (:attr:`RunConfig.run_key`). Cells already
 FINISHED in the tracking store are skipped, a cell whose last run was cut short
 (RUNNING after a SIGKILL, KILLED, FAILED) and left a checkpoint is resumed from
 it, and a failing cell is recorded as FAILED with its one-line reason and never
@@ -19,6 +21,9 @@ four cells on one GPU) and computes on the GPU Ray assigned it, under the cell's
     axes:
       method: [fedavg, exclusivefl]
       seed: [1, 2, 3]
+    cases:                         # optional: each case x every combination of the axes
+      - {data.num_clients: 100, clients_per_round: 10}
+      - {data.num_clients: 500, clients_per_round: 50}
     gpus_per_cell: 0.5             # optional: GPUs each cuda cell asks Ray for
 """
 
@@ -48,7 +53,7 @@ from fedbench.tracking.tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
 
-GRID_KEYS = ("experiment", "base", "axes", "gpus_per_cell")
+GRID_KEYS = ("experiment", "base", "axes", "cases", "gpus_per_cell")
 # The most cells one grid may hold. Every cell is validated and kept in memory before the first one
 # runs, and each is a whole training run: a grid past this is almost always a mistyped axis, and
 # a real one this large is better split into several grids (and experiments).
@@ -95,17 +100,33 @@ class Grid:
     gpus_per_cell: float | None = None  # GPUs a cuda cell asks Ray for (None: 1)
 
 
+@dataclass(frozen=True)
+class GridFile:
+    """A grid file read and checked, its cells not yet built (``--dry-run`` lists them as they are)."""
+
+    experiment: str
+    base: dict[str, Any]
+    axes: Mapping[str, list[Any]]
+    cases: Sequence[Mapping[str, Any]] = ()
+    gpus_per_cell: float | None = None
+
+    @property
+    def size(self) -> int:
+        return max(len(self.cases), 1) * math.prod(len(v) for v in self.axes.values())
+
+    def cells(self) -> Iterator[Cell]:
+        return iter_cells(self.base, self.axes, self.cases)
+
+
 def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Grid:
     """Read and expand a grid file; every cell is validated before anything runs."""
-    experiment, base, axes, gpus_per_cell = read_grid(path, overrides)
-    return Grid(experiment, expand(base, axes), gpus_per_cell)
+    grid = read_grid(path, overrides)
+    return Grid(grid.experiment, list(grid.cells()), grid.gpus_per_cell)
 
 
-def read_grid(
-    path: str | Path, overrides: Mapping[str, Any] | None = None
-) -> tuple[str, dict[str, Any], Mapping[str, list[Any]], float | None]:
-    """A grid file's experiment, base config, axes and ``gpus_per_cell`` (None if not set), checked
-    but not expanded, so that ``--dry-run`` can list cells as they are built (:func:`iter_cells`)."""
+def read_grid(path: str | Path, overrides: Mapping[str, Any] | None = None) -> GridFile:
+    """A grid file's experiment, base config, axes, cases and ``gpus_per_cell``, checked but not
+    expanded, so that ``--dry-run`` can list cells as they are built (:func:`iter_cells`)."""
     raw = load_yaml(path, "grid", "pass an existing grid YAML file (docs/sweeps.md)")
     unknown = sorted(set(raw) - set(GRID_KEYS))
     if unknown:
@@ -120,13 +141,7 @@ def read_grid(
         repeated = sorted(text for text, count in Counter(map(repr, values)).items() if count > 1)
         if repeated:
             raise ConfigError(f"grid {path}: axis '{name}' repeats {', '.join(repeated)}; list each value once")
-    size = math.prod(len(v) for v in axes.values())
-    if size > MAX_GRID_CELLS:
-        lengths = " x ".join(str(len(v)) for v in axes.values())
-        raise ConfigError(
-            f"grid {path} has {size:,} cells ({lengths}), above {MAX_GRID_CELLS:,}, the most one sweep "
-            "validates and holds before running; split it into several grids"
-        )
+    cases = read_cases(path, raw.get("cases"), axes)
     gpus_per_cell = raw.get("gpus_per_cell")
     if gpus_per_cell is not None:
         gpus_per_cell = check_gpus_per_cell(gpus_per_cell, f"grid {path}: gpus_per_cell")
@@ -135,12 +150,33 @@ def read_grid(
         raise ConfigError(f"grid {path}: 'experiment' ({experiment!r}) must be a name, e.g. experiment: mini-table1")
     base = deep_merge(base, dict(overrides or {}))
     base = deep_merge(base, {"tracking": {"experiment": experiment}})
-    return experiment, base, axes, gpus_per_cell
+    grid = GridFile(experiment, base, axes, cases, gpus_per_cell)
+    if grid.size > MAX_GRID_CELLS:
+        lengths = " x ".join(str(n) for n in ([len(cases)] if cases else []) + [len(v) for v in axes.values()])
+        raise ConfigError(
+            f"grid {path} has {grid.size:,} cells ({lengths}), above {MAX_GRID_CELLS:,}, the most one sweep "
+            "validates and holds before running; split it into several grids"
+        )
+    return grid
 
 
-def expand(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> list[Cell]:
-    """The cartesian product of ``axes`` applied to ``base``, in file order."""
-    return list(iter_cells(base, axes))
+def read_cases(path: str | Path, cases: Any, axes: Mapping[str, list[Any]]) -> tuple[dict[str, Any], ...]:
+    """A grid's ``cases``: non-empty mappings of dotted keys, none repeated and none setting an axis
+    (which would make the axis' value depend on the order of the two)."""
+    if cases is None:
+        return ()
+    example = "e.g. cases: [{data.num_clients: 120, clients_per_round: 12}]"
+    if not isinstance(cases, list) or not cases or not all(isinstance(c, Mapping) and c for c in cases):
+        raise ConfigError(f"grid {path}: 'cases' must be a non-empty list of mappings of dotted config keys, {example}")
+    for number, case in enumerate(cases, start=1):
+        shared = sorted(set(case) & set(axes))
+        if shared:
+            raise ConfigError(f"grid {path}: case {number} sets {', '.join(map(repr, shared))}, also an axis; "
+                              "set each key in the axes or in the cases, not both")
+    repeated = sorted(text for text, count in Counter(repr(sorted(c.items())) for c in cases).items() if count > 1)
+    if repeated:
+        raise ConfigError(f"grid {path}: 'cases' repeats {', '.join(repeated)}; list each case once")
+    return tuple(dict(c) for c in cases)
 
 
 def check_method_options(config: RunConfig) -> None:
@@ -156,11 +192,15 @@ def check_method_options(config: RunConfig) -> None:
         parse(config.options)
 
 
-def iter_cells(base: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> Iterator[Cell]:
-    """The cells of :func:`expand` one at a time, each validated as it is built."""
+def iter_cells(
+    base: Mapping[str, Any], axes: Mapping[str, list[Any]], cases: Sequence[Mapping[str, Any]] = ()
+) -> Iterator[Cell]:
+    """Every case (or none) × the cartesian product of ``axes``, applied to ``base`` in file order,
+    one cell at a time, each validated as it is built."""
     names = list(axes)
-    for index, combo in enumerate(itertools.product(*(axes[n] for n in names))):
-        values = dict(zip(names, combo, strict=True))
+    combos = itertools.product(cases or [{}], itertools.product(*(axes[n] for n in names)))
+    for index, (case, combo) in enumerate(combos):
+        values = {**case, **dict(zip(names, combo, strict=True))}
         try:
             config = build_dataclass(RunConfig, with_preset(deep_merge(base, dotted_to_nested(values))))
             check_method_options(config)

@@ -47,6 +47,34 @@ def test_a_grid_expands_to_the_cartesian_product_with_distinct_keys(grid_file):
     assert all(c.config.tracking.experiment == "tiny-grid" for c in grid.cells)
 
 
+def test_cases_set_keys_together_and_multiply_with_the_axes(tmp_path):
+    """Fig. 5(a): NeuLite at several fleet sizes, 10 % of them per round, and FedAvg at one."""
+    path = tmp_path / "cases.yaml"
+    path.write_text(textwrap.dedent("""
+        base: {rounds: 1, data: {dataset: synthetic, partition: iid}}
+        cases:
+          - {method: neulite, data.num_clients: 20, clients_per_round: 2}
+          - {method: neulite, data.num_clients: 40, clients_per_round: 4}
+          - {method: fedavg, data.num_clients: 20, clients_per_round: 2}
+        axes:
+          seed: [1, 2]
+    """))
+    grid = sweep.load_grid(path)
+    assert [c.values for c in grid.cells] == [
+        {"method": m, "data.num_clients": n, "clients_per_round": n // 10, "seed": seed}
+        for m, n in [("neulite", 20), ("neulite", 40), ("fedavg", 20)] for seed in (1, 2)
+    ]
+    assert [(c.config.method, c.config.data.num_clients, c.config.clients_per_round, c.config.seed)
+            for c in grid.cells][2:4] == [("neulite", 40, 4, 1), ("neulite", 40, 4, 2)]
+    assert len({c.config.run_key for c in grid.cells}) == 6
+    assert [c.index for c in grid.cells] == list(range(6))
+    assert sweep.read_grid(path).size == 6
+    dry = CliRunner().invoke(app, ["sweep", str(path), "--dry-run"], env={"COLUMNS": "200"})
+    assert dry.exit_code == 0, dry.output
+    assert "6 cells of experiment 'cases'" in dry.output
+    assert "method=fedavg, data.num_clients=20, clients_per_round=2, seed=2" in dry.output
+
+
 def test_a_failing_cell_is_recorded_and_finished_cells_are_skipped_next_time(grid_file, tracking_uri):
     grid = sweep.load_grid(grid_file)
     first = sweep.run_grid(grid, tracking_uri=tracking_uri)
@@ -117,6 +145,12 @@ def test_dry_run_lists_cells_without_running(grid_file):
         ("base: {method: fedavg}\naxes: {options.mu: [0.1]}\n", "grid cell 0 (options.mu=0.1): "),
         ("axes: {seed: [1, 2, 1]}\n", "axis 'seed' repeats 1; list each value once"),
         ("experiment: [a]\n", "'experiment' (['a']) must be a name"),
+        ("cases: {method: fedavg}\n", "'cases' must be a non-empty list of mappings of dotted config keys"),
+        ("cases: [{method: fedavg}, {}]\n", "'cases' must be a non-empty list of mappings"),
+        ("cases: [{seed: 1, method: fedavg}]\naxes: {seed: [1, 2]}\n",
+         "case 1 sets 'seed', also an axis; set each key in the axes or in the cases, not both"),
+        ("cases: [{seed: 1}, {seed: 1}]\n", "'cases' repeats [('seed', 1)]; list each case once"),
+        ("cases: [{seed: 1}, {rounds: 0}]\n", "grid cell 1 (rounds=0): rounds (0) must be >= 1"),
     ],
 )
 def test_a_bad_grid_is_one_line_before_anything_runs(tmp_path, text, fragment):

@@ -27,7 +27,7 @@ from fedbench.errors import ConfigError, FedbenchError
 
 @app.command("sweep")
 def sweep_command(
-    grid_file: Annotated[str, typer.Argument(help="Grid YAML: experiment, base (a run config), axes (dotted key: [values]).")],
+    grid_file: Annotated[str, typer.Argument(help="Grid YAML: experiment, base (a run config), axes (dotted key: list of values), cases (settings that go together); docs/sweeps.md.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and their run keys; run nothing.")] = False,
     rerun: Annotated[bool, typer.Option("--rerun", help="Run cells again even if a FINISHED run exists.")] = False,
     max_parallel: Annotated[int, typer.Option(help="Cells run at once, each in its own process.")] = 1,
@@ -88,10 +88,7 @@ def _dry_run(grid_file: str) -> None:
     """List the cells one line each, as each is validated, so a large grid shows progress at once."""
     from fedbench import sweep  # lazy: torch loads only when a grid runs
 
-    experiment, base, axes, _ = sweep.read_grid(grid_file)
-    count = 1
-    for values in axes.values():
-        count *= len(values)
-    out.print(f"{count} cells of experiment '{experiment}' (#, cell, run key):", highlight=False)
-    for cell in sweep.iter_cells(base, axes):
+    grid = sweep.read_grid(grid_file)
+    out.print(f"{grid.size} cells of experiment '{grid.experiment}' (#, cell, run key):", highlight=False)
+    for cell in grid.cells():
         out.print(f"{cell.index}\t{cell.label}\t{cell.config.run_key}", highlight=False, soft_wrap=True)
