@@ -2,8 +2,9 @@
 
 Read from the official tree ``train/ valid/ test/``, each with one folder of
 PNGs per class, or straight from the distributed ``CINIC-10.tar.gz`` (no
-extraction needed). When no copy is found, the archive (about 690 MB) is downloaded
-once from the University of Edinburgh's DataShare into the user cache. Like the
+extraction needed). When no copy is found, the archive (687,544,992 bytes) is downloaded
+once from the University of Edinburgh's DataShare into the user cache and kept only if
+its MD5 is the official archive's. Like the
 paper, ``cinic10`` trains on ``train`` and tests on ``test``; ``cinic10-trainval``
 trains on ``train`` + ``valid`` (180,000 images). CINIC-10 images are CIFAR-sized,
 so they get the CIFAR pipeline (spec common.md §1.3).
@@ -29,8 +30,14 @@ SIZE_PX = 32
 CROP_PADDING_PX = 4
 ARCHIVE = "CINIC-10.tar.gz"
 SUBDIR = "cinic-10"
-# The link of the official repository's README (github.com/BayesWatch/cinic-10).
-DOWNLOAD_URL = "https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz"
+# Tried in order; the first whose bytes have ARCHIVE_MD5 is kept. DataShare's direct file
+# endpoint, then the link of the official repository's README (github.com/BayesWatch/cinic-10),
+# on DataShare's current host. A link that answers with a web page is discarded by its checksum.
+DOWNLOAD_URLS = (
+    "https://datashare.ed.ac.uk/server/api/core/bitstreams/e8e186cc-2688-48f1-aa5a-3fda1a43f8b6/content",
+    "https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz",
+)
+ARCHIVE_MD5 = "6ee4d0c996905fe93221de577967a372"
 
 
 def _layout(splits: tuple[str, ...]) -> Layout:
@@ -75,7 +82,8 @@ def _archive_splits(archive: Path, splits: tuple[str, ...]) -> dict[str, tuple[l
                     found[split].append((CLASSES.index(cls), f"{archive}:{member.name}", payload))
     except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
         raise DataCorruptError(
-            f"{archive} cannot be read to the end ({type(exc).__name__}: {exc}); it may be truncated: fetch it again"
+            f"{archive} cannot be read to the end ({type(exc).__name__}: {exc}); it may be truncated: "
+            "delete it and fetch it again"
         ) from exc
     result = {}
     for split, members in found.items():
@@ -87,9 +95,13 @@ def _archive_splits(archive: Path, splits: tuple[str, ...]) -> dict[str, tuple[l
 
 
 def _download() -> Path | None:
-    """The official archive into the user cache; None when offline (the loader reads it as is)."""
+    """The official archive into the user cache (the loader reads it as is); None when no link
+    gave a file with the official checksum (offline, a moved link)."""
     folder = user_cache_dir() / SUBDIR
-    return folder if download_file(DOWNLOAD_URL, folder / ARCHIVE) is not None else None
+    for url in DOWNLOAD_URLS:
+        if download_file(url, folder / ARCHIVE, md5=ARCHIVE_MD5) is not None:
+            return folder
+    return None
 
 
 def _load(data_dir: str | None, train_splits: tuple[str, ...], name: str) -> ImageDataset:

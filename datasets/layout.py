@@ -97,20 +97,32 @@ def find(layout: Layout, data_dir: str | None, download: Callable[[], Path | Non
     raise not_found(layout.name, data_dir, layout.subdir, layout.system_dirs, layout.how_to_get)
 
 
-def download_file(url: str, destination: Path, *, chunk_bytes: int = 1 << 20) -> Path | None:
+def download_file(url: str, destination: Path, *, md5: str | None = None, chunk_bytes: int = 1 << 20) -> Path | None:
     """Fetch ``url`` to ``destination`` atomically (``<name>.part``, then rename), or return
-    None after logging why (offline, HTTP error, disk full), so the caller's not-found error,
-    which says how to get the data by hand, is what the user sees. A download cut short leaves
-    no file that a later search would take for a complete copy."""
-    import shutil
+    None after logging why (offline, HTTP error, disk full, wrong checksum), so the caller's
+    not-found error, which says how to get the data by hand, is what the user sees. A download
+    cut short leaves no file that a later search would take for a complete copy.
+
+    With ``md5``, a file whose checksum differs (an HTML page a moved link answers with
+    HTTP 200, an empty or cut-off body) is deleted rather than cached: once cached, later runs
+    would read it instead of downloading again."""
+    import hashlib
     import urllib.request
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
     log.warning("downloading %s to %s (once; later runs read the cached copy)", url, destination)
+    digest = hashlib.md5(usedforsecurity=False)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            shutil.copyfileobj(response, out, chunk_bytes)
+            while chunk := response.read(chunk_bytes):
+                digest.update(chunk)
+                out.write(chunk)
+        if md5 is not None and digest.hexdigest() != md5:
+            partial.unlink(missing_ok=True)
+            log.warning("download of %s is not the expected file (md5 %s, expected %s); discarded",
+                        url, digest.hexdigest(), md5)
+            return None
         partial.replace(destination)
     except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
         partial.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import pickle
@@ -234,25 +235,60 @@ def test_cinic10_archive_gives_the_same_tensors_as_the_tree(tmp_path):
     assert torch.equal(from_tree.test_labels, from_archive.test_labels)
 
 
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
 def test_cinic10_is_downloaded_once_into_the_cache_when_no_copy_is_found(tmp_path, monkeypatch):
     make_cinic(tmp_path, per_class=1)
     archive = make_cinic_archive(tmp_path, tmp_path / "cinic-10") / cinic10.ARCHIVE
-    monkeypatch.setattr(cinic10, "DOWNLOAD_URL", archive.as_uri())
+    monkeypatch.setattr(cinic10, "DOWNLOAD_URLS", (archive.as_uri(),))
+    monkeypatch.setattr(cinic10, "ARCHIVE_MD5", _md5(archive))
     downloaded = cinic10.load()
     cached = tmp_path / "empty-cache" / "fedbench" / "data" / "cinic-10" / cinic10.ARCHIVE
     assert cached.read_bytes() == archive.read_bytes()
     assert downloaded.num_train == 10 and not list(cached.parent.glob("*.part"))
-    monkeypatch.setattr(cinic10, "DOWNLOAD_URL", (tmp_path / "gone.tar.gz").as_uri())
+    monkeypatch.setattr(cinic10, "DOWNLOAD_URLS", ((tmp_path / "gone.tar.gz").as_uri(),))
     assert torch.equal(cinic10.load().train_images, downloaded.train_images)  # the cached copy, no download
 
 
 def test_a_failed_cinic10_download_leaves_nothing_behind_and_says_how_to_get_the_data(tmp_path, monkeypatch):
-    monkeypatch.setattr(cinic10, "DOWNLOAD_URL", (tmp_path / "offline.tar.gz").as_uri())
+    monkeypatch.setattr(cinic10, "DOWNLOAD_URLS", ((tmp_path / "offline.tar.gz").as_uri(),))
     with pytest.raises(DataNotFoundError, match="datashare.ed.ac.uk") as info:
         cinic10.load()
     assert "\n" not in str(info.value)
     cache = tmp_path / "empty-cache" / "fedbench" / "data" / "cinic-10"
     assert not cache.exists() or not list(cache.iterdir())  # no .part a later search could mistake
+
+
+def test_the_cinic10_links_and_checksum_are_the_official_archives():
+    """DataShare's file endpoint for the archive, the README's link, and the archive's MD5."""
+    assert cinic10.DOWNLOAD_URLS == (
+        "https://datashare.ed.ac.uk/server/api/core/bitstreams/e8e186cc-2688-48f1-aa5a-3fda1a43f8b6/content",
+        "https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz",
+    )
+    assert cinic10.ARCHIVE_MD5 == "6ee4d0c996905fe93221de577967a372"
+
+
+@pytest.mark.parametrize("body", [b"", b"<html><head><title>DataShare</title></head></html>"], ids=["empty", "html"])
+def test_a_cinic10_download_that_is_not_the_official_archive_is_not_cached(tmp_path, monkeypatch, body):
+    """A moved link may answer HTTP 200 with a web page, or with no body (BayesWatch/cinic-10#2).
+    Cached, such a file was read on every later run ("not a gzip file ... fetch it again") and no
+    download was tried again; now it is discarded and the next link is tried."""
+    page = tmp_path / "served"
+    page.write_bytes(body)
+    monkeypatch.setattr(cinic10, "DOWNLOAD_URLS", (page.as_uri(),))
+    with pytest.raises(DataNotFoundError, match="datashare.ed.ac.uk") as info:
+        cinic10.load()
+    assert "\n" not in str(info.value)
+    cache = tmp_path / "empty-cache" / "fedbench" / "data" / "cinic-10"
+    assert not cache.exists() or not list(cache.iterdir())
+    make_cinic(tmp_path, per_class=1)
+    archive = make_cinic_archive(tmp_path, tmp_path / "cinic-10") / cinic10.ARCHIVE
+    monkeypatch.setattr(cinic10, "DOWNLOAD_URLS", (page.as_uri(), archive.as_uri()))
+    monkeypatch.setattr(cinic10, "ARCHIVE_MD5", _md5(archive))
+    assert cinic10.load().num_train == 10
+    assert (cache / cinic10.ARCHIVE).read_bytes() == archive.read_bytes()
 
 
 def test_truncated_cinic_png_is_a_one_line_error_naming_the_file(tmp_path):
