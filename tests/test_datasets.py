@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import pickle
+import struct
 import tarfile
 from pathlib import Path
 
@@ -35,16 +36,59 @@ def _images(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndar
     return rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
 
 
-def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int], label_key: bytes) -> None:
-    """A batch as the official python version stores it: a dict with byte-string keys, rows of 3072 bytes."""
+def _py2_pickle(value: object) -> bytes:
+    """``value`` pickled as Python 2's cPickle (protocol 2) wrote the official CIFAR batches: byte
+    strings as ``str`` (BINSTRING opcodes, read back as bytes with ``encoding="bytes"``), arrays
+    through ``numpy.core.multiarray._reconstruct`` with a numpy-1 dtype state. Python 3's pickle
+    writes bytes through ``_codecs.encode`` and numpy 2 arrays through ``numpy._core``, so a
+    generator built on it would not exercise the path the real files take."""
+
+    def text(raw: bytes) -> bytes:
+        return b"U" + bytes([len(raw)]) + raw if len(raw) < 256 else b"T" + struct.pack("<i", len(raw)) + raw
+
+    def integer(number: int) -> bytes:
+        if 0 <= number < 256:
+            return b"K" + bytes([number])
+        if 0 <= number < 65536:
+            return b"M" + struct.pack("<H", number)
+        return b"J" + struct.pack("<i", number)
+
+    def body(item: object) -> bytes:
+        if isinstance(item, bytes):
+            return text(item)
+        if isinstance(item, int):
+            return integer(item)
+        if isinstance(item, list):
+            return b"](" + b"".join(body(x) for x in item) + b"e"
+        if isinstance(item, dict):
+            return b"}(" + b"".join(body(k) + body(v) for k, v in item.items()) + b"u"
+        array = np.ascontiguousarray(item, dtype=np.uint8)
+        dtype = (b"cnumpy\ndtype\n" + text(b"u1") + integer(0) + integer(1) + b"\x87R("
+                 + integer(3) + text(b"|") + b"NNN" + integer(-1) + integer(-1) + integer(0) + b"tb")
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + integer(0) + b"\x85" + text(b"b")
+                + b"\x87R(" + integer(1) + b"(" + b"".join(integer(d) for d in array.shape) + b"t" + dtype
+                + b"\x89" + text(array.tobytes()) + b"tb")
+
+    return b"\x80\x02" + body(value) + b"."
+
+
+def write_cifar_batch(
+    path: Path, images: np.ndarray, labels: dict[bytes, list[int]], *, python2: bool = True
+) -> None:
+    """A batch as the official python version stores it: a dict with byte-string keys, rows of
+    3072 bytes (1024 R, 1024 G, 1024 B, each row-major), labels as lists of ints; pickled as the
+    real files were (Python 2), or by Python 3's pickle with ``python2=False``."""
     batch = {
-        b"batch_label": path.name.encode(),
-        label_key: list(labels),
         b"data": images.reshape(images.shape[0], -1),
+        **{key: [int(v) for v in values] for key, values in labels.items()},
+        b"batch_label": path.name.encode(),
         b"filenames": [f"img_{i}.png".encode() for i in range(images.shape[0])],
     }
-    with path.open("wb") as handle:
-        pickle.dump(batch, handle, protocol=2)
+    if python2:
+        path.write_bytes(_py2_pickle(batch))
+    else:
+        with path.open("wb") as handle:
+            pickle.dump(batch, handle, protocol=2)
 
 
 def make_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
@@ -54,7 +98,7 @@ def make_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> dict[str, np.
     written = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         images, labels = _images(rng, per_batch, (3, 32, 32)), rng.integers(0, 10, per_batch)
-        write_cifar_batch(folder / name, images, labels.tolist(), b"labels")
+        write_cifar_batch(folder / name, images, {b"labels": labels.tolist()})
         written[name] = (images, labels)
     return written
 
@@ -66,7 +110,8 @@ def make_cifar100(root: Path, n: int = 6, seed: int = 0) -> dict[str, tuple[np.n
     written = {}
     for name in ("train", "test"):
         images, labels = _images(rng, n, (3, 32, 32)), rng.integers(0, 100, n)
-        write_cifar_batch(folder / name, images, labels.tolist(), b"fine_labels")
+        coarse = (labels // 5).tolist()  # the real files hold both; fedbench reads the fine ones
+        write_cifar_batch(folder / name, images, {b"fine_labels": labels.tolist(), b"coarse_labels": coarse})
         written[name] = (images, labels)
     return written
 
@@ -185,6 +230,38 @@ def test_cifar100_reads_the_fine_labels(tmp_path):
     assert data.num_classes == 100
     assert np.array_equal(data.train_labels.numpy(), written["train"][1])
     assert np.array_equal(data.test_images.numpy(), written["test"][0])
+
+
+@pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
+def test_cifar_batches_in_the_python2_format_load_as_torchvision_reads_them(tmp_path, monkeypatch, variant):
+    """The generated files are the real ones' layout (cPickle protocol 2, numpy.core globals, str
+    payloads): torchvision's own CIFAR reader gives the same pixels (HWC there, CHW here) and labels."""
+    torchvision = pytest.importorskip("torchvision")
+    make = make_cifar10 if variant == "cifar10" else make_cifar100
+    make(tmp_path)
+    folder = tmp_path / ("cifar-10-batches-py" if variant == "cifar10" else "cifar-100-python")
+    raw = (folder / ("test_batch" if variant == "cifar10" else "test")).read_bytes()
+    assert b"cnumpy.core.multiarray\n_reconstruct" in raw and b"_codecs" not in raw and b"numpy._core" not in raw
+    reference_class = getattr(torchvision.datasets, variant.upper())
+    monkeypatch.setattr(reference_class, "_check_integrity", lambda self: True)  # generated, not the real md5s
+    monkeypatch.setattr(reference_class, "_load_meta", lambda self: None)  # batches.meta/meta: not read by fedbench
+    data = (cifar.load_cifar10 if variant == "cifar10" else cifar.load_cifar100)(str(tmp_path))
+    for train, images, labels in ((True, data.train_images, data.train_labels),
+                                  (False, data.test_images, data.test_labels)):
+        reference = reference_class(str(tmp_path), train=train)
+        assert np.array_equal(images.numpy(), reference.data.transpose(0, 3, 1, 2))
+        assert labels.tolist() == list(reference.targets)
+
+
+def test_cifar_batches_pickled_by_python3_load_too(tmp_path):
+    """A copy re-pickled by Python 3 (bytes through _codecs.encode, numpy._core globals) is read alike."""
+    written = make_cifar10(tmp_path)
+    for name, (images, labels) in written.items():
+        write_cifar_batch(tmp_path / "cifar-10-batches-py" / name, images, {b"labels": labels.tolist()},
+                          python2=False)
+    data = cifar.load_cifar10(str(tmp_path))
+    assert np.array_equal(data.test_images.numpy(), written["test_batch"][0])
+    assert np.array_equal(data.test_labels.numpy(), written["test_batch"][1])
 
 
 def test_cifar10_is_found_under_fedbench_data(tmp_path, monkeypatch):
