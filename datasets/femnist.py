@@ -3,11 +3,15 @@
 Read from LEAF's JSON shards ``train/*.json`` and ``test/*.json`` (the output of
 LEAF's ``preprocess.sh``; the ``data/`` folder of ``leaf/data/femnist`` works
 too). Each shard holds ``users``, ``num_samples`` and ``user_data`` (per user
-``x``: 784 floats in [0, 1], ``y``: labels 0..61). LEAF splits each writer's
-samples into train and test, so the test set is the union of the test shards.
-The writer of every training sample is kept in ``train_writers`` for the
-``natural`` partitioner. Pixels are stored as uint8 (round(x·255)); the
-normalisation is the training set's own per-pixel mean and std. No
+``x``: 784 floats in [0, 1], ``y``: labels 0..61 — digits, then upper-, then
+lower-case letters). LEAF's ``x`` is the 8-bit grey NIST scan divided by 255:
+1.0 is the white background and ink is near 0 (the reverse of MNIST); it is
+kept so, not inverted. Only the users listed in ``users`` are read (LEAF's
+split leaves empty ``user_data`` entries for writers it dropped). LEAF splits
+each writer's samples into train and test, so the test set is the union of the
+test shards. The writer of every training sample is kept in ``train_writers``
+for the ``natural`` partitioner. Pixels are stored as uint8 (round(x·255)); the
+normalisation is the mean and std of all the training set's pixels. No
 augmentation: mirroring a character changes it.
 """
 

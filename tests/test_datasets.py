@@ -147,8 +147,21 @@ def make_cinic_archive(root: Path, tree: Path) -> Path:
     return folder
 
 
+def _leaf_character(rng: np.random.Generator) -> list[float]:
+    """One image as LEAF's data_to_json.py stores it: the NIST scan (dark ink on white) as 8-bit
+    grey, 28×28, flattened and divided by 255, so 1.0 is the white background and ink is near 0."""
+    image = np.full((28, 28), 255, dtype=np.uint8)
+    top, left = rng.integers(4, 12, size=2)
+    image[top : top + 12, left : left + 3] = rng.integers(0, 60, size=(12, 3))  # a stroke
+    image[top : top + 12, left + 3] = rng.integers(60, 255, size=12)  # its anti-aliased edge
+    return (image.flatten() / 255).tolist()
+
+
 def make_femnist(root: Path, samples_per_writer: tuple[int, ...] = (3, 5, 2), seed: int = 0) -> dict:
-    """LEAF's JSON shards: train/ and test/ with users, num_samples, user_data (x: 784 floats in [0,1])."""
+    """LEAF's JSON shards as ``preprocess.sh ... -t sample`` writes them: train/ and test/ with the
+    same users, num_samples, user_data (x: 784 floats in [0, 1], 1.0 = white background; y: 0..61).
+    Like LEAF's split_data.py, user_data also holds an empty entry for a writer it dropped from
+    ``users`` (fewer than 2 samples)."""
     rng = np.random.default_rng(seed)
     users = [f"f{index:04d}_{index + 10:02d}" for index in range(len(samples_per_writer))]
     written = {}
@@ -156,8 +169,9 @@ def make_femnist(root: Path, samples_per_writer: tuple[int, ...] = (3, 5, 2), se
         (root / "femnist" / split).mkdir(parents=True)
         user_data = {}
         for user, count in zip(users, counts, strict=True):
-            pixels = rng.integers(0, 256, size=(count, 784)) / 255.0
-            user_data[user] = {"x": pixels.tolist(), "y": rng.integers(0, 62, count).tolist()}
+            pixels = [_leaf_character(rng) for _ in range(count)]
+            user_data[user] = {"x": pixels, "y": rng.integers(0, 62, count).tolist()}
+        user_data["f3999_01"] = {"x": [], "y": []}  # dropped by the split, listed in no 'users'
         shard = {"users": users, "num_samples": list(counts), "user_data": user_data}
         (root / "femnist" / split / f"all_data_0_niid_05_keep_0_{split}_9.json").write_text(json.dumps(shard))
         written[split] = shard
@@ -406,6 +420,20 @@ def test_femnist_keeps_the_writer_of_every_training_sample(tmp_path):
     assert data.test_labels.shape == (3,)
     mean, std = pixel_mean_std(data.train_images)
     assert tuple(data.mean) == mean and tuple(data.std) == std
+
+
+def test_femnist_keeps_leafs_polarity_white_background_dark_ink(tmp_path):
+    """LEAF stores x = grey/255 of the NIST scans, so the background is 1.0 (white), unlike MNIST's
+    0; fedbench keeps that (uint8 255 background) and normalises with the training set's own mean
+    and std, under which the background is a small positive value and ink strongly negative."""
+    written = make_femnist(tmp_path, samples_per_writer=(3, 5, 2))
+    data = femnist.load(str(tmp_path))
+    images = data.train_images[:, 0]
+    assert images[:, 0, 0].tolist() == [255] * 10 and images[:, 27, 27].tolist() == [255] * 10
+    assert int(images.min()) < 60 and data.mean[0] > 0.5
+    normalised = data.normalize(data.train_images)
+    assert float(normalised[:, 0, 0, 0].min()) > 0 > float(normalised.min())
+    assert "f3999_01" not in written["train"]["users"] and data.num_train == 10  # user_data's extra entry
 
 
 def test_femnist_accepts_leafs_data_folder(tmp_path):
