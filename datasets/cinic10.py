@@ -4,9 +4,10 @@ Read from the official tree ``train/ valid/ test/``, each with one folder of
 PNGs per class, or straight from the distributed ``CINIC-10.tar.gz`` (no
 extraction needed). When no copy is found, the archive (687,544,992 bytes) is downloaded
 once from the University of Edinburgh's DataShare into the user cache and kept only if
-its MD5 is the official archive's. Like the
-paper, ``cinic10`` trains on ``train`` and tests on ``test``; ``cinic10-trainval``
-trains on ``train`` + ``valid`` (180,000 images). CINIC-10 images are CIFAR-sized,
+its MD5 is the official archive's. ``cinic10`` trains on ``train`` and tests on
+``test`` (the data set's suggested equal split); ``cinic10-trainval`` trains on
+``train`` + ``valid`` (180,000 images), the authors' second benchmark setting. The
+NeuLite paper does not say which of the two it used. CINIC-10 images are CIFAR-sized,
 so they get the CIFAR pipeline (spec common.md §1.3).
 """
 
