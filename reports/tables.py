@@ -93,7 +93,7 @@ def accuracy_table(
     check_metric(metric)
     cells = aggregate(summary, ("method_label", *column_keys)).rename(columns={"method_label": "method"})
     by_model = aggregate(summary, ("method_label", "model")).set_index(["method_label", "model"])
-    columns = sorted({tuple(row[k] for k in column_keys) for _, row in cells.iterrows()}, key=_column_order)
+    columns = sorted({tuple(row[k] for k in column_keys) for _, row in cells.iterrows()}, key=column_order)
     models = sorted({row["model"] for _, row in cells.iterrows()})
     methods = method_order(sorted(set(cells["method"])))
     lookup = {(row["method"], *(row[k] for k in column_keys)): row for _, row in cells.iterrows()}
@@ -147,7 +147,7 @@ def accuracy_table(
     return Table(title, header, tuple(rows), note, keys)
 
 
-def _column_order(column: tuple) -> tuple:
+def column_order(column: tuple) -> tuple:
     # IID before non-IID within a data set; otherwise alphabetical.
     return tuple((0 if is_iid(str(v)) else 1, str(v)) for v in column)
 

@@ -232,6 +232,53 @@ def test_curves_draw_the_seed_mean_per_method_against_round_and_virtual_time(sto
     assert sorted(set(frame["x"])) == [10.0, 20.0, 30.0, 40.0]
 
 
+def _rows(markdown: str) -> dict[str, list[str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("| ").split(" | ")] for line in lines)}
+
+
+def test_time_to_accuracy_gives_each_method_its_first_round_at_the_target_with_speedups(store, tmp_path):
+    """Simulated time 10 s a round: FedAvg gets to 70 % in round 4, NeuLite in round 2 (2×)."""
+    result = _report("tta", "--experiment", "ablation", "--target", "0.7", "--tracking-uri", store["uri"],
+                     "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "tta-0.7.md").read_text() == result.stdout
+    rows = _rows(result.stdout)
+    assert rows["fedavg"] == ["40 s · round 4"]
+    assert rows["neulite"] == ["**20 s · round 2 (2.00×)**"]
+    assert rows["neulite (curriculum_loss=False)"] == ["40 s · round 4 (1.00×)"]
+    assert rows["neulite (co_adaptation=False, round_robin=False)"] == ["30 s · round 3 (1.33×)"]
+    above = _report("tta", "--experiment", "ablation", "--target", "0.78", "--tracking-uri", store["uri"],
+                    "--baseline", "", "--out", str(tmp_path))
+    assert _rows(above.stdout)["fedavg"] == ["not reached (best 70.0)"]
+    assert _rows(above.stdout)["neulite"] == ["**40 s · round 4**"]
+
+
+def test_time_to_accuracy_counts_the_seeds_that_got_there_and_keeps_na_and_missing_cells(store, tmp_path):
+    """Seed 2 of FedAvg reaches 75 % in round 4, seed 1 never: no speed-up against it. No clock
+    logged: rounds only. ExclusiveFL on ResNet34 had PR 0 (NA); HeteroFL logged no accuracy."""
+    result = _report("tta", "--experiment", "grid", "--target", "0.75", "--tracking-uri", store["uri"],
+                     "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| Method"))
+    assert header == "| Method | cifar10 IID resnet18 | cifar10 non-IID α=0.5 resnet18 | cifar10 non-IID α=0.5 resnet34 |"
+    rows = _rows(result.stdout)
+    assert rows["fedavg"] == ["**round 2**", "round 4 (1/2 seeds)", "–"]
+    assert rows["exclusivefl"] == ["–", "**round 3**", "NA"]
+    assert rows["neulite"] == ["–", "**round 3**", "not reached (best 60.0)"]
+    assert rows["heterofl"] == ["–", "–", "–"]
+
+
+def test_time_to_accuracy_averages_the_seeds_that_reached_the_target():
+    from fedbench.reports.time_to_accuracy import Reached, group_of
+
+    group = group_of([Reached(3, 30.0, 0.8), Reached(5, 50.0, 0.9), Reached(None, math.nan, 0.6)])
+    assert (group.seeds, group.reached, group.best) == (3, 2, 0.9)
+    assert group.text(None) == "40 ± 14.1 s · round 4 (2/3 seeds)"
+    assert group_of([Reached(3, 300.0, 0.8), Reached(4, 500.0, 0.8)]).text(1.5) == "400 ± 141 s · round 3.5 (1.50×, n=2)"
+    assert group_of([Reached(None, math.nan, 0.6)]).text(None) == "not reached (best 60.0)"
+
+
 def test_ablation_bars_key_neulite_runs_by_their_options_next_to_fedavg(store, tmp_path):
     from fedbench.reports import figures, series
     from fedbench.reports.runs import load_experiment
@@ -377,6 +424,9 @@ def test_time_report_over_a_fleet_times_each_stages_slowest_selected_device_with
         (["curves", "--experiment", "grid", "--x", "virtual_time"], "no run logged clock/total_s"),
         (["ablation", "--experiment", "broken"], "has no finished runs"),
         (["info-plane", "--run", "0123456789abcdef"], "run '0123456789abcdef' is not in the tracking store"),
+        (["tta", "--experiment", "grid", "--target", "75"], "--target (75) must be an accuracy in (0, 1], e.g. 0.75 "
+         "(for 75 %, give 0.75)"),
+        (["tta", "--experiment", "broken", "--target", "0.5"], "has no finished runs"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_code_2(store, args, expected):
@@ -445,6 +495,7 @@ REPORTS_WITH_OUT = {
     "table2": ["table2", "--experiment", "grid"],
     "curves": ["curves", "--experiment", "grid"],
     "ablation": ["ablation", "--experiment", "ablation"],
+    "tta": ["tta", "--experiment", "ablation", "--target", "0.7"],
     "info-plane": ["info-plane", "--run", "{neulite_run}"],
     "memory": ["memory", "--model", "cnn", "--dataset", "synthetic"],
     "time": ["time", "--model", "cnn", "--dataset", "synthetic", "--samples", "30", "--epochs", "1"],

@@ -43,7 +43,7 @@ class _ReportGroup(TyperGroup):
 
 report_app = typer.Typer(
     cls=_ReportGroup,
-    help="The paper's tables and figures from tracked runs: table1, table2, curves, memory, time, ablation, info-plane.",
+    help="The paper's tables and figures from tracked runs: table1, table2, curves, memory, time, ablation, info-plane; tta (time to accuracy).",
     no_args_is_help=True,
 )
 app.add_typer(report_app, name="report")
@@ -179,6 +179,41 @@ def curves_command(
     _warn(warnings + more)
     fig = figures.curves_figure(frame, series.X_AXES[x])
     _print_paths(_save(fig, out_dir or OUT_ROOT / folder_name(experiment), f"curves-{x}"))
+
+
+@report_app.command("tta")
+def time_to_accuracy_command(
+    target: Annotated[float, typer.Option(help="Test accuracy to reach, a fraction in (0, 1], e.g. 0.75.")],
+    experiment: Experiment = "fedbench",
+    tracking_uri: TrackingUri = None,
+    baseline: Annotated[str, typer.Option(
+        help="Row whose time the others' speed-ups divide ('' for none)." + default_note("fedavg"))] = "fedavg",
+    fmt: Annotated[str, typer.Option("--format", help="md, tex or csv." + default_note("md"))] = "md",
+    out_dir: OutDir = None,
+    verbose: Verbose = False,
+) -> None:
+    """Time to accuracy: simulated time and round at which each method first reaches --target."""
+    # lazy: pandas loads only when a report is drawn
+    from fedbench.reports import render
+    from fedbench.reports.runs import load_experiment
+    from fedbench.reports.summary import ACCURACY, VIRTUAL_TIME
+    from fedbench.reports.time_to_accuracy import check_target, time_to_accuracy
+
+    setup_logging(verbose)
+    try:
+        check_target(target)  # before reading the store: a typo should not cost a query
+        render.check_format(fmt)
+        _check_out(out_dir)
+        summary, history, warnings = load_experiment(experiment, tracking_uri, keys=(ACCURACY, VIRTUAL_TIME))
+        table = time_to_accuracy(summary, history, target, baseline or None)
+        text = render.render(table, fmt)
+        folder = render.check_out_dir(out_dir or OUT_ROOT / render.folder_name(experiment))
+        path = render.write_out(folder / f"tta-{target:g}.{fmt}", lambda t: t.write_text(text, encoding="utf-8"))
+    except FedbenchError as exc:
+        raise fail(exc) from None
+    _warn(warnings)
+    typer.echo(text, nl=False)
+    err.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
 @report_app.command("ablation")
