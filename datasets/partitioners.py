@@ -157,7 +157,7 @@ def natural(
 
     With ``num_clients`` equal to the number of writers every writer is a
     client. With fewer, a seeded random choice of ``num_clients`` writers
-    become the clients (the paper's FEMNIST runs use 120/240/500 devices) and
+    become the clients (how the Fig. 5(a) grid makes 120/240/500 devices) and
     the other writers' samples are left out of training. Clients are ordered
     by writer id. More clients than writers is an error. A writer appears in
     the data only with samples, so no client is empty.

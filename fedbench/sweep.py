@@ -166,17 +166,68 @@ def read_cases(path: str | Path, cases: Any, axes: Mapping[str, list[Any]]) -> t
     if cases is None:
         return ()
     example = "e.g. cases: [{data.num_clients: 120, clients_per_round: 12}]"
-    if not isinstance(cases, list) or not cases or not all(isinstance(c, Mapping) and c for c in cases):
+    if not isinstance(cases, list) or not cases:
         raise ConfigError(f"grid {path}: 'cases' must be a non-empty list of mappings of dotted config keys, {example}")
     for number, case in enumerate(cases, start=1):
+        if not isinstance(case, Mapping) or not case:
+            raise ConfigError(f"grid {path}: case {number} ({case!r}) must be a non-empty mapping of dotted "
+                              f"config keys, {example}")
+        leaf_settings(case, f"case {number}")  # keys are names, no setting given twice
         shared = sorted(set(case) & set(axes))
         if shared:
             raise ConfigError(f"grid {path}: case {number} sets {', '.join(map(repr, shared))}, also an axis; "
                               "set each key in the axes or in the cases, not both")
-    repeated = sorted(text for text, count in Counter(repr(sorted(c.items())) for c in cases).items() if count > 1)
+    repeated = sorted(text for text, count in Counter(repr(sorted(leaf_settings(c).items())) for c in cases).items()
+                      if count > 1)
     if repeated:
         raise ConfigError(f"grid {path}: 'cases' repeats {', '.join(repeated)}; list each case once")
     return tuple(dict(c) for c in cases)
+
+
+def leaf_settings(values: Mapping[Any, Any], source: str = "", prefix: str = "") -> dict[str, Any]:
+    """``values`` (dotted keys, nested mappings, or both) as one dotted key per setting:
+    ``{data.alpha: 0.1, data: {num_clients: 12}}`` -> ``{data.alpha: 0.1, data.num_clients: 12}``.
+    A setting given twice (``data.alpha`` and ``data: {alpha: ...}``) is a :class:`ConfigError`
+    naming ``source``: which one wins would otherwise depend on the order of the keys. A grid's
+    cells are all tracked as the grid says, so ``tracking`` is set in its base, never per cell."""
+    settings: dict[str, Any] = {}
+    for key, value in values.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{source} has the key {key!r}, which is not a config key; keys are dotted names "
+                              "such as data.alpha")
+        dotted = f"{prefix}{key}"
+        if dotted.split(".")[0] == "tracking":
+            raise ConfigError(f"{source} sets {dotted!r}; every cell of a grid is tracked alike: set tracking in "
+                              "'base' and the experiment with 'experiment:'")
+        inner = leaf_settings(value, source, f"{dotted}.") if isinstance(value, Mapping) and value else {dotted: value}
+        for name, setting in inner.items():
+            clash = _clash(settings, name)
+            if clash is not None:
+                raise ConfigError(f"{source} gives {clash!r} and {name!r}; give each setting once")
+            settings[name] = setting
+    return settings
+
+
+def _clash(settings: Mapping[str, Any], name: str) -> str | None:
+    """The setting among ``settings`` that ``name`` would overwrite or lie inside, if any."""
+    return next((k for k in settings if k == name or name.startswith(f"{k}.") or k.startswith(f"{name}.")), None)
+
+
+def cell_overrides(case: Mapping[str, Any], case_number: int | None, axis_values: Mapping[str, Any]) -> dict[str, Any]:
+    """The nested overrides of one cell: its case's settings and each axis' value, none of which may
+    set what another sets (an axis ``data: [{alpha: 0.1}]`` next to a case's ``data.alpha``)."""
+    settings: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    sources = ([(f"case {case_number}", case)] if case_number is not None else []) + [
+        (f"axis {name!r}", {name: value}) for name, value in axis_values.items()]
+    for source, values in sources:
+        for name, value in leaf_settings(values, source).items():
+            clash = _clash(settings, name)
+            if clash is not None:
+                raise ConfigError(f"{owner[clash]} sets {clash!r} and {source} sets {name!r}; give each setting once")
+            settings[name] = value
+            owner[name] = source
+    return dotted_to_nested(settings)
 
 
 def check_method_options(config: RunConfig) -> None:
@@ -198,11 +249,14 @@ def iter_cells(
     """Every case (or none) × the cartesian product of ``axes``, applied to ``base`` in file order,
     one cell at a time, each validated as it is built."""
     names = list(axes)
-    combos = itertools.product(cases or [{}], itertools.product(*(axes[n] for n in names)))
-    for index, (case, combo) in enumerate(combos):
-        values = {**case, **dict(zip(names, combo, strict=True))}
+    numbered = list(enumerate(cases, start=1)) or [(None, {})]
+    combos = itertools.product(numbered, itertools.product(*(axes[n] for n in names)))
+    for index, ((case_number, case), combo) in enumerate(combos):
+        axis_values = dict(zip(names, combo, strict=True))
+        values = {**case, **axis_values}
         try:
-            config = build_dataclass(RunConfig, with_preset(deep_merge(base, dotted_to_nested(values))))
+            overrides = cell_overrides(case, case_number, axis_values)
+            config = build_dataclass(RunConfig, with_preset(deep_merge(base, overrides)))
             check_method_options(config)
         except ConfigError as exc:
             raise ConfigError(f"grid cell {index} ({', '.join(f'{k}={v}' for k, v in values.items())}): {exc}") from exc

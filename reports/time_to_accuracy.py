@@ -103,14 +103,36 @@ def group_of(reaches: Sequence[Reached]) -> Group:
     )
 
 
+def baseline_rows(
+    labels_by_column: dict[tuple, list[str]], methods: dict[str, str], baseline: str
+) -> tuple[dict[tuple, str], list[str]]:
+    """Per column, the row the speed-ups divide: the row labelled ``baseline``, else the one row of
+    method ``baseline`` (``fedavg`` finds ``fedavg (rounds=8)`` when it is the only FedAvg row
+    there). Warnings where a column has several candidates or no column has any."""
+    chosen: dict[tuple, str] = {}
+    warnings = []
+    for column, labels in labels_by_column.items():
+        exact = [label for label in labels if label == baseline]
+        candidates = exact or [label for label in labels if methods.get(label) == baseline]
+        if len(candidates) == 1:
+            chosen[column] = candidates[0]
+        elif candidates:
+            warnings.append(f"{len(candidates)} rows of {baseline} in {' '.join(map(str, column))} "
+                            f"({'; '.join(candidates)}): no speed-ups there; name one with --baseline 'LABEL'")
+    if not chosen and not warnings:
+        rows = sorted({label for labels in labels_by_column.values() for label in labels})
+        warnings.append(f"no row is {baseline!r}, so no speed-ups are shown; --baseline takes a row: {'; '.join(rows)}")
+    return chosen, warnings
+
+
 def time_to_accuracy(
     summary: pd.DataFrame, history: pd.DataFrame, target: float, baseline: str | None = "fedavg"
-) -> Table:
+) -> tuple[Table, list[str]]:
     """Methods × (data set, partition, model): the simulated time and round at which each
-    configuration's seeds first reached ``target``. Where ``baseline`` (a row label) reached it
-    with every seed in a column, each other row that did too shows its speed-up, the baseline's
-    time over its own (rounds where no clock was logged). Bold: the fastest row reached by all
-    its seeds in each column."""
+    configuration's seeds first reached ``target``, and warnings. Where the ``baseline`` row
+    (:func:`baseline_rows`) reached it with every seed in a column, each other row that did too
+    shows its speed-up, the baseline's time over its own (rounds where no clock was logged).
+    Bold: the fastest row reached by all its seeds in each column."""
     check_target(target)
     if summary.empty:
         raise ConfigError("no finished runs to tabulate; run some first (fedbench run / fedbench sweep)")
@@ -122,6 +144,9 @@ def time_to_accuracy(
             no_device.add(keys)
     columns = sorted({k[1:] for k in groups}, key=column_order)
     methods = method_order([k[0] for k in groups])
+    labels_by_column = {column: [k[0] for k in groups if k[1:] == column] for column in columns}
+    method_of = dict(zip(summary["method_label"], summary["method"], strict=True))
+    bases, warnings = baseline_rows(labels_by_column, method_of, baseline) if baseline else ({}, [])
 
     def cost(group: Group) -> float:
         return group.seconds.mean if not group.seconds.missing else group.rounds.mean
@@ -134,9 +159,9 @@ def time_to_accuracy(
             if group is None or (method, *column) in no_device:
                 cells.append(Cell(MISSING if group is None else NOT_APPLICABLE))
                 continue
-            base = groups.get((baseline, *column)) if baseline else None
+            base = groups.get((bases[column], *column)) if column in bases else None
             speedup = None
-            if base is not None and base.all_reached and group.all_reached and method != baseline:
+            if base is not None and base.all_reached and group.all_reached and method != bases[column]:
                 same_unit = base.seconds.missing == group.seconds.missing
                 speedup = cost(base) / cost(group) if same_unit and cost(group) > 0 else None
             cells.append(Cell(group.text(speedup), value=cost(group) if group.all_reached else math.nan))
@@ -147,16 +172,16 @@ def time_to_accuracy(
             if values and row[j].value == min(values):
                 row[j] = Cell(row[j].text, bold=True, value=row[j].value)
     header = ("Method", *(" ".join(map(str, c)) for c in columns))
-    title = f"Time to {100 * target:g} % test accuracy: simulated time and round of the first evaluation at or above it"
+    title = f"Time to {100 * target:.10g} % test accuracy: simulated time and round of the first evaluation at or above it"
     note = (
         "Simulated time: the virtual clock (`clock/total_s`) at that round (the round alone for runs that logged no clock); mean ± sample std over the seeds "
         "that reached the target, with how many did where not all; the round is 1-based and as fine as the "
         "run's evaluations (`eval_every`). "
-        + (f"×: speed-up over {baseline}, its time over the row's, where every seed of both got there. "
-           if baseline else "")
+        + (f"×: speed-up over {' / '.join(sorted(set(bases.values())))}, its time over the row's, where every "
+           "seed of both got there. " if bases else "")
         + f"Bold: the fastest configuration every seed of which got there; {MISSING}: not run; "
         f"{NOT_APPLICABLE}: PR 0, the method cannot run."
     )
     keys = (None, *({"metric": "time_to_accuracy", **dict(zip(COLUMN_KEYS, map(str, c), strict=True))}
                     for c in columns))
-    return Table(title, header, tuple(tuple(r) for r in rows), note, keys)
+    return Table(title, header, tuple(tuple(r) for r in rows), note, keys), warnings

@@ -252,6 +252,25 @@ def test_time_to_accuracy_gives_each_method_its_first_round_at_the_target_with_s
                     "--baseline", "", "--out", str(tmp_path))
     assert _rows(above.stdout)["fedavg"] == ["not reached (best 70.0)"]
     assert _rows(above.stdout)["neulite"] == ["**40 s · round 4**"]
+    missing = _report("tta", "--experiment", "ablation", "--target", "0.7", "--tracking-uri", store["uri"],
+                      "--baseline", "nosuch", "--out", str(tmp_path))
+    assert missing.exit_code == 0, missing.output
+    assert "no row is 'nosuch', so no speed-ups are shown; --baseline takes a row: fedavg; neulite" in " ".join(
+        missing.output.split())
+    assert "×" not in missing.stdout
+
+
+def test_time_to_accuracy_finds_the_baseline_by_method_where_its_row_has_a_longer_label():
+    from fedbench.reports.time_to_accuracy import baseline_rows
+
+    methods = {"fedavg (rounds=8)": "fedavg", "fedavg (rounds=6)": "fedavg", "neulite": "neulite", "fedavg": "fedavg"}
+    chosen, warnings = baseline_rows({("a",): ["fedavg (rounds=8)", "neulite"], ("b",): ["neulite"]}, methods, "fedavg")
+    assert chosen == {("a",): "fedavg (rounds=8)"} and warnings == []
+    chosen, warnings = baseline_rows({("a",): ["fedavg (rounds=8)", "fedavg (rounds=6)"]}, methods, "fedavg")
+    assert chosen == {} and warnings == ["2 rows of fedavg in a (fedavg (rounds=8); fedavg (rounds=6)): no speed-ups "
+                                         "there; name one with --baseline 'LABEL'"]
+    chosen, _ = baseline_rows({("a",): ["fedavg (rounds=8)", "fedavg"]}, methods, "fedavg")
+    assert chosen == {("a",): "fedavg"}
 
 
 def test_time_to_accuracy_counts_the_seeds_that_got_there_and_keeps_na_and_missing_cells(store, tmp_path):

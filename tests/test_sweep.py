@@ -75,6 +75,45 @@ def test_cases_set_keys_together_and_multiply_with_the_axes(tmp_path):
     assert "method=fedavg, data.num_clients=20, clients_per_round=2, seed=2" in dry.output
 
 
+def test_cells_that_are_one_run_say_so_in_the_dry_run_and_when_skipped(tmp_path, tracking_uri):
+    """A case that spells out a default is the same run as one that leaves it out: run once."""
+    path = tmp_path / "same.yaml"
+    path.write_text(textwrap.dedent("""
+        base: {method: fedavg, rounds: 1, clients_per_round: 2, train: {local_epochs: 1}, model: {width: 0.25},
+               data: {dataset: synthetic, num_clients: 4, partition: iid}}
+        cases:
+          - {seed: 42}
+          - {seed: 1}
+          - {seed: 42, train.lr: 0.01}
+    """))
+    dry = CliRunner().invoke(app, ["sweep", str(path), "--dry-run"], env={"COLUMNS": "200"})
+    assert dry.exit_code == 0, dry.output
+    lines = [line for line in dry.output.splitlines() if "seed=" in line]
+    assert lines[2].endswith("(the same run as cell #0, run once)") and "same run" not in lines[0] + lines[1]
+    result = CliRunner().invoke(app, ["sweep", str(path), "--tracking-uri", tracking_uri], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "SKIPPED  #2 seed=42, train.lr=0.01 — the same run as cell #0" in result.output
+
+
+def test_cases_mix_dotted_and_nested_keys_without_leaking_into_each_other(tmp_path):
+    """Two cases sharing one YAML mapping (an anchor) and a nested axis: each cell gets exactly the
+    settings its case and axes give, and the file's mappings are left as written."""
+    path = tmp_path / "anchors.yaml"
+    path.write_text(textwrap.dedent("""
+        base: {method: fedavg, rounds: 1, data: {dataset: synthetic, num_clients: 8, partition: iid}}
+        cases:
+          - {data: &small {num_clients: 12}, clients_per_round: 3}
+          - {data: *small, clients_per_round: 4}
+        axes:
+          data.alpha: [0.1, 0.2]
+    """))
+    grid = sweep.load_grid(path)
+    assert [(c.config.data.num_clients, c.config.clients_per_round, c.config.data.alpha) for c in grid.cells] == [
+        (12, 3, 0.1), (12, 3, 0.2), (12, 4, 0.1), (12, 4, 0.2)]
+    assert [c.values["data"] for c in grid.cells] == [{"num_clients": 12}] * 4
+    assert len({c.config.run_key for c in grid.cells}) == 4
+
+
 def test_a_failing_cell_is_recorded_and_finished_cells_are_skipped_next_time(grid_file, tracking_uri):
     grid = sweep.load_grid(grid_file)
     first = sweep.run_grid(grid, tracking_uri=tracking_uri)
@@ -146,7 +185,19 @@ def test_dry_run_lists_cells_without_running(grid_file):
         ("axes: {seed: [1, 2, 1]}\n", "axis 'seed' repeats 1; list each value once"),
         ("experiment: [a]\n", "'experiment' (['a']) must be a name"),
         ("cases: {method: fedavg}\n", "'cases' must be a non-empty list of mappings of dotted config keys"),
-        ("cases: [{method: fedavg}, {}]\n", "'cases' must be a non-empty list of mappings"),
+        ("cases: [{method: fedavg}, {}]\n", "case 2 ({}) must be a non-empty mapping of dotted config keys"),
+        ("cases: [{method: fedavg}, [1]]\n", "case 2 ([1]) must be a non-empty mapping"),
+        ("cases: [{1: 2, method: fedavg}]\n", "case 1 has the key 1, which is not a config key"),
+        ("cases: [{data.alpha: 0.1, data: {alpha: 0.2}}]\n",
+         "case 1 gives 'data.alpha' and 'data.alpha'; give each setting once"),
+        ("cases: [{data.num_clients: 12}]\naxes: {data: [{alpha: 0.1}, {num_clients: 4}]}\n",
+         "grid cell 1 (data.num_clients=12, data={'num_clients': 4}): case 1 sets 'data.num_clients' and axis 'data' "
+         "sets 'data.num_clients'; give each setting once"),
+        ("axes: {data: [{alpha: 0.1}], data.alpha: [0.2]}\n",
+         "axis 'data' sets 'data.alpha' and axis 'data.alpha' sets 'data.alpha'"),
+        ("cases: [{method: fedavg, tracking.experiment: other}]\n",
+         "case 1 sets 'tracking.experiment'; every cell of a grid is tracked alike: set tracking in 'base'"),
+        ("axes: {tracking: [{enabled: false}]}\n", "axis 'tracking' sets 'tracking'; every cell of a grid is tracked alike"),
         ("cases: [{seed: 1, method: fedavg}]\naxes: {seed: [1, 2]}\n",
          "case 1 sets 'seed', also an axis; set each key in the axes or in the cases, not both"),
         ("cases: [{seed: 1}, {seed: 1}]\n", "'cases' repeats [('seed', 1)]; list each case once"),

@@ -205,13 +205,13 @@ def time_to_accuracy_command(
         render.check_format(fmt)
         _check_out(out_dir)
         summary, history, warnings = load_experiment(experiment, tracking_uri, keys=(ACCURACY, VIRTUAL_TIME))
-        table = time_to_accuracy(summary, history, target, baseline or None)
+        table, more = time_to_accuracy(summary, history, target, baseline or None)
         text = render.render(table, fmt)
         folder = render.check_out_dir(out_dir or OUT_ROOT / render.folder_name(experiment))
-        path = render.write_out(folder / f"tta-{target:g}.{fmt}", lambda t: t.write_text(text, encoding="utf-8"))
+        path = render.write_out(folder / f"tta-{target!r}.{fmt}", lambda t: t.write_text(text, encoding="utf-8"))
     except FedbenchError as exc:
         raise fail(exc) from None
-    _warn(warnings)
+    _warn(warnings + more)
     typer.echo(text, nl=False)
     err.print(f"wrote {path}", highlight=False, soft_wrap=True)
 

@@ -57,7 +57,7 @@ def sweep_command(
             def show(cell: sweep.Cell, outcome: sweep.CellOutcome) -> None:
                 colour = {"FINISHED": "green", "SKIPPED": "cyan", "NA": "yellow", "FAILED": "red"}[outcome.status]
                 detail = f" accuracy {outcome.final_accuracy:.4f}" if outcome.final_accuracy is not None else ""
-                detail += f" — {outcome.reason}" if outcome.status in ("FAILED", "NA") else ""
+                detail += f" — {outcome.reason}" if outcome.reason else ""
                 if outcome.resumed_after_round is not None:
                     detail += f" (resumed run {outcome.run_id} after round {outcome.resumed_after_round})"
                 err.print(f"[{colour}]{outcome.status:8}[/{colour}] #{cell.index} {cell.label}{detail}", highlight=False)
@@ -90,5 +90,9 @@ def _dry_run(grid_file: str) -> None:
 
     grid = sweep.read_grid(grid_file)
     out.print(f"{grid.size} cells of experiment '{grid.experiment}' (#, cell, run key):", highlight=False)
+    first: dict[str, int] = {}  # run key -> the cell that runs it
     for cell in grid.cells():
-        out.print(f"{cell.index}\t{cell.label}\t{cell.config.run_key}", highlight=False, soft_wrap=True)
+        key = cell.config.run_key
+        same = f"\t(the same run as cell #{first[key]}, run once)" if key in first else ""
+        first.setdefault(key, cell.index)
+        out.print(f"{cell.index}\t{cell.label}\t{key}{same}", highlight=False, soft_wrap=True)

@@ -50,8 +50,8 @@ from fedbench.tracing import cache as trace_cache
 from fedbench.tracing import meta as meta_outputs
 from fedbench.tracing._speedups.dispatch import Unguarded
 from fedbench.tracing._speedups.meta_kernels import dispatcher
-from fedbench.training.loop import LossFn, cross_entropy_loss
 from fedbench.training.adam import LocalAdam
+from fedbench.training.loop import LossFn, cross_entropy_loss
 from fedbench.training.sgd import LocalSGD, StepOptimizer
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from torch import nn
 
 from fedbench.config import TrainConfig
 from fedbench.data import ImageDataset
-from fedbench.training.graphs import GraphedSteps, StepGraph, graph_safe, is_graph_safe
 from fedbench.training.adam import LocalAdam
+from fedbench.training.graphs import GraphedSteps, StepGraph, graph_safe, is_graph_safe
 from fedbench.training.sgd import LocalSGD
 
 # (model, images, labels) -> scalar loss. NeuLite adds nHSIC terms, FedProx a proximal term.
