@@ -16,11 +16,13 @@
 #                                                                       -> OUT/depthfl_ratio.{md,json}
 #   6. the long-horizon comparison (full-width ResNet18, 5 local epochs), stopped in time with its
 #      checkpoints under CKPT_DIR, continued by the next invocation     -> OUT/long.jsonl
+#      and its checkpoints cut into parts, as many as one call may bring back -> OUT/*.ckpt.part-KK-of-NN
+#  6b. the parts step 6 could not send back yet, from CKPT_DIR/outbox    -> OUT/*.ckpt.part-KK-of-NN
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
 # STEPS="2 2g 4" ends within 8 minutes (its steps' time limits: 60 + 60 + 330 s), STEPS="5 6" within
 # LONG_SECONDS + 270 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
 # step 3; LONG_METHODS, LONG_ROUNDS, LONG_SECONDS, LONG_WORKERS, LONG_GRAPHS (true: CUDA graphs) and
-# CKPT_DIR those of step 6.
+# CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back.
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow, no network): runs go
 # through benchmarks/accuracy_grid.py. Installs this checkout (pip install --no-deps
 # --no-build-isolation -e .) if the Python it runs does not import fedbench from here.
@@ -121,12 +123,44 @@ if [[ $STEPS == *" 5 "* ]]; then
   cp "$OUT/depthfl/gpu_path.md" "$OUT/depthfl_ratio.md"; cp "$OUT/depthfl/gpu_path.json" "$OUT/depthfl_ratio.json"
   rm -r "$OUT/depthfl"
 fi
+CKPT_DIR=${CKPT_DIR:-gpu-checkpoints} LONG_METHODS=${LONG_METHODS:-neulite,fedavg,exclusivefl,allsmall}
+OUTBOX="$CKPT_DIR/outbox"
+# The trip back: at most MAX_FILES (8) files of at most 16 MiB come back from a call, TRAVEL_MIB
+# (60) MiB in all, so each checkpoint travels in parts (PART_SIZE, 15M) named NAME.ckpt.part-KK-of-NN.
+# send_parts moves parts from the outbox into OUT while both limits allow; what is left waits in the
+# outbox for the next call to the same machine (STEPS="6b").
+send_parts() {
+  local budget room part size
+  budget=${TRAVEL_BYTES:-$(( ${TRAVEL_MIB:-60} * 1048576 ))}
+  room=$(( ${MAX_FILES:-8} - $(find "$OUT" -type f | wc -l) ))
+  for part in $(find "$OUTBOX" -type f 2>/dev/null | sort); do  # OUTBOX/<order>/NAME.ckpt.part-KK-of-NN
+    size=$(stat -c %s "$part")
+    if [ "$room" -le 0 ] || [ "$size" -gt "$budget" ]; then break; fi
+    mv "$part" "$OUT/"; budget=$((budget - size)); room=$((room - 1))
+  done
+  local left; left=$(find "$OUTBOX" -type f 2>/dev/null | wc -l)
+  if [ "$left" -gt 0 ]; then
+    echo "$left checkpoint part(s) wait in $OUTBOX: fetch them with STEPS=\"6b\" on this machine before it goes back"
+  else
+    echo "every checkpoint part is in $OUT"
+  fi
+}
 if [[ $STEPS == *" 6 "* ]] && [ -n "$FMNIST" ]; then
-  CKPT_DIR=${CKPT_DIR:-gpu-checkpoints} LONG_METHODS=${LONG_METHODS:-neulite,fedavg,exclusivefl,allsmall}
   mkdir -p "$CKPT_DIR"
-  # Checkpoints that travelled back in parts (below) are put together again.
-  for first in "$CKPT_DIR"/*.ckpt.part-00; do
-    [ -f "$first" ] && cat "${first%-00}"-* >"${first%.part-00}" && rm "${first%-00}"-*
+  # Checkpoints that travelled back in parts are put together again, once all their parts are here
+  # (they may come out over several calls); with one missing, nothing runs, so no run starts over.
+  for first in "$CKPT_DIR"/*.ckpt.part-00-of-*; do
+    [ -f "$first" ] || continue
+    name=${first%.part-00-of-*} count=${first##*-of-}
+    missing=()
+    for ((k = 0; k < 10#$count; k++)); do
+      part=$(printf "%s.part-%02d-of-%s" "$name" "$k" "$count")
+      [ -f "$part" ] || missing+=("$(basename "$part")")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+      echo "6. $(basename "$name") is missing ${missing[*]}: carry them into $CKPT_DIR; step 6 not run"; exit 1
+    fi
+    cat "$name".part-*-of-"$count" >"$name" && rm "$name".part-*-of-"$count"
   done
   echo "== 6. long horizon: $LONG_METHODS, stops after ${LONG_SECONDS}s, checkpoints in $CKPT_DIR"
   timeout $((LONG_SECONDS + 120)) $PY "$ROOT/benchmarks/accuracy_grid.py" --methods "$LONG_METHODS" \
@@ -137,19 +171,22 @@ if [[ $STEPS == *" 6 "* ]] && [ -n "$FMNIST" ]; then
     --set cuda_graphs="${LONG_GRAPHS:-false}" --set tracking.enabled=false --checkpoint-dir "$CKPT_DIR" \
     --stop-after "$LONG_SECONDS" --out "$OUT/long.jsonl"
   ls -l "$CKPT_DIR"
-  # The trip back: files of at most 16 MiB come back, so each checkpoint returns in 15 MiB parts,
-  # in LONG_METHODS order while TRAVEL_MIB (60) lasts; carried out again in CKPT_DIR, the parts are
-  # put together by the next invocation (above). A checkpoint that does not fit stays behind.
-  budget=$(( ${TRAVEL_MIB:-60} * 1048576 ))
+  # Each checkpoint, in LONG_METHODS order, is cut into parts in the outbox, and as many as may
+  # come back go into OUT now.
+  rm -rf "$OUTBOX"
+  order=0
   for method in ${LONG_METHODS//,/ }; do
     for c in "$CKPT_DIR/$method"-*.ckpt; do
       [ -f "$c" ] || continue
-      size=$(stat -c %s "$c")
-      if [ "$size" -le "$budget" ]; then
-        split -b 15M -d "$c" "$OUT/$(basename "$c").part-"; budget=$((budget - size))
-      else
-        echo "$(basename "$c"): $((size / 1048576)) MiB, more than the $((budget / 1048576)) MiB left to send back; not returned"
-      fi
+      order=$((order + 1)); box=$(printf "%s/%03d" "$OUTBOX" $order); mkdir -p "$box"
+      split -b "${PART_SIZE:-15M}" -d -a 2 "$c" "$box/$(basename "$c").part-"
+      parts=("$box/$(basename "$c").part-"*)
+      for part in "${parts[@]}"; do mv "$part" "$part-of-$(printf %02d ${#parts[@]})"; done
     done
   done
+  send_parts
+fi
+if [[ $STEPS == *" 6b "* ]]; then
+  echo "== 6b. the checkpoint parts step 6 could not send back yet"
+  send_parts
 fi

@@ -199,7 +199,8 @@ def leaf_settings(values: Mapping[Any, Any], source: str = "", prefix: str = "")
         if dotted.split(".")[0] == "tracking":
             raise ConfigError(f"{source} sets {dotted!r}; every cell of a grid is tracked alike: set tracking in "
                               "'base' and the experiment with 'experiment:'")
-        inner = leaf_settings(value, source, f"{dotted}.") if isinstance(value, Mapping) and value else {dotted: value}
+        # A mapping holds settings (an empty one none: ``options: {}``, NeuLite as it is).
+        inner = leaf_settings(value, source, f"{dotted}.") if isinstance(value, Mapping) else {dotted: value}
         for name, setting in inner.items():
             clash = _clash(settings, name)
             if clash is not None:

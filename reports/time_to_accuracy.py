@@ -166,20 +166,26 @@ def time_to_accuracy(
                 speedup = cost(base) / cost(group) if same_unit and cost(group) > 0 else None
             cells.append(Cell(group.text(speedup), value=cost(group) if group.all_reached else math.nan))
         rows.append(cells)
-    for j in range(1, len(columns) + 1):  # bold: the fastest row whose every seed got there
-        values = [row[j].value for row in rows if not math.isnan(row[j].value)]
-        for row in rows:
+    # Bold: the fastest row whose every seed got there, among methods that respect memory budgets (a
+    # reference that trains every device whatever its memory, vanilla FedAvg, is no candidate).
+    ignores = summary.groupby("method_label")["ignores_memory"].all().to_dict() if "ignores_memory" in summary else {}
+    candidates = [row for row, method in zip(rows, methods, strict=True) if not ignores.get(method)]
+    for j in range(1, len(columns) + 1):
+        values = [row[j].value for row in candidates if not math.isnan(row[j].value)]
+        for row in candidates:
             if values and row[j].value == min(values):
                 row[j] = Cell(row[j].text, bold=True, value=row[j].value)
     header = ("Method", *(" ".join(map(str, c)) for c in columns))
-    title = f"Time to {100 * target:.10g} % test accuracy: simulated time and round of the first evaluation at or above it"
+    title = (f"Time to {100 * target:.10g} % test accuracy: simulated time and round of the first evaluation "
+             "at or above it")
     note = (
-        "Simulated time: the virtual clock (`clock/total_s`) at that round (the round alone for runs that logged no clock); mean ± sample std over the seeds "
-        "that reached the target, with how many did where not all; the round is 1-based and as fine as the "
-        "run's evaluations (`eval_every`). "
+        "Simulated time: the virtual clock (`clock/total_s`) at that round (the round alone for runs that "
+        "logged no clock); mean ± sample std over the seeds that reached the target, with how many did where "
+        "not all; the round is 1-based and as fine as the run's evaluations (`eval_every`). "
         + (f"×: speed-up over {' / '.join(sorted(set(bases.values())))}, its time over the row's, where every "
            "seed of both got there. " if bases else "")
-        + f"Bold: the fastest configuration every seed of which got there; {MISSING}: not run; "
+        + "Bold: the fastest configuration every seed of which got there, among those that respect memory "
+        f"budgets; {MISSING}: not run; "
         f"{NOT_APPLICABLE}: PR 0, the method cannot run."
     )
     keys = (None, *({"metric": "time_to_accuracy", **dict(zip(COLUMN_KEYS, map(str, c), strict=True))}

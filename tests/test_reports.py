@@ -260,6 +260,25 @@ def test_time_to_accuracy_gives_each_method_its_first_round_at_the_target_with_s
     assert "×" not in missing.stdout
 
 
+def test_time_to_accuracy_never_bolds_a_reference_that_ignores_memory():
+    import pandas as pd
+
+    from fedbench.reports.time_to_accuracy import time_to_accuracy
+
+    runs = [("a", "fedavg", True, [0.8, 0.9]), ("b", "exclusivefl", False, [0.5, 0.8])]
+    summary = pd.DataFrame([{"run_id": r, "method": m, "method_label": m, "dataset": "d", "partition_label": "IID",
+                             "model": "m", "pr": 1.0, "ignores_memory": ignores} for r, m, ignores, _ in runs])
+    history = pd.DataFrame(
+        [(r, key, i, value) for r, _, _, accuracy in runs for i, acc in enumerate(accuracy)
+         for key, value in (("eval/accuracy", acc), ("clock/total_s", 10.0 * (i + 1)))],
+        columns=["run_id", "key", "round", "value"])
+    table, warnings = time_to_accuracy(summary, history, 0.75)
+    cells = {row[0].text: row[1] for row in table.rows}
+    assert warnings == []
+    assert cells["fedavg"].text == "10 s · round 1" and not cells["fedavg"].bold
+    assert cells["exclusivefl"].text == "20 s · round 2 (0.50×)" and cells["exclusivefl"].bold
+
+
 def test_time_to_accuracy_finds_the_baseline_by_method_where_its_row_has_a_longer_label():
     from fedbench.reports.time_to_accuracy import baseline_rows
 

@@ -112,6 +112,11 @@ def test_cases_mix_dotted_and_nested_keys_without_leaking_into_each_other(tmp_pa
         (12, 3, 0.1), (12, 3, 0.2), (12, 4, 0.1), (12, 4, 0.2)]
     assert [c.values["data"] for c in grid.cells] == [{"num_clients": 12}] * 4
     assert len({c.config.run_key for c in grid.cells}) == 4
+    empty = tmp_path / "empty.yaml"  # an empty option set sets nothing, so it clashes with nothing
+    empty.write_text("base: {method: neulite, rounds: 4}\ncases: [{options.evaluate: stage}]\n"
+                     "axes: {options: [{}, {curriculum_loss: false}]}\n")
+    assert [dict(c.config.options) for c in sweep.load_grid(empty).cells] == [
+        {"evaluate": "stage"}, {"evaluate": "stage", "curriculum_loss": False}]
 
 
 def test_a_failing_cell_is_recorded_and_finished_cells_are_skipped_next_time(grid_file, tracking_uri):
