@@ -225,7 +225,7 @@ def ablation_command(
     last: Last = 3,
     verbose: Verbose = False,
 ) -> None:
-    """Fig. 8: NeuLite without the curriculum loss / without co-adaptation, vs NeuLite and FedAvg."""
+    """Fig. 8: NeuLite without the curriculum loss / without co-adaptation, vs NeuLite and --baseline."""
     # lazy: pandas, matplotlib and torch load only when a report is drawn
     from fedbench.reports import figures, series
     from fedbench.reports.render import folder_name
