@@ -78,6 +78,11 @@ def test_natural_partition_of_femnist_gives_one_client_per_writer(tmp_path):
                         "--data-dir", str(tmp_path), "--json")
     assert result.exit_code == 0, result.output
     assert [c["size"] for c in json.loads(result.stdout)["clients"]] == [4, 2, 3]
+    grouped = _partition("--dataset", "femnist", "--partition", "writer-groups", "--clients", "2",
+                         "--data-dir", str(tmp_path), "--json")
+    assert grouped.exit_code == 0, grouped.output
+    sizes = sorted(c["size"] for c in json.loads(grouped.stdout)["clients"])  # all 9 samples, whole writers
+    assert sum(sizes) == 9 and sizes in ([3, 6], [4, 5], [2, 7])
 
 
 # ------------------------------------------------------------------ bad input: one line, exit code 2

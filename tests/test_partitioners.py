@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedbench.config import DataConfig
-from fedbench.datasets.partitioners import dirichlet, iid, natural, partition_stats, shards
+from fedbench.datasets.partitioners import dirichlet, iid, natural, partition_stats, shards, writer_groups
 from fedbench.errors import ConfigError
 
 SPLITS = {
@@ -134,6 +134,32 @@ def test_natural_without_writers_is_a_config_error():
 def test_natural_with_more_clients_than_writers_says_how_many_writers_there_are():
     with pytest.raises(ConfigError, match=r"has 5 writers, fewer than num_clients \(6\); lower --clients to 5"):
         natural(WRITER_LABELS, DataConfig(dataset="femnist", num_clients=6), np.random.default_rng(0), WRITERS)
+
+
+@FEW
+@given(clients=st.integers(1, 5), seed=st.integers(0, 2**31))
+def test_writer_groups_put_every_sample_on_a_device_with_whole_writers_evenly_dealt(clients, seed):
+    config = DataConfig(dataset="femnist", num_clients=clients)
+    parts = writer_groups(WRITER_LABELS, config, np.random.default_rng(seed), WRITERS)
+    again = writer_groups(WRITER_LABELS, config, np.random.default_rng(seed), WRITERS)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    assert len(parts) == clients and sorted(np.concatenate(parts).tolist()) == list(range(WRITERS.size))
+    owners = [set(WRITERS[part].tolist()) for part in parts]
+    assert all(owners) and sum(len(o) for o in owners) == len(set(WRITERS.tolist()))  # a writer on one device
+    assert max(map(len, owners)) - min(map(len, owners)) <= 1
+    for part, owner in zip(parts, owners, strict=True):
+        assert sorted(part.tolist()) == np.flatnonzero(np.isin(WRITERS, sorted(owner))).tolist()
+
+
+def test_writer_groups_follow_the_seed_and_need_writers():
+    config = DataConfig(dataset="femnist", num_clients=2)
+    draws = {tuple(tuple(p.tolist()) for p in writer_groups(WRITER_LABELS, config, np.random.default_rng(s), WRITERS))
+             for s in range(20)}
+    assert len(draws) > 1
+    with pytest.raises(ConfigError, match=r"partition 'writer-groups' needs a data set with writers"):
+        writer_groups(WRITER_LABELS, DataConfig(dataset="synthetic", num_clients=2), np.random.default_rng(0))
+    with pytest.raises(ConfigError, match=r"'writer-groups' on 'femnist' has 5 writers, fewer than num_clients \(6\)"):
+        writer_groups(WRITER_LABELS, DataConfig(dataset="femnist", num_clients=6), np.random.default_rng(0), WRITERS)
 
 
 # ------------------------------------------------------------------ bad configuration
