@@ -168,17 +168,17 @@ def read_cases(path: str | Path, cases: Any, axes: Mapping[str, list[Any]]) -> t
     example = "e.g. cases: [{data.num_clients: 120, clients_per_round: 12}]"
     if not isinstance(cases, list) or not cases:
         raise ConfigError(f"grid {path}: 'cases' must be a non-empty list of mappings of dotted config keys, {example}")
+    settings = []
     for number, case in enumerate(cases, start=1):
         if not isinstance(case, Mapping) or not case:
             raise ConfigError(f"grid {path}: case {number} ({case!r}) must be a non-empty mapping of dotted "
                               f"config keys, {example}")
-        leaf_settings(case, f"case {number}")  # keys are names, no setting given twice
+        settings.append(leaf_settings(case, f"case {number}"))  # keys are names, no setting given twice
         shared = sorted(set(case) & set(axes))
         if shared:
             raise ConfigError(f"grid {path}: case {number} sets {', '.join(map(repr, shared))}, also an axis; "
                               "set each key in the axes or in the cases, not both")
-    repeated = sorted(text for text, count in Counter(repr(sorted(leaf_settings(c).items())) for c in cases).items()
-                      if count > 1)
+    repeated = sorted(text for text, count in Counter(repr(sorted(c.items())) for c in settings).items() if count > 1)
     if repeated:
         raise ConfigError(f"grid {path}: 'cases' repeats {', '.join(repeated)}; list each case once")
     return tuple(dict(c) for c in cases)

@@ -251,6 +251,14 @@ def summarize(
     return frame.reindex(columns=[*SUMMARY_COLUMNS, *options]), warnings + repeats
 
 
+def ignores_memory_by_label(summary: pd.DataFrame) -> dict[str, bool]:
+    """Per row label, whether its runs ignore memory budgets (vanilla FedAvg): a reference, never
+    the bold best of a table nor called inclusive."""
+    if "ignores_memory" not in summary.columns:
+        return {}
+    return {label: bool(v) for label, v in summary.groupby("method_label")["ignores_memory"].all().items()}
+
+
 def _one_run_per_seed(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Runs that differ only in :data:`IGNORED_SETTINGS` besides the seed (threads, device, the
     executor) have different run keys but measure the same thing: of a seed run twice, the later

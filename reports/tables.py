@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from fedbench.errors import ConfigError
-from fedbench.reports.summary import DEFAULT_LAST_EVALS, Stat, aggregate, is_iid
+from fedbench.reports.summary import DEFAULT_LAST_EVALS, Stat, aggregate, ignores_memory_by_label, is_iid
 
 MISSING = "–"
 NOT_APPLICABLE = "NA"
@@ -102,8 +102,7 @@ def accuracy_table(
         return by_model.loc[(method, model), "pr"] if (method, model) in by_model.index else Stat.of([])
 
     # A method that ignores memory budgets (vanilla FedAvg) is no candidate: "n/a", never bold.
-    ignores_memory = summary.groupby("method_label")["ignores_memory"].all().to_dict() \
-        if "ignores_memory" in summary.columns else {}
+    ignores_memory = ignores_memory_by_label(summary)
     inclusive: dict[str, bool | None] = {}
     for method in methods:
         prs = [model_pr(method, m) for m in models]

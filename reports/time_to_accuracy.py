@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from fedbench.errors import ConfigError
-from fedbench.reports.summary import ACCURACY, VIRTUAL_TIME, Stat
+from fedbench.reports.summary import ACCURACY, VIRTUAL_TIME, Stat, ignores_memory_by_label
 from fedbench.reports.tables import MISSING, NOT_APPLICABLE, Cell, Table, column_order, method_order
 
 COLUMN_KEYS = ("dataset", "partition_label", "model")
@@ -39,10 +39,9 @@ class Reached:
     best: float
 
 
-def first_reach(history: pd.DataFrame, run_id: str, target: float) -> Reached:
-    """The first evaluation of ``run_id`` in ``history`` (long format: ``run_id, key, round,
-    value``) with accuracy >= ``target``, and the virtual clock at that round."""
-    mine = history[history["run_id"] == run_id]
+def first_reach(mine: pd.DataFrame, target: float) -> Reached:
+    """The first evaluation in one run's history (long format: ``run_id, key, round, value``)
+    with accuracy >= ``target``, and the virtual clock at that round."""
     accuracy = mine[mine["key"] == ACCURACY].sort_values("round")
     best = float(accuracy["value"].max()) if not accuracy.empty else math.nan
     hits = accuracy[accuracy["value"] >= target]
@@ -138,8 +137,9 @@ def time_to_accuracy(
         raise ConfigError("no finished runs to tabulate; run some first (fedbench run / fedbench sweep)")
     groups: dict[tuple, Group] = {}
     no_device: set[tuple] = set()  # PR 0: no device could train the method there, the paper's NA
+    by_run = dict(tuple(history.groupby("run_id")))
     for keys, runs in summary.groupby(["method_label", *COLUMN_KEYS], sort=True, dropna=False):
-        groups[keys] = group_of([first_reach(history, run_id, target) for run_id in runs["run_id"]])
+        groups[keys] = group_of([first_reach(by_run.get(r, history.iloc[:0]), target) for r in runs["run_id"]])
         if runs["pr"].eq(0).all():
             no_device.add(keys)
     columns = sorted({k[1:] for k in groups}, key=column_order)
@@ -168,7 +168,7 @@ def time_to_accuracy(
         rows.append(cells)
     # Bold: the fastest row whose every seed got there, among methods that respect memory budgets (a
     # reference that trains every device whatever its memory, vanilla FedAvg, is no candidate).
-    ignores = summary.groupby("method_label")["ignores_memory"].all().to_dict() if "ignores_memory" in summary else {}
+    ignores = ignores_memory_by_label(summary)
     candidates = [row for row, method in zip(rows, methods, strict=True) if not ignores.get(method)]
     for j in range(1, len(columns) + 1):
         values = [row[j].value for row in candidates if not math.isnan(row[j].value)]

@@ -107,9 +107,16 @@ def _table(kind: str, experiment: str, tracking_uri: str | None, fmt: str, out_d
     if compare is not None:
         table = paper.compare(table, compare, iid=iid)
         kind = f"{kind}-{compare}"
+    _write_table(table, fmt, out_dir, experiment, kind)
+
+
+def _write_table(table: Any, fmt: str, out_dir: Path | None, experiment: str, stem: str) -> None:
+    """Print a table and write it to ``<out>/<stem>.<fmt>`` (default out: the experiment's folder)."""
+    from fedbench.reports import render  # lazy: pandas loads only when a report is drawn
+
     text = render.render(table, fmt)
     folder = render.check_out_dir(out_dir or OUT_ROOT / render.folder_name(experiment))
-    path = render.write_out(folder / f"{kind}.{fmt}", lambda target: target.write_text(text, encoding="utf-8"))
+    path = render.write_out(folder / f"{stem}.{fmt}", lambda target: target.write_text(text, encoding="utf-8"))
     typer.echo(text, nl=False)
     err.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
@@ -206,14 +213,10 @@ def time_to_accuracy_command(
         _check_out(out_dir)
         summary, history, warnings = load_experiment(experiment, tracking_uri, keys=(ACCURACY, VIRTUAL_TIME))
         table, more = time_to_accuracy(summary, history, target, baseline or None)
-        text = render.render(table, fmt)
-        folder = render.check_out_dir(out_dir or OUT_ROOT / render.folder_name(experiment))
-        path = render.write_out(folder / f"tta-{target!r}.{fmt}", lambda t: t.write_text(text, encoding="utf-8"))
+        _warn(warnings + more)
+        _write_table(table, fmt, out_dir, experiment, f"tta-{target!r}")
     except FedbenchError as exc:
         raise fail(exc) from None
-    _warn(warnings + more)
-    typer.echo(text, nl=False)
-    err.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
 @report_app.command("ablation")
