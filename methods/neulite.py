@@ -323,10 +323,13 @@ class NeuLite(Method):
                 f"{format_bytes(smallest)} at batch {ctx.config.train.batch_size}); "
                 "choose a larger --fleet profile, a smaller --batch-size or --width"
             )
-        for k, ids in enumerate(self.eligible_ids, start=1):
-            if not ids:
-                log.warning("NeuLite stage %d fits no device (needs %s); its rounds will be skipped",
-                            k, format_bytes(self.stage_peak_bytes(k)))
+        unfit = [k for k, ids in enumerate(self.eligible_ids, start=1) if not ids]
+        if unfit:  # spec Q19: the run goes on, skipping those rounds; common.md §1.1: PR 0 ("NA")
+            ctx.not_runnable = "NeuLite stage(s) {} fit no device (need {})".format(
+                ", ".join(map(str, unfit)), ", ".join(format_bytes(self.stage_peak_bytes(k)) for k in unfit))
+            log.warning("%s: their rounds will be skipped and the run's PR is 0 (NA in the tables), since "
+                        "no device trains those blocks; choose a larger --fleet profile or a smaller --batch-size",
+                        ctx.not_runnable)
         rounds, stages = ctx.config.rounds, self.num_stages
         if self.options.round_robin and rounds % stages:
             whole_cycles = [r for r in (rounds - rounds % stages, rounds + stages - rounds % stages) if r > 0]

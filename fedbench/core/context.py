@@ -35,6 +35,10 @@ class RunContext:
     fleet: Fleet | None = None  # None: every device fits everything
     memory: MemoryModel | None = None
     participants: set[int] = field(default_factory=set)  # union of the pools sampled from
+    # Why the method cannot train its whole model on this fleet although some rounds run (a
+    # NeuLite stage no device fits): its PR is then 0, "NA" in the tables (spec common.md §1.1).
+    # Derived from the fleet when the method is built, so it is not checkpointed.
+    not_runnable: str | None = None
     clock: VirtualClock | None = None  # simulated time (fedbench/simulation/clock.py); built from the config
     _full_model_rate: float | None = field(default=None, repr=False)
 
@@ -102,8 +106,9 @@ class RunContext:
         return self.memory_report(model).peak_bytes
 
     def participation_metrics(self) -> dict[str, float]:
-        """``participation/rate``: PR = |union over the run of the pools sampled from| / N
-        (spec common.md §1.1); ``participation/full_model_rate``: the share of devices that
+        """``participation/rate``: PR = |union over the run of the pools sampled from| / N, or 0
+        when part of the method is not runnable (:attr:`not_runnable`; spec common.md §1.1);
+        ``participation/full_model_rate``: the share of devices that
         can train the full model (ExclusiveFL's PR; what vanilla FedAvg would get)."""
         if self._full_model_rate is None:
             if self.fleet is None or self.fleet.unlimited:
@@ -111,7 +116,7 @@ class RunContext:
             else:
                 self._full_model_rate = self.fleet.participation_rate(self.full_model_peak_bytes())
         return {
-            "participation/rate": len(self.participants) / self.num_clients,
+            "participation/rate": 0.0 if self.not_runnable else len(self.participants) / self.num_clients,
             "participation/full_model_rate": self._full_model_rate,
         }
 
