@@ -200,7 +200,7 @@ def fleet_round_times(config: RunConfig, dataset: ImageDataset, rounds: int) -> 
         run_config = replace(config, method=method_name, rounds=rounds)
         data, _ = setup.partition(run_config, dataset)
         ctx = RunContext(config=run_config, data=data)
-        ctx.fleet = make_fleet(run_config.fleet, data.num_clients, run_config.seed, ctx.full_model_peak_bytes)
+        ctx.fleet = make_fleet(run_config.fleet, data.num_clients, run_config.seed, ctx.reference_peak_bytes)
         method = setup.make_method(ctx)
         for round_idx in range(rounds):
             assignments = method.assign(round_idx)

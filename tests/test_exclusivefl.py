@@ -20,7 +20,7 @@ def config_with(fleet: dict, method: str = "exclusivefl", **extra):
         overrides={
             "method": method,
             "data": {"dataset": "synthetic", "num_clients": 10, "partition": "iid"},
-            "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.05},
+            "train": {"local_epochs": 1, "batch_size": 64, "lr": 0.05},  # the relative fleet's reference batch
             "model": {"name": "cnn", "width": 0.25},
             "fleet": fleet,
             "clients_per_round": 3,
@@ -53,7 +53,7 @@ def test_fedavg_ignores_memory_but_logs_the_share_that_fits_the_full_model():
 def test_a_method_whose_work_fits_no_device_fails_before_round_one():
     config = config_with({"profile": "uniform-mb", "low_mb": 1, "high_mb": 1}, model={"name": "cnn", "width": 1.0})
     ctx, _ = engine.prepare(config)
-    with pytest.raises(MemoryBudgetError, match=r"no device can train cnn \(needs .* at batch 32; largest budget 1.0 MiB\)"):
+    with pytest.raises(MemoryBudgetError, match=r"no device can train cnn \(needs .* at batch 64; largest budget 1.0 MiB\)"):
         engine.make_method(ctx)
 
 

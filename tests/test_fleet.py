@@ -61,7 +61,7 @@ def test_the_paper_profile_realises_the_fitted_participation_rates():
         assert fleet.participation_rate(threshold) == pytest.approx(fitted)
 
 
-def test_relative_budgets_scale_with_the_runs_full_model_peak():
+def test_relative_budgets_scale_with_the_reference_peak():
     reference = make_fleet(FleetConfig(profile="relative"), 100, 42, lambda: PAPER_REFERENCE_PEAK_BYTES)
     half = make_fleet(FleetConfig(profile="relative"), 100, 42, lambda: PAPER_REFERENCE_PEAK_BYTES // 2)
     paper = make_fleet(FleetConfig(profile="paper"), 100, 42)
@@ -70,6 +70,27 @@ def test_relative_budgets_scale_with_the_runs_full_model_peak():
     assert reference.participation_rate(PAPER_REFERENCE_PEAK_BYTES) == half.participation_rate(
         PAPER_REFERENCE_PEAK_BYTES // 2
     )
+
+
+@pytest.mark.parametrize("train", [{"batch_size": 16}, {"optimizer": "adam"}, {"lr": 0.1}],
+                         ids=["batch-16", "adam", "lr"])
+def test_the_relative_fleet_is_the_same_whatever_the_runs_optimizer_and_batch(train):
+    """The devices belong to the model and data set, not to a method's training: a smaller batch or
+    Adam changes who fits (the full model's PR), never the budgets (scaled at the paper's SGD, batch 64)."""
+    from fedbench.core import setup
+
+    def prepared(**train_values):
+        return setup.prepare(make_config(overrides={
+            "data": {"dataset": "synthetic", "num_clients": 50}, "model": {"name": "cnn", "width": 0.5},
+            "fleet": {"profile": "relative"}, "train": train_values, "tracking": {"enabled": False}}))[0]
+
+    paper, other = prepared(), prepared(**train)
+    assert budgets(other.fleet) == budgets(paper.fleet)
+    assert other.reference_peak_bytes() == paper.reference_peak_bytes() == paper.full_model_peak_bytes()
+    expected = (np.array(budgets(paper.fleet)) >= other.full_model_peak_bytes()).mean()
+    assert other.participation_metrics()["participation/full_model_rate"] == pytest.approx(expected)
+    if "lr" not in train:
+        assert other.full_model_peak_bytes() != paper.full_model_peak_bytes()
 
 
 def test_isotonic_fit_pools_adjacent_violators_into_their_mean():

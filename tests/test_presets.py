@@ -278,7 +278,10 @@ def test_fedbench_memory_traces_each_method_at_its_presets_batch_and_optimizer()
     paper, official = rows(), rows("--preset", "official")
     assert paper["depth2"]["optimizer_bytes"] > 0 and official["depth2"]["optimizer_bytes"] == 0  # no momentum
     assert official["depth1"]["activations_bytes"] < paper["depth1"]["activations_bytes"]  # batch 50, not 64
-    assert paper["depth2"]["pr"] == 0.02 and official["depth2"]["pr"] == 0.0  # as the runs of presets.md found
+    # One fleet for both (the relative fleet's scale is the paper's training): the official SGD
+    # without momentum at batch 50 is lighter, so more devices fit each depth (presets.md).
+    assert (paper["depth1"]["pr"], paper["depth2"]["pr"]) == (0.32, 0.02)
+    assert (official["depth1"]["pr"], official["depth2"]["pr"]) == (1.0, 0.09)
     assert rows("--preset", "official", "--batch-size", "64")["depth1"]["activations_bytes"] == \
         paper["depth1"]["activations_bytes"]  # a flag beats the preset
     bad = CliRunner().invoke(app, ["memory", "--model", "cnn", "--preset", "offical"])

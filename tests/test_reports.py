@@ -429,7 +429,7 @@ def test_time_report_over_a_fleet_times_each_stages_slowest_selected_device_with
 
     config = make_config(overrides={
         "data": {"dataset": "synthetic", "num_clients": 20, "partition": "iid"}, "model": {"name": "cnn"},
-        "fleet": {"profile": "relative"}, "train": {"batch_size": 16, "local_epochs": 1},
+        "fleet": {"profile": "relative"}, "train": {"local_epochs": 1},
         "clients_per_round": 4, "rounds": 6, "tracking": {"enabled": False},
     })
     blank = costs.shape_only_dataset("synthetic", (3, 16, 16), 10, 20 * 30)

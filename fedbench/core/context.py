@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedbench.config import RunConfig
+from fedbench.config import RunConfig, TrainConfig
 from fedbench.data import FederatedData
 from fedbench.errors import MemoryBudgetError
 from fedbench.memory.model import MemoryModel, MemoryReport, format_bytes, optimizer_spec
@@ -41,6 +41,7 @@ class RunContext:
     not_runnable: str | None = None
     clock: VirtualClock | None = None  # simulated time (fedbench/simulation/clock.py); built from the config
     _full_model_rate: float | None = field(default=None, repr=False)
+    _reference_peak: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.memory is None:
@@ -105,6 +106,18 @@ class RunContext:
                                 width=self.config.model.width)
         return self.memory_report(model).peak_bytes
 
+    def reference_peak_bytes(self) -> int:
+        """Peak of one local step of the run's full model under the paper's common training (its
+        SGD and batch 64), whatever the run's own: the scale of the ``relative`` fleet (cached)."""
+        if self._reference_peak is None:
+            if holds_like_the_reference(self.config.train):
+                self._reference_peak = self.full_model_peak_bytes()
+            else:
+                dataset = self.data.dataset
+                self._reference_peak = reference_peak_bytes(
+                    self.config.model.name, dataset.input_shape, dataset.num_classes, self.config.model.width)
+        return self._reference_peak
+
     def participation_metrics(self) -> dict[str, float]:
         """``participation/rate``: PR = |union over the run of the pools sampled from| / N, or 0
         when part of the method is not runnable (:attr:`not_runnable`; spec common.md §1.1);
@@ -152,3 +165,22 @@ class RunContext:
             return []
         chosen = self.selection_rng(round_idx).choice(pool, size=take, replace=False)
         return sorted(int(c) for c in chosen)
+
+
+def holds_like_the_reference(train: TrainConfig) -> bool:
+    """Whether a device holds the same in training as under the paper's common setting: the same
+    optimizer state and batch (the learning rate changes no memory)."""
+    reference = TrainConfig()
+    return all(getattr(train, name) == getattr(reference, name)
+               for name in ("optimizer", "momentum", "weight_decay", "batch_size"))
+
+
+def reference_peak_bytes(model_name: str, input_shape: Sequence[int], num_classes: int, width: float) -> int:
+    """Peak of one local step of a full model trained as the paper's common setting trains it
+    (SGD with momentum 0.9, weight decay 5e-4, batch 64): the devices of the ``relative`` fleet
+    are fractions of it, so they do not change with a run's optimizer, batch or preset."""
+    reference = TrainConfig()
+    with building_on_meta():
+        model = build_model(model_name, tuple(input_shape), num_classes, width=width)
+    return MemoryModel(optimizer=optimizer_spec(reference)).peak_bytes(
+        model, batch_size=reference.batch_size, input_shape=tuple(input_shape))

@@ -69,7 +69,7 @@ def prepare(config: RunConfig) -> tuple[RunContext, dict]:
     if home.type != "cpu":  # split on the CPU (the partitioners are NumPy), then moved once
         data = FederatedData(dataset.to(home), data.shards)
     ctx = RunContext(config=config, data=data, device=home)
-    ctx.fleet = make_fleet(config.fleet, data.num_clients, config.seed, ctx.full_model_peak_bytes)
+    ctx.fleet = make_fleet(config.fleet, data.num_clients, config.seed, ctx.reference_peak_bytes)
     return ctx, stats
 
 

@@ -4,10 +4,13 @@ Budgets come from a named *profile* in the ``fedbench.fleets`` entry-point
 group, so a third party can ship its own. A profile is a function
 
     profile(config: FleetConfig, num_devices: int, rng: numpy Generator,
-            full_model_peak_bytes: () -> int) -> sequence of budgets (bytes, or None = unlimited)
+            reference_peak_bytes: () -> int) -> sequence of budgets (bytes, or None = unlimited)
 
-``full_model_peak_bytes`` is the memory model's peak for the run's full model;
-it is computed only if a profile calls it (``relative`` does). Speeds and
+``reference_peak_bytes`` is the memory model's peak for the run's full model trained
+as the paper's common setting trains it (SGD with momentum, batch 64), whatever the
+run's own optimizer and batch, so the devices are the same for every method and
+training setting of one model and data set; it is computed only if a profile calls
+it (``relative`` does). Speeds and
 bandwidths come from :data:`DEVICE_CLASSES`, drawn independently of memory.
 Every draw uses the run seed's FLEET stream, so a fleet is a function of
 (seed, profile, N).
@@ -110,13 +113,13 @@ class Fleet:
 
 # ------------------------------------------------------------------ profiles
 def homogeneous(config: FleetConfig, num_devices: int, rng: np.random.Generator,
-                full_model_peak_bytes: Callable[[], int]) -> list[int | None]:
+                reference_peak_bytes: Callable[[], int]) -> list[int | None]:
     """Every device fits everything: vanilla FL, the default."""
     return [None] * num_devices
 
 
 def uniform_mb(config: FleetConfig, num_devices: int, rng: np.random.Generator,
-               full_model_peak_bytes: Callable[[], int]) -> list[int | None]:
+               reference_peak_bytes: Callable[[], int]) -> list[int | None]:
     """Budgets uniform over the integers [low_mb, high_mb] MiB ([C-ProFL] draws 100-900)."""
     draws = rng.integers(config.low_mb, config.high_mb + 1, size=num_devices)
     return [int(mb) * MIB for mb in draws]
@@ -143,7 +146,7 @@ def quantile_budgets(knots: Sequence[tuple[float, float]], quantiles: np.ndarray
 
 
 def paper(config: FleetConfig, num_devices: int, rng: np.random.Generator,
-          full_model_peak_bytes: Callable[[], int]) -> list[int | None]:
+          reference_peak_bytes: Callable[[], int]) -> list[int | None]:
     """Absolute budgets fitted to the paper's participation rates (``python -m fedbench.simulation.fleet_fit``)."""
 
     mib = quantile_budgets(PAPER_BUDGET_KNOTS_MIB, stratified_quantiles(num_devices, rng))
@@ -151,12 +154,14 @@ def paper(config: FleetConfig, num_devices: int, rng: np.random.Generator,
 
 
 def relative(config: FleetConfig, num_devices: int, rng: np.random.Generator,
-             full_model_peak_bytes: Callable[[], int]) -> list[int | None]:
-    """The ``paper`` quantiles as fractions of the run's full-model peak, so a scaled-down
-    experiment (small model, Fashion-MNIST) keeps the paper's participation structure."""
+             reference_peak_bytes: Callable[[], int]) -> list[int | None]:
+    """The ``paper`` quantiles as fractions of the reference peak (the run's full model at the
+    paper's SGD and batch 64), so a scaled-down experiment (small model, Fashion-MNIST) keeps the
+    paper's participation structure, and another optimizer or batch changes who fits, as it
+    would on real devices, instead of rescaling the devices."""
 
     fractions = [(mib * MIB / PAPER_REFERENCE_PEAK_BYTES, p) for mib, p in PAPER_BUDGET_KNOTS_MIB]
-    scale = full_model_peak_bytes()
+    scale = reference_peak_bytes()
     return [int(math.floor(f * scale)) for f in quantile_budgets(fractions, stratified_quantiles(num_devices, rng))]
 
 
@@ -176,11 +181,11 @@ def make_fleet(
     config: FleetConfig,
     num_devices: int,
     seed: int,
-    full_model_peak_bytes: Callable[[], int] = lambda: 0,
+    reference_peak_bytes: Callable[[], int] = lambda: 0,
 ) -> Fleet:
     """Draw the fleet of profile ``config.profile`` (unknown names list the known ones)."""
     draw: ProfileFn = registry.load("fleets", config.profile, validate=_validate_profile)
-    budgets = list(draw(config, num_devices, numpy_rng(seed, Stream.FLEET, _FLEET_BUDGETS), full_model_peak_bytes))
+    budgets = list(draw(config, num_devices, numpy_rng(seed, Stream.FLEET, _FLEET_BUDGETS), reference_peak_bytes))
     if len(budgets) != num_devices:
         raise PluginError(
             f"fleet profile '{config.profile}' drew {len(budgets)} budgets for {num_devices} devices"

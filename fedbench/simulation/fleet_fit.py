@@ -241,7 +241,7 @@ PAPER_BUDGET_KNOTS_MIB: tuple[tuple[float, float], ...] = (
 )
 
 # Full-model peak of the reference (ExclusiveFL on ResNet18, batch 64, CIFAR-10): `relative`
-# budgets are the knots above divided by this, times the run's own full-model peak.
+# budgets are the knots above divided by this, times the run's full-model peak at the paper's training.
 PAPER_REFERENCE_PEAK_BYTES: int = {reference_bytes}
 
 # (method, model, threshold bytes, paper PR, fitted PR on the seed-42 fleet of 100, threshold source)
