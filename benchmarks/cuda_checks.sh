@@ -22,7 +22,8 @@
 # STEPS="2 2g 4" ends within 8 minutes (its steps' time limits: 60 + 60 + 330 s), STEPS="5 6" within
 # LONG_SECONDS + 270 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
 # step 3; LONG_METHODS, LONG_ROUNDS, LONG_SECONDS, LONG_WORKERS, LONG_GRAPHS (true: CUDA graphs) and
-# CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back.
+# CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
+# SMOKE_SECONDS (60) bounds steps 2 and 2g.
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow, no network): runs go
 # through benchmarks/accuracy_grid.py. Installs this checkout (pip install --no-deps
 # --no-build-isolation -e .) if the Python it runs does not import fedbench from here.
@@ -37,6 +38,7 @@ GRID_METHODS=${GRID_METHODS:-fedavg,allsmall,heterofl,fedrolex,depthfl,progfed}
 PY=${PYTHON:-python3}
 STEPS=" ${STEPS:-1 1c 2 3} "
 DEVICE=${DEVICE:-cuda}
+SMOKE_SECONDS=${SMOKE_SECONDS:-60}  # bound of each of steps 2 and 2g (a loaded CPU rehearsal needs more)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -83,7 +85,7 @@ if [[ $STEPS == *" 1c "* ]]; then
 fi
 if [[ $STEPS == *" 2 "* ]]; then
   echo "== 2. every method, 2 rounds on --device $DEVICE"
-  timeout 60 $PY "$ROOT/benchmarks/accuracy_grid.py" \
+  timeout "$SMOKE_SECONDS" $PY "$ROOT/benchmarks/accuracy_grid.py" \
     --methods "$($PY -c 'from fedbench import registry; print(",".join(p.name for p in registry.available("methods")))')" \
     --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 --set rounds=2 \
     --set "device=$DEVICE" --set tracking.enabled=false --out "$OUT/smoke.jsonl"
@@ -92,7 +94,7 @@ if [[ $STEPS == *" 2g "* ]] && [ "$DEVICE" = cpu ]; then
   echo "== 2g. every method graphed vs eager: skipped on the CPU (tests/test_graphs.py holds them bit for bit)"
 elif [[ $STEPS == *" 2g "* ]]; then
   echo "== 2g. every method, the 2 rounds of step 2 with CUDA graphs, against step 2's eager runs"
-  timeout 60 $PY "$ROOT/benchmarks/accuracy_grid.py" \
+  timeout "$SMOKE_SECONDS" $PY "$ROOT/benchmarks/accuracy_grid.py" \
     --methods "$($PY -c 'from fedbench import registry; print(",".join(p.name for p in registry.available("methods")))')" \
     --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 --set rounds=2 \
     --set "device=$DEVICE" --set cuda_graphs=true --set tracking.enabled=false --out "$OUT/smoke_graphs.jsonl"

@@ -30,7 +30,7 @@ def toy_fashion_mnist(folder: Path) -> Path:
 
 
 def rehearse(out: Path, data: Path, steps: str, expect_rc: int = 0, **env: str) -> str:
-    settings = {**os.environ, "DEVICE": "cpu", "STEPS": steps, "PYTHON": sys.executable, **env}
+    settings = {**os.environ, "DEVICE": "cpu", "STEPS": steps, "PYTHON": sys.executable, "SMOKE_SECONDS": "300", **env}
     done = subprocess.run(["bash", str(SCRIPT), str(out), str(data)], env=settings, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == expect_rc, done.stdout[-3000:] + done.stderr[-3000:]

@@ -20,7 +20,7 @@ def config_for(method: str, options: dict | None = None, **extra):
     return make_config(overrides={
         "method": method, "options": options or {},
         "data": {"dataset": "synthetic", "num_clients": 20, "partition": "iid"},
-        "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.05}, "model": {"name": "cnn", "width": 0.25},
+        "train": {"local_epochs": 1, "batch_size": 64, "lr": 0.05}, "model": {"name": "cnn", "width": 0.25},
         "fleet": {"profile": "relative"}, "clients_per_round": 3, "rounds": 2, "eval_every": 2, "tracking": {"enabled": False},
         **extra,
     })

@@ -34,7 +34,7 @@ def config_with(method: str, fleet: dict | None = None, options: dict | None = N
     values = {
         "method": method,
         "data": {"dataset": "synthetic", "num_clients": 10, "partition": "iid"},
-        "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.05},
+        "train": {"local_epochs": 1, "batch_size": 64, "lr": 0.05},  # the relative fleet's reference batch
         "model": {"name": "cnn", "width": 0.25},
         "fleet": fleet or {"profile": "relative"},
         "options": options or {},
@@ -244,8 +244,8 @@ def test_a_width_grid_outside_zero_to_one_is_a_one_line_config_error():
 def test_a_fleet_that_fits_not_even_the_narrowest_width_fails_naming_the_smallest_budget():
     config = config_with("allsmall", {"profile": "uniform-mb", "low_mb": 1, "high_mb": 1}, {"levels": [1.0]},
                          model={"name": "cnn", "width": 1.0})
-    with pytest.raises(MemoryBudgetError, match=r"allsmall: even the narrowest width 1 of cnn needs 2\.7 MiB "
-                                                r"at batch 32, but the smallest device has 1\.0 MiB"):
+    with pytest.raises(MemoryBudgetError, match=r"allsmall: even the narrowest width 1 of cnn needs 4\.4 MiB "
+                                                r"at batch 64, but the smallest device has 1\.0 MiB"):
         prepared(config)
     result = CliRunner().invoke(app, [
         "run", "--method", "heterofl", "--dataset", "synthetic", "--model", "cnn", "--clients", "10",
