@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from fedbench import registry
 from fedbench.config import DataConfig, FleetConfig, RunConfig, TrainConfig
 from fedbench.core import setup
-from fedbench.core.context import holds_like_the_reference, reference_peak_bytes
+from fedbench.core.context import reference_peak_bytes
 from fedbench.core.method import Workload, validate_method
 from fedbench.errors import ConfigError, FedbenchError
 from fedbench.execution.worker_start import worker_context
@@ -89,8 +89,8 @@ def workload_reports(
     optimizer: str = "sgd", momentum: float = TrainConfig.momentum, weight_decay: float = TrainConfig.weight_decay,
 ) -> tuple[tuple[tuple[str, Any], ...], int]:
     """``(sub-model name, MemoryReport)`` of each workload of ``method`` (default options) plus the
-    full model, at the given local optimizer, and the full model's cross-entropy peak there (the
-    ``relative`` fleet's reference when that optimizer and batch are the paper's). Cached for the process."""
+    full model, at the given local optimizer, and the full model's cross-entropy peak there.
+    Cached for the process."""
     key = ReportsKey(model_name, tuple(shape), num_classes, width, method, batch_size,  # type: ignore[arg-type]
                      optimizer, momentum, weight_decay)
     found = _REPORTS.get(key)
@@ -181,10 +181,10 @@ def memory_rows(
     train = dataclasses.replace(train or TrainConfig(), batch_size=batch_size)  # validates the batch size
     fleet_config = FleetConfig(profile=fleet_profile, low_mb=low_mb, high_mb=high_mb)
     shape, num_classes = dataset_shape(dataset, data_dir)
-    reports, full_peak_bytes = workload_reports(model_name, shape, num_classes, width, method, batch_size,
-                                                train.optimizer, train.momentum, train.weight_decay)
-    fleet = make_fleet(fleet_config, clients, seed, (lambda: full_peak_bytes) if holds_like_the_reference(train)
-                       else functools.partial(reference_peak_bytes, model_name, shape, num_classes, width))
+    reports, _ = workload_reports(model_name, shape, num_classes, width, method, batch_size,
+                                  train.optimizer, train.momentum, train.weight_decay)
+    fleet = make_fleet(fleet_config, clients, seed,
+                       functools.partial(reference_peak_bytes, model_name, shape, num_classes, width))
     return [
         {
             "submodel": name,

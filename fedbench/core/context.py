@@ -110,12 +110,9 @@ class RunContext:
         """Peak of one local step of the run's full model under the paper's common training (its
         SGD and batch 64), whatever the run's own: the scale of the ``relative`` fleet (cached)."""
         if self._reference_peak is None:
-            if holds_like_the_reference(self.config.train):
-                self._reference_peak = self.full_model_peak_bytes()
-            else:
-                dataset = self.data.dataset
-                self._reference_peak = reference_peak_bytes(
-                    self.config.model.name, dataset.input_shape, dataset.num_classes, self.config.model.width)
+            dataset = self.data.dataset
+            self._reference_peak = reference_peak_bytes(
+                self.config.model.name, dataset.input_shape, dataset.num_classes, self.config.model.width)
         return self._reference_peak
 
     def participation_metrics(self) -> dict[str, float]:
@@ -167,18 +164,11 @@ class RunContext:
         return sorted(int(c) for c in chosen)
 
 
-def holds_like_the_reference(train: TrainConfig) -> bool:
-    """Whether a device holds the same in training as under the paper's common setting: the same
-    optimizer state and batch (the learning rate changes no memory)."""
-    reference = TrainConfig()
-    return all(getattr(train, name) == getattr(reference, name)
-               for name in ("optimizer", "momentum", "weight_decay", "batch_size"))
-
-
 def reference_peak_bytes(model_name: str, input_shape: Sequence[int], num_classes: int, width: float) -> int:
     """Peak of one local step of a full model trained as the paper's common setting trains it
     (SGD with momentum 0.9, weight decay 5e-4, batch 64): the devices of the ``relative`` fleet
-    are fractions of it, so they do not change with a run's optimizer, batch or preset."""
+    are fractions of it, so they do not change with a run's optimizer, batch or preset. A run
+    trained that way finds the trace in the memory model's caches."""
     reference = TrainConfig()
     with building_on_meta():
         model = build_model(model_name, tuple(input_shape), num_classes, width=width)
