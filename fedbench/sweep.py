@@ -49,6 +49,7 @@ from fedbench.config import RunConfig, build_dataclass, deep_merge, dotted_to_ne
 from fedbench.core import checkpoint
 from fedbench.errors import ConfigError, FedbenchError, MemoryBudgetError, TrackingError
 from fedbench.execution.executors import connect_ray, cpu_demand, require_ray
+from fedbench.tracking import provenance
 from fedbench.tracking.tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -318,20 +319,36 @@ def check_gpu_option(gpus_per_cell: Any, executor: str) -> float | None:
 
 
 # ----------------------------------------------------------------- running
-def finished_keys(experiment: str, tracking_uri: str | None) -> set[str]:
-    """Run keys that already have a FINISHED run in ``experiment``."""
+def finished_keys(experiment: str, tracking_uri: str | None) -> dict[str, str | None]:
+    """Run key -> the code version (:mod:`fedbench.tracking.provenance`) of the newest FINISHED
+    run of ``experiment`` with that key (None where the run did not record one)."""
 
     client, experiment_id = MlflowTracker(tracking_uri, experiment)._connect()
-    keys: set[str] = set()
+    keys: dict[str, str | None] = {}
     token = None
     while True:
         page = client.search_runs(
-            [experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=1000, page_token=token
+            [experiment_id], filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1000, page_token=token,
         )
-        keys.update(r.data.tags.get("fedbench.run_key", "") for r in page)
+        for run in page:
+            key = run.data.tags.get("fedbench.run_key", "")
+            if key and key not in keys:
+                keys[key] = provenance.recorded_version(run.data.tags)
         token = page.token
         if not token:
-            return keys - {""}
+            return keys
+
+
+def skip_reason(version: str | None) -> str:
+    """Why a finished cell is skipped, naming the code that finished it where that is not this
+    checkout's: the run key hashes the config, not the code, so ``--rerun`` is the way to measure
+    a cell again after the code changed."""
+    now = provenance.code_version()
+    if version == now:
+        return "already finished"
+    made_by = "code that did not record its version" if version is None else f"code {provenance.short(version)}"
+    return f"already finished, by {made_by} (this is {provenance.short(now)}; --rerun runs it here)"
 
 
 def resumable_runs(experiment: str, tracking_uri: str | None) -> dict[str, str]:
@@ -438,7 +455,7 @@ def run_grid(
         require_ray()
     cells = [replace(c, config=_with_uri(c.config, tracking_uri)) for c in grid.cells]
     uri = tracking_uri or _uri(cells)
-    done = set() if rerun else finished_keys(grid.experiment, uri)
+    done = {} if rerun else finished_keys(grid.experiment, uri)
     resumable = {} if rerun else resumable_runs(grid.experiment, uri)
     outcomes: dict[int, CellOutcome] = {}
     todo: list[Cell] = []
@@ -446,7 +463,7 @@ def run_grid(
     for cell in cells:
         key = cell.config.run_key
         if key in done:
-            outcomes[cell.index] = CellOutcome(cell.index, "SKIPPED", reason="already finished")
+            outcomes[cell.index] = CellOutcome(cell.index, "SKIPPED", reason=skip_reason(done[key]))
             _notify(on_outcome, cell, outcomes[cell.index])
         elif key in first:
             outcomes[cell.index] = CellOutcome(cell.index, "SKIPPED", reason=f"the same run as cell #{first[key]}")

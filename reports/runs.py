@@ -18,6 +18,7 @@ import pandas as pd
 
 from fedbench.errors import ConfigError, TrackingError, UnknownNameError
 from fedbench.reports.summary import CYCLE_END, cycle_end_evaluations, finished_runs, summarize
+from fedbench.tracking import provenance
 from fedbench.tracking.tracker import (  # also: MLflow's quiet defaults
     describe_store,
     one_line,
@@ -218,4 +219,16 @@ def load_experiment(
     runs, skipped = finished_runs(store.runs(experiment), experiment)
     history, off_cycle = cycle_end_evaluations(store.histories(runs["run_id"], (*keys, CYCLE_END)))
     summary, warnings = summarize(runs, history, last_evals)
-    return summary, history, skipped + off_cycle + warnings
+    used = runs[runs["run_id"].isin(summary["run_id"])]
+    versions = provenance.describe_versions(code_versions(used), f"the {len(used)} runs of experiment '{experiment}'")
+    return summary, history, skipped + off_cycle + warnings + versions
+
+
+def code_versions(runs: pd.DataFrame) -> list[str | None]:
+    """The code version each run recorded (:func:`provenance.recorded_version` of its tags)."""
+    tag_columns = [c for c in runs.columns if str(c).startswith("tags.")]
+    return [
+        provenance.recorded_version({c.removeprefix("tags."): v for c, v in zip(tag_columns, row, strict=True)
+                                     if isinstance(v, str)})
+        for row in runs[tag_columns].itertuples(index=False)
+    ]

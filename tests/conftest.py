@@ -10,6 +10,9 @@ import torch
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Hermetic: no test reads or writes the user's trace cache (tests/test_trace_cache.py turns one on).
 os.environ["FEDBENCH_TRACE_CACHE"] = "off"
+# Hermetic: every run records one code version, whether or not this checkout has uncommitted
+# changes (tests/test_provenance.py tests the real one).
+os.environ["FEDBENCH_CODE_VERSION"] = "fedbench-under-test"
 torch.set_num_threads(2)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"

@@ -135,6 +135,28 @@ def test_a_failing_cell_is_recorded_and_finished_cells_are_skipped_next_time(gri
     assert [o.status for o in forced] == ["FINISHED", "FAILED", "FINISHED", "FAILED"]
 
 
+def test_a_cell_finished_by_other_code_is_skipped_saying_so_and_reports_name_mixed_versions(tmp_path, tracking_uri):
+    """The run key hashes the config, not the code: a sweep still skips a cell finished by an
+    older fedbench, but says which, and a table over runs of two versions warns."""
+    from mlflow.tracking import MlflowClient
+
+    from fedbench.tracking import provenance
+
+    path = tmp_path / "versions.yaml"
+    path.write_text(GRID.replace("tiny-grid", "versions").replace("[synthetic, no-such-data]", "[synthetic]"))
+    first = sweep.run_grid(sweep.load_grid(path), tracking_uri=tracking_uri)
+    assert [o.status for o in first] == ["FINISHED", "FINISHED"]
+    MlflowClient(tracking_uri).set_tag(first[0].run_id, provenance.TAG, "a" * 40)
+    again = runner.invoke(app, ["sweep", str(path), "--tracking-uri", tracking_uri])
+    assert again.exit_code == 0, again.output
+    lines = " ".join(again.output.split())
+    assert f"SKIPPED #0 seed=1, data.dataset=synthetic — already finished, by code {'a' * 12} (this is" in lines
+    assert "SKIPPED #1 seed=2, data.dataset=synthetic — already finished " in lines + " "
+    table = runner.invoke(app, ["report", "table1", "--iid", "--experiment", "versions", "--tracking-uri", tracking_uri])
+    assert table.exit_code == 0, table.output
+    assert "the 2 runs of experiment 'versions' come from 2 code versions" in " ".join(table.output.split())
+
+
 def test_a_cell_no_device_can_train_is_recorded_as_pr_0_and_reported_as_na(tmp_path, tracking_uri):
     """Spec common.md §1.1: a method whose workload fits no device gets PR 0, the paper's NA cell."""
     path = tmp_path / "na.yaml"

@@ -255,3 +255,20 @@ def test_a_store_failing_mid_run_is_one_line_naming_the_round(store, tiny_config
     message = str(info.value)
     assert "failed while logging round 1 of run" in message and "readonly database)" in message
     assert "\n" not in message and "[SQL" not in message
+
+
+def test_a_run_records_the_code_that_made_it_and_a_resume_by_other_code_records_both(store, tiny_config, monkeypatch,
+                                                                                    caplog):
+    from fedbench.tracking import provenance
+
+    first = MlflowTracker(store, experiment="code-version")
+    first.start(tiny_config, {}, option_values={})
+    first.finish("KILLED", "interrupted by the user")
+    started = _client(store).get_run(first.run_id).data.tags[provenance.TAG]
+    assert started == provenance.code_version()
+    monkeypatch.setattr(provenance, "code_version", lambda: "f" * 40)
+    again = MlflowTracker(store, experiment="code-version")
+    again.resume(first.run_id, [])
+    again.finish("FINISHED")
+    assert _client(store).get_run(first.run_id).data.tags[provenance.TAG] == f"{started} then {'f' * 40}"
+    assert f"continues with {'f' * 12}" in caplog.text

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 
 from fedbench.config import RunConfig, check_writable, to_yaml
 from fedbench.errors import FedbenchError, TrackingError
+from fedbench.tracking import provenance
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +90,6 @@ class NullTracker:
 
     def finish(self, status: str, error: str | None = None) -> None:
         pass
-
-
-def git_sha() -> str:
-    """The commit of the fedbench source tree, or ``unknown`` outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def metrics_csv(rows: list[dict[str, float]]) -> str:
@@ -214,7 +199,7 @@ class MlflowTracker:
             "fedbench.dataset": config.data.dataset,
             "fedbench.model": config.model.name,
             "fedbench.run_key": config.run_key if run_key is None else run_key,
-            "fedbench.git_sha": git_sha(),
+            provenance.TAG: provenance.code_version(),
             **(config.method_tags() if method_tags is None else method_tags),
         }
         self._check_artifact_folder(experiment_id)
@@ -263,7 +248,19 @@ class MlflowTracker:
         self._rows = list(rows)
         self._client.update_run(run_id, status="RUNNING")
         self._client.set_tag(run_id, "fedbench.resumed_after_round", str(len(rows)))
+        self._record_code_version(run_id)
         self._set_error_tag(None)  # the interruption it named is over
+
+    def _record_code_version(self, run_id: str) -> None:
+        """A run continued by other code than started it records both versions, with a warning:
+        its rounds before and after the resume may have computed different things."""
+        started = provenance.recorded_version(self._client.get_run(run_id).data.tags)
+        now = provenance.code_version()
+        version = provenance.resumed_version(started, now)
+        if started is not None and version != started:
+            log.warning("run %s was started by code %s and continues with %s; its tag %s records both",
+                        run_id, provenance.short(started), provenance.short(now), provenance.TAG)
+        self._client.set_tag(run_id, provenance.TAG, version)
 
     def run_config_yaml(self, run_id: str) -> tuple[str, str]:
         """The ``config.yaml`` artifact and the status of an existing run, for resuming it."""

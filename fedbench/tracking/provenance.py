@@ -1,0 +1,104 @@
+"""Which code made a run: the commit of the fedbench checkout, and whether its code had changes.
+
+A run key hashes the config, not the code, so a store can hold cells made by different code:
+a sweep skips a cell that finished before a method changed, and a table may then average runs
+that measured different things. Every run records its code version (the tag
+``fedbench.code_version``) so sweeps and reports can say when that happens.
+
+A version is the checkout's commit (``git rev-parse HEAD``), with ``+uncommitted`` where the
+code (:data:`CODE_PATHS`) differs from it: a changed file, or a new one git does not ignore (a
+method file not yet added), so the commit alone does not say what ran. Outside a git checkout (an installed wheel) it is the package version, unless
+``$FEDBENCH_CODE_VERSION`` names the code (a copied tree that is not a checkout: name its commit).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+from fedbench import __version__
+
+TAG = "fedbench.code_version"
+ENV = "FEDBENCH_CODE_VERSION"  # names the code where git cannot (a copied tree)
+LEGACY_TAG = "fedbench.git_sha"  # older runs: the commit only
+UNCOMMITTED = "+uncommitted"
+# Where a change alters what a run computes: the packages and their build (entry points).
+CODE_PATHS = ("fedbench", "methods", "datasets", "reports", "pyproject.toml")
+# The checkout this module belongs to: fedbench/tracking/provenance.py -> the repository root.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def code_version() -> str:
+    """The version of the code running here: ``$FEDBENCH_CODE_VERSION`` if set, else that of
+    this checkout (:func:`checkout_version`)."""
+    return os.environ.get(ENV) or checkout_version(SOURCE_ROOT)
+
+
+@cache
+def checkout_version(root: Path) -> str:
+    """The version of the code at ``root``: ``<commit>``, ``<commit>+uncommitted``, or
+    ``fedbench <version>`` where ``root`` is not the top of a git checkout (an installed
+    package inside some other repository is not that repository's commit)."""
+    top = _git(root, "rev-parse", "--show-toplevel")
+    commit = _git(root, "rev-parse", "HEAD")
+    if top is None or commit is None or Path(top).resolve() != root.resolve():
+        return f"fedbench {__version__}"
+    changed = _git(root, "status", "--porcelain", "--", *CODE_PATHS)
+    return commit + (UNCOMMITTED if changed else "")
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """The stripped output of a git command in ``root``; None where git fails or is missing."""
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def short(version: str) -> str:
+    """A version for messages: a commit cut to 12 hex digits, the rest kept."""
+    commit, plus, rest = version.partition("+")
+    if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit):
+        commit = commit[:12]
+    return commit + plus + rest
+
+
+def recorded_version(tags: dict[str, str]) -> str | None:
+    """The code version a run's tags record: its ``fedbench.code_version``, else (older runs)
+    its commit; None where neither was recorded."""
+    version = tags.get(TAG) or tags.get(LEGACY_TAG)
+    return None if not version or version == "unknown" else version
+
+
+def resumed_version(started: str | None, now: str) -> str:
+    """The version of a run started by ``started`` code and continued by ``now``: one version
+    where they agree, else both (``A then B``), so a table counts the run as made by neither."""
+    if started is None or started == now or started.endswith(f" then {now}"):
+        return now if started is None else started
+    return f"{started} then {now}"
+
+
+def describe_versions(versions: Iterable[str | None], what: str) -> list[str]:
+    """Warnings for ``what`` (e.g. "the runs of this table") made by more than one code version,
+    or by code with uncommitted changes (whose commit does not say what ran)."""
+    counts: dict[str, int] = {}
+    for version in versions:
+        key = version or "unrecorded"
+        counts[key] = counts.get(key, 0) + 1
+    warnings = []
+    if len(counts) > 1:
+        listed = ", ".join(f"{short(v)} ({n})" for v, n in sorted(counts.items(), key=lambda item: -item[1]))
+        warnings.append(
+            f"{what} come from {len(counts)} code versions: {listed}; runs made by different code may "
+            "differ in what they measure: re-run the older ones at one version (fedbench sweep GRID --rerun, "
+            "or into a new --experiment)"
+        )
+    uncommitted = sum(n for v, n in counts.items() if UNCOMMITTED in v)
+    if uncommitted:
+        warnings.append(f"{uncommitted} of {what} were made from a checkout with uncommitted code changes, "
+                        "so their commit does not say what ran")
+    return warnings
