@@ -23,7 +23,8 @@
 # LONG_SECONDS + 270 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
 # step 3; LONG_METHODS, LONG_ROUNDS, LONG_SECONDS, LONG_WORKERS, LONG_GRAPHS (true: CUDA graphs) and
 # CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
-# SMOKE_SECONDS (60) bounds steps 2 and 2g.
+# SMOKE_SECONDS (60) bounds steps 2 and 2g. OUT/env.txt names the GPU, torch and the fedbench code
+# (its commit; set FEDBENCH_CODE_VERSION to the commit where the tree is a copy without git).
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow, no network): runs go
 # through benchmarks/accuracy_grid.py. Installs this checkout (pip install --no-deps
 # --no-build-isolation -e .) if the Python it runs does not import fedbench from here.
@@ -61,7 +62,9 @@ else
 fi
 
 { nvidia-smi -L; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
-  'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"; nproc; } >"$OUT/env.txt" 2>&1
+  'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"; nproc
+  $PY -c "from fedbench.tracking.provenance import code_version; print('fedbench code', code_version())"
+} >"$OUT/env.txt" 2>&1
 
 if [ "$DEVICE" = cpu ] && [[ $STEPS == *" 1"* ]]; then
   echo "== 1, 1b, 1c compare the memory model with CUDA's allocator: skipped on the CPU"

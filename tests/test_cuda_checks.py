@@ -51,6 +51,7 @@ def test_every_gpu_step_runs_on_the_cpu_and_a_stopped_run_continues_from_its_ret
     assert "1, 1b, 1c compare the memory model with CUDA's allocator: skipped on the CPU" in printed
     assert "2g. every method graphed vs eager: skipped on the CPU" in printed
 
+    assert "fedbench code fedbench-under-test" in (out / "env.txt").read_text()  # which code made the figures
     smoke = lines(out / "smoke.jsonl")  # step 2: every registered method, two rounds
     assert sorted(r["method"] for r in smoke) == sorted(p.name for p in registry.available("methods"))
     assert all("error" not in r and r["rounds_reached"] == 2 for r in smoke)

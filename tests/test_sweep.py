@@ -265,7 +265,7 @@ def test_a_sweep_rerun_resumes_a_cell_killed_mid_run_from_its_checkpoint(tmp_pat
     path = tmp_path / "grid.yaml"
     path.write_text(textwrap.dedent(RESUMABLE))
     (cell,) = sweep.load_grid(path).cells
-    config = sweep._with_uri(cell.config, tracking_uri)
+    config = sweep.runner._with_uri(cell.config, tracking_uri)
 
     def die_after_first_round(result):
         raise KeyboardInterrupt
@@ -324,7 +324,7 @@ def test_a_sweep_rerun_refuses_a_malicious_checkpoint_says_so_and_restarts_the_c
     path = tmp_path / "grid.yaml"
     path.write_text(textwrap.dedent(RESUMABLE))
     (cell,) = sweep.load_grid(path).cells
-    config = sweep._with_uri(cell.config, tracking_uri)
+    config = sweep.runner._with_uri(cell.config, tracking_uri)
     tracker = MlflowTracker(tracking_uri, config.tracking.experiment)
     tracker.start(config, {})  # left RUNNING, as a SIGKILL leaves it
     marker = tmp_path / "pwned"

@@ -73,14 +73,14 @@ def fake_ray(monkeypatch):
     would run: (device, run key, config type); cells are not trained."""
     fake = FakeRay(gpus=1)
     fake.ran = []
-    monkeypatch.setattr(sweep, "require_ray", lambda: fake)
-    monkeypatch.setattr(sweep, "connect_ray", lambda num_cpus: True)  # "started here": shut down after
+    monkeypatch.setattr(sweep.runner, "require_ray", lambda: fake)
+    monkeypatch.setattr(sweep.runner, "connect_ray", lambda num_cpus: True)  # "started here": shut down after
 
     def run_cell(config, resume_run_id=None):
         fake.ran.append((config.device, config.run_key))
         return sweep.CellOutcome(-1, "FINISHED", final_accuracy=0.5)
 
-    monkeypatch.setattr(sweep, "run_cell", run_cell)
+    monkeypatch.setattr(sweep.runner, "run_cell", run_cell)
     return fake
 
 

@@ -1,0 +1,65 @@
+"""What the tracking store already holds for a grid: the cells that finished (and by which code),
+and the cut-short runs a sweep continues from their checkpoints."""
+
+from __future__ import annotations
+
+from fedbench.core import checkpoint
+from fedbench.tracking import provenance
+from fedbench.tracking.tracker import MlflowTracker
+
+UNFINISHED = ("RUNNING", "KILLED", "FAILED")
+
+
+def finished_keys(experiment: str, tracking_uri: str | None) -> dict[str, str | None]:
+    """Run key -> the code version (:mod:`fedbench.tracking.provenance`) of the newest FINISHED
+    run of ``experiment`` with that key (None where the run did not record one)."""
+
+    client, experiment_id = MlflowTracker(tracking_uri, experiment)._connect()
+    keys: dict[str, str | None] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1000, page_token=token,
+        )
+        for run in page:
+            key = run.data.tags.get("fedbench.run_key", "")
+            if key and key not in keys:
+                keys[key] = provenance.recorded_version(run.data.tags)
+        token = page.token
+        if not token:
+            return keys
+
+
+def skip_reason(version: str | None) -> str:
+    """Why a finished cell is skipped, naming the code that finished it where that is not this
+    checkout's: the run key hashes the config, not the code, so ``--rerun`` is the way to measure
+    a cell again after the code changed."""
+    now = provenance.code_version()
+    if version == now:
+        return "already finished"
+    made_by = "code that did not record its version" if version is None else f"code {provenance.short(version)}"
+    return f"already finished, by {made_by} (this is {provenance.short(now)}; --rerun runs it here)"
+
+
+def resumable_runs(experiment: str, tracking_uri: str | None) -> dict[str, str]:
+    """Run key -> id of the newest cut-short run (RUNNING, KILLED, FAILED) of ``experiment``
+    that left a checkpoint here, so a sweep rerun continues it instead of starting over."""
+
+    client, experiment_id = MlflowTracker(tracking_uri, experiment)._connect()
+    found: dict[str, str] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string="attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1000, page_token=token,
+        )
+        for run in page:
+            key = run.data.tags.get("fedbench.run_key", "")
+            if run.info.status not in UNFINISHED or not key or key in found:
+                continue
+            if checkpoint.checkpoint_path(run.info.run_id).is_file():
+                found[key] = run.info.run_id
+        token = page.token
+        if not token:
+            return found
