@@ -213,22 +213,12 @@ def load_experiment(
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The finished runs of ``experiment`` summarised (one row per run), the per-round history
     of ``keys`` (without evaluations that end no cycle: :func:`cycle_end_evaluations`), and
-    warnings naming runs with missing metrics."""
+    warnings: runs left out or with missing metrics, runs made by several code versions."""
 
     store = RunStore(tracking_uri)
     runs, skipped = finished_runs(store.runs(experiment), experiment)
     history, off_cycle = cycle_end_evaluations(store.histories(runs["run_id"], (*keys, CYCLE_END)))
     summary, warnings = summarize(runs, history, last_evals)
-    used = runs[runs["run_id"].isin(summary["run_id"])]
-    versions = provenance.describe_versions(code_versions(used), f"the {len(used)} runs of experiment '{experiment}'")
+    versions = provenance.describe_versions(summary["code_version"].tolist(),
+                                            f"the {len(summary)} runs of experiment '{experiment}'")
     return summary, history, skipped + off_cycle + warnings + versions
-
-
-def code_versions(runs: pd.DataFrame) -> list[str | None]:
-    """The code version each run recorded (:func:`provenance.recorded_version` of its tags)."""
-    tag_columns = [c for c in runs.columns if str(c).startswith("tags.")]
-    return [
-        provenance.recorded_version({c.removeprefix("tags."): v for c, v in zip(tag_columns, row, strict=True)
-                                     if isinstance(v, str)})
-        for row in runs[tag_columns].itertuples(index=False)
-    ]

@@ -16,6 +16,7 @@ import pandas as pd
 
 from fedbench.config import EXECUTION_FIELDS, RunConfig, preset_layer
 from fedbench.errors import ConfigError, FedbenchError
+from fedbench.tracking import provenance
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ DEFAULT_LAST_EVALS = 3
 SUMMARY_COLUMNS = (
     "run_id", "method", "method_label", "dataset", "model", "partition", "alpha", "partition_label", "seed",
     "final_accuracy", "best_accuracy", "pr", "rounds", "virtual_time_s", "ablation_label", "ignores_memory",
+    "code_version",
 )
 # NeuLite's ablation switches (Fig. 8): an ablation names its bars by them, and by nothing else
 # only if the runs agree on every other setting.
@@ -227,6 +229,9 @@ def summarize(
             "rounds": _number(run.get("params.rounds")),
             "virtual_time_s": _number(run.get(f"metrics.{VIRTUAL_TIME}")),
             "ignores_memory": run.get("tags.fedbench.ignores_memory") == "true",  # vanilla FedAvg
+            "code_version": provenance.recorded_version(
+                {tag: value for tag in (provenance.TAG, provenance.LEGACY_TAG)
+                 if isinstance(value := run.get(f"tags.{tag}"), str)}),
         }
         row["partition_label"] = partition_label(row["partition"], row["alpha"])
         options = {k.removeprefix("params."): v for k, v in run.items()

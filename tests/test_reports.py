@@ -208,6 +208,30 @@ def test_latex_and_csv_carry_the_same_cells(store, tmp_path):
     assert (tmp_path / "table1.csv").exists() and (tmp_path / "table1.tex").exists()
 
 
+def test_runs_exports_every_run_the_tables_use_as_numbers(store, tmp_path):
+    import io
+
+    import pandas as pd
+
+    result = _report("runs", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs.csv").read_text() == result.stdout
+    runs = pd.read_csv(io.StringIO(result.stdout))
+    assert list(runs.columns[:9]) == ["run_id", "method", "method_label", "dataset", "model", "partition", "alpha",
+                                      "seed", "final_accuracy"]
+    assert len(runs) == len(GRID)  # every finished run, the FAILED one left out
+    assert runs["method_label"].tolist() == sorted(runs["method_label"].tolist())
+    fedavg = runs[(runs["method"] == "fedavg") & (runs["partition"] == "dirichlet")].set_index("seed")
+    assert fedavg.loc[1, "final_accuracy"] == pytest.approx(0.6)  # mean of the last 3 evaluations
+    assert fedavg.loc[2, "best_accuracy"] == pytest.approx(0.8)
+    assert fedavg.loc[1, "pr"] == 1.0 and fedavg.loc[1, "rounds"] == 4
+    na = runs[(runs["method"] == "exclusivefl") & (runs["model"] == "resnet34")].iloc[0]
+    assert na["pr"] == 0.0 and math.isnan(na["final_accuracy"])  # NA: no accuracy, an empty cell
+    last = _report("runs", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path), "--last", "1")
+    fedavg = pd.read_csv(io.StringIO(last.stdout)).query("method == 'fedavg' and partition == 'dirichlet'")
+    assert sorted(fedavg["final_accuracy"]) == pytest.approx([0.7, 0.8])
+
+
 def test_curves_draw_the_seed_mean_per_method_against_round_and_virtual_time(store, tmp_path):
     from fedbench.reports import figures, series
     from fedbench.reports.runs import load_experiment
@@ -534,6 +558,7 @@ REPORTS_WITH_OUT = {
     "curves": ["curves", "--experiment", "grid"],
     "ablation": ["ablation", "--experiment", "ablation"],
     "tta": ["tta", "--experiment", "ablation", "--target", "0.7"],
+    "runs": ["runs", "--experiment", "grid"],
     "info-plane": ["info-plane", "--run", "{neulite_run}"],
     "memory": ["memory", "--model", "cnn", "--dataset", "synthetic"],
     "time": ["time", "--model", "cnn", "--dataset", "synthetic", "--samples", "30", "--epochs", "1"],

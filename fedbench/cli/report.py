@@ -43,7 +43,7 @@ class _ReportGroup(TyperGroup):
 
 report_app = typer.Typer(
     cls=_ReportGroup,
-    help="The paper's tables and figures from tracked runs: table1, table2, curves, memory, time, ablation, info-plane; tta (time to accuracy).",
+    help="The paper's tables and figures from tracked runs: table1, table2, curves, memory, time, ablation, info-plane; tta (time to accuracy); runs (every run as numbers, CSV).",
     no_args_is_help=True,
 )
 app.add_typer(report_app, name="report")
@@ -114,9 +114,15 @@ def _write_table(table: Any, fmt: str, out_dir: Path | None, experiment: str, st
     """Print a table and write it to ``<out>/<stem>.<fmt>`` (default out: the experiment's folder)."""
     from fedbench.reports import render  # lazy: pandas loads only when a report is drawn
 
-    text = render.render(table, fmt)
+    _write_text(render.render(table, fmt), out_dir, experiment, f"{stem}.{fmt}")
+
+
+def _write_text(text: str, out_dir: Path | None, experiment: str, name: str) -> None:
+    """Print ``text`` and write it to ``<out>/<name>`` (default out: the experiment's folder)."""
+    from fedbench.reports import render  # lazy: pandas loads only when a report is drawn
+
     folder = render.check_out_dir(out_dir or OUT_ROOT / render.folder_name(experiment))
-    path = render.write_out(folder / f"{stem}.{fmt}", lambda target: target.write_text(text, encoding="utf-8"))
+    path = render.write_out(folder / name, lambda target: target.write_text(text, encoding="utf-8"))
     typer.echo(text, nl=False)
     err.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
@@ -215,6 +221,29 @@ def time_to_accuracy_command(
         table, more = time_to_accuracy(summary, history, target, baseline or None)
         _warn(warnings + more)
         _write_table(table, fmt, out_dir, experiment, f"tta-{target!r}")
+    except FedbenchError as exc:
+        raise fail(exc) from None
+
+
+@report_app.command("runs")
+def runs_command(
+    experiment: Experiment = "fedbench",
+    tracking_uri: TrackingUri = None,
+    out_dir: OutDir = None,
+    last: Last = 3,
+    verbose: Verbose = False,
+) -> None:
+    """Every run the tables use, one CSV row each, as numbers: final and best accuracy (fractions), PR, rounds, simulated time, seed, options, code version."""
+    # lazy: pandas loads only when a report is drawn
+    from fedbench.reports import per_run
+    from fedbench.reports.runs import load_experiment
+
+    setup_logging(verbose)
+    try:
+        _check_out(out_dir)
+        summary, _history, warnings = load_experiment(experiment, tracking_uri, last_evals=last)
+        _warn(warnings)
+        _write_text(per_run.to_csv(per_run.runs_table(summary)), out_dir, experiment, "runs.csv")
     except FedbenchError as exc:
         raise fail(exc) from None
 
