@@ -24,7 +24,7 @@
 # step 3; LONG_METHODS, LONG_ROUNDS, LONG_SECONDS, LONG_WORKERS, LONG_GRAPHS (true: CUDA graphs) and
 # CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
 # SMOKE_SECONDS (60) bounds steps 2 and 2g. OUT/env.txt names the GPU, torch and the fedbench code
-# (its commit; set FEDBENCH_CODE_VERSION to the commit where the tree is a copy without git).
+# (its commit; a digest of its files where the tree is a copy without git, FEDBENCH_CODE_VERSION to name it).
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow, no network): runs go
 # through benchmarks/accuracy_grid.py. Installs this checkout (pip install --no-deps
 # --no-build-isolation -e .) if the Python it runs does not import fedbench from here.

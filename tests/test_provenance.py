@@ -39,13 +39,16 @@ def test_a_clean_checkout_is_its_commit(checkout):
     assert provenance.checkout_version(checkout) == _git(checkout, "rev-parse", "HEAD")
 
 
-def test_a_changed_or_new_code_file_marks_the_commit_uncommitted(checkout):
+def test_a_changed_or_new_code_file_marks_the_commit_uncommitted_with_a_digest_of_the_changes(checkout):
     commit = _git(checkout, "rev-parse", "HEAD")
     (checkout / "fedbench" / "engine.py").write_text("ROUNDS = 2\n")
-    assert provenance.checkout_version.__wrapped__(checkout) == commit + provenance.UNCOMMITTED
+    changed = provenance.checkout_version.__wrapped__(checkout)
+    assert changed.startswith(commit + provenance.UNCOMMITTED + ".")
+    (checkout / "fedbench" / "engine.py").write_text("ROUNDS = 3\n")
+    assert provenance.checkout_version.__wrapped__(checkout) not in (changed, commit)  # another state
     _git(checkout, "checkout", "--", "fedbench/engine.py")
     (checkout / "fedbench" / "new_method.py").write_text("X = 1\n")  # not added yet, still imported
-    assert provenance.checkout_version.__wrapped__(checkout) == commit + provenance.UNCOMMITTED
+    assert provenance.checkout_version.__wrapped__(checkout).startswith(commit + provenance.UNCOMMITTED + ".")
 
 
 def test_docs_and_ignored_files_do_not_change_the_version(checkout):
@@ -57,13 +60,38 @@ def test_docs_and_ignored_files_do_not_change_the_version(checkout):
     assert provenance.checkout_version.__wrapped__(checkout) == commit
 
 
-def test_outside_its_own_checkout_the_version_is_the_package_version(checkout, tmp_path):
+def test_outside_its_own_checkout_the_version_is_the_package_version_and_a_digest_of_the_code(checkout, tmp_path):
     """An installed package inside some other repository is not that repository's commit."""
-    nested = checkout / "fedbench"
-    assert provenance.checkout_version.__wrapped__(nested) == f"fedbench {__version__}"
+    expected = f"fedbench {__version__}+code.{provenance.code_digest(provenance.package_folders())[:12]}"
+    assert provenance.checkout_version.__wrapped__(checkout / "fedbench") == expected
     plain = tmp_path / "no-git"
     plain.mkdir()
-    assert provenance.checkout_version.__wrapped__(plain) == f"fedbench {__version__}"
+    assert provenance.checkout_version.__wrapped__(plain) == expected
+
+
+def _layout(root, files, packages_inside):
+    """Code files laid out as a checkout (methods/ beside fedbench/) or a wheel (inside it)."""
+    for name, text in files.items():
+        package, _, rest = name.partition("/")
+        folder = root / "fedbench" / package if packages_inside and package != "fedbench" else root / package
+        (folder / rest).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rest).write_text(text)
+    (root / "fedbench" / "__pycache__").mkdir(exist_ok=True)
+    (root / "fedbench" / "__pycache__" / "engine.cpython-311.pyc").write_bytes(b"\0\1")
+    inside = root / "fedbench"
+    return {"fedbench": [root / "fedbench"], "fedbench.methods": [inside / "methods" if packages_inside
+                                                                 else root / "methods"]}
+
+
+def test_the_code_digest_is_the_same_for_a_checkout_and_a_wheel_of_the_same_code_and_sees_every_change(tmp_path):
+    files = {"fedbench/engine.py": "ROUNDS = 1\n", "methods/fedavg.py": "class FedAvg: ...\n"}
+    checkout = provenance.code_digest(_layout(tmp_path / "checkout", files, packages_inside=False))
+    wheel = provenance.code_digest(_layout(tmp_path / "wheel", files, packages_inside=True))
+    assert checkout == wheel
+    changed = provenance.code_digest(_layout(tmp_path / "changed", {**files, "methods/fedavg.py": "class FedAvg: pass\n"},
+                                             packages_inside=True))
+    added = provenance.code_digest(_layout(tmp_path / "added", {**files, "methods/new.py": ""}, packages_inside=True))
+    assert len({checkout, changed, added}) == 3
 
 
 def test_this_checkout_records_a_version_and_the_environment_can_name_a_copied_tree(monkeypatch):

@@ -5,17 +5,21 @@ a sweep skips a cell that finished before a method changed, and a table may then
 that measured different things. Every run records its code version (the tag
 ``fedbench.code_version``) so sweeps and reports can say when that happens.
 
-A version is the checkout's commit (``git rev-parse HEAD``), with ``+uncommitted`` where the
-code (:data:`CODE_PATHS`) differs from it: a changed file, or a new one git does not ignore (a
-method file not yet added), so the commit alone does not say what ran. Outside a git checkout (an installed wheel) it is the package version, unless
-``$FEDBENCH_CODE_VERSION`` names the code (a copied tree that is not a checkout: name its commit).
+A version is the checkout's commit (``git rev-parse HEAD``), with ``+uncommitted.<digest of the
+code>`` where the code (:data:`CODE_PATHS`) differs from it: a changed file, or a new one git does not ignore (a
+method file not yet added), so the commit alone does not say what ran. Outside a git checkout
+(an installed wheel, a copied tree) it is the package version and a digest of the code's Python
+files (``fedbench 0.1.0+code.<12 hex digits>``), the same for the same code in either layout.
+``$FEDBENCH_CODE_VERSION`` overrides both (name the commit a copied tree came from).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 
@@ -25,8 +29,12 @@ TAG = "fedbench.code_version"
 ENV = "FEDBENCH_CODE_VERSION"  # names the code where git cannot (a copied tree)
 LEGACY_TAG = "fedbench.git_sha"  # older runs: the commit only
 UNCOMMITTED = "+uncommitted"
+# The installed packages whose Python files are the code, and their folders in a checkout
+# (pyproject's package-dir); a wheel has the last three inside fedbench/.
+CHECKOUT_FOLDERS = {"fedbench": "fedbench", "fedbench.methods": "methods", "fedbench.datasets": "datasets",
+                    "fedbench.reports": "reports"}
 # Where a change alters what a run computes: the packages and their build (entry points).
-CODE_PATHS = ("fedbench", "methods", "datasets", "reports", "pyproject.toml")
+CODE_PATHS = (*CHECKOUT_FOLDERS.values(), "pyproject.toml")
 # The checkout this module belongs to: fedbench/tracking/provenance.py -> the repository root.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,15 +47,45 @@ def code_version() -> str:
 
 @cache
 def checkout_version(root: Path) -> str:
-    """The version of the code at ``root``: ``<commit>``, ``<commit>+uncommitted``, or
-    ``fedbench <version>`` where ``root`` is not the top of a git checkout (an installed
-    package inside some other repository is not that repository's commit)."""
+    """The version of the code at ``root``: ``<commit>``, ``<commit>+uncommitted.<digest>``, or
+    ``fedbench <version>+code.<digest>`` (:func:`code_digest` of the imported packages) where
+    ``root`` is not the top of a git checkout (an installed package inside some other
+    repository is not that repository's commit)."""
     top = _git(root, "rev-parse", "--show-toplevel")
     commit = _git(root, "rev-parse", "HEAD")
     if top is None or commit is None or Path(top).resolve() != root.resolve():
-        return f"fedbench {__version__}"
-    changed = _git(root, "status", "--porcelain", "--", *CODE_PATHS)
-    return commit + (UNCOMMITTED if changed else "")
+        return f"fedbench {__version__}+code.{code_digest(package_folders())[:12]}"
+    if not _git(root, "status", "--porcelain", "--", *CODE_PATHS):
+        return commit
+    folders = {package: [root / folder] for package, folder in CHECKOUT_FOLDERS.items()}
+    return f"{commit}{UNCOMMITTED}.{code_digest(folders)[:12]}"  # two states of the changes differ
+
+
+def package_folders() -> dict[str, list[Path]]:
+    """Where the import system finds each package of the code (an editable install maps the
+    checkout's folders, a wheel its site-packages ones)."""
+    folders = {}
+    for package in CHECKOUT_FOLDERS:
+        spec = importlib.util.find_spec(package)
+        folders[package] = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    return folders
+
+
+def code_digest(folders: Mapping[str, Iterable[Path]]) -> str:
+    """SHA-256 over the Python files of each package (name -> its folders), each file named by
+    its path in the installed layout (``fedbench/methods/fedavg.py``), so a checkout and a wheel
+    of the same code agree; bytecode caches are not code."""
+    files: dict[str, Path] = {}
+    for package, locations in folders.items():
+        prefix = package.replace(".", "/")
+        for location in locations:
+            for path in location.rglob("*.py"):
+                if "__pycache__" not in path.parts:
+                    files[f"{prefix}/{path.relative_to(location).as_posix()}"] = path
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _git(root: Path, *args: str) -> str | None:
