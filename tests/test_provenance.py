@@ -35,8 +35,10 @@ def checkout(tmp_path):
     return root
 
 
-def test_a_clean_checkout_is_its_commit(checkout):
+def test_a_clean_checkout_is_its_commit(checkout, tmp_path):
     assert provenance.checkout_version(checkout) == _git(checkout, "rev-parse", "HEAD")
+    assert provenance.commit(checkout) == _git(checkout, "rev-parse", "HEAD")
+    assert provenance.commit(checkout / "fedbench") == "unknown"  # inside it, not its top
 
 
 def test_a_changed_or_new_code_file_marks_the_commit_uncommitted_with_a_digest_of_the_changes(checkout):
@@ -104,9 +106,9 @@ def test_this_checkout_records_a_version_and_the_environment_can_name_a_copied_t
 
 
 def test_a_run_records_its_version_and_older_runs_their_commit():
-    assert provenance.recorded_version({provenance.TAG: COMMIT_A, provenance.LEGACY_TAG: COMMIT_B}) == COMMIT_A
-    assert provenance.recorded_version({provenance.LEGACY_TAG: COMMIT_B}) == COMMIT_B
-    assert provenance.recorded_version({provenance.LEGACY_TAG: "unknown"}) is None
+    assert provenance.recorded_version({provenance.TAG: COMMIT_A, provenance.COMMIT_TAG: COMMIT_B}) == COMMIT_A
+    assert provenance.recorded_version({provenance.COMMIT_TAG: COMMIT_B}) == COMMIT_B
+    assert provenance.recorded_version({provenance.COMMIT_TAG: "unknown"}) is None
     assert provenance.recorded_version({}) is None
 
 

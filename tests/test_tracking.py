@@ -264,8 +264,9 @@ def test_a_run_records_the_code_that_made_it_and_a_resume_by_other_code_records_
     first = MlflowTracker(store, experiment="code-version")
     first.start(tiny_config, {}, option_values={})
     first.finish("KILLED", "interrupted by the user")
-    started = _client(store).get_run(first.run_id).data.tags[provenance.TAG]
-    assert started == provenance.code_version()
+    tags = _client(store).get_run(first.run_id).data.tags
+    started = tags[provenance.TAG]
+    assert started == provenance.code_version() and tags[provenance.COMMIT_TAG] == provenance.commit()
     monkeypatch.setattr(provenance, "code_version", lambda: "f" * 40)
     again = MlflowTracker(store, experiment="code-version")
     again.resume(first.run_id, [])

@@ -27,7 +27,7 @@ from fedbench import __version__
 
 TAG = "fedbench.code_version"
 ENV = "FEDBENCH_CODE_VERSION"  # names the code where git cannot (a copied tree)
-LEGACY_TAG = "fedbench.git_sha"  # older runs: the commit only
+COMMIT_TAG = "fedbench.git_sha"  # the checkout's commit alone ("unknown" outside one); older runs have only it
 UNCOMMITTED = "+uncommitted"
 # The installed packages whose Python files are the code, and their folders in a checkout
 # (pyproject's package-dir); a wheel has the last three inside fedbench/.
@@ -51,14 +51,21 @@ def checkout_version(root: Path) -> str:
     ``fedbench <version>+code.<digest>`` (:func:`code_digest` of the imported packages) where
     ``root`` is not the top of a git checkout (an installed package inside some other
     repository is not that repository's commit)."""
-    top = _git(root, "rev-parse", "--show-toplevel")
-    commit = _git(root, "rev-parse", "HEAD")
-    if top is None or commit is None or Path(top).resolve() != root.resolve():
+    head = commit(root)
+    if head == "unknown":
         return f"fedbench {__version__}+code.{code_digest(package_folders())[:12]}"
     if not _git(root, "status", "--porcelain", "--", *CODE_PATHS):
-        return commit
+        return head
     folders = {package: [root / folder] for package, folder in CHECKOUT_FOLDERS.items()}
-    return f"{commit}{UNCOMMITTED}.{code_digest(folders)[:12]}"  # two states of the changes differ
+    return f"{head}{UNCOMMITTED}.{code_digest(folders)[:12]}"  # two states of the changes differ
+
+
+@cache
+def commit(root: Path = SOURCE_ROOT) -> str:
+    """The commit of the checkout at ``root`` (``git rev-parse HEAD``), ``unknown`` outside one."""
+    top = _git(root, "rev-parse", "--show-toplevel")
+    head = _git(root, "rev-parse", "HEAD")
+    return head if head and top and Path(top).resolve() == root.resolve() else "unknown"
 
 
 def package_folders() -> dict[str, list[Path]]:
@@ -99,16 +106,16 @@ def _git(root: Path, *args: str) -> str | None:
 
 def short(version: str) -> str:
     """A version for messages: a commit cut to 12 hex digits, the rest kept."""
-    commit, plus, rest = version.partition("+")
-    if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit):
-        commit = commit[:12]
-    return commit + plus + rest
+    head, plus, rest = version.partition("+")
+    if len(head) == 40 and all(c in "0123456789abcdef" for c in head):
+        head = head[:12]
+    return head + plus + rest
 
 
 def recorded_version(tags: dict[str, str]) -> str | None:
     """The code version a run's tags record: its ``fedbench.code_version``, else (older runs)
     its commit; None where neither was recorded."""
-    version = tags.get(TAG) or tags.get(LEGACY_TAG)
+    version = tags.get(TAG) or tags.get(COMMIT_TAG)
     return None if not version or version == "unknown" else version
 
 

@@ -200,6 +200,7 @@ class MlflowTracker:
             "fedbench.model": config.model.name,
             "fedbench.run_key": config.run_key if run_key is None else run_key,
             provenance.TAG: provenance.code_version(),
+            provenance.COMMIT_TAG: provenance.commit(),
             **(config.method_tags() if method_tags is None else method_tags),
         }
         self._check_artifact_folder(experiment_id)
