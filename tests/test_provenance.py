@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 
 import pytest
@@ -123,12 +124,14 @@ def test_a_run_resumed_by_other_code_records_both_versions_once():
 def test_short_cuts_commits_only():
     assert provenance.short(COMMIT_A + provenance.UNCOMMITTED) == "a" * 12 + provenance.UNCOMMITTED
     assert provenance.short("fedbench 0.1.0") == "fedbench 0.1.0"
+    assert provenance.short(f"{COMMIT_A} then {COMMIT_B}") == f"{'a' * 12} then {'b' * 12}"
 
 
 def test_runs_of_several_versions_or_uncommitted_code_are_named_in_warnings():
     assert provenance.describe_versions([COMMIT_A, COMMIT_A], "the 2 runs") == []
-    mixed = provenance.describe_versions([COMMIT_A, COMMIT_A, COMMIT_B + provenance.UNCOMMITTED, None], "the 4 runs")
+    mixed = provenance.describe_versions([COMMIT_A, COMMIT_A, COMMIT_B + provenance.UNCOMMITTED, None, math.nan],
+                                         "the 5 runs")
     assert len(mixed) == 2
-    assert mixed[0].startswith(f"the 4 runs come from 3 code versions: {'a' * 12} (2), ")
-    assert "unrecorded (1)" in mixed[0] and "--rerun" in mixed[0]
-    assert mixed[1].startswith("1 of the 4 runs were made from a checkout with uncommitted code changes")
+    assert mixed[0].startswith(f"the 5 runs come from 3 code versions: {'a' * 12} (2), ")
+    assert "unrecorded (2)" in mixed[0] and "--rerun" in mixed[0]
+    assert mixed[1].startswith("1 of the 5 runs were made from a checkout with uncommitted code changes")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import subprocess
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -29,6 +30,7 @@ TAG = "fedbench.code_version"
 ENV = "FEDBENCH_CODE_VERSION"  # names the code where git cannot (a copied tree)
 COMMIT_TAG = "fedbench.git_sha"  # the checkout's commit alone ("unknown" outside one); older runs have only it
 UNCOMMITTED = "+uncommitted"
+FULL_COMMIT = re.compile(r"\b[0-9a-f]{40}\b")
 # The installed packages whose Python files are the code, and their folders in a checkout
 # (pyproject's package-dir); a wheel has the last three inside fedbench/.
 CHECKOUT_FOLDERS = {"fedbench": "fedbench", "fedbench.methods": "methods", "fedbench.datasets": "datasets",
@@ -105,11 +107,8 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def short(version: str) -> str:
-    """A version for messages: a commit cut to 12 hex digits, the rest kept."""
-    head, plus, rest = version.partition("+")
-    if len(head) == 40 and all(c in "0123456789abcdef" for c in head):
-        head = head[:12]
-    return head + plus + rest
+    """A version for messages: each commit in it cut to 12 hex digits, the rest kept."""
+    return FULL_COMMIT.sub(lambda match: match.group()[:12], version)
 
 
 def recorded_version(tags: dict[str, str]) -> str | None:
@@ -132,7 +131,7 @@ def describe_versions(versions: Iterable[str | None], what: str) -> list[str]:
     or by code with uncommitted changes (whose commit does not say what ran)."""
     counts: dict[str, int] = {}
     for version in versions:
-        key = version or "unrecorded"
+        key = version if isinstance(version, str) and version else "unrecorded"  # pandas gives NaN too
         counts[key] = counts.get(key, 0) + 1
     warnings = []
     if len(counts) > 1:
