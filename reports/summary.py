@@ -230,7 +230,7 @@ def summarize(
             "virtual_time_s": _number(run.get(f"metrics.{VIRTUAL_TIME}")),
             "ignores_memory": run.get("tags.fedbench.ignores_memory") == "true",  # vanilla FedAvg
             "code_version": provenance.recorded_version(
-                {tag: value for tag in (provenance.TAG, provenance.LEGACY_TAG)
+                {tag: value for tag in (provenance.TAG, provenance.COMMIT_TAG)
                  if isinstance(value := run.get(f"tags.{tag}"), str)}),
         }
         row["partition_label"] = partition_label(row["partition"], row["alpha"])
