@@ -23,6 +23,7 @@ def runs_table(summary: pd.DataFrame) -> pd.DataFrame:
     by method label, data set, model, partition and seed."""
     options = sorted(c for c in summary.columns if str(c).startswith("options."))
     table = summary.reindex(columns=[*RUN_COLUMNS, *options])
+    table["rounds"] = table["rounds"].astype("Int64")  # a count, not 2.0 (empty where not logged)
     order = ["method_label", "dataset", "model", "partition", "alpha", "seed"]
     return table.sort_values(order, key=lambda column: column.astype(str), kind="stable").reset_index(drop=True)
 

@@ -225,6 +225,7 @@ def test_runs_exports_every_run_the_tables_use_as_numbers(store, tmp_path):
     assert fedavg.loc[1, "final_accuracy"] == pytest.approx(0.6)  # mean of the last 3 evaluations
     assert fedavg.loc[2, "best_accuracy"] == pytest.approx(0.8)
     assert fedavg.loc[1, "pr"] == 1.0 and fedavg.loc[1, "rounds"] == 4
+    assert ",4," in result.stdout.splitlines()[1]  # a count is written as one
     na = runs[(runs["method"] == "exclusivefl") & (runs["model"] == "resnet34")].iloc[0]
     assert na["pr"] == 0.0 and math.isnan(na["final_accuracy"])  # NA: no accuracy, an empty cell
     last = _report("runs", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path), "--last", "1")
