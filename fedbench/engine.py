@@ -62,16 +62,18 @@ class RunResult:
 
 
 def evaluation_rounds(method: Method) -> frozenset[int]:
-    """The 0-based rounds after which the engine evaluates: every ``eval_every``-th round that
-    ends one of the method's cycles (:meth:`Method.ends_cycle`; for most methods every round),
-    and the last round of the run."""
+    """The 0-based rounds after which the engine evaluates: every ``eval_every``-th round, or,
+    where that round ends none of the method's cycles (:meth:`Method.ends_cycle`; NeuLite's
+    stage-k < S rounds), the next round that does; and the last round of the run. Counting
+    rounds, not cycles, gives every method the same evaluation grid (spec §2.9), so final and
+    best accuracy, curves and time-to-accuracy compare like with like."""
     config = method.ctx.config
-    chosen, cycles = set(), 0
+    chosen, due = set(), False
     for round_idx in range(config.rounds):
-        if method.ends_cycle(round_idx):
-            cycles += 1
-            if cycles % config.eval_every == 0:
-                chosen.add(round_idx)
+        due = due or (round_idx + 1) % config.eval_every == 0
+        if due and method.ends_cycle(round_idx):
+            chosen.add(round_idx)
+            due = False
     chosen.add(config.rounds - 1)
     return frozenset(chosen)
 

@@ -81,8 +81,8 @@ class NeuLiteOptions:
     sigma: float = SIGMA  # nHSIC kernel bandwidth (released code: 5)
     freeze_bn_stats: bool = False  # True: frozen BN layers in eval mode (the code trains their stats)
     replicate_stem_artifact: bool = False  # the code's stem-BN restore at stage-1 rounds (§2.3)
-    # What an evaluation scores: "cycle" the full model after stage-S rounds (spec §2.9; eval_every
-    # counts cycles), "stage" the just-trained stage model after every round (the released code).
+    # What an evaluation scores: "cycle" the full model after stage-S rounds (spec §2.9; a due
+    # evaluation moves on to the next one), "stage" the just-trained stage model (the released code).
     evaluate: str = "cycle"
 
     def __post_init__(self) -> None:

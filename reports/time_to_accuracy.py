@@ -4,7 +4,7 @@ The figure of merit of the selection baselines (TiFL, Oort) and of the paper's "
 vanilla FL" claim: not where a run ends, but when it gets there, in simulated device time (the
 virtual clock's ``clock/total_s``, which charges each round its slowest selected device) and in
 rounds. A run reaches the target at its first evaluation at or above it, so the resolution is
-the run's evaluation interval (``eval_every``; NeuLite's counts cycles); evaluations that end no
+the run's evaluation interval (``eval_every``); evaluations that end no
 cycle of the method are left out, as everywhere in the reports.
 """
 

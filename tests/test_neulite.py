@@ -303,10 +303,20 @@ def test_two_rounds_run_end_to_end_with_finite_loss_and_the_same_result_for_the_
 
 
 def test_by_default_every_evaluation_follows_a_stage_s_round_and_the_last_round_is_one():
-    method = method_for(config(rounds=8, model="cnn", width=0.25))  # cnn: 2 stages
-    assert sorted(engine.evaluation_rounds(method)) == [1, 3, 5, 7]
-    every_second_cycle = method_for(dataclasses.replace(config(rounds=8, model="cnn", width=0.25), eval_every=2))
-    assert sorted(engine.evaluation_rounds(every_second_cycle)) == [3, 7]
+    def rounds_evaluated(eval_every: int) -> list[int]:
+        cfg = dataclasses.replace(config(rounds=8, model="cnn", width=0.25), eval_every=eval_every)
+        return sorted(engine.evaluation_rounds(method_for(cfg)))  # cnn: 2 stages, cycles end at 1, 3, 5, 7
+
+    assert rounds_evaluated(1) == [1, 3, 5, 7]  # after every stage-S round
+    assert rounds_evaluated(2) == [1, 3, 5, 7]  # eval_every counts rounds, as for every other method
+    assert rounds_evaluated(3) == [3, 5, 7]  # rounds 3 and 6 (1-based); round 3 moves on to the cycle end 4
+    assert rounds_evaluated(4) == [3, 7]
+
+
+def test_with_eval_every_a_multiple_of_s_neulite_is_evaluated_on_the_same_rounds_as_fedavg():
+    cfg = dataclasses.replace(config(rounds=12, model="cnn", width=0.25), eval_every=4)
+    fedavg = method_for(dataclasses.replace(cfg, method="fedavg"))
+    assert engine.evaluation_rounds(method_for(cfg)) == engine.evaluation_rounds(fedavg) == {3, 7, 11}
 
 
 def test_every_evaluation_says_whether_it_ends_a_cycle_so_reports_can_leave_out_the_last_round():

@@ -194,7 +194,8 @@ class Method:
     def ends_cycle(self, round_idx: int) -> bool:
         """Whether round ``round_idx`` (0-based) ends one of the method's cycles: the rounds after
         which the whole model has been trained (NeuLite: a stage-S round). The engine evaluates at
-        cycle ends only (``eval_every`` counts cycles). Default: every round ends a cycle."""
+        cycle ends only: every ``eval_every`` rounds, moved on to the next cycle end where needed.
+        Default: every round ends a cycle."""
         return True
 
     def eval_model(self) -> nn.Module:
