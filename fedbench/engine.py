@@ -31,6 +31,7 @@ from fedbench.core.setup import (
 from fedbench.errors import DivergedError, ExecutorError
 from fedbench.execution import executors
 from fedbench.execution.executors import Executor, SerialExecutor
+from fedbench.tracking.interrupts import deferred_interrupts
 from fedbench.tracking.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -243,14 +244,15 @@ def _run_prepared(
         return checkpoint.checkpoint_path(tracker.run_id) if tracker.run_id is not None else None
 
     def record(round_result: RoundResult) -> None:
-        tracker.log_round(round_result.round_idx, round_result.metrics)
-        result.rounds.append(round_result)
-        rows.append({"round": round_result.round_idx, **round_result.metrics})
         done = round_result.round_idx + 1
-        time_up = stop_after_s is not None and done < config.rounds and time.perf_counter() - started > stop_after_s
-        path = target()
-        if path is not None and (time_up or (every and (done % every == 0 or done == config.rounds))):
-            checkpoint.save(path, snapshot(method, round_result.round_idx, rows))
+        with deferred_interrupts():  # a round logged is a round checkpointed: Ctrl-C waits for both
+            tracker.log_round(round_result.round_idx, round_result.metrics)
+            result.rounds.append(round_result)
+            rows.append({"round": round_result.round_idx, **round_result.metrics})
+            time_up = stop_after_s is not None and done < config.rounds and time.perf_counter() - started > stop_after_s
+            path = target()
+            if path is not None and (time_up or (every and (done % every == 0 or done == config.rounds))):
+                checkpoint.save(path, snapshot(method, round_result.round_idx, rows))
         if on_round is not None:
             on_round(round_result)
         if time_up:

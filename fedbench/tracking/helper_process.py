@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from fedbench.config import RunConfig
 from fedbench.errors import FedbenchError, TrackingError
+from fedbench.tracking.interrupts import defers_interrupts
 from fedbench.tracking.tracker import MlflowTracker, one_line
 
 
@@ -118,6 +119,8 @@ class ProcessTracker:
             self._process.wait()
 
     # ------------------------------------------------------------ pipe
+    # A request or reply cut in half by Ctrl-C would leave the pipe out of step: each is whole.
+    @defers_interrupts
     def _send(self, name: str, *args: Any) -> None:
         if self._requests is None:
             raise TrackingError("the MLflow logging process was already closed; start a new run")
@@ -133,6 +136,7 @@ class ProcessTracker:
         self._send(name, *args)
         return self._receive()
 
+    @defers_interrupts
     def _receive(self, block: bool = True) -> Any:
         """Read the replies owed, in order (``block=False``: only those already arrived); the last
         one's value. An error reply is raised; the requests behind it are moot."""

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from fedbench.config import RunConfig, check_writable, to_yaml
 from fedbench.errors import FedbenchError, TrackingError
 from fedbench.tracking import provenance
+from fedbench.tracking.interrupts import defers_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ class MlflowTracker:
             ) from exc
         return client, experiment_id
 
+    @defers_interrupts
     def start(
         self, config: RunConfig, partition: Mapping[str, Any], option_values: Mapping[str, str] | None = None,
         run_key: str | None = None, method_tags: Mapping[str, str] | None = None,
@@ -240,6 +242,7 @@ class MlflowTracker:
         check_writable(folder, f"MLflow artifact folder of experiment '{self.experiment}'",
                        "make it writable, or log to another store or experiment (--tracking-uri, --experiment)")
 
+    @defers_interrupts
     def resume(self, run_id: str, rows: list[dict[str, float]]) -> None:
         """Continue logging into an existing run (``fedbench run --resume``)."""
         self.connect()
@@ -281,12 +284,14 @@ class MlflowTracker:
             with open(path) as handle:
                 return handle.read(), run.info.status
 
+    @defers_interrupts
     def record_failure(self, config: RunConfig, reason: str) -> None:
         """A FAILED run for a config that failed before training (bad data, no device fits), so
         sweeps show it in the tracking store with its one-line reason."""
         self.start(config, {})
         self.finish("FAILED", reason)
 
+    @defers_interrupts
     def record_no_device_fits(self, config: RunConfig, reason: str) -> None:
         """A FINISHED run with ``participation/rate`` 0 and no accuracy, for a config whose method
         no device of the fleet can train: PR 0 is that cell's result, the paper's "NA" (spec
@@ -297,6 +302,7 @@ class MlflowTracker:
         self._client.set_tag(self.run_id, "fedbench.no_device_fits", reason[:5000])
         self.finish("FINISHED")
 
+    @defers_interrupts
     def log_round(self, round_idx: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
@@ -312,6 +318,7 @@ class MlflowTracker:
             ) from exc
         self._rows.append({"round": round_idx, **metrics})
 
+    @defers_interrupts
     def finish(self, status: str, error: str | None = None) -> None:
         """End the run with ``status``. The ``fedbench.error`` tag is set to ``error``, or removed
         without one, so a resumed run that finishes keeps no stale reason. Each step is tried
