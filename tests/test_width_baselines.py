@@ -270,3 +270,45 @@ def test_a_model_that_cannot_be_width_sliced_is_a_one_line_config_error(monkeypa
 def test_level_models_scale_the_run_width():
     model = prepared(config_with("allsmall", {"profile": "homogeneous"})).ctx.build_model()
     assert level_model(model, 0.5).width == 0.125
+
+
+# ------------------------------------------------------------------------- Scaler
+def test_the_scaler_divides_every_norm_input_by_the_rate_while_training_and_leaves_evaluation_alone():
+    from fedbench.kits.width_training import add_scaler, norm_layers
+    from fedbench.models import build_model
+
+    model = build_model("resnet18", (3, 16, 16), 10, width=0.0625)
+    norms = norm_layers(model)
+    assert add_scaler(model, 1.0) == [] and len(add_scaler(model, 0.5)) == len(norms)
+    seen: list[torch.Tensor] = []
+    norms[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))  # runs after the Scaler
+    images = torch.randn(4, 3, 16, 16)
+    model.train()
+    model(images)
+    model.eval()
+    model(images)
+    trained, evaluated = seen  # the first norm's input: the stem's convolution, the same in both modes
+    assert torch.allclose(trained, evaluated / 0.5)
+
+
+def test_in_a_model_without_norm_layers_the_scaler_divides_each_convolutions_output():
+    from fedbench.kits.width_training import add_scaler
+    from fedbench.models import build_model
+
+    model = build_model("cnn", (1, 28, 28), 10, width=0.5)
+    convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    plain_train = convolutions[0](torch.ones(2, 1, 28, 28))
+    assert len(add_scaler(model, 0.5)) == len(convolutions) == 2
+    images = torch.ones(2, 1, 28, 28)
+    model.train()
+    assert torch.allclose(convolutions[0](images), plain_train / 0.5)
+    model.eval()
+    assert torch.allclose(convolutions[0](images), plain_train)
+
+
+def test_a_narrow_heterofl_client_on_the_cnn_trains_with_the_scaler():
+    ctx, _ = engine.prepare(config_with("heterofl"))
+    method = engine.make_method(ctx)
+    narrow = [w for w in method.workloads(method.global_model, method.options) if "1/2" in w.name][0]
+    hooks = [m for m in narrow.model.modules() if isinstance(m, nn.Conv2d) and m._forward_hooks]
+    assert len(hooks) == 2

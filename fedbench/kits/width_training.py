@@ -6,8 +6,10 @@
 * The Scaler: every normalisation layer's input is divided by the client's rate
   β = r / r_g during training and left alone at evaluation ([C-HFL]
   ``modules.Scaler``, placed before each norm layer). Directly before a norm layer
-  that uses batch statistics it is a no-op up to ε; it is kept for fidelity. A model
-  without normalisation layers (``cnn``) has no Scaler.
+  that uses batch statistics it is a no-op up to ε; it is kept for fidelity. In a model
+  without normalisation layers (``cnn``) it divides each convolution's output, where
+  HeteroFL's own CNN has conv → scaler → norm → ReLU and, without norm, conv → scaler
+  → ReLU; there it is what keeps a narrow client's activations on the full model's scale.
 * Masked cross-entropy: logits of the classes absent from the client's shard are set
   to 0 (``masked_fill(…, 0)``, not −∞) before the loss ([C-HFL] ``label_split``).
 
@@ -45,12 +47,30 @@ class Scaler:
         return (args[0] / self.rate, *args[1:])
 
 
+@dataclass(frozen=True)
+class OutputScaler:
+    """Forward hook: divide a convolution's output by ``rate`` while it trains (a model
+    without normalisation layers)."""
+
+    rate: float
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+        if not module.training:
+            return None
+        return output / self.rate
+
+
 def add_scaler(model: nn.Module, rate: float) -> list[torch.utils.hooks.RemovableHandle]:
-    """Put a :class:`Scaler` of ``rate`` before every normalisation layer of ``model``.
-    Rate 1 divides by one, so nothing is attached."""
+    """Put a :class:`Scaler` of ``rate`` before every normalisation layer of ``model``, or, in a
+    model without any, an :class:`OutputScaler` after every convolution. Rate 1 divides by one,
+    so nothing is attached."""
     if rate == 1:
         return []
-    return [m.register_forward_pre_hook(Scaler(rate)) for m in norm_layers(model)]
+    norms = norm_layers(model)
+    if norms:
+        return [m.register_forward_pre_hook(Scaler(rate)) for m in norms]
+    convolutions = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    return [m.register_forward_hook(OutputScaler(rate)) for m in convolutions]
 
 
 def use_batch_statistics(model: nn.Module) -> None:
