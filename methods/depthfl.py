@@ -67,7 +67,11 @@ class DepthFLOptions:
     is the model's own head); the offered depths are these blocks and S. ``kd``: mutual
     self-distillation; ``temperature`` T and ``rampup_rounds`` of its weight; ``feddyn``
     and its ``alpha``. ``ensemble``: the exits averaged into the prediction, ``trained`` (those
-    some eligible device's depth reaches) or ``all`` (the official code's choice)."""
+    some eligible device's depth reaches) or ``all`` (the official code's choice).
+    ``feddyn_in_memory``: a device's budget must also hold FedDyn's g_m and θ^t (2× the local
+    model's parameters) and the term's transients, as a real device running FedDyn does; false
+    counts the exit model's training step alone (spec §8.3's rule), which lets more devices
+    reach the deeper prefixes."""
 
     exits: tuple[int, ...] | None = None
     kd: bool = True
@@ -76,6 +80,7 @@ class DepthFLOptions:
     feddyn: bool = True
     alpha: float = 0.1
     ensemble: str = "trained"
+    feddyn_in_memory: bool = True
 
     def __post_init__(self) -> None:
         if self.ensemble not in ENSEMBLES:
@@ -272,6 +277,17 @@ def holder_average(
     return new
 
 
+def counts_feddyn(options: DepthFLOptions) -> bool:
+    return options.feddyn and options.feddyn_in_memory
+
+
+def budget_workload(model: BlockModel, exits: nn.ModuleDict, depth: int, options: DepthFLOptions) -> tuple[nn.Module, DepthFLLoss]:
+    """The depth-d exit model and loss whose training step a device's budget must hold."""
+    feddyn = counts_feddyn(options)
+    loss = DepthFLLoss(options.temperature, 1.0 if options.kd else 0.0, options.alpha if feddyn else 0.0)
+    return DepthFLLocal(ExitModel(model, exits, depth), model, depth, feddyn), loss
+
+
 def deepest_fitting_depth(peaks: Mapping[int, int], budget_bytes: int | None) -> int | None:
     """d_i = max{d : peak_d ≤ M_i} over the offered depths (None: no depth fits)."""
     fitting = [d for d, peak in peaks.items() if budget_bytes is None or peak <= budget_bytes]
@@ -335,7 +351,11 @@ class DepthFL(Method):
             for d in self.depths
         }
         self.memory_loss = DepthFLLoss(opts.temperature, 1.0 if opts.kd else 0.0, opts.alpha if opts.feddyn else 0.0)
-        self.depth_of = self._assign_depths()
+        budgeted = (  # what a device's budget must hold at each depth (the training models carry FedDyn state)
+            {d: (local, self.memory_loss) for d, local in self._locals.items()} if counts_feddyn(opts) else
+            {d: budget_workload(worker_model, worker_exits, d, opts) for d in self.depths}
+        )
+        self.depth_of = self._assign_depths(budgeted)
         self.eligible_ids = sorted(self.depth_of)
         self.exit_positions = (*(int(k) for k in self.exits.keys()), model.num_blocks)
         self.trained_exits = trained_exits(self.exit_positions, self.depth_of.values())
@@ -351,21 +371,22 @@ class DepthFL(Method):
 
     @classmethod
     def workloads(cls, model: BlockModel, options: DepthFLOptions) -> list[Workload]:
-        """One workload per offered depth: the exit model with FedDyn state, under DepthFL's loss."""
+        """One workload per offered depth: what a device's budget must hold to train it (the exit
+        model, with FedDyn state unless ``feddyn_in_memory`` is off), under DepthFL's loss."""
         depths = offered_depths(model, options.exits)
         exits = exit_heads(model, depths[:-1])
-        loss = DepthFLLoss(options.temperature, 1.0 if options.kd else 0.0, options.alpha if options.feddyn else 0.0)
-        return [
-            Workload(f"depth{d}", DepthFLLocal(ExitModel(model, exits, d), model, d, options.feddyn), None, loss)
-            for d in depths
-        ]
+        workloads = []
+        for d in depths:
+            module, loss = budget_workload(model, exits, d, options)
+            workloads.append(Workload(f"depth{d}", module, None, loss))
+        return workloads
 
-    def _assign_depths(self) -> dict[int, int]:
-        """Each device's deepest fitting depth (devices that fit none are left out)."""
+    def _assign_depths(self, budgeted: Mapping[int, tuple[nn.Module, DepthFLLoss]]) -> dict[int, int]:
+        """Each device's deepest depth whose ``budgeted`` workload fits (devices that fit none are left out)."""
         fleet = self.ctx.fleet
         if fleet is None or fleet.unlimited:
             return {c: self.depths[-1] for c in range(self.ctx.num_clients)}
-        peaks = {d: self.ctx.memory_report(self._locals[d], None, self.memory_loss).peak_bytes for d in self.depths}
+        peaks = {d: self.ctx.memory_report(module, None, loss).peak_bytes for d, (module, loss) in budgeted.items()}
         depth_of = {}
         for device in fleet.devices:
             depth = deepest_fitting_depth(peaks, device.memory_bytes)

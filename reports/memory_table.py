@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import sys
 from collections import OrderedDict
@@ -60,8 +61,9 @@ def dataset_shape(dataset: str, data_dir: str | None) -> tuple[tuple[int, int, i
 
 
 class ReportsKey(NamedTuple):
-    """Everything a method's memory reports depend on (options: the method's defaults; the local
-    optimizer: the paper's SGD unless a preset names another)."""
+    """Everything a method's memory reports depend on (``options``: the method options given, as
+    canonical JSON, "" for its defaults; the local optimizer: the paper's SGD unless a preset
+    names another)."""
 
     model_name: str
     shape: tuple[int, int, int]
@@ -72,6 +74,7 @@ class ReportsKey(NamedTuple):
     optimizer: str = "sgd"
     momentum: float = TrainConfig.momentum
     weight_decay: float = TrainConfig.weight_decay
+    options: str = ""
 
     def train(self) -> TrainConfig:
         return TrainConfig(batch_size=self.batch_size, optimizer=self.optimizer, momentum=self.momentum,
@@ -87,12 +90,13 @@ REPORTS_CACHE_SIZE = 256
 def workload_reports(
     model_name: str, shape: tuple[int, int, int], num_classes: int, width: float, method: str, batch_size: int,
     optimizer: str = "sgd", momentum: float = TrainConfig.momentum, weight_decay: float = TrainConfig.weight_decay,
+    options: str = "",
 ) -> tuple[tuple[tuple[str, Any], ...], int]:
-    """``(sub-model name, MemoryReport)`` of each workload of ``method`` (default options) plus the
-    full model, at the given local optimizer, and the full model's cross-entropy peak there.
-    Cached for the process."""
+    """``(sub-model name, MemoryReport)`` of each workload of ``method`` (with ``options``, canonical
+    JSON from :func:`options_key`; "" for its defaults) plus the full model, at the given local
+    optimizer, and the full model's cross-entropy peak there. Cached for the process."""
     key = ReportsKey(model_name, tuple(shape), num_classes, width, method, batch_size,  # type: ignore[arg-type]
-                     optimizer, momentum, weight_decay)
+                     optimizer, momentum, weight_decay, options)
     found = _REPORTS.get(key)
     if found is None:
         found = _remember(key, _traced_reports(key))
@@ -144,7 +148,7 @@ def _traced_reports(key: ReportsKey) -> tuple[tuple[tuple[str, Any], ...], int]:
 def _reports_of(method_cls: Any, key: ReportsKey) -> tuple[tuple[tuple[str, Any], ...], int]:
     with building_on_meta():  # the model and its sub-models: shapes are all the memory model reads
         model = build_model(key.model_name, key.shape, key.num_classes, width=key.width)
-        workloads = list(method_cls.workloads(model, method_cls.parse_options({})))
+        workloads = list(method_cls.workloads(model, method_cls.parse_options(json.loads(key.options or "{}"))))
     if all(w.name != "full" for w in workloads):  # the full model as the reference row
         workloads.append(Workload("full", model))
     memory = MemoryModel(optimizer_spec(key.train()))
@@ -154,6 +158,16 @@ def _reports_of(method_cls: Any, key: ReportsKey) -> tuple[tuple[tuple[str, Any]
         for w in workloads
     )
     return reports, memory.peak_bytes(model, batch_size=key.batch_size, input_shape=key.shape)
+
+
+def options_key(method: str, options: Mapping[str, Any] | None) -> str:
+    """``options`` as the canonical JSON of :class:`ReportsKey`, checked against ``method``'s
+    options first, so that a bad key or value is one line before anything is traced."""
+    if not options:
+        return ""
+    method_cls = registry.load("methods", method, validate=validate_method)
+    method_cls.parse_options(options)
+    return json.dumps(dict(options), sort_keys=True)
 
 
 def clear_caches() -> None:
@@ -174,15 +188,18 @@ def memory_rows(
     high_mb: int = 900,
     data_dir: str | None = None,
     train: TrainConfig | None = None,
+    method_options: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per workload of ``method`` on ``model_name``: peak, breakdown and PR under the fleet.
-    ``train``: the local optimizer (its batch size is ``batch_size``'s); None: the paper's SGD."""
+    """One row per workload of ``method`` (with ``method_options``, else its defaults) on
+    ``model_name``: peak, breakdown and PR under the fleet. ``train``: the local optimizer (its
+    batch size is ``batch_size``'s); None: the paper's SGD."""
 
     train = dataclasses.replace(train or TrainConfig(), batch_size=batch_size)  # validates the batch size
     fleet_config = FleetConfig(profile=fleet_profile, low_mb=low_mb, high_mb=high_mb)
     shape, num_classes = dataset_shape(dataset, data_dir)
     reports, _ = workload_reports(model_name, shape, num_classes, width, method, batch_size,
-                                  train.optimizer, train.momentum, train.weight_decay)
+                                  train.optimizer, train.momentum, train.weight_decay,
+                                  options_key(method, method_options))
     fleet = make_fleet(fleet_config, clients, seed,
                        functools.partial(reference_peak_bytes, model_name, shape, num_classes, width))
     return [
@@ -201,14 +218,16 @@ def memory_rows(
 
 def memory_table(
     pairs: Sequence[tuple[str, str, str]], batch_size: int, fleet_profile: str, *, jobs: int = 0,
-    trains: Mapping[str, TrainConfig] | None = None, **options: Any
+    trains: Mapping[str, TrainConfig] | None = None, method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """:func:`memory_rows` of every ``(model, data set, method)`` in ``pairs`` (``options``: its
     keyword options, ``width`` to ``data_dir``), each row also naming its model, data set and
     method; pairs are traced in ``jobs`` worker processes (0: one per core, 1: here, in turn).
     ``trains`` gives a method its own batch size and optimizer (a preset's); the others train at
-    ``batch_size`` with the paper's SGD."""
-    trains = dict(trains or {})
+    ``batch_size`` with the paper's SGD. ``method_options`` gives a method options other than its
+    defaults."""
+    trains, method_options = dict(trains or {}), dict(method_options or {})
 
     if jobs < 0:
         raise ConfigError(f"jobs ({jobs}) must be >= 0 (0: one worker per core, 1: no workers)")
@@ -226,13 +245,14 @@ def memory_table(
         shape, num_classes = dataset_shape(dataset, data_dir)
         train = trains.get(method, TrainConfig(batch_size=batch_size))
         keys.append(ReportsKey(model, shape, num_classes, width, method, train.batch_size, train.optimizer,
-                               train.momentum, train.weight_decay))
+                               train.momentum, train.weight_decay, options_key(method, method_options.get(method))))
     trace_all(keys, jobs)
     rows = []
     for model, dataset, method in pairs:
         train = trains.get(method, TrainConfig(batch_size=batch_size))
         rows += [{"model": model, "dataset": dataset, "method": method, **row}
-                 for row in memory_rows(model, dataset, train.batch_size, method, fleet_profile, train=train, **options)]
+                 for row in memory_rows(model, dataset, train.batch_size, method, fleet_profile, train=train,
+                                        method_options=method_options.get(method), **options)]
     return rows
 
 

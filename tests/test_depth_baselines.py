@@ -4,6 +4,7 @@ assignment under memory budgets, the growth schedule, bad input, and short end-t
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 
@@ -133,6 +134,28 @@ def test_depthfl_workloads_are_one_per_offered_depth_with_feddyn_state_and_disti
     own = sum(p.numel() for p in deepest.model.net.parameters())
     assert sum(b.numel() for b in deepest.model.feddyn.buffers()) == 2 * own  # g_m and θ^t live on the device
     assert [w.name for w in DepthFL.workloads(model, DepthFLOptions(exits=(2,)))] == ["depth2", "depth4"]
+
+
+def test_without_feddyn_in_memory_a_budget_holds_the_exit_models_step_alone_and_reaches_deeper():
+    """A budget between depth 4's step with and without FedDyn's g_m and θ^t: depth 3 by default
+    (the state sits on the device), depth 4 with ``feddyn_in_memory=false`` (spec §8.3's rule);
+    training keeps FedDyn either way."""
+    model = build_model("resnet18", (3, 16, 16), 10, width=0.0625)
+    ctx, _ = engine.prepare(config_with("depthfl", model={"name": "resnet18", "width": 0.0625}))
+
+    def peaks(options: DepthFLOptions) -> list[int]:
+        return [ctx.memory_report(w.model, None, w.loss_fn).peak_bytes for w in DepthFL.workloads(model, options)]
+
+    bare = DepthFLOptions(feddyn_in_memory=False)
+    with_state, without = peaks(DepthFLOptions()), peaks(bare)
+    assert all(b < s for b, s in zip(without, with_state, strict=True)) and with_state[2] < without[3]
+    assert all(w.loss_fn.alpha == 0 and w.model.feddyn is None for w in DepthFL.workloads(model, bare))
+    budget = (without[3] + with_state[3]) // 2
+    ctx.fleet = Fleet("test", tuple(Device(i, budget, 1e9, 1e6, "test") for i in range(ctx.num_clients)))
+    assert set(DepthFL(ctx, DepthFLOptions()).depth_of.values()) == {3}
+    spec_rule = DepthFL(ctx, bare)
+    assert set(spec_rule.depth_of.values()) == {4}
+    assert spec_rule._locals[4].feddyn is not None and spec_rule.memory_loss.alpha == 0.1
 
 
 # ------------------------------------------------------------------------ ProgFed
@@ -285,3 +308,19 @@ def without_timings(result) -> list[dict[str, float]]:
 def test_both_methods_are_registered_methods():
     for name, cls in (("depthfl", DepthFL), ("progfed", ProgFed)):
         assert registry.load("methods", name) is cls and issubclass(cls, Method)
+
+
+def test_fedbench_memory_shows_the_depths_a_budget_must_hold_with_and_without_feddyn_state():
+    from typer.testing import CliRunner
+
+    from fedbench.cli.main import app
+
+    def peaks(*extra: str) -> dict[str, int]:
+        result = CliRunner().invoke(app, ["memory", "--method", "depthfl", "--model", "resnet18", "--width", "0.0625",
+                                          "--dataset", "synthetic", "--json", *extra])
+        assert result.exit_code == 0, result.output
+        return {r["submodel"]: r["peak_bytes"] for r in json.loads(result.output)["rows"]}
+
+    with_state, without = peaks(), peaks("--opt", "feddyn_in_memory=false")
+    assert all(without[f"depth{d}"] < with_state[f"depth{d}"] for d in range(1, 5))
+    assert without["full"] == with_state["full"]

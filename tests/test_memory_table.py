@@ -180,3 +180,27 @@ def test_a_table_passes_the_fleet_and_width_options_on_to_every_row():
     assert rows != memory_table.memory_rows("cnn", "fashion-mnist", 16, "fedavg", "uniform-mb")
     with pytest.raises(FedbenchError, match=r"model width \(1.5\) must be in \(0, 1\]"):
         memory_table.memory_table([("cnn", "fashion-mnist", "fedavg")], 16, "uniform-mb", width=1.5)
+
+
+def test_fedbench_memory_traces_a_methods_sub_models_with_the_options_given():
+    def rows(*extra: str) -> list[dict]:
+        result = runner.invoke(app, ["memory", "--model", "cnn", "--dataset", "fashion-mnist", "--batch-size", "16",
+                                     "--method", "neulite", "--json", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["rows"]
+
+    curriculum, plain = rows(), rows("--opt", "curriculum_loss=false")
+    assert [r["submodel"] for r in curriculum] == [r["submodel"] for r in plain]
+    stages = [i for i, r in enumerate(plain) if r["submodel"] != "full"]
+    assert all(plain[i]["peak_bytes"] < curriculum[i]["peak_bytes"] for i in stages)  # no projection MLP
+    assert curriculum == rows()  # the options are part of the cache key: defaults come back unchanged
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "neulite,fedavg", "--opt", "sigma=2"], "--opt sets options of one method, but 2 are asked for"),
+    (["--method", "neulite", "--opt", "sigmaa=2"], "unknown config key 'sigmaa' in options of NeuLite"),
+])
+def test_fedbench_memory_with_options_it_cannot_apply_fails_with_one_line(args, message):
+    result = runner.invoke(app, ["memory", "--model", "cnn", "--dataset", "fashion-mnist", *args])
+    assert result.exit_code == 2 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -25,7 +25,14 @@ from fedbench.cli.common import (
     out,
     setup_logging,
 )
-from fedbench.config import MAX_CLIENTS, PRESETS, TrainConfig, build_dataclass, preset_layer
+from fedbench.config import (
+    MAX_CLIENTS,
+    PRESETS,
+    TrainConfig,
+    build_dataclass,
+    parse_option_pairs,
+    preset_layer,
+)
 from fedbench.errors import ConfigError, FedbenchError
 
 _MIB = 1024 * 1024
@@ -74,6 +81,7 @@ def memory_command(
     high_mb: Annotated[int, typer.Option(help="uniform-mb: largest budget, MiB." + default_note(900))] = 900,
     data_dir: Annotated[str | None, typer.Option(help="Folder of a data set whose shape is not built in.")] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes for several models/methods (0: one per core, 1: none).")] = 0,
+    opt: Annotated[list[str] | None, typer.Option(help="Method option key=value (repeatable), as for 'fedbench run', e.g. --opt curriculum_loss=false; one method only.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print {\"rows\": [...]} as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
@@ -84,16 +92,18 @@ def memory_command(
     models, methods = _names(model, "models"), _names(method, "methods")
     try:
         _check_sizes(clients, jobs)
+        options = _method_options(opt, methods)
         trains = {name: _training(name, preset, batch_size) for name in methods}
         if len(models) == len(methods) == 1:
             train = trains[methods[0]]
             rows = memory_table.memory_rows(models[0], dataset, train.batch_size, methods[0], fleet, width, clients,
-                                            seed, low_mb, high_mb, data_dir, train=train)
+                                            seed, low_mb, high_mb, data_dir, train=train,
+                                            method_options=options.get(methods[0]))
         else:
             rows = memory_table.memory_table([(m, dataset, name) for m in models for name in methods],
-                                             TRAIN_DEFAULTS.batch_size, fleet, jobs=jobs, trains=trains, width=width,
-                                             clients=clients, seed=seed, low_mb=low_mb, high_mb=high_mb,
-                                             data_dir=data_dir)
+                                             TRAIN_DEFAULTS.batch_size, fleet, jobs=jobs, trains=trains,
+                                             method_options=options, width=width, clients=clients, seed=seed,
+                                             low_mb=low_mb, high_mb=high_mb, data_dir=data_dir)
     except FedbenchError as exc:
         raise fail(exc) from None
     if as_json:
@@ -116,6 +126,16 @@ def memory_command(
             f"{100 * row['pr']:.0f} %",
         )
     out.print(table)
+
+
+def _method_options(pairs: list[str] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``--opt`` pairs for the one method asked for (options are per method)."""
+    if not pairs:
+        return {}
+    if len(methods) != 1:
+        raise ConfigError(f"--opt sets options of one method, but {len(methods)} are asked for "
+                          f"({', '.join(methods)}); give one --method with --opt")
+    return {methods[0]: parse_option_pairs(pairs)}
 
 
 def _training(method: str, preset: str | None, batch_size: int | None) -> TrainConfig:
