@@ -1,10 +1,12 @@
-"""``cnn``: the two-conv CNN of the FedAvg paper (McMahan et al., 2017).
+"""``cnn``: the layer plan of the FedAvg paper's CNN (McMahan et al., 2017), with "valid" convolutions.
 
 conv5×5(32) → ReLU → pool2 → conv5×5(64) → ReLU → pool2 → FC(512) → ReLU → FC(C).
-On 28×28 grey images this has 582,026 parameters, the reference model of
-federated Fashion-MNIST/MNIST experiments. Convolutions are "valid" where the
-input allows it (≥ 16 px) and "same" below that, so the model also takes the
-tiny synthetic images; the FC input size follows from the input shape.
+On 28×28 grey images this has 582,026 parameters: the convolutions are "valid"
+where the input allows it (≥ 16 px), so the FC layer reads a 4×4 map. The FedAvg
+paper's model pads them ("same": a 7×7 map, 1,663,370 parameters), so accuracies
+of this model are not that paper's. Below 16 px the convolutions are "same", so
+the model also takes the tiny synthetic images; the FC input size follows from
+the input shape.
 """
 
 from __future__ import annotations
