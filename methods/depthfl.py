@@ -281,11 +281,16 @@ def counts_feddyn(options: DepthFLOptions) -> bool:
     return options.feddyn and options.feddyn_in_memory
 
 
+def traced_loss(options: DepthFLOptions, feddyn: bool) -> DepthFLLoss:
+    """DepthFL's loss as the memory model and the clock trace it: the distillation at full
+    weight, and FedDyn's term if ``feddyn``."""
+    return DepthFLLoss(options.temperature, 1.0 if options.kd else 0.0, options.alpha if feddyn else 0.0)
+
+
 def budget_workload(model: BlockModel, exits: nn.ModuleDict, depth: int, options: DepthFLOptions) -> tuple[nn.Module, DepthFLLoss]:
     """The depth-d exit model and loss whose training step a device's budget must hold."""
     feddyn = counts_feddyn(options)
-    loss = DepthFLLoss(options.temperature, 1.0 if options.kd else 0.0, options.alpha if feddyn else 0.0)
-    return DepthFLLocal(ExitModel(model, exits, depth), model, depth, feddyn), loss
+    return DepthFLLocal(ExitModel(model, exits, depth), model, depth, feddyn), traced_loss(options, feddyn)
 
 
 def deepest_fitting_depth(peaks: Mapping[int, int], budget_bytes: int | None) -> int | None:
@@ -350,7 +355,7 @@ class DepthFL(Method):
             d: DepthFLLocal(ExitModel(worker_model, worker_exits, d), worker_model, d, opts.feddyn)
             for d in self.depths
         }
-        self.memory_loss = DepthFLLoss(opts.temperature, 1.0 if opts.kd else 0.0, opts.alpha if opts.feddyn else 0.0)
+        self.memory_loss = traced_loss(opts, opts.feddyn)
         budgeted = (  # what a device's budget must hold at each depth (the training models carry FedDyn state)
             {d: (local, self.memory_loss) for d, local in self._locals.items()} if counts_feddyn(opts) else
             {d: budget_workload(worker_model, worker_exits, d, opts) for d in self.depths}
