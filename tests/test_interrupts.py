@@ -47,6 +47,17 @@ def test_sigterm_goes_to_the_handler_that_was_in_place_and_nested_blocks_hold_un
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_inside_nested_blocks_a_second_signal_is_still_delivered_at_once():
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            with deferred_interrupts():
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
+                reached.append("after the second")
+    assert reached == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_outside_the_main_thread_the_block_changes_nothing():
     seen = []
 

@@ -23,12 +23,15 @@ DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_holding = False  # a block is open: blocks inside it change nothing, so its count of signals is the only one
+
 
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
     """Hold the first SIGINT/SIGTERM until the block ends (a no-op outside the main thread,
     where Python cannot set signal handlers). Nested blocks hold until the outermost ends."""
-    if threading.current_thread() is not threading.main_thread():
+    global _holding
+    if _holding or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in DEFERRED_SIGNALS}
@@ -52,9 +55,11 @@ def deferred_interrupts() -> Iterator[None]:
 
     for sig in previous:
         signal.signal(sig, hold)
+    _holding = True
     try:
         yield
     finally:
+        _holding = False
         already_delivered = restored
         restore()
         if held and not already_delivered:
