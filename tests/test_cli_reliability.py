@@ -280,6 +280,8 @@ CASES: list[Case] = [
     Case("memory-clients-huge", ("memory", "--clients", "100000000"), 2,
          "--clients (100000000) is above 1,000,000", "a fleet of 10^8 devices"),
     Case("memory-jobs-negative", ("memory", "--jobs", "-1"), 2, "--jobs (-1) must be >= 0", "a negative --jobs"),
+    Case("memory-opt-several-methods", ("memory", "--method", "neulite,depthfl", "--opt", "sigma=2"), 2,
+         "--opt sets options of one method, but 2 are asked for", "method options for a table of several methods"),
     Case("sweep-grid-missing", ("sweep", "{tmp}/nope.yaml"), 2, "nope.yaml does not exist; pass an existing grid",
          "a grid file that does not exist", absent=("--config",)),
     Case("sweep-grid-huge", ("sweep", "{tmp}/grid.yaml", "--dry-run"), 2, "has 1,000,000 cells (1000 x 1000), above 10,000",
