@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fedbench.config import MIN_TRAIN_BATCH
-from fedbench.errors import DataNotFoundError
+from fedbench.errors import DataCorruptError, DataNotFoundError
 
 # A batch augmentation: (float images N×C×H×W, generator) -> augmented images.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -59,12 +59,31 @@ class ImageDataset:
     _shift: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._check_layout()
         channels = self.train_images.shape[1]
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, channels, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, channels, 1, 1)
         # x_norm = (x / 255 - mean) / std = x * scale + shift, one fused pass per batch.
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
+
+    def _check_layout(self) -> None:
+        """Batches are normalised as 0–255 pixels (into a new float tensor), so a data set that
+        hands over float or mis-shaped images would train on wrong inputs without an error."""
+        for split, images, labels in (("train", self.train_images, self.train_labels),
+                                      ("test", self.test_images, self.test_labels)):
+            if images.dtype != torch.uint8 or images.dim() != 4:
+                raise DataCorruptError(
+                    f"data set {self.name!r}: {split} images are {images.dtype} of shape {list(images.shape)}; "
+                    f"a data set must give uint8 pixels (0-255) shaped N x C x H x W")
+            if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+                raise DataCorruptError(
+                    f"data set {self.name!r}: {images.shape[0]} {split} images but labels of shape "
+                    f"{list(labels.shape)}; give one label per image")
+        if self.test_images.shape[1:] != self.train_images.shape[1:]:
+            raise DataCorruptError(
+                f"data set {self.name!r}: test images are {list(self.test_images.shape[1:])}, train images "
+                f"{list(self.train_images.shape[1:])}; both splits must share C x H x W")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -116,8 +135,8 @@ class ImageDataset:
         self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One pass over the samples ``order`` (in that order) in batches of ``batch_size``,
-        normalised and, with a generator, augmented; a last batch of one sample is left out,
-        since BatchNorm cannot train on it.
+        normalised and, with a generator, augmented; a last batch of one sample is left out
+        (``MIN_TRAIN_BATCH``).
 
         A :class:`DrawnAugment`'s choices for the whole pass are drawn first, in batch order, then
         copied to the data's device with ``order``: two copies per pass instead of one per batch,

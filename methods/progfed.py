@@ -185,13 +185,6 @@ class ProgFed(Method):
         if updates:
             self.stages[updates[0].work.stage].load_state_dict(self.average(updates))
 
-    def ends_cycle(self, round_idx: int) -> bool:
-        """A cycle is a stage: its last round completes the sub-model being grown; once the model
-        is fully grown every round does."""
-        stage = self.work_of(round_idx).stage
-        last = round_idx == self.ctx.config.rounds - 1
-        return last or stage == self.last_stage or self.work_of(round_idx + 1).stage != stage
-
     def eval_model(self) -> nn.Module:
         """The current sub-model with its current head (the full model once grown)."""
         return self.stages[self._current.stage]

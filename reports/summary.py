@@ -25,7 +25,7 @@ CYCLE_END = "eval/cycle_end"  # logged with every evaluation: 1 where the round 
 PARTICIPATION = "participation/rate"
 VIRTUAL_TIME = "clock/total_s"
 
-# Final accuracy = mean of the last this many evaluations of a run (``--last``).
+# Final accuracy = mean of a run's evaluations in its last this many × eval_every rounds (``--last``).
 DEFAULT_LAST_EVALS = 3
 
 # Summary columns, in order; ``options.*`` columns of the runs follow them.
@@ -197,6 +197,27 @@ def cycle_end_evaluations(history: pd.DataFrame) -> tuple[pd.DataFrame, list[str
     return rest[~dropped.to_numpy()], warnings
 
 
+def final_accuracy(evaluations: Sequence[tuple[int, float]], last_evals: int, rounds: float,
+                   eval_every: float) -> float:
+    """Mean accuracy of the evaluations in the run's last ``last_evals × eval_every`` rounds, or
+    its last evaluation when none falls there.
+
+    The window is counted in rounds, not evaluations, so every method's final value covers the
+    same rounds: NeuLite, scored only after stage-S rounds, has fewer evaluations in the window
+    than a method scored every ``eval_every`` rounds, not older ones. ``evaluations`` are
+    (0-based round, accuracy) in round order; a run that logged no round count falls back to its
+    last ``last_evals`` evaluations."""
+    if not evaluations:
+        return math.nan
+    eval_every = 1.0 if math.isnan(eval_every) else eval_every  # not logged: the default
+    if math.isnan(rounds):
+        window = [value for _, value in evaluations[-last_evals:]]
+    else:
+        first = rounds - last_evals * eval_every
+        window = [value for round_idx, value in evaluations if round_idx >= first] or [evaluations[-1][1]]
+    return sum(window) / len(window)
+
+
 def summarize(
     runs: pd.DataFrame, history: pd.DataFrame, last_evals: int = DEFAULT_LAST_EVALS
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -204,17 +225,20 @@ def summarize(
     naming each run whose metrics are missing (its cells are left out, the rest renders).
 
     ``history`` is the long frame of ``eval/accuracy`` values (``run_id, key, round, value``).
-    Final accuracy is the mean of the last ``last_evals`` evaluations, best the maximum.
+    Final accuracy is the mean over the last ``last_evals`` evaluation intervals
+    (:func:`final_accuracy`), best the maximum.
     """
     if last_evals < 1:
-        raise ConfigError(f"--last ({last_evals}) must be >= 1 (the evaluations averaged into final accuracy)")
+        raise ConfigError(f"--last ({last_evals}) must be >= 1 (the evaluation intervals averaged into final accuracy)")
     accuracy = history[history["key"] == ACCURACY].sort_values("round")
-    by_run = {run_id: group["value"].tolist() for run_id, group in accuracy.groupby("run_id")}
+    by_run = {run_id: list(zip(group["round"].tolist(), group["value"].tolist(), strict=True))
+              for run_id, group in accuracy.groupby("run_id")}
     rows, warnings, settings = [], [], []
     defaults = _defaults()
     for _, run in runs.iterrows():
         settings.append(run_settings(run, defaults))
-        values = by_run.get(run["run_id"], [])
+        evaluations = by_run.get(run["run_id"], [])
+        values = [value for _, value in evaluations]
         row = {
             "run_id": run["run_id"],
             "method": run.get("tags.fedbench.method") or run.get("params.method"),
@@ -223,7 +247,8 @@ def summarize(
             "partition": run.get("params.data.partition"),
             "alpha": run.get("params.data.alpha"),
             "seed": run.get("params.seed"),
-            "final_accuracy": sum(values[-last_evals:]) / len(values[-last_evals:]) if values else math.nan,
+            "final_accuracy": final_accuracy(evaluations, last_evals, _number(run.get("params.rounds")),
+                                             _number(run.get("params.eval_every", 1))),
             "best_accuracy": max(values) if values else math.nan,
             "pr": _number(run.get(f"metrics.{PARTICIPATION}")),
             "rounds": _number(run.get("params.rounds")),

@@ -132,7 +132,7 @@ def accuracy_table(
         rows.append((Cell(method), Cell(incl), *grid[method], *pr_cells))
     header = ("Method", "Incl.", *(" ".join(map(str, c)) for c in columns), *(f"PR {m}" for m in models))
     which = "final" if metric == "final" else "best"
-    how = f"mean of the last {last_evals or DEFAULT_LAST_EVALS} evaluations" if metric == "final" else "maximum over rounds"
+    how = f"mean over the last {last_evals or DEFAULT_LAST_EVALS} evaluation intervals" if metric == "final" else "maximum over rounds"
     note = (
         f"Accuracy (%): {which} `eval/accuracy` ({how}), mean ± sample std over the n seeds of one "
         "configuration (runs that differ in anything else are separate rows, labelled by those settings); "

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import pickle
+import re
 import struct
 import tarfile
 from pathlib import Path
@@ -665,3 +666,19 @@ def test_a_pass_makes_the_batches_per_batch_calls_make_and_leaves_the_generator_
     assert torch.equal(ahead.get_state(), per_batch.get_state())
     plain = list(dataset.training_batches(order, batch_size))  # no generator: normalised, not augmented
     assert torch.equal(plain[0][0], dataset.normalize(dataset.train_images[order[:batch_size]]))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda x, y: (x.float(), y), "train images are torch.float32 of shape [4, 1, 4, 4]; a data set must give uint8"),
+    (lambda x, y: (x[:, 0], y), "a data set must give uint8 pixels (0-255) shaped N x C x H x W"),
+    (lambda x, y: (x, y[:3]), "4 train images but labels of shape [3]; give one label per image"),
+])
+def test_a_data_set_with_float_or_mis_shaped_images_is_refused_in_one_line(change, message):
+    """Batches are normalised as 0-255 pixels into new float tensors; float pixels would train on
+    wrong inputs (and a view of them be normalised in place) without an error."""
+    images, labels = torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64)
+    bad_images, bad_labels = change(images, labels)
+    with pytest.raises(DataCorruptError, match=re.escape(message)):
+        ImageDataset("mine", bad_images, bad_labels, images, labels, 10, [0.5], [0.25])
+    with pytest.raises(DataCorruptError, match="both splits must share C x H x W"):
+        ImageDataset("mine", images, labels, torch.zeros(4, 1, 5, 5, dtype=torch.uint8), labels, 10, [0.5], [0.25])

@@ -166,12 +166,13 @@ def test_progfed_schedule_grows_at_multiples_of_the_update_cycle():
     assert default_update_cycle(2, 4) == 1
 
 
-def test_progfed_is_evaluated_at_each_stage_end_an_evaluation_falls_due_in_then_every_eval_every_rounds():
+def test_progfed_scores_its_current_sub_model_every_eval_every_rounds_while_it_grows():
     config = config_with("progfed", rounds=12, eval_every=3)  # cnn: stage 1 in rounds 1-6, grown from 7
     method = engine.make_method(engine.prepare(config)[0])
     assert [method.work_of(r).stage for r in range(12)] == [1] * 6 + [2] * 6
-    # due after rounds 3, 6, 9, 12 (1-based); round 3 is mid-stage, so the stage end (round 6) scores
-    assert sorted(engine.evaluation_rounds(method)) == [5, 8, 11]
+    # spec §11.2: the current sub-model with its current head is scored on the shared grid, mid-stage too
+    assert sorted(engine.evaluation_rounds(method)) == [2, 5, 8, 11]
+    assert method.eval_model() is method.stages[1]
 
 
 def test_a_grown_progfed_model_keeps_the_weights_trained_in_the_earlier_stage():

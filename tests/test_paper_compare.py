@@ -64,7 +64,7 @@ def test_table1_compare_paper_puts_the_published_value_and_the_difference_beside
     assert result.exit_code == 0, result.output
     rows = _markdown_rows(result.stdout)
     neulite = rows["neulite"]
-    assert neulite["cifar10 resnet18 fedbench"] == "70.0 (n=1)"  # mean of the last 3 evaluations
+    assert neulite["cifar10 resnet18 fedbench"] == "70.0 (n=1)"  # mean of the evaluations in the last 3 rounds
     assert neulite["cifar10 resnet18 paper"] == "80.4" and neulite["cifar10 resnet18 Δ"] == "-10.4"
     assert neulite["cifar10 squeezenet_nopool paper"] == "58.0"  # either SqueezeNet is the paper's
     assert neulite["PR resnet18 paper"] == "100" and neulite["PR resnet18 Δ"] == "+0"

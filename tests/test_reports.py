@@ -111,7 +111,7 @@ def test_table1_markdown_matches_the_golden_table_with_na_missing_and_bold_cells
     result = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(TABLE1_MD)
-    assert "mean of the last 3 evaluations" in result.stdout
+    assert "mean over the last 3 evaluation intervals" in result.stdout
     assert (tmp_path / "table1.md").read_text() == result.stdout
     assert "run " in result.stderr and "(heterofl, cifar10, resnet18) has no eval/accuracy" in result.stderr
 
@@ -222,7 +222,7 @@ def test_runs_exports_every_run_the_tables_use_as_numbers(store, tmp_path):
     assert len(runs) == len(GRID)  # every finished run, the FAILED one left out
     assert runs["method_label"].tolist() == sorted(runs["method_label"].tolist())
     fedavg = runs[(runs["method"] == "fedavg") & (runs["partition"] == "dirichlet")].set_index("seed")
-    assert fedavg.loc[1, "final_accuracy"] == pytest.approx(0.6)  # mean of the last 3 evaluations
+    assert fedavg.loc[1, "final_accuracy"] == pytest.approx(0.6)  # mean of the evaluations in the last 3 rounds
     assert fedavg.loc[2, "best_accuracy"] == pytest.approx(0.8)
     assert fedavg.loc[1, "pr"] == 1.0 and fedavg.loc[1, "rounds"] == 4
     assert ",4," in result.stdout.splitlines()[1]  # a count is written as one
@@ -762,3 +762,16 @@ def test_a_preset_is_named_in_the_row_instead_of_the_training_values_it_stands_f
     assert method_labels(frame, settings) == [
         "heterofl", "heterofl (preset=official)", "heterofl (preset=official, train.local_epochs=1)",
         "depthfl (preset=official)"]
+
+
+def test_final_accuracy_covers_the_same_last_rounds_for_every_method():
+    from fedbench.reports.summary import final_accuracy
+
+    every_round = [(r, 0.1 * r) for r in range(8)]  # FedAvg, eval_every 1, 8 rounds
+    stage_ends = [(3, 0.3), (7, 0.7)]  # NeuLite with 4 stages, scored after stage-4 rounds only
+    assert final_accuracy(every_round, 3, 8, 1) == pytest.approx((0.5 + 0.6 + 0.7) / 3)
+    assert final_accuracy(stage_ends, 3, 8, 1) == pytest.approx(0.7)  # rounds 6-8 hold one evaluation
+    assert final_accuracy(stage_ends, 2, 8, 4) == pytest.approx(0.5)  # two intervals of 4: rounds 1-8
+    assert final_accuracy([(3, 0.3)], 1, 8, 1) == pytest.approx(0.3)  # none in the window: the last one
+    assert final_accuracy(stage_ends, 1, math.nan, 1) == pytest.approx(0.7)  # no round count: last evaluations
+    assert math.isnan(final_accuracy([], 3, 8, 1))

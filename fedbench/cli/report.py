@@ -53,7 +53,7 @@ TrackingUri = Annotated[
     str | None, typer.Option(help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 ]
 OutDir = Annotated[Path | None, typer.Option("--out", help="Output folder (default: reports/out/<experiment>/).")]
-Last = Annotated[int, typer.Option(help="Final accuracy = mean of the last N evaluations of a run." + default_note(3))]
+Last = Annotated[int, typer.Option(help="Final accuracy = mean of a run's evaluations in its last N × eval_every rounds." + default_note(3))]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")]
 Compare = Annotated[str | None, typer.Option(
     "--compare", help="paper: put the paper's published value and the difference (points) beside each cell.")]

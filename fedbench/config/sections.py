@@ -76,8 +76,10 @@ class ModelConfig:
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: weights and optimiser factors live there
 
 
-# The smallest training batch: BatchNorm cannot train on one sample (nor nHSIC measure it), so a
-# batch of one is skipped and --batch-size 1 would train nothing.
+# The smallest training batch. A batch of one sample gives BatchNorm a single value per channel
+# wherever a feature map is 1×1 (VGG11_bn's last block at its smallest input, 16×16), which it
+# cannot train on, and nHSIC is undefined on it; so every model skips such a batch alike and
+# --batch-size 1 would train nothing.
 MIN_TRAIN_BATCH = 2
 
 

@@ -51,8 +51,8 @@ class DeviceClass:
 # Peak FP32 FLOP/s = shader cores x 2 (FMA) x boost clock, from the vendors' published core
 # counts and clocks; bandwidths are assumed typical links (not measured). See docs/memory.md.
 DEVICE_CLASSES: tuple[DeviceClass, ...] = (
-    DeviceClass("jetson-xavier-nx", 384 * 2 * 1.377e9, 50e6 / 8, 0.2,
-                "384 Volta CUDA cores at 1377 MHz; Wi-Fi 50 Mbit/s"),
+    DeviceClass("jetson-xavier-nx", 384 * 2 * 1.1e9, 50e6 / 8, 0.2,
+                "384 Volta CUDA cores at 1100 MHz; Wi-Fi 50 Mbit/s"),
     DeviceClass("jetson-tx2", 256 * 2 * 1.465e9, 50e6 / 8, 0.3,
                 "256 Pascal CUDA cores at 1465 MHz (the paper's test board); Wi-Fi 50 Mbit/s"),
     DeviceClass("jetson-nano", 128 * 2 * 0.921e9, 20e6 / 8, 0.3,

@@ -99,7 +99,8 @@ def local_sgd(
     is elsewhere. Only parameters with ``requires_grad`` are optimised, so a method freezes a
     part of the model by switching it off before the call. Batches are shuffled
     with ``generator`` (seeded per round and client). The last partial batch is
-    kept, except a batch of one sample, which BatchNorm cannot train on.
+    kept, except a batch of one sample (``MIN_TRAIN_BATCH``: BatchNorm cannot train on it where
+    a feature map is 1×1, so no model trains on it).
     ``max_grad_norm`` clips the global L2 norm of the gradients after every
     backward (HeteroFL/FedRolex clip to 1.0); None: no clipping. With ``graphs`` (a
     :class:`~fedbench.training.graphs.StepGraph` maker: CUDA graphs on a GPU) the full-size steps
