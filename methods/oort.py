@@ -10,6 +10,8 @@ picks explores never-tried clients; the rest exploit the top-utility ones. A pac
 T when the exploited utility stops growing. ⌈overcommit·K⌉ clients are selected, the K
 that would finish first train (FedAvg on the full model); the others are stragglers.
 Only devices that can train the full model take part (like ExclusiveFL, spec §10.2).
+The server averages like every method (uniform by default, spec common.md §1.4); Oort's own
+server weights by data share, which ``--weighting samples`` reproduces.
 """
 
 from __future__ import annotations
@@ -153,8 +155,9 @@ class OortSelector:
     # ------------------------------------------------------------ pieces
     def pace(self, round_no: int) -> None:
         """Step 1: record last round's exploited utility; every W rounds move the threshold."""
-        # One entry per call, 0 for a round that exploited nobody (as [C-Oort]'s sum over an empty
-        # set), so the two windows compared below span W rounds each.
+        # One entry per call: the mean reward of the round's exploited clients ([C-Oort]'s
+        # calculateSumUtil returns a mean despite its name), 0 for a round that exploited nobody,
+        # so the two windows compared below span W rounds each.
         exploited = [self.arms[c].reward for c in self.last_exploited]
         self.util_history.append(float(np.mean(exploited)) if exploited else 0.0)
         w, delta = self.options.pacer_step, self.options.pacer_delta
@@ -276,7 +279,9 @@ class Oort(Method):
         n = min(overcommitted(k, self.options.overcommit), len(self.eligible_ids))
         rng = numpy_rng(self.ctx.config.seed, Stream.METHOD, round_idx)
         chosen = self.selector.select(round_idx + 1, n, self.eligible_ids, rng)
-        times = [self.device_time(Assignment(c)) for c in chosen]
+        # Round times come from a few device classes, so equal shards tie exactly: a random order
+        # decides which of them over-commitment drops, rather than always the highest id.
+        times = [self.device_time(Assignment(chosen[i])) for i in rng.permutation(len(chosen))]
         kept = sorted(t.client_id for t in earliest(times, k))
         self._stragglers = [c for c in chosen if c not in set(kept)]
         return [Assignment(c) for c in kept]

@@ -73,6 +73,8 @@ def test_every_neulite_stage_round_of_resnet18_is_cheaper_than_a_full_model_roun
 def test_over_commitment_keeps_the_devices_that_finish_first():
     times = [DeviceTime(0, 3.0, 0.0), DeviceTime(1, 1.0, 0.0), DeviceTime(2, 1.0, 1.0), DeviceTime(3, 0.5, 0.0)]
     assert [t.client_id for t in earliest(times, 2)] == [3, 1]
+    tied = [DeviceTime(5, 1.0, 0.0), DeviceTime(2, 1.0, 0.0), DeviceTime(9, 1.0, 0.0)]
+    assert [t.client_id for t in earliest(tied, 2)] == [5, 2]  # a tie keeps the order given
 
 
 @pytest.mark.parametrize("speed, bandwidth, bad", [(0.0, 1.0, "flops_per_s"), (1.0, -5.0, "bandwidth_bytes_per_s"),

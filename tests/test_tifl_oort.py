@@ -148,7 +148,8 @@ def test_over_commitment_is_the_ceiling_of_the_exact_product():
 
 
 def test_the_pacer_records_one_entry_per_round_so_its_windows_span_w_rounds():
-    """A round that exploited nobody counts as 0 ([C-Oort] sums the exploited rewards): the windows
+    """A round that exploited nobody counts as 0 ([C-Oort] records the exploited rewards' mean, 0 for
+    none): the windows
     compared every W rounds are the last W rounds, not the last W rounds that exploited someone."""
     selector = hand_selector(pacer_step=2)
     exploited = [[], [0], [], [1, 2], [0]]

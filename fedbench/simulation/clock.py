@@ -93,8 +93,10 @@ def synchronous_round_s(times: Iterable[DeviceTime]) -> float:
 
 
 def earliest(times: Iterable[DeviceTime], keep: int) -> list[DeviceTime]:
-    """Over-commitment (Oort §10.5): the ``keep`` devices that finish first (ties by id)."""
-    return sorted(times, key=lambda t: (t.total_s, t.client_id))[: max(keep, 0)]
+    """Over-commitment (Oort §10.5): the ``keep`` devices that finish first; devices that finish
+    together keep the order given, so a caller that passes them in a random order drops a random
+    one of them, not always the same."""
+    return sorted(times, key=lambda t: t.total_s)[: max(keep, 0)]
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
