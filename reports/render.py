@@ -64,7 +64,8 @@ def to_markdown(table: Table) -> str:
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
-_LATEX_SYMBOLS = {"±": r"$\pm$", "α": r"$\alpha$", MISSING: "--", "`": ""}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "α": r"$\alpha$", "Δ": r"$\Delta$", "×": r"$\times$", "—": "---",
+                  MISSING: "--", "`": ""}
 
 
 def latex_escape(text: str) -> str:

@@ -28,6 +28,10 @@ PAPER_METHOD_ORDER = (
     "allsmall", "exclusivefl", "depthfl", "heterofl", "fedrolex", "tifl", "oort", "fedavg", "progfed", "neulite",
 )
 METRICS = ("final", "best")
+# Column order of the paper's tables (data sets, then models); others follow alphabetically.
+PAPER_DATASET_ORDER = ("cifar10", "cinic10", "cinic10-trainval", "cifar100")
+PAPER_MODEL_ORDER = ("resnet18", "vgg11_bn", "squeezenet", "squeezenet_nopool", "resnet34")
+PAPER_COLUMN_ORDER = PAPER_DATASET_ORDER + PAPER_MODEL_ORDER
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def accuracy_table(
     cells = aggregate(summary, ("method_label", *column_keys)).rename(columns={"method_label": "method"})
     by_model = aggregate(summary, ("method_label", "model")).set_index(["method_label", "model"])
     columns = sorted({tuple(row[k] for k in column_keys) for _, row in cells.iterrows()}, key=column_order)
-    models = sorted({row["model"] for _, row in cells.iterrows()})
+    models = sorted({row["model"] for _, row in cells.iterrows()}, key=lambda m: _paper_rank(m, PAPER_MODEL_ORDER))
     methods = method_order(sorted(set(cells["method"])))
     lookup = {(row["method"], *(row[k] for k in column_keys)): row for _, row in cells.iterrows()}
 
@@ -110,10 +114,9 @@ def accuracy_table(
         inclusive[method] = None if not known or ignores_memory.get(method) else all(v >= INCLUSIVE_PR for v in known)
 
     def accuracy_cell(method: str, column: tuple) -> Cell:
-        model = column[list(column_keys).index("model")]
-        if model_pr(method, model).mean == 0:
-            return Cell(NOT_APPLICABLE)
         row = lookup.get((method, *column))
+        if row is not None and row["pr"].mean == 0:  # every run of this cell: no device could train
+            return Cell(NOT_APPLICABLE)
         stat = row[metric] if row is not None else Stat.of([])
         return Cell(percent(stat, count=True), value=stat.mean)
 
@@ -146,9 +149,15 @@ def accuracy_table(
     return Table(title, header, tuple(rows), note, keys)
 
 
+def _paper_rank(value: object, order: Sequence[str]) -> tuple:
+    text = str(value)
+    return (order.index(text) if text in order else len(order), text)
+
+
 def column_order(column: tuple) -> tuple:
-    # IID before non-IID within a data set; otherwise alphabetical.
-    return tuple((0 if is_iid(str(v)) else 1, str(v)) for v in column)
+    """Data sets and models in the paper's order, IID before non-IID within a data set; values
+    the paper does not use follow alphabetically."""
+    return tuple((0 if is_iid(str(v)) else 1, *_paper_rank(v, PAPER_COLUMN_ORDER)) for v in column)
 
 
 def table1(summary: pd.DataFrame, metric: str = "final", iid: bool = False, last_evals: int | None = None) -> Table:

@@ -358,6 +358,9 @@ def test_ablation_bars_key_neulite_runs_by_their_options_next_to_fedavg(store, t
     result = _report("ablation", "--experiment", "ablation", "--tracking-uri", store["uri"], "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ablation.pdf").stat().st_size > 1000
+    other = _report("ablation", "--experiment", "ablation", "--tracking-uri", store["uri"], "--out", str(tmp_path),
+                    "--baseline", "oort")
+    assert "no oort runs for the reference bar; pass --baseline with one of fedavg" in other.output
 
 
 def test_ablation_bars_average_only_seeds_of_one_configuration():
@@ -775,3 +778,67 @@ def test_final_accuracy_covers_the_same_last_rounds_for_every_method():
     assert final_accuracy([(3, 0.3)], 1, 8, 1) == pytest.approx(0.3)  # none in the window: the last one
     assert final_accuracy(stage_ends, 1, math.nan, 1) == pytest.approx(0.7)  # no round count: last evaluations
     assert math.isnan(final_accuracy([], 3, 8, 1))
+
+
+def _summary_rows(rows):
+    import pandas as pd
+
+    base = {"partition_label": "Dir(0.5)", "ignores_memory": False, "seed": 1}
+    frame = pd.DataFrame([{**base, **row} for row in rows])
+    frame["method_label"] = frame["method"]
+    frame["best_accuracy"] = frame["final_accuracy"]
+    return frame
+
+
+def test_tables_put_data_sets_and_models_in_the_papers_order():
+    from fedbench.reports import tables
+
+    summary = _summary_rows([
+        {"method": "neulite", "dataset": d, "model": m, "final_accuracy": 0.5, "pr": 1.0}
+        for d in ("cifar100", "cinic10", "cifar10") for m in ("squeezenet", "vgg11_bn", "resnet18")])
+    table = tables.table1(summary)
+    assert table.columns[2:] == (
+        "cifar10 resnet18", "cifar10 vgg11_bn", "cifar10 squeezenet", "cinic10 resnet18", "cinic10 vgg11_bn",
+        "cinic10 squeezenet", "cifar100 resnet18", "cifar100 vgg11_bn", "cifar100 squeezenet",
+        "PR resnet18", "PR vgg11_bn", "PR squeezenet")
+
+
+def test_na_is_a_property_of_the_cell_a_run_of_pr_0_elsewhere_leaves_the_others_measured():
+    """NA says that no device could train this cell's runs; a model with PR 0 on one data set may
+    still be trainable on another, and a cell nobody ran stays "not run"."""
+    from fedbench.reports import tables
+
+    summary = _summary_rows([
+        {"method": "exclusivefl", "dataset": "cifar10", "model": "resnet34", "final_accuracy": 0.3, "pr": 0.02},
+        {"method": "exclusivefl", "dataset": "cifar100", "model": "resnet34", "final_accuracy": math.nan, "pr": 0.0},
+        {"method": "neulite", "dataset": "cinic10", "model": "resnet34", "final_accuracy": 0.4, "pr": 1.0},
+    ])
+    (row,) = [r for r in tables.table1(summary).rows if r[0].text == "exclusivefl"]
+    assert [c.text for c in row[2:5]] == ["30.0 (n=1)", tables.MISSING, tables.NOT_APPLICABLE]  # c10, cinic, c100
+
+
+def test_latex_tables_spell_the_greek_and_typographic_symbols_as_latex():
+    from fedbench.reports.render import latex_escape
+
+    assert latex_escape("PR Δ — 2× ± α") == r"PR $\Delta$ --- 2$\times$ $\pm$ $\alpha$"
+
+
+def test_ablation_reference_fills_the_fedavg_slot_whichever_method_it_is():
+    """configs/paper/ablation.yaml runs ExclusiveFL as Fig. 8's reference (the paper's numbers say
+    so): its bar is the reference bar, first and named for what it is, and no FedAvg is missed."""
+    import pandas as pd
+
+    from fedbench.reports import series
+
+    common = {"dataset": "cifar100", "model": "resnet18", "partition_label": "IID"}
+    summary = pd.DataFrame([
+        {**common, "method": "exclusivefl", "ablation_label": "exclusivefl", "final_accuracy": 0.37},
+        {**common, "method": "neulite", "ablation_label": "neulite", "final_accuracy": 0.57},
+        {**common, "method": "neulite", "ablation_label": "neulite", "final_accuracy": 0.56,
+         "options.curriculum_loss": "False"},
+        {**common, "method": "neulite", "ablation_label": "neulite", "final_accuracy": 0.48,
+         "options.co_adaptation": "False", "options.round_robin": "False"},
+    ])
+    bars = series.ablation(summary, baseline="exclusivefl")
+    assert bars["variant"].tolist() == ["FedAvg (exclusivefl)", "w/o curriculum loss", "w/o co-adaptation", "NeuLite"]
+    assert series.missing_bars(bars) == []

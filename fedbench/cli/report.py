@@ -271,6 +271,10 @@ def ablation_command(
     except FedbenchError as exc:
         raise fail(exc) from None
     _warn(warnings)
+    if not (summary["method"] == baseline).any():
+        others = sorted(set(summary["method"]) - {"neulite"})
+        _warn([f"no {baseline} runs for the reference bar" + (f"; pass --baseline with one of {', '.join(others)}"
+                                                               if others else "")])
     _warn(series.missing_bars(bars))
     fig = figures.ablation_figure(bars)
     _print_paths(_save(fig, out_dir or OUT_ROOT / folder_name(experiment), "ablation"))
