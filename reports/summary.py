@@ -162,10 +162,10 @@ def finished_runs(runs: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame, li
     done = runs[runs["status"] == "FINISHED"] if "status" in runs.columns else runs.iloc[0:0]
     if done.empty:
         statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items()) if len(runs) else "none"
-        raise ConfigError(
-            f"experiment '{experiment}' has no finished runs (runs: {statuses}); "
-            "run 'fedbench run --experiment " + experiment + "' first"
-        )
+        cut = len(runs) and runs["status"].isin(["KILLED", "FAILED", "RUNNING"]).any()
+        hint = ("continue a stopped run with 'fedbench run --resume RUN_ID' ('fedbench checkpoints list' names "
+                "them) or re-run its sweep" if cut else f"run 'fedbench run --experiment {experiment}' first")
+        raise ConfigError(f"experiment '{experiment}' has no finished runs (runs: {statuses}); {hint}")
     skipped = len(runs) - len(done)
     warnings = [f"skipping {skipped} unfinished run(s) of experiment '{experiment}'"] if skipped else []
     keys = _column(done, "tags.fedbench.run_key").fillna(done["run_id"])

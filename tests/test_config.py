@@ -72,3 +72,21 @@ def test_the_run_key_fills_in_option_defaults_so_a_sweep_never_reruns_a_default(
     spelled_out = make_config(overrides={"method": "neulite", "options": {"lambda_max": 0.4, "sigma": 5}})
     changed = make_config(overrides={"method": "neulite", "options": {"lambda_max": 0.3}})
     assert plain.run_key == spelled_out.run_key != changed.run_key
+
+
+@pytest.mark.parametrize("section, flag", [
+    ("data: synthetic", {"data": {"alpha": 0.3}}),
+    ("model: squeezenet", {"model": {"width": 0.5}}),
+    ("train: [1, 2]", {"train": {"local_epochs": 1}}),
+])
+def test_a_flag_never_replaces_a_section_the_file_wrote_as_a_plain_value(tmp_path, section, flag):
+    """``data: synthetic`` is a mistake for ``data: {dataset: synthetic}``: a flag that sets one key of
+    the section must not turn it into defaults plus that key, which trains another data set or model."""
+    path = tmp_path / "run.yaml"
+    path.write_text(f"method: fedavg\n{section}\n")
+    name = section.split(":")[0]
+    with pytest.raises(ConfigError, match=f"^{name} must be a mapping, got") as err:
+        make_config(path, flag)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=f"^{name} must be a mapping, got"):
+        make_config(path)  # without the flag, the same section is refused as before

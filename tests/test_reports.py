@@ -484,7 +484,8 @@ def test_time_report_over_a_fleet_times_each_stages_slowest_selected_device_with
     [
         (["tabel1"], "unknown report 'tabel1' (did you mean 'table1'?)"),
         (["table1", "--experiment", "nope"], "unknown experiment 'nope'; known: Default, ablation, broken"),
-        (["table1", "--experiment", "broken"], "experiment 'broken' has no finished runs (runs: 1 FAILED)"),
+        (["table1", "--experiment", "broken"], "experiment 'broken' has no finished runs (runs: 1 FAILED); continue "
+         "a stopped run with 'fedbench run --resume RUN_ID'"),
         (["table1", "--experiment", "grid", "--format", "docx"], "unknown format 'docx'; use one of md, tex, csv"),
         (["table1", "--experiment", "ablation", "--iid"], "no IID runs for Table 1"),
         (["curves", "--experiment", "grid", "--x", "virtual_time"], "no run logged clock/total_s"),

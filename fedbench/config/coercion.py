@@ -81,12 +81,21 @@ def build_dataclass(cls: type, values: Mapping[str, Any], path: str = "") -> Any
     return cls(**kwargs)
 
 
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """``override`` wins; nested mappings are merged key by key."""
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], path: str = "") -> dict[str, Any]:
+    """``override`` wins; nested mappings are merged key by key.
+
+    A section that ``base`` gives as a plain value (``data: synthetic``) while ``override`` sets
+    keys in it (``--alpha 0.3``) is a :class:`ConfigError`: replacing it would silently train
+    something other than what the file says."""
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
+        where = f"{path}{key}"
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            merged[key] = deep_merge(current, value, f"{where}.")
+        elif isinstance(value, Mapping) and current is not None and key in merged:
+            raise ConfigError(f"{where} must be a mapping, got {type(current).__name__} ({current!r}); "
+                              f"write it as {key}: {{...}} with its keys")
         else:
             merged[key] = value
     return merged
