@@ -107,11 +107,49 @@ def method_labels(frame: pd.DataFrame, settings: Sequence[dict[str, str | None]]
         mine = [settings[i] for i, m in enumerate(methods) if m == method]
         keys = sorted(set().union(*mine))
         varying[method] = [k for k in keys if len({s.get(k) for s in mine}) > 1]
+    def named(i: int, method: str) -> list[str]:
+        # Under a preset, a training value left in the settings differs from the preset's (a flag
+        # changed it), so it is always named: "heterofl (preset=official, train.local_epochs=1)".
+        on_preset = {k for k in settings[i] if k.startswith("train.")} if method in with_preset else set()
+        return sorted(({*varying[method], *_PROTOCOL_SETTINGS} & settings[i].keys()) | on_preset)
+
     return [
-        method_label(method, {k: settings[i][k] for k in sorted({*varying[method], *_PROTOCOL_SETTINGS} & settings[i].keys())
-                              if settings[i].get(k) is not None and (k in varying[method] or _off_protocol(k, settings[i][k]))})
+        method_label(method, {k: settings[i][k] for k in named(i, method)
+                              if settings[i].get(k) is not None
+                              and (k in varying[method] or k.startswith("train.") or _off_protocol(k, settings[i][k]))})
         for i, method in enumerate(methods)
     ]
+
+
+def mixed_protocol_warnings(frame: pd.DataFrame, settings: Sequence[dict[str, str | None]]) -> list[str]:
+    """A line per setting in which the methods of one table column (data set, model, partition)
+    ran differently and that no row label names (labels name what varies within a method): 20
+    rounds of FedAvg beside 80 of NeuLite are not one protocol. Method options and, where a preset
+    is in play, the training values (presets set them per method) are each method's own."""
+    lines = []
+    columns = list(zip(frame["dataset"], frame["model"], frame["partition_label"], strict=True))
+    labelled = {k for label in frame["method_label"] for k in _label_keys(label)}
+    for column in dict.fromkeys(columns):
+        rows = [i for i, c in enumerate(columns) if c == column]
+        methods = sorted({frame["method"].iloc[i] for i in rows})
+        if len(methods) < 2:
+            continue
+        with_preset = any(settings[i].get("preset") for i in rows)
+        keys = sorted(set().union(*(settings[i] for i in rows)))
+        for key in keys:
+            if key.startswith("options.") or key in labelled or (with_preset and (key.startswith("train.") or key == "preset")):
+                continue
+            values = {m: sorted({str(settings[i].get(key)) for i in rows if frame["method"].iloc[i] == m}) for m in methods}
+            if len({v for vs in values.values() for v in vs}) > 1:
+                shown = ", ".join(f"{m} {'/'.join(vs)}" for m, vs in values.items())
+                lines.append(f"{' · '.join(map(str, column))}: the methods ran with different {key} ({shown}); "
+                             "their rows do not share one protocol")
+    return lines
+
+
+def _label_keys(label: str) -> list[str]:
+    inside = label.partition(" (")[2].removesuffix(")")
+    return [part.split("=")[0].strip() for part in inside.split(", ") if "=" in part]
 
 
 def _without_preset_values(method: str, settings: dict[str, str | None]) -> dict[str, str | None]:
@@ -277,6 +315,7 @@ def summarize(
     # The method and the settings other than the ablation switches that differ between its runs.
     frame["ablation_label"] = method_labels(
         frame, [{k: v for k, v in s.items() if k not in ABLATION_SWITCHES} for s in settings])
+    warnings += mixed_protocol_warnings(frame, settings)
     frame, repeats = _one_run_per_seed(frame)
     return frame.reindex(columns=[*SUMMARY_COLUMNS, *options]), warnings + repeats
 

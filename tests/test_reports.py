@@ -843,3 +843,27 @@ def test_ablation_reference_fills_the_fedavg_slot_whichever_method_it_is():
     bars = series.ablation(summary, baseline="exclusivefl")
     assert bars["variant"].tolist() == ["FedAvg (exclusivefl)", "w/o curriculum loss", "w/o co-adaptation", "NeuLite"]
     assert series.missing_bars(bars) == []
+
+
+def test_a_table_says_when_its_methods_ran_different_protocols_and_names_a_flag_on_a_preset(tmp_path):
+    """Labels name what varies within a method; 2 rounds of FedAvg beside 8 of ExclusiveFL in one
+    column is a difference between methods, which a warning names. Under a preset, a training
+    value a flag changed is always in the label (docs/reports.md)."""
+    from mlflow.tracking import MlflowClient
+
+    from fedbench.config import preset_layer
+    from fedbench.reports.runs import load_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("mixed")
+    acc = [0.1, 0.2, 0.3, 0.4]
+    _log_run(client, experiment, ("fedavg", "cifar10", "resnet18", "iid", 1, acc, 1.0, {"rounds": "2"}), 0)
+    _log_run(client, experiment, ("exclusivefl", "cifar10", "resnet18", "iid", 1, acc, 0.2, {"rounds": "8"}), 1)
+    official = {f"train.{k}": str(v) for k, v in preset_layer("official", "heterofl")["train"].items()}
+    _log_run(client, experiment, ("heterofl", "cifar10", "resnet18", "iid", 1, acc, 1.0,
+                                  {**official, "rounds": "8", "preset": "official", "train.local_epochs": "1"}), 2)
+    summary, _, warnings = load_experiment("mixed", uri)
+    assert "heterofl (preset=official, train.local_epochs=1)" in set(summary["method_label"])
+    assert ("cifar10 · resnet18 · IID: the methods ran with different rounds (exclusivefl 8, fedavg 2, heterofl 8); "
+            "their rows do not share one protocol") in warnings
