@@ -1,9 +1,10 @@
-"""Sweeps: grid expansion, skipping finished cells, isolating failures."""
+"""Sweeps: grid expansion, validation before anything runs, skipping finished cells, isolating failures."""
 
 from __future__ import annotations
 
 import dataclasses
 import textwrap
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -25,7 +26,7 @@ base:
   train: {local_epochs: 1}
 axes:
   seed: [1, 2]
-  data.dataset: [synthetic, no-such-data]
+  data.partition: [iid, natural]  # natural fails at run time: synthetic has no writers
 """
 
 
@@ -40,8 +41,8 @@ def test_a_grid_expands_to_the_cartesian_product_with_distinct_keys(grid_file):
     grid = sweep.load_grid(grid_file)
     assert grid.experiment == "tiny-grid"
     assert [c.values for c in grid.cells] == [
-        {"seed": 1, "data.dataset": "synthetic"}, {"seed": 1, "data.dataset": "no-such-data"},
-        {"seed": 2, "data.dataset": "synthetic"}, {"seed": 2, "data.dataset": "no-such-data"},
+        {"seed": 1, "data.partition": "iid"}, {"seed": 1, "data.partition": "natural"},
+        {"seed": 2, "data.partition": "iid"}, {"seed": 2, "data.partition": "natural"},
     ]
     assert len({c.config.run_key for c in grid.cells}) == 4
     assert all(c.config.tracking.experiment == "tiny-grid" for c in grid.cells)
@@ -123,11 +124,11 @@ def test_a_failing_cell_is_recorded_and_finished_cells_are_skipped_next_time(gri
     grid = sweep.load_grid(grid_file)
     first = sweep.run_grid(grid, tracking_uri=tracking_uri)
     assert [o.status for o in first] == ["FINISHED", "FAILED", "FINISHED", "FAILED"]
-    assert "unknown dataset 'no-such-data'" in first[1].reason
+    assert "partition 'natural' needs a data set with writers" in first[1].reason
     from mlflow.tracking import MlflowClient
 
     failed = MlflowClient(tracking_uri).get_run(first[1].run_id)
-    assert failed.info.status == "FAILED" and "no-such-data" in failed.data.tags["fedbench.error"]
+    assert failed.info.status == "FAILED" and "'natural' needs" in failed.data.tags["fedbench.error"]
 
     second = sweep.run_grid(grid, tracking_uri=tracking_uri)
     assert [o.status for o in second] == ["SKIPPED", "FAILED", "SKIPPED", "FAILED"]
@@ -143,15 +144,15 @@ def test_a_cell_finished_by_other_code_is_skipped_saying_so_and_reports_name_mix
     from fedbench.tracking import provenance
 
     path = tmp_path / "versions.yaml"
-    path.write_text(GRID.replace("tiny-grid", "versions").replace("[synthetic, no-such-data]", "[synthetic]"))
+    path.write_text(GRID.replace("tiny-grid", "versions").replace("[iid, natural]", "[iid]"))
     first = sweep.run_grid(sweep.load_grid(path), tracking_uri=tracking_uri)
     assert [o.status for o in first] == ["FINISHED", "FINISHED"]
     MlflowClient(tracking_uri).set_tag(first[0].run_id, provenance.TAG, "a" * 40)
     again = runner.invoke(app, ["sweep", str(path), "--tracking-uri", tracking_uri])
     assert again.exit_code == 0, again.output
     lines = " ".join(again.output.split())
-    assert f"SKIPPED #0 seed=1, data.dataset=synthetic — already finished, by code {'a' * 12} (this is" in lines
-    assert "SKIPPED #1 seed=2, data.dataset=synthetic — already finished " in lines + " "
+    assert f"SKIPPED #0 seed=1, data.partition=iid — already finished, by code {'a' * 12} (this is" in lines
+    assert "SKIPPED #1 seed=2, data.partition=iid — already finished " in lines + " "
     table = runner.invoke(app, ["report", "table1", "--iid", "--experiment", "versions", "--tracking-uri", tracking_uri])
     assert table.exit_code == 0, table.output
     assert "the 2 runs of experiment 'versions' come from 2 code versions" in " ".join(table.output.split())
@@ -187,7 +188,7 @@ def test_a_cell_no_device_can_train_is_recorded_as_pr_0_and_reported_as_na(tmp_p
 
 def test_parallel_cells_give_the_same_results_as_serial(tmp_path, grid_file):
     grid = sweep.load_grid(grid_file)
-    grid = sweep.Grid(grid.experiment, [c for c in grid.cells if c.values["data.dataset"] == "synthetic"])
+    grid = sweep.Grid(grid.experiment, [c for c in grid.cells if c.values["data.partition"] == "iid"])
     serial = sweep.run_grid(grid, tracking_uri=f"sqlite:///{tmp_path / 'a.db'}")
     parallel = sweep.run_grid(grid, tracking_uri=f"sqlite:///{tmp_path / 'b.db'}", max_parallel=2)
     assert [o.final_accuracy for o in serial] == [o.final_accuracy for o in parallel]
@@ -197,7 +198,7 @@ def test_parallel_cells_give_the_same_results_as_serial(tmp_path, grid_file):
 def test_dry_run_lists_cells_without_running(grid_file):
     result = CliRunner().invoke(app, ["sweep", str(grid_file), "--dry-run"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "4 cells of experiment 'tiny-grid'" in result.output and "no-such-data" in result.output
+    assert "4 cells of experiment 'tiny-grid'" in result.output and "data.partition=natural" in result.output
 
 
 @pytest.mark.parametrize(
@@ -297,7 +298,7 @@ def test_a_ray_sweep_runs_each_cell_as_a_ray_task(tmp_path, grid_file):
         if started:
             ray.shutdown()
     assert [o.status for o in on_ray] == ["FINISHED", "FAILED", "FINISHED", "FAILED"]
-    assert "unknown dataset 'no-such-data'" in on_ray[1].reason
+    assert "partition 'natural' needs a data set with writers" in on_ray[1].reason
     here = sweep.run_grid(grid, tracking_uri=f"sqlite:///{tmp_path / 'here.db'}")
     assert [o.final_accuracy for o in on_ray] == [o.final_accuracy for o in here]
 
@@ -398,18 +399,82 @@ def test_sigterm_stops_a_parallel_sweep_at_once_and_marks_its_running_cells_kill
     assert sorted(statuses()) == ["KILLED", "KILLED"]
 
 
-def test_cells_that_differ_only_in_a_label_run_once_and_a_misspelt_method_fails_alone(tmp_path, tracking_uri):
-    """neulite's `official` preset is the paper's setting: the two cells are one run (one run key)."""
+def test_cells_that_differ_only_in_a_label_run_once(tmp_path, tracking_uri):
+    """fedavg's `official` preset is the paper's setting: the two cells are one run (one run key)."""
     path = tmp_path / "presets.yaml"
     path.write_text(textwrap.dedent("""
         experiment: presets
-        base: {rounds: 1, clients_per_round: 2, data: {dataset: synthetic, num_clients: 4, partition: iid},
-               model: {width: 0.25}, train: {local_epochs: 1}}
+        base: {method: fedavg, rounds: 1, clients_per_round: 2, model: {width: 0.25}, train: {local_epochs: 1},
+               data: {dataset: synthetic, num_clients: 4, partition: iid}}
         axes:
-          method: [fedavg, fedavgg]
           preset: [paper, official]
     """))
-    grid = sweep.load_grid(path)  # the misspelt method does not stop the grid from loading
-    outcomes = sweep.run_grid(grid, tracking_uri=tracking_uri)
-    assert [o.status for o in outcomes] == ["FINISHED", "SKIPPED", "FAILED", "SKIPPED"]
-    assert outcomes[1].reason == "the same run as cell #0" and "unknown method 'fedavgg'" in outcomes[2].reason
+    outcomes = sweep.run_grid(sweep.load_grid(path), tracking_uri=tracking_uri)
+    assert [o.status for o in outcomes] == ["FINISHED", "SKIPPED"]
+    assert outcomes[1].reason == "the same run as cell #0"
+
+
+TYPOS = """
+experiment: typos
+base: {method: fedavg, rounds: 1, clients_per_round: 2, model: {name: cnn, width: 0.25}, train: {local_epochs: 1},
+       data: {dataset: synthetic, num_clients: 4, partition: iid}, fleet: {profile: homogeneous}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("base_dataset", "text", "line"),
+    [
+        ("synthetic", "axes: {method: [fedavg, neulit]}\n",
+         "grid cell 1 (method=neulit): unknown method 'neulit' (did you mean 'neulite'?); known: allsmall, "),
+        ("synthetc", "axes: {seed: [1, 2]}\n",
+         "grid cell 0 (seed=1): unknown dataset 'synthetc' (did you mean 'synthetic'?); known: "),
+        ("synthetic", "axes: {data.dataset: [synthetic, synthetc]}\n",
+         "grid cell 1 (data.dataset=synthetc): unknown dataset 'synthetc' (did you mean 'synthetic'?); known: "),
+        ("synthetic", "axes: {model.name: [cnn, resnet-18]}\n",
+         "grid cell 1 (model.name=resnet-18): unknown model 'resnet-18' (did you mean 'resnet18'?); known: "),
+        ("synthetic", "cases: [{data.partition: iid}, {data.partition: diriclet}]\n",
+         "grid cell 1 (data.partition=diriclet): unknown partitioner 'diriclet' (did you mean 'dirichlet'?); known: "),
+        ("synthetic", "axes: {fleet: [{profile: homogeneous}, {profile: unifrom-mb}]}\n",
+         "grid cell 1 (fleet={'profile': 'unifrom-mb'}): unknown fleet profile 'unifrom-mb' "
+         "(did you mean 'uniform-mb'?); known: "),
+    ],
+    ids=["method-axis", "dataset-base", "dataset-axis", "model-axis", "partition-case", "fleet-axis"],
+)
+def test_a_misspelt_registry_name_stops_the_sweep_before_any_cell_runs(tmp_path, tracking_uri, base_dataset, text,
+                                                                       line):
+    """As `fedbench run` says it ("did you mean"), one line naming the cell, exit 2, with and without
+    --dry-run, and no cell has run (the good cells before it neither)."""
+    path = tmp_path / "typos.yaml"
+    path.write_text(textwrap.dedent(TYPOS).replace("dataset: synthetic", f"dataset: {base_dataset}") + text)
+    with pytest.raises(ConfigError) as info:
+        sweep.load_grid(path)
+    assert str(info.value).startswith(line)
+    for args in (["--dry-run"], ["--tracking-uri", tracking_uri]):
+        result = CliRunner().invoke(app, ["sweep", str(path), *args], env={"COLUMNS": "80"})
+        assert result.exit_code == 2, result.output
+        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"error: {line}"), result.stderr
+        assert "FINISHED" not in result.output and "FAILED" not in result.output
+    assert not Path(tracking_uri.removeprefix("sqlite:///")).exists()  # no cell ran: the store was never opened
+
+
+def test_a_dry_run_lists_the_cells_before_a_misspelt_name_and_not_after(tmp_path):
+    path = tmp_path / "typos.yaml"
+    path.write_text(textwrap.dedent(TYPOS) + "axes: {method: [fedavg, neulit, neulite]}\n")
+    result = CliRunner().invoke(app, ["sweep", str(path), "--dry-run"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "method=fedavg" in result.stdout and "method=neulite" not in result.stdout
+    assert result.stderr.startswith("error: grid cell 1 (method=neulit): unknown method 'neulit'")
+
+
+def test_a_name_registered_under_a_misspelt_entry_point_group_says_so_before_any_cell_runs(tmp_path, monkeypatch):
+    """The same sentence as `fedbench run`: a plugin's name under a group fedbench does not read."""
+    from fedbench import registry
+
+    monkeypatch.setattr(registry, "stray_registration",
+                        lambda kind, name: ": registered under 'fedbench.method'" if name == "fedavgx" else "")
+    path = tmp_path / "stray.yaml"
+    path.write_text(textwrap.dedent(TYPOS) + "axes: {method: [fedavg, fedavgx]}\n")
+    with pytest.raises(ConfigError) as info:
+        sweep.load_grid(path)
+    assert str(info.value).startswith(
+        "grid cell 1 (method=fedavgx): unknown method 'fedavgx': registered under 'fedbench.method'; known: ")

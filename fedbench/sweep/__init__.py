@@ -37,6 +37,7 @@ from fedbench.sweep.grid import (
     GridFile,
     cell_overrides,
     check_gpus_per_cell,
+    check_registered_names,
     iter_cells,
     leaf_settings,
     load_grid,
@@ -59,6 +60,7 @@ from fedbench.sweep.store import finished_keys, resumable_runs, skip_reason
 __all__ = [
     "FORWARDED_ENV", "GRID_KEYS", "MAX_GRID_CELLS", "SWEEP_EXECUTORS", "Cell", "CellOutcome", "Grid", "GridFile",
     "cell_overrides", "cell_resources", "check_gpu_option", "check_gpus_per_cell", "check_ray_devices",
+    "check_registered_names",
     "finished_keys", "iter_cells", "leaf_settings", "load_grid", "read_grid", "resolve_executor",
     "resumable_runs", "run_cell", "run_grid", "skip_reason", "summarize",
 ]

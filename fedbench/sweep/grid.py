@@ -1,7 +1,8 @@
 """Grid files: read, checked and expanded into cells, each a validated run config with its run key.
 
 A cell's settings come from the grid's ``base``, then its case, then its value on each axis; a
-setting given twice, an unknown key or a bad value is one line naming the cell, before anything runs.
+setting given twice, an unknown key, a bad value or a name no plugin registers (a misspelt method,
+data set, model, partitioner or fleet profile) is one line naming the cell, before anything runs.
 """
 
 from __future__ import annotations
@@ -11,18 +12,27 @@ import math
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from fedbench import registry
 from fedbench.config import RunConfig, build_dataclass, deep_merge, dotted_to_nested, load_yaml, with_preset
-from fedbench.errors import ConfigError, FedbenchError
+from fedbench.errors import ConfigError, FedbenchError, UnknownNameError
 
 GRID_KEYS = ("experiment", "base", "axes", "cases", "gpus_per_cell")
 # The most cells one grid may hold. Every cell is validated and kept in memory before the first one
 # runs, and each is a whole training run: a grid past this is almost always a mistyped axis, and
 # a real one this large is better split into several grids (and experiments).
 MAX_GRID_CELLS = 10_000
+# The registry kind of each name a cell's config holds (fedbench/registry.py), checked before any cell runs.
+NAMED_SETTINGS = (
+    ("methods", "method"),
+    ("datasets", "data.dataset"),
+    ("models", "model.name"),
+    ("partitioners", "data.partition"),
+    ("fleets", "fleet.profile"),
+)
 
 
 @dataclass(frozen=True)
@@ -176,10 +186,26 @@ def cell_overrides(case: Mapping[str, Any], case_number: int | None, axis_values
     return dotted_to_nested(settings)
 
 
+def check_registered_names(config: RunConfig, known: dict[str, set[str]] | None = None) -> None:
+    """A name no plugin registers (``method: neulit``, ``data.dataset: synthetc``) is the
+    :class:`UnknownNameError` ``fedbench run`` would fail with, "did you mean" included, now, before
+    any cell runs. Reads entry-point metadata only (no plugin is imported, no data loaded);
+    ``known`` caches each kind's names across the cells of a grid. A registered name whose plugin
+    cannot be loaded (a broken import, two distributions claiming it) still fails as its own cell."""
+    known = {} if known is None else known
+    for kind, setting in NAMED_SETTINGS:
+        name = attrgetter(setting)(config)
+        if kind not in known:
+            known[kind] = {info.name for info in registry.available(kind)}
+        if name not in known[kind]:
+            raise UnknownNameError(registry.KINDS[kind], name, known[kind], registry.stray_registration(kind, name))
+
+
 def check_method_options(config: RunConfig) -> None:
     """A method option of the wrong type or range is a :class:`ConfigError` now, before any cell
-    runs, as ``fedbench run --opt`` says it. A method that cannot be loaded (a typo in ``method``)
-    is left to fail as its own cell, with its own line."""
+    runs, as ``fedbench run --opt`` says it. A registered method that cannot be loaded (its plugin
+    fails to import) is left to fail as its own cell, with its own line; an unregistered one is
+    :func:`check_registered_names`'s."""
     try:
         method = registry.load("methods", config.method)
     except FedbenchError:
@@ -193,7 +219,9 @@ def iter_cells(
     base: Mapping[str, Any], axes: Mapping[str, list[Any]], cases: Sequence[Mapping[str, Any]] = ()
 ) -> Iterator[Cell]:
     """Every case (or none) × the cartesian product of ``axes``, applied to ``base`` in file order,
-    one cell at a time, each validated as it is built."""
+    one cell at a time, each validated as it is built (its settings, its registry names, its
+    method's options)."""
+    known: dict[str, set[str]] = {}  # registry kind -> its names, read once per grid
     names = list(axes)
     numbered = list(enumerate(cases, start=1)) or [(None, {})]
     combos = itertools.product(numbered, itertools.product(*(axes[n] for n in names)))
@@ -203,8 +231,9 @@ def iter_cells(
         try:
             overrides = cell_overrides(case, case_number, axis_values)
             config = build_dataclass(RunConfig, with_preset(deep_merge(base, overrides)))
+            check_registered_names(config, known)
             check_method_options(config)
-        except ConfigError as exc:
+        except (ConfigError, UnknownNameError) as exc:
             raise ConfigError(f"grid cell {index} ({', '.join(f'{k}={v}' for k, v in values.items())}): {exc}") from exc
         yield Cell(index, values, config)
 
