@@ -99,7 +99,7 @@ def test_shards_give_each_client_at_most_its_shard_count_of_labels():
 
 def test_shards_reject_more_shards_than_samples():
     with pytest.raises(ConfigError, match=r"num_clients × shards_per_client \(10 × 3 = 30\) <= the 25"):
-        shards(np.zeros(25, dtype=np.int64), DataConfig(num_clients=10, shards_per_client=3), np.random.default_rng(0))
+        shards(np.zeros(25, dtype=np.int64), DataConfig(partition="shards", num_clients=10, shards_per_client=3), np.random.default_rng(0))
 
 
 # ------------------------------------------------------------------ natural

@@ -27,6 +27,12 @@ MAX_INFO_PLANE = 1_000
 MAX_ROUNDS = 1_000_000
 
 
+# The built-in partitioners, which read only their own settings (plugins may read any).
+BUILTIN_PARTITIONS = frozenset({"iid", "dirichlet", "shards", "natural", "writer-groups"})
+# The built-in fleet profiles that do not read fleet.low_mb / high_mb.
+BUDGETS_IGNORED_BY = frozenset({"homogeneous", "paper", "relative"})
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Which data set, where it lives, and how it is split across clients."""
@@ -60,6 +66,15 @@ class DataConfig:
             self.dirichlet_variant in DIRICHLET_VARIANTS,
             f"data.dirichlet_variant ({self.dirichlet_variant!r}) must be one of {', '.join(DIRICHLET_VARIANTS)}",
         )
+        # A setting another partitioner reads would change the run key and train the same thing
+        # (a grid of partition x alpha would run its IID cell once per alpha): refused, not dropped.
+        # Only the built-in partitioners are known to ignore them; a plugin may read any of them.
+        for name, owner in (("alpha", "dirichlet"), ("dirichlet_variant", "dirichlet"), ("shards_per_client", "shards")):
+            value = getattr(self, name)
+            ignored = self.partition in BUILTIN_PARTITIONS and self.partition != owner
+            require(not ignored or value == getattr(DataConfig, name),
+                    f"data.{name} ({value}) only applies to partition {owner} (got {self.partition}); drop it, "
+                    f"or in a grid pair each partition with its own settings as cases")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,6 +212,9 @@ class FleetConfig:
             self.high_mb >= self.low_mb,
             f"fleet.high_mb ({self.high_mb}) must be >= fleet.low_mb ({self.low_mb})",
         )
+        require(self.profile not in BUDGETS_IGNORED_BY or (self.low_mb, self.high_mb) == (FleetConfig.low_mb, FleetConfig.high_mb),
+                f"fleet.low_mb/high_mb ({self.low_mb}/{self.high_mb}) only apply to the uniform-mb profile (got "
+                f"{self.profile}); drop them or use --fleet uniform-mb")
 
 
 @dataclass(frozen=True, kw_only=True)
