@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -139,12 +140,12 @@ def test_a_truncated_or_padded_checkpoint_is_listed_unreadable_as_resume_refuses
     with pytest.raises(CheckpointError, match=r"cut.ckpt is corrupt \(its payload is \d+ bytes, .*truncated or padded"):
         checkpoint.load(checkpoints / "cut.ckpt", config)
     with pytest.raises(CheckpointError, match=r"padded.ckpt is corrupt .*truncated or padded"):
-        checkpoint.checked_header(checkpoints / "padded.ckpt")
+        checkpoint.verify(checkpoints / "padded.ckpt")
     listing = CliRunner().invoke(app, ["checkpoints", "list", "--json"])
     assert listing.exit_code == 0, listing.output
-    by_run = {line.split('"run_id": "')[1].split('"')[0]: line for line in " ".join(listing.output.split()).split("}")
-              if '"run_id"' in line}
-    assert '"round": null' in by_run["cut"] and '"round": 2' in by_run["whole"]
+    by_run = {item["run_id"]: item for item in json.loads(listing.output)["checkpoints"]}
+    assert by_run["cut"]["round"] is None and by_run["whole"]["round"] == 2
+    assert "truncated or padded" in by_run["cut"]["unreadable"] and by_run["whole"]["unreadable"] is None
 
 
 def test_prune_unreadable_removes_a_truncated_or_padded_checkpoint_and_keeps_an_intact_one(checkpoints):
@@ -188,7 +189,6 @@ def _malicious(path, config, marker):
     payload would execute ``touch marker`` if it were unpickled without ``weights_only``."""
     import hashlib
     import io
-    import json
 
     buffer = io.BytesIO()
     torch.save({"method_state": _Payload(marker), "context_state": {}, "metric_rows": []}, buffer)

@@ -90,3 +90,18 @@ def test_a_flag_never_replaces_a_section_the_file_wrote_as_a_plain_value(tmp_pat
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=f"^{name} must be a mapping, got"):
         make_config(path)  # without the flag, the same section is refused as before
+
+
+def test_a_setting_the_chosen_built_in_partitioner_or_fleet_ignores_is_refused():
+    """A grid of partition × alpha would otherwise train its IID cell once per alpha under
+    different run keys; a plugin partitioner or profile may read any setting, so it is not checked."""
+    from fedbench.config.sections import DataConfig, FleetConfig
+
+    with pytest.raises(ConfigError, match=r"^data.alpha \(0.1\) only applies to partition dirichlet \(got iid\)"):
+        DataConfig(partition="iid", alpha=0.1)
+    with pytest.raises(ConfigError, match=r"^data.shards_per_client \(3\) only applies to partition shards"):
+        DataConfig(partition="dirichlet", shards_per_client=3)
+    with pytest.raises(ConfigError, match=r"^fleet.low_mb/high_mb \(50/900\) only apply to the uniform-mb profile"):
+        FleetConfig(profile="paper", low_mb=50)
+    assert DataConfig(partition="my-plugin", alpha=0.1).alpha == 0.1
+    assert DataConfig(partition="iid").alpha == 0.5 and FleetConfig(profile="uniform-mb", low_mb=50).low_mb == 50

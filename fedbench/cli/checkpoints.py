@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fedbench.cli.common import app, fail, out
@@ -25,20 +26,28 @@ checkpoints_app = typer.Typer(help="List and prune the resumable checkpoints of 
 app.add_typer(checkpoints_app, name="checkpoints")
 
 
+_JSON_HELP = ('Print {"checkpoints": [...]} as JSON, one object per checkpoint: run_id, path, method, round, '
+              "bytes, modified, and unreadable (why fedbench would refuse the file; null when it would not).")
+
+
 @checkpoints_app.command("list")
 def list_command(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per checkpoint.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
-    """Every checkpoint with its run id, method, last finished round, size and age (newest first)."""
+    """Every checkpoint with its run id, method, last finished round, size and age (newest first).
+
+    Each file gets the checks ``fedbench run --resume`` makes before loading it (header, format,
+    payload checksum); one that fails them is listed unreadable, with the reason."""
     from fedbench.core import checkpoint  # lazy: torch loads only when a checkpoint command runs
     from fedbench.memory.model import format_bytes
 
     found = list(checkpoint.stored())
     if as_json:
-        for item in found:
-            out.print_json(json.dumps({"run_id": item.run_id, "path": str(item.path), "method": item.method,
-                                       "round": None if item.round_idx is None else item.round_idx + 1,
-                                       "bytes": item.size_bytes, "modified": item.modified}))
+        out.print_json(json.dumps({"checkpoints": [
+            {"run_id": item.run_id, "path": str(item.path), "method": item.method,
+             "round": None if item.round_idx is None else item.round_idx + 1,
+             "bytes": item.size_bytes, "modified": item.modified, "unreadable": item.problem}
+            for item in found]}))
         return
     if not found:
         out.print(f"no checkpoints in {checkpoint.checkpoint_dir()}")
@@ -54,6 +63,12 @@ def list_command(
     out.print(table)
     total = sum(item.size_bytes for item in found)
     out.print(f"{len(found)} checkpoint(s), {format_bytes(total)}")
+    refused = [item for item in found if item.problem is not None]
+    for item in refused:
+        out.print(f"unreadable: {escape(item.problem)}", highlight=False, soft_wrap=True)
+    if refused:
+        out.print(f"{len(refused)} unreadable checkpoint(s): fedbench checkpoints prune --unreadable removes them",
+                  highlight=False)
 
 
 @checkpoints_app.command("prune")
@@ -64,7 +79,10 @@ def prune_command(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store that --finished looks runs up in (else $MLFLOW_TRACKING_URI, else ./mlflow.db).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
 ) -> None:
-    """Remove the checkpoints that match any of the given criteria (at least one is needed)."""
+    """Remove the checkpoints that match any of the given criteria (at least one is needed).
+
+    --unreadable removes what ``fedbench checkpoints list`` marks unreadable: every file that fails
+    the checks ``fedbench run --resume`` makes before loading (header, format, payload checksum)."""
     from fedbench.core import checkpoint  # lazy: torch loads only when a checkpoint command runs
 
     try:
@@ -81,7 +99,7 @@ def prune_command(
                 reasons.append("run FINISHED")
             if cutoff is not None and item.modified < cutoff:
                 reasons.append(f"older than {older_than:g} days")
-            if unreadable and item.round_idx is None:
+            if unreadable and item.problem is not None:
                 reasons.append("unreadable")
             if reasons:
                 if not dry_run:

@@ -23,9 +23,12 @@ even a file crafted to pass the checks cannot execute code. Any failed check is 
 Files are written to a temporary name, flushed and renamed, so a crash while writing leaves
 the previous checkpoint intact. A run's checkpoint is removed once the run is recorded
 FINISHED (``tracking.keep_checkpoint`` keeps it); ``fedbench checkpoints`` lists and prunes.
-Listing checks each file's header and size against ``payload_bytes`` but does not hash the
-payload (that would read every checkpoint in full): a truncated or padded file is listed
-unreadable, a same-length bit flip only shows when :func:`load` verifies the checksum.
+Listing runs :func:`verify`, the checks of :func:`load` that need no config: magic line,
+format, header, payload length and SHA-256 (each payload is read once; checkpoints weigh tens
+of MB at most). A file that :func:`load` would refuse for any of these is listed unreadable
+with its reason, and ``prune --unreadable`` removes it. Two refusals of :func:`load` need
+more than the file and are left to it: a run key of another config (needs the run's config)
+and a payload that passes the checksum but is not fedbench's (needs unpickling).
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ import hashlib
 import io
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -101,66 +105,77 @@ def save(path: Path, checkpoint: Checkpoint) -> None:
 
 def read_header(path: Path) -> tuple[dict[str, Any], int]:
     """The verified-format header of ``path`` and the payload's offset; nothing is unpickled."""
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; the run cannot be resumed (it never finished a round?)")
+    _check_is_file(path)
     with open(path, "rb") as handle:
-        first = handle.readline(len(MAGIC) + 16)
-        if not first.startswith(MAGIC + b" "):
-            raise CheckpointError(f"checkpoint {path} is not a fedbench checkpoint of this version "
-                                  "(foreign or from an older fedbench); delete it and rerun")
-        try:
-            version = int(first[len(MAGIC) + 1:].strip())
-            line = handle.readline(_MAX_HEADER_BYTES)
-            header = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"checkpoint {path} has a damaged header; delete it and rerun") from exc
+        header = _read_header(handle, path)
+        return header, handle.tell()
+
+
+def _check_is_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; the run cannot be resumed: it finished no round, or its "
+                              "checkpoint is in another folder (set FEDBENCH_CHECKPOINTS as when it ran)")
+
+
+def _read_header(handle: BinaryIO, path: Path) -> dict[str, Any]:
+    """Read the magic line and the header from ``handle`` (at the file's start), leaving it at the payload."""
+    first = handle.readline(len(MAGIC) + 16)
+    if not first.startswith(MAGIC + b" "):
+        raise CheckpointError(f"checkpoint {path} is not a fedbench checkpoint of this version "
+                              "(foreign or from an older fedbench); delete it and rerun")
+    try:
+        version = int(first[len(MAGIC) + 1:].strip())
+        header = json.loads(handle.readline(_MAX_HEADER_BYTES))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} has a damaged header; delete it and rerun") from exc
     if version != FORMAT_VERSION or not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format {version}, this fedbench reads {FORMAT_VERSION}; "
                               "delete it and rerun")
-    return header, len(first) + len(line)
-
-
-def _check_length(path: Path, header: dict[str, Any], length: int) -> None:
-    """Refuse a payload whose length is not the header's ``payload_bytes`` (a truncated or padded file).
-
-    Apart from :func:`load`, which hashes the payload next, :func:`checked_header` runs it with
-    the length taken from the file's size, so listing and pruning catch a cut-short file without
-    reading its payload."""
-    expected = header.get("payload_bytes")
-    if length != expected:
-        raise CheckpointError(f"checkpoint {path} is corrupt (its payload is {length} bytes, the header says "
-                              f"{expected}: truncated or padded); delete it and rerun")
+    round_idx = header.get("round_idx")
+    if not isinstance(round_idx, int) or isinstance(round_idx, bool) or round_idx < 0:
+        raise CheckpointError(f"checkpoint {path} has a damaged header (no finished round); delete it and rerun")
+    return header
 
 
 def _check_payload(path: Path, header: dict[str, Any], data: bytes) -> None:
     """Refuse a payload of the wrong length or SHA-256, before anything of it is unpickled."""
-    _check_length(path, header, len(data))
+    expected = header.get("payload_bytes")
+    if len(data) != expected:
+        raise CheckpointError(f"checkpoint {path} is corrupt (its payload is {len(data)} bytes, the header says "
+                              f"{expected}: truncated or padded); delete it and rerun")
     if hashlib.sha256(data).hexdigest() != header.get("payload_sha256"):
         raise CheckpointError(f"checkpoint {path} is corrupt (its payload fails the checksum); delete it and rerun")
 
 
-def checked_header(path: Path) -> dict[str, Any]:
-    """The header of ``path`` once the file's size agrees with it; the payload is neither read nor hashed.
+def _verified(path: Path, config: RunConfig | None) -> tuple[dict[str, Any], bytes]:
+    """The header and payload bytes of ``path`` after every check that comes before unpickling:
+    magic line, format and header, the run key (only when ``config`` is given), payload length
+    and SHA-256. Header and payload are read through one open file, so a checkpoint that its
+    running run replaces meanwhile (a rename over the path) is never seen as a mix of two files."""
+    _check_is_file(path)
+    with open(path, "rb") as handle:
+        header = _read_header(handle, path)
+        if config is not None and header.get("run_key") != config.run_key:
+            saved = header.get("config_params") if isinstance(header.get("config_params"), dict) else {}
+            raise CheckpointError(
+                f"checkpoint {path} was written by another config ({_differences(saved, config.flat_params())}); "
+                "rerun instead of resuming"
+            )
+        data = handle.read()
+    _check_payload(path, header, data)
+    return header, data
 
-    The checks :func:`load` makes that need no config and no payload bytes: format, header,
-    payload length. Hashing every payload would make listing a folder of checkpoints read
-    them all; a same-length bit flip is left to :func:`load`'s checksum."""
-    header, offset = read_header(path)
-    _check_length(path, header, path.stat().st_size - offset)
-    return header
+
+def verify(path: Path) -> dict[str, Any]:
+    """The header of ``path`` once the checks :func:`load` makes without a config pass: magic
+    line, format, header, payload length and SHA-256 (the payload is read and hashed, never
+    unpickled). Anything wrong is the same one-line :class:`CheckpointError` :func:`load` raises."""
+    return _verified(path, None)[0]
 
 
 def load(path: Path, config: RunConfig) -> Checkpoint:
     """Read and verify a checkpoint; anything wrong is a one-line :class:`CheckpointError`."""
-    header, offset = read_header(path)
-    if header.get("run_key") != config.run_key:
-        saved = header.get("config_params") if isinstance(header.get("config_params"), dict) else {}
-        raise CheckpointError(
-            f"checkpoint {path} was written by another config ({_differences(saved, config.flat_params())}); "
-            "rerun instead of resuming"
-        )
-    data = path.read_bytes()[offset:]
-    _check_payload(path, header, data)
+    header, data = _verified(path, config)
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         return Checkpoint(header["run_key"], int(header["round_idx"]), payload["method_state"],
@@ -186,22 +201,36 @@ class StoredCheckpoint:
     size_bytes: int
     modified: float  # POSIX time
     method: str
-    round_idx: int | None  # None: unreadable (bad header, or a size that disagrees with it): load() refuses it
+    round_idx: int | None  # None: unreadable, load() refuses it (``problem`` says why)
+    problem: str | None = None  # the CheckpointError line load() would give; None: the file passes verify()
 
 
 def stored() -> Iterator[StoredCheckpoint]:
-    """Every checkpoint in :func:`checkpoint_dir`, newest first, checked by :func:`checked_header`:
-    header and file size only, so listing stays cheap however large the payloads are."""
+    """Every checkpoint in :func:`checkpoint_dir`, newest first, each checked by :func:`verify`
+    (reading its payload once): a file that :func:`load` would refuse has ``round_idx`` None and
+    the refusal in ``problem``. A file removed meanwhile (its run just finished) is left out."""
     folder = checkpoint_dir()
-    files = sorted(folder.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
-    for path in files:
+    found = []
+    for path in folder.glob(f"*{SUFFIX}") if folder.is_dir() else ():
         try:
-            header = checked_header(path)
-            method, round_idx = str(header.get("method", "?")), int(header["round_idx"])
-        except (CheckpointError, KeyError, TypeError, ValueError):
-            method, round_idx = "?", None
-        info = path.stat()
-        yield StoredCheckpoint(path.stem, path, info.st_size, info.st_mtime, method, round_idx)
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found.append((info, path))
+    found.sort(key=lambda pair: pair[0].st_mtime, reverse=True)
+    for info, path in found:
+        try:
+            header = verify(path)
+        except FileNotFoundError:
+            continue
+        except CheckpointError as exc:
+            if not path.is_file():
+                continue
+            yield StoredCheckpoint(path.stem, path, info.st_size, info.st_mtime, "?", None, str(exc))
+            continue
+        yield StoredCheckpoint(path.stem, path, info.st_size, info.st_mtime, str(header.get("method", "?")),
+                               header["round_idx"])
 
 
 def remove(run_id: str) -> bool:
