@@ -281,3 +281,27 @@ def test_a_reader_that_closes_the_pipe_early_is_no_bug_report(monkeypatch):
     monkeypatch.setattr(common, "_silence_stdout", lambda: None)  # the runner's stdout is no pipe
     result = runner.invoke(app, ["list", "methods"])
     assert result.exit_code == 1 and "unexpected" not in result.output and "bug" not in result.output
+
+
+def test_a_run_whose_output_reader_goes_away_finishes_its_rounds(tmp_path):
+    """`fedbench run ... 2>&1 | head -1`, or a dropped ssh session: rich would end the program on the
+    closed pipe, losing the rounds still to come; the run finishes them unheard."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, "-m", "fedbench.cli", "run", "--method", "fedavg", "--dataset", "synthetic",
+               "--clients", "4", "--clients-per-round", "2", "--rounds", "4", "--local-epochs", "1",
+               "--threads", "1", "--experiment", "pipe", "--tracking-uri", uri]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "FEDBENCH_CHECKPOINTS": str(tmp_path / "ckpt")}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    assert process.stdout is not None
+    lines = iter(process.stdout.readline, b"")  # ends if the process does
+    assert any(line.startswith(b"round 1/4") for line in lines)
+    process.stdout.close()  # the reader stops, as `| head -1` does
+    assert process.wait(timeout=120) == 0
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("pipe").experiment_id])
+    assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "eval/accuracy")) == 4

@@ -130,6 +130,7 @@ def test_table1_best_metric_uses_the_maximum_and_last_changes_the_final_window(s
     best = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path),
                    "--metric", "best")
     assert "| fedavg | yes | 75.0 ± 7.1 (n=2) |" in best.stdout  # max 0.7 and 0.8
+    assert (tmp_path / "table1-best.md").read_text() == best.stdout  # beside table1.md, never over it
     last1 = _report("table1", "--experiment", "grid", "--tracking-uri", store["uri"], "--out", str(tmp_path),
                     "--last", "1")
     assert "| neulite | yes | **80.0 (n=1)** | **60.0 (n=1)** |" in last1.stdout
@@ -494,6 +495,8 @@ def test_time_report_over_a_fleet_times_each_stages_slowest_selected_device_with
         (["tta", "--experiment", "grid", "--target", "75"], "--target (75) must be an accuracy in (0, 1], e.g. 0.75 "
          "(for 75 %, give 0.75)"),
         (["tta", "--experiment", "broken", "--target", "0.5"], "has no finished runs"),
+        (["ablation", "--experiment", "ablation", "--baseline", "fedavgg"],
+         "unknown method 'fedavgg' (did you mean 'fedavg'?)"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_code_2(store, args, expected):

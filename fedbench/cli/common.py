@@ -95,9 +95,16 @@ def _is_usage_error(exc: Exception) -> bool:
 
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so the interpreter's last flush does not hit the closed pipe again."""
+    silence(sys.stdout)
+
+
+def silence(*streams: Any) -> None:
+    """Point ``streams`` at /dev/null: their reader has gone (a closed pipe, `| head`, a dropped
+    ssh session), and what is still written there, buffered bytes included, has nowhere to go."""
     devnull = os.open(os.devnull, os.O_WRONLY)
-    with contextlib.suppress(OSError, ValueError):
-        os.dup2(devnull, sys.stdout.fileno())
+    for stream in streams:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
 
 
 class _Commands(TyperGroup):
@@ -138,7 +145,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+class _Diagnostics(Console):
+    """The stderr console: progress, warnings, errors. When its reader goes away (`2>&1 | head`, a
+    dropped ssh session) rich would end the program (SystemExit 1); a training run goes on
+    instead, unheard, and finishes its rounds."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        silence(sys.stdout, sys.stderr)
+
+
+err = _Diagnostics(stderr=True)
 out = Console()
 
 DATA_DEFAULTS, MODEL_DEFAULTS, TRAIN_DEFAULTS, RUN_DEFAULTS = DataConfig(), ModelConfig(), TrainConfig(), RunConfig()

@@ -95,7 +95,8 @@ def _print_tables(report: dict[str, Any]) -> None:
     entropies = [c["label_entropy_bits"] for c in report["clients"]]
     summary.add_row("samples per client", str(report["size_min"]), f"{report['size_median']:g}",
                     f"{np.mean(sizes):.1f}", str(report["size_max"]))
-    summary.add_row("classes per client", str(report["classes_per_client_min"]), "",
+    classes = [c["classes"] for c in report["clients"]]
+    summary.add_row("classes per client", str(report["classes_per_client_min"]), f"{np.median(classes):g}",
                     f"{report['classes_per_client_mean']:.2f}", str(report["classes_per_client_max"]))
     summary.add_row("label entropy (bits)", f"{min(entropies):.2f}", f"{np.median(entropies):.2f}",
                     f"{report['label_entropy_bits_mean']:.2f}", f"{max(entropies):.2f}")

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from fedbench import registry
 from fedbench.cli.common import (
     DATA_DEFAULTS,
     MODEL_DEFAULTS,
@@ -104,6 +105,10 @@ def _table(kind: str, experiment: str, tracking_uri: str | None, fmt: str, out_d
     _warn(warnings)
     table = (tables.table1(summary, metric, iid=iid, last_evals=last) if kind == "table1"
              else tables.table2(summary, metric, last_evals=last))
+    if iid:
+        kind = f"{kind}-iid"
+    if metric != "final":  # each variant its own file, so one never overwrites another
+        kind = f"{kind}-{metric}"
     if compare is not None:
         table = paper.compare(table, compare, iid=iid)
         kind = f"{kind}-{compare}"
@@ -266,6 +271,9 @@ def ablation_command(
     setup_logging(verbose)
     try:
         _check_out(out_dir)
+        known = {info.name for info in registry.available("methods")}
+        if baseline not in known:  # a typo would otherwise only show as a missing bar
+            raise UnknownNameError("method", baseline, known)
         summary, _history, warnings = load_experiment(experiment, tracking_uri, last_evals=last)
         bars = series.ablation(summary, baseline=baseline)
     except FedbenchError as exc:

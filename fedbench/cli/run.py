@@ -226,10 +226,11 @@ class _RoundProgress:
                 fields["acc"] = f"{acc:.4f}"
             self._progress.update(self._task, advance=1, **fields)
         elif acc is not None:
+            # No loss: no selected client held two samples, so none trained a step (not a divergence).
+            shown = f"{loss:.4f}" if loss is not None else "- (no client trained a step)"
             err.print(
                 f"round {result.round_idx + 1}/{self.config.rounds}  accuracy {acc:.4f}  "
-                f"train loss {loss if loss is not None else float('nan'):.4f}  "
-                f"{result.metrics['time/round_s']:.1f}s",
+                f"train loss {shown}  {result.metrics['time/round_s']:.1f}s",
                 highlight=False,
             )
 
