@@ -450,6 +450,13 @@ def test_time_report_draws_compute_and_transfer_per_block(tmp_path):
                      "--samples", "100", "--epochs", "1", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "time-cnn-fashion-mnist-jetson-tx2.pdf").exists()
+    # The per-round speed-up over the full model (the paper's "up to 1.9×") is printed per block.
+    result = _report("time", "--model", "resnet18", "--dataset", "cifar10", "--samples", "500", "--out", str(tmp_path))
+    line = " ".join(result.stderr.split())
+    full, blocks = line.split("full model ")[1].split(" s per round; blocks ")
+    times = [float(t) for t in blocks.split(" s (speed-up")[0].split(", ")]
+    ratios = [float(r.rstrip("×")) for r in blocks.split("(speed-up ")[1].split(")")[0].split(", ")]
+    assert ratios == pytest.approx([float(full) / t for t in times], rel=0.02)  # times print to 0.1 s
 
 
 def test_time_report_over_a_fleet_times_each_stages_slowest_selected_device_without_training(tmp_path):
