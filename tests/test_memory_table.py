@@ -160,6 +160,11 @@ def test_fedbench_memory_prints_a_table_of_several_methods_and_models():
     assert [(r["model"], r["method"], r["submodel"]) for r in rows] == [
         ("cnn", "fedavg", "full"), ("cnn", "exclusivefl", "full")]
     assert rows[0]["peak_bytes"] == rows[1]["peak_bytes"]
+    # FedAvg's runs train every device (PR 100 %): its column is the share that fits, marked so.
+    assert [r["ignores_memory"] for r in rows] == [True, False]
+    table = runner.invoke(app, ["memory", "--model", "cnn", "--dataset", "fashion-mnist", "--batch-size", "16",
+                                "--method", "fedavg,exclusivefl", "--jobs", "1"], env={"COLUMNS": "200"})
+    assert "* fedavg ignores memory budgets: its runs train every device (PR 100 %)" in table.output
     result = runner.invoke(app, ["memory", "--model", "cnn", "--dataset", "fashion-mnist", "--method", "all",
                                  "--jobs", "1"])
     assert result.exit_code == 0, result.output
