@@ -317,7 +317,21 @@ def summarize(
         frame, [{k: v for k, v in s.items() if k not in ABLATION_SWITCHES} for s in settings])
     warnings += mixed_protocol_warnings(frame, settings)
     frame, repeats = _one_run_per_seed(frame)
-    return frame.reindex(columns=[*SUMMARY_COLUMNS, *options]), warnings + repeats
+    return frame.reindex(columns=[*SUMMARY_COLUMNS, *options]), warnings + repeats + _untrainable_seeds(frame)
+
+
+def _untrainable_seeds(frame: pd.DataFrame) -> list[str]:
+    """A line per configuration where some seeds had PR 0 (no device could train: the fleet is
+    drawn per seed) and others trained: its accuracy averages only the seeds that trained, and its
+    n says how many."""
+    lines = []
+    for group, runs in frame.groupby(list(GROUP_KEYS), sort=True, dropna=False):
+        untrained = runs[runs["pr"] == 0]
+        if 0 < len(untrained) < len(runs):
+            seeds = ", ".join(str(s) for s in untrained["seed"])
+            lines.append(f"{' · '.join(map(str, group))}: seed(s) {seeds} had PR 0 (no device could train); "
+                         f"its accuracy averages the {len(runs) - len(untrained)} seed(s) that trained")
+    return lines
 
 
 def ignores_memory_by_label(summary: pd.DataFrame) -> dict[str, bool]:

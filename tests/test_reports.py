@@ -877,3 +877,17 @@ def test_a_table_says_when_its_methods_ran_different_protocols_and_names_a_flag_
     assert "heterofl (preset=official, train.local_epochs=1)" in set(summary["method_label"])
     assert ("cifar10 · resnet18 · IID: the methods ran with different rounds (exclusivefl 8, fedavg 2, heterofl 8); "
             "their rows do not share one protocol") in warnings
+
+
+def test_a_configuration_where_some_seeds_could_not_train_says_so():
+    import pandas as pd
+
+    from fedbench.reports.summary import _untrainable_seeds
+
+    common = {"method_label": "exclusivefl", "dataset": "cifar10", "model": "resnet18", "partition_label": "IID"}
+    frame = pd.DataFrame([{**common, "seed": 1, "pr": 0.0}, {**common, "seed": 2, "pr": 0.04},
+                          {**common, "seed": 3, "pr": 0.04}])
+    assert _untrainable_seeds(frame) == [
+        "exclusivefl · cifar10 · resnet18 · IID: seed(s) 1 had PR 0 (no device could train); its accuracy "
+        "averages the 2 seed(s) that trained"]
+    assert _untrainable_seeds(frame.assign(pr=0.0)) == []  # every seed: the cell is NA, no average
