@@ -481,7 +481,7 @@ def test_time_report_over_a_fleet_times_each_stages_slowest_selected_device_with
                      "--clients-per-round", "4", "--rounds", "4", "--samples", "30", "--epochs", "1",
                      "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
-    assert "devices eligible per block" in result.output
+    assert "devices eligible per block" in " ".join(result.output.split())
     assert (tmp_path / "time-cnn-synthetic-fleet-relative.png").exists()
     unknown = _report("time", "--model", "cnn", "--dataset", "synthetic", "--fleet", "papr")
     assert unknown.exit_code == 2 and "papr" in unknown.output and len(unknown.output.strip().splitlines()) == 1

@@ -101,7 +101,7 @@ def test_cases_mix_dotted_and_nested_keys_without_leaking_into_each_other(tmp_pa
     settings its case and axes give, and the file's mappings are left as written."""
     path = tmp_path / "anchors.yaml"
     path.write_text(textwrap.dedent("""
-        base: {method: fedavg, rounds: 1, data: {dataset: synthetic, num_clients: 8, partition: iid}}
+        base: {method: fedavg, rounds: 1, data: {dataset: synthetic, num_clients: 8, partition: dirichlet}}
         cases:
           - {data: &small {num_clients: 12}, clients_per_round: 3}
           - {data: *small, clients_per_round: 4}
