@@ -35,8 +35,8 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt as exc:  # while the command line itself is being set up
         sys.exit(interrupted_line(exc))
-    if isinstance(code, int) and code:  # a command's typer.Exit(code), returned outside standalone mode
-        sys.exit(code)
+    # A command's typer.Exit(code) is returned outside standalone mode; exit as click would.
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def usage_line(exc: TyperException) -> str:
