@@ -284,7 +284,7 @@ def test_a_reader_that_closes_the_pipe_early_is_no_bug_report(monkeypatch):
 
 
 def test_a_run_whose_output_reader_goes_away_finishes_its_rounds(tmp_path):
-    """`fedbench run ... 2>&1 | head -1`, or a dropped ssh session: rich would end the program on the
+    """`fedbench run ... 2>&1 | head -1`, or a dropped ssh connection: rich would end the program on the
     closed pipe, losing the rounds still to come; the run finishes them unheard."""
     import subprocess
     import sys

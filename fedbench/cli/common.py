@@ -93,14 +93,9 @@ def _is_usage_error(exc: Exception) -> bool:
     return isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "show", None))
 
 
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so the interpreter's last flush does not hit the closed pipe again."""
-    silence(sys.stdout)
-
-
 def silence(*streams: Any) -> None:
     """Point ``streams`` at /dev/null: their reader has gone (a closed pipe, `| head`, a dropped
-    ssh session), and what is still written there, buffered bytes included, has nowhere to go."""
+    ssh connection), and what is still written there, buffered bytes included, has nowhere to go."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     for stream in streams:
         with contextlib.suppress(OSError, ValueError):
@@ -120,7 +115,7 @@ class _Commands(TyperGroup):
             print_error(str(exc))
             raise typer.Exit(code=2) from None
         except BrokenPipeError:  # the reader of our output stopped early (`| head`): no bug to report
-            _silence_stdout()
+            silence(sys.stdout)  # the interpreter's last flush must not hit the closed pipe again
             raise typer.Exit(code=1) from None  # click's own exit code for a closed pipe
         except KeyboardInterrupt as exc:  # a command without a run of its own: nothing to mark
             terminated = isinstance(exc, Terminated)
@@ -147,7 +142,7 @@ app = typer.Typer(
 )
 class _Diagnostics(Console):
     """The stderr console: progress, warnings, errors. When its reader goes away (`2>&1 | head`, a
-    dropped ssh session) rich would end the program (SystemExit 1); a training run goes on
+    dropped ssh connection) rich would end the program (SystemExit 1); a training run goes on
     instead, unheard, and finishes its rounds."""
 
     def on_broken_pipe(self) -> None:
