@@ -93,6 +93,11 @@ def _is_usage_error(exc: Exception) -> bool:
     return isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "show", None))
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not hit the closed pipe again."""
+    silence(sys.stdout)
+
+
 def silence(*streams: Any) -> None:
     """Point ``streams`` at /dev/null: their reader has gone (a closed pipe, `| head`, a dropped
     ssh connection), and what is still written there, buffered bytes included, has nowhere to go."""
@@ -115,7 +120,7 @@ class _Commands(TyperGroup):
             print_error(str(exc))
             raise typer.Exit(code=2) from None
         except BrokenPipeError:  # the reader of our output stopped early (`| head`): no bug to report
-            silence(sys.stdout)  # the interpreter's last flush must not hit the closed pipe again
+            _silence_stdout()
             raise typer.Exit(code=1) from None  # click's own exit code for a closed pipe
         except KeyboardInterrupt as exc:  # a command without a run of its own: nothing to mark
             terminated = isinstance(exc, Terminated)
