@@ -68,7 +68,7 @@ def workload(method: str, path: str, args: argparse.Namespace) -> RunConfig:
 
 def trained_images(config: RunConfig, rounds: range) -> dict[int, int]:
     """Images one FedAvg round trains (its clients' shards times the local epochs), per round."""
-    ctx, _ = engine.prepare(dataclasses.replace(config, device="cpu", executor="serial"))  # shard sizes only
+    ctx, _ = engine.prepare(dataclasses.replace(config, device="cpu", executor="serial", cuda_graphs=False))  # shard sizes only
     sizes = ctx.data.shard_sizes()
     return {r: int(sum(sizes[c] for c in ctx.sample_clients(r))) * config.train.local_epochs for r in rounds}
 

@@ -21,8 +21,9 @@
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
 # STEPS="2 2g 4" ends within 8 minutes (its steps' time limits: 60 + 60 + 330 s), STEPS="5 6" within
 # LONG_SECONDS + 270 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
-# step 3; LONG_METHODS, LONG_ROUNDS, LONG_SECONDS, LONG_WORKERS, LONG_GRAPHS (true: CUDA graphs) and
-# CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
+# step 3; PATHS_4 the paths of step 4 (bench_gpu_path.py --paths); LONG_METHODS, LONG_ROUNDS,
+# LONG_SECONDS, LONG_WORKERS (1: serial; K > 1: K trainer processes), LONG_GRAPHS (true on a GPU: CUDA
+# graphs) and CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
 # SMOKE_SECONDS (60) bounds steps 2 and 2g. OUT/env.txt names the GPU, torch and the fedbench code
 # (its commit; a digest of its files where the tree is a copy without git, FEDBENCH_CODE_VERSION to name it).
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow, no network): runs go
@@ -43,7 +44,9 @@ SMOKE_SECONDS=${SMOKE_SECONDS:-60}  # bound of each of steps 2 and 2g (a loaded 
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-if ! $PY -c "import fedbench, pathlib, sys; sys.exit(pathlib.Path(fedbench.__file__).parent != pathlib.Path('$ROOT/fedbench'))" 2>/dev/null; then
+# Asked from outside the checkout: from its root, Python imports fedbench from the folder itself, but
+# the benchmark scripts (run from benchmarks/) and the entry points need it installed.
+if ! (cd / && $PY -c "import fedbench, pathlib, sys; sys.exit(pathlib.Path(fedbench.__file__).parent != pathlib.Path('$ROOT/fedbench'))") 2>/dev/null; then
   echo "== installing $ROOT (entry points: methods, models, data sets)"
   $PY -m pip install -q --no-deps --no-build-isolation --no-index -e "$ROOT" \
     || { echo "cuda_checks.sh: could not install fedbench; run: $PY -m pip install --no-deps --no-build-isolation -e $ROOT"; exit 1; }
@@ -53,12 +56,16 @@ fi
 if [ "$DEVICE" = cpu ]; then
   MODEL=(--set model.name=cnn) BENCH=(--device cpu --model cnn --epochs 1 --threads 2 --plain-steps 40) THREADS=2
   PATHS_4=plain,transfer:3,resident:3,workers2:3 PATHS_5=resident:3 GRID_ROUNDS=2 LONG_EPOCHS=1 LONG_EVERY=2
-  LONG_ROUNDS=${LONG_ROUNDS:-6} LONG_SECONDS=${LONG_SECONDS:-5} LONG_WORKERS=${LONG_WORKERS:-2}
+  LONG_ROUNDS=${LONG_ROUNDS:-6} LONG_SECONDS=${LONG_SECONDS:-5} LONG_WORKERS=${LONG_WORKERS:-2} LONG_GRAPHS=false
 else
   MODEL=(--set model.name=resnet18 --set model.width=1.0) BENCH=(--device "$DEVICE") THREADS=8
-  PATHS_4=plain,transfer:6,graphs:22,resident:22,graphs-workers4:22,workers4:12 PATHS_5=graphs:6,resident:4
+  # Step 4's paths in order of need (docs/gpu.md has their measured round times): the plain loop, the
+  # transfer path for the speed-up, CUDA graphs over 22 rounds for the 1,600-round projection, the
+  # eager resident path over as many (the two accuracies must agree).
+  PATHS_4=${PATHS_4:-plain,transfer:4,graphs:22,resident:22,workers4:6} PATHS_5=graphs:6,resident:4
   GRID_ROUNDS=30 LONG_EPOCHS=5
-  LONG_EVERY=20 LONG_ROUNDS=${LONG_ROUNDS:-400} LONG_SECONDS=${LONG_SECONDS:-480} LONG_WORKERS=${LONG_WORKERS:-4}
+  LONG_EVERY=20 LONG_ROUNDS=${LONG_ROUNDS:-400} LONG_SECONDS=${LONG_SECONDS:-480} LONG_WORKERS=${LONG_WORKERS:-1}
+  LONG_GRAPHS=${LONG_GRAPHS:-true}  # the fastest path measured (docs/gpu.md); processes time-share the GPU
 fi
 
 { nvidia-smi -L; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
@@ -167,13 +174,15 @@ if [[ $STEPS == *" 6 "* ]] && [ -n "$FMNIST" ]; then
     fi
     cat "$name".part-*-of-"$count" >"$name" && rm "$name".part-*-of-"$count"
   done
+  EXECUTOR=(--set executor=serial)
+  [ "$LONG_WORKERS" -gt 1 ] && EXECUTOR=(--set executor=process --set workers="$LONG_WORKERS")
   echo "== 6. long horizon: $LONG_METHODS, stops after ${LONG_SECONDS}s, checkpoints in $CKPT_DIR"
   timeout $((LONG_SECONDS + 120)) $PY "$ROOT/benchmarks/accuracy_grid.py" --methods "$LONG_METHODS" \
     --set data.dataset=fashion-mnist --set "data.data_dir=$FMNIST" "${MODEL[@]}" \
     --set data.partition=dirichlet --set data.alpha=0.5 --set data.num_clients=100 --set fleet.profile=paper \
     --set rounds="$LONG_ROUNDS" --set train.local_epochs=$LONG_EPOCHS --set eval_every=$LONG_EVERY --set seed=42 \
-    --set threads=$THREADS --set "device=$DEVICE" --set executor=process --set workers="$LONG_WORKERS" \
-    --set cuda_graphs="${LONG_GRAPHS:-false}" --set tracking.enabled=false --checkpoint-dir "$CKPT_DIR" \
+    --set threads=$THREADS --set "device=$DEVICE" "${EXECUTOR[@]}" \
+    --set cuda_graphs="$LONG_GRAPHS" --set tracking.enabled=false --checkpoint-dir "$CKPT_DIR" \
     --stop-after "$LONG_SECONDS" --out "$OUT/long.jsonl"
   ls -l "$CKPT_DIR"
   # Each checkpoint, in LONG_METHODS order, is cut into parts in the outbox, and as many as may
