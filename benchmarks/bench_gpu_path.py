@@ -14,6 +14,8 @@ without it), 100 clients, Dirichlet alpha 0.5, 10 clients per round, ``--epochs`
 ``workersK``    ``resident`` with ``--executor process --workers K``: K trainers share the GPU.
 ``graphs``      ``resident`` with ``cuda_graphs``: each client's full-size steps replayed from a
                 CUDA graph; ``graphs-workersK`` both.
+``...-cl``      any of these with ``channels_last`` (e.g. ``graphs-cl``): convolutions in the
+                NHWC layout cuDNN's tensor-core kernels compute in.
 ``plain``       a plain PyTorch loop training one model at batch 64 on the same resident data
                 (``torch.optim.SGD``): the images/s a sequential client could reach at best.
 
@@ -56,6 +58,9 @@ def workload(method: str, path: str, args: argparse.Namespace) -> RunConfig:
         "clients_per_round": 10, "rounds": args.rounds, "eval_every": args.rounds, "seed": 42,
         "threads": args.threads, "device": args.device, "tracking": {"enabled": False},
     }
+    if path.endswith("-cl"):
+        overrides["channels_last"] = True
+        path = path.removesuffix("-cl")
     if path == "transfer":
         overrides["resident"] = False
     if path.startswith("graphs"):

@@ -42,8 +42,9 @@ GROUP_KEYS = ("method_label", "dataset", "model", "partition_label")
 # Logged params (a run's flattened RunConfig) that do not change what a run measures, so runs that
 # differ only in them are seeds of one configuration: the seed itself; where data and logs live
 # (data.data_dir, tracking.*); where and how the arithmetic runs (threads, device and the execution
-# fields outside the run key: executor, workers, executor_threads, resident, cuda_graphs; at most
-# the rounding differs); and partition.*, the partition's statistics, which follow from the seed.
+# fields outside the run key: executor, workers, executor_threads, resident, cuda_graphs,
+# channels_last; at most the rounding differs); and partition.*, the partition's statistics, which
+# follow from the seed.
 IGNORED_SETTINGS = frozenset({"seed", "data.data_dir", "threads", "device", *EXECUTION_FIELDS})
 IGNORED_PREFIXES = ("tracking.", "partition.")
 # Settings that are the table's rows and columns already (method; data set, model, partition).

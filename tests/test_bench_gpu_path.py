@@ -19,12 +19,13 @@ def load_bench():
     return module
 
 
-@pytest.mark.parametrize("path", ["transfer", "resident", "graphs", "workers4", "graphs-workers4"])
+@pytest.mark.parametrize("path", ["transfer", "resident", "graphs", "workers4", "graphs-workers4", "graphs-cl"])
 def test_every_gpu_path_counts_the_images_its_fedavg_rounds_train(path):
     bench = load_bench()
     args = argparse.Namespace(data_dir=None, model="cnn", width=1.0, epochs=2, rounds=4, threads=1, device="cuda")
     config = bench.workload("fedavg", path, args)
     assert config.device == "cuda" and config.cuda_graphs == path.startswith("graphs")
+    assert config.channels_last == path.endswith("-cl")
     images = bench.trained_images(config, range(1, 3))  # counted on the CPU, whatever the path
     assert set(images) == {1, 2} and all(n > 0 and n % 2 == 0 for n in images.values())
     assert images == bench.trained_images(bench.workload("fedavg", "resident", args), range(1, 3))

@@ -39,7 +39,7 @@ WEIGHTINGS = ("uniform", "samples")
 # How a round's local updates run (fedbench/execution/executors.py).
 EXECUTORS = ("serial", "process", "ray")
 # RunConfig fields that decide where work runs, never what it computes: not in the run key.
-EXECUTION_FIELDS = ("executor", "workers", "executor_threads", "resident", "cuda_graphs")
+EXECUTION_FIELDS = ("executor", "workers", "executor_threads", "resident", "cuda_graphs", "channels_last")
 # Compute devices a run may use (RunConfig.device).
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -107,6 +107,11 @@ class RunConfig:
     # (fedbench/training/graphs.py), for the losses marked safe to replay. The same kernels, so not
     # part of the run key.
     cuda_graphs: bool = False
+    # Keep the models' convolution weights, hence their activations, in the channels-last (NHWC)
+    # layout, the one cuDNN's tensor-core kernels compute in, so it need not convert every
+    # convolution's input and output (docs/gpu.md). The same arithmetic in another layout: like
+    # cuDNN's run-time choice of algorithm, it moves the last bits only, so not part of the run key.
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         # Freeze the options mapping so the whole tree is immutable and hashable in spirit.

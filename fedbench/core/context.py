@@ -131,7 +131,8 @@ class RunContext:
         }
 
     def build_model(self, width: float | None = None, init_key: int = 0) -> BlockModel:
-        """The run's architecture, initialised from the run seed (``init_key`` picks another draw)."""
+        """The run's architecture, initialised from the run seed (``init_key`` picks another draw),
+        in the channels-last layout where the run asks for it (copies of it keep the layout)."""
         dataset = self.data.dataset
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(
@@ -143,6 +144,8 @@ class RunContext:
                 dataset.num_classes,
                 width=self.config.model.width if width is None else width,
             )
+        if self.config.channels_last:
+            return model.to(self.device, memory_format=torch.channels_last)
         return model.to(self.device)
 
     def client_generator(self, round_idx: int, client_id: int) -> torch.Generator:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 
 import torch
+from torch import nn
 
 from fedbench.errors import ConfigError, MemoryBudgetError, PluginError
 from fedbench.memory.model import format_bytes
@@ -70,15 +71,28 @@ def require_sliceable(model: BlockModel, method: str) -> None:
 
 def level_model(model: BlockModel, level: float, device: torch.device | str = "meta") -> BlockModel:
     """``model``'s architecture at level ``level`` (multiplier ``level · model.width``), by default
-    on the meta device: for the memory model and for sub-model shapes, no weights are drawn."""
+    on the meta device: for the memory model and for sub-model shapes, no weights are drawn. A
+    sub-model built on a real device takes ``model``'s layout (run config ``channels_last``)."""
 
-    with building_on_meta() if torch.device(device).type == "meta" else torch.device(device):
+    on_meta = torch.device(device).type == "meta"
+    with building_on_meta() if on_meta else torch.device(device):
         if model.builder is not None:
             narrow = model.builder(model.input_shape, model.num_classes, width=level * model.width)
             narrow.builder = model.builder
         else:
             narrow = build_model(model.arch, model.input_shape, model.num_classes, width=level * model.width)
+    if not on_meta and is_channels_last(model):
+        narrow.to(memory_format=torch.channels_last)
     return narrow
+
+
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s convolution weights are in the channels-last layout (a weight whose
+    layouts coincide, as with one input channel, says nothing)."""
+    return any(
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in model.parameters()
+    )
 
 
 def widest_levels(
