@@ -20,13 +20,22 @@ from typer.testing import CliRunner
 from fedbench import engine, registry
 from fedbench.cli.main import app
 from fedbench.config import make_config
+from fedbench.core import method as method_module
 from fedbench.data import ImageDataset
 from fedbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
 from fedbench.errors import ConfigError, PluginError
 from fedbench.testing import kit_config
 from fedbench.training import graphs
-from fedbench.training.graphs import GraphedSteps, ReplayedStep, graph_safe, is_graph_safe
+from fedbench.training.graphs import (
+    CachedStep,
+    GraphedSteps,
+    ReplayedStep,
+    StepGraphCache,
+    graph_safe,
+    is_graph_safe,
+)
 from fedbench.training.loop import cross_entropy_loss, local_sgd
+from fedbench.training.sgd import LocalSGD
 
 # The built-ins and the example plugin (CI installs it), whose loss hook is decorated @graph_safe.
 METHODS = sorted(info.name for info in registry.available("methods") if info.builtin or info.name == "fedprox")
@@ -219,6 +228,65 @@ def test_graphed_steps_warm_up_then_capture_once_and_replay_full_size_batches_on
     # two warm-ups, the capture's recording (run by its replay), a replay, the eager batch of 3, a replay
     assert calls == [4, 4, 4, 4, 3, 4]
     assert run.images.shape == (4, 2) and run.graph is graph
+
+
+def _count_captures(method, monkeypatch, **train_overrides):
+    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
+    monkeypatch.setattr(CountingReplay, "captures", 0)
+    trainings = []
+    train = method_module.local_sgd
+
+    def counted(*args, **kwargs):
+        trainings.append(1)
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(method_module, "local_sgd", counted)
+    outcome(kit_config(method, rounds=3, train={"local_epochs": 2, "batch_size": 8, **train_overrides}))
+    return CountingReplay.captures, len(trainings)
+
+
+def test_one_capture_serves_every_client_of_a_cross_entropy_method(monkeypatch):
+    captures, trainings = _count_captures("fedavg", monkeypatch)
+    assert trainings > 3 and captures == 1  # the bit-for-bit test above holds these runs to eager ones
+
+
+def test_a_loss_made_per_client_or_a_new_lr_is_captured_again(monkeypatch):
+    captures, trainings = _count_captures("depthfl", monkeypatch)  # its loss is made per client
+    assert captures == trainings > 3
+    captures, trainings = _count_captures("fedavg", monkeypatch, lr_schedule="exponential", lr_decay=0.9)
+    assert captures == 3  # one per round: each round's lr is frozen in its graph
+
+
+def test_a_kept_step_graph_serves_only_the_tensors_it_was_captured_over():
+    cache = StepGraphCache(CountingReplay)
+    model = torch.nn.Linear(3, 2)
+    tensors = [*model.parameters()]
+    kept = CachedStep(("settings",), tensors, steps=object(), optimizer=object())
+    cache.keep(kept)
+    assert cache.find(("settings",), [*model.parameters()]) is kept
+    assert cache.find(("other settings",), [*model.parameters()]) is None
+    model.weight = torch.nn.Parameter(model.weight.detach().clone())  # same values, another tensor
+    assert cache.find(("settings",), [*model.parameters()]) is None
+
+
+def test_restarting_sgd_zeroes_momentum_in_place_and_steps_as_a_fresh_optimizer():
+    torch.manual_seed(0)
+    fresh_model, kept_model = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    kept = LocalSGD(kept_model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    kept_model(torch.randn(5, 4)).sum().backward()
+    kept.step()  # buffers made and filled
+    buffers = list(kept.momentum_buffers)
+    kept_model.load_state_dict(fresh_model.state_dict())
+    kept.restart()
+    assert all(a is b and not a.any() for a, b in zip(kept.momentum_buffers, buffers, strict=True))
+    fresh = LocalSGD(fresh_model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    batch = torch.randn(5, 4)
+    for model, optimizer in ((fresh_model, fresh), (kept_model, kept)):
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(batch).pow(2).sum().backward()
+            optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(fresh_model.parameters(), kept_model.parameters(), strict=True))
 
 
 def test_cuda_graphs_need_the_resident_gpu_path_and_stay_out_of_the_run_key():

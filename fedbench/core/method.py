@@ -45,7 +45,7 @@ from fedbench.kits.hsic import SIGMA, balanced_probe, block_information_plane
 from fedbench.models import BlockModel
 from fedbench.simulation.clock import DeviceCost, DeviceTime, device_time
 from fedbench.training.aggregate import normalized_weights, weighted_average
-from fedbench.training.graphs import graph_safe, is_graph_safe, step_graphs
+from fedbench.training.graphs import StepGraphCache, graph_safe, is_graph_safe, step_graphs
 from fedbench.training.loop import LossFn, cross_entropy_loss, local_sgd, model_device, placed_on
 
 
@@ -147,6 +147,7 @@ class Method:
         self.options = options if options is not None else self.options_type()
         self.global_model: BlockModel = ctx.build_model()
         self._worker: nn.Module | None = None
+        self._graphs: StepGraphCache | None = None  # CUDA graphs kept across clients (_step_graphs)
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None  # information-plane probe
 
     # ------------------------------------------------------------ options
@@ -260,11 +261,13 @@ class Method:
         generator, packed as the :class:`Update` the client sends: a copy of the state of
         ``sent`` (default ``model``), or of its parameters only. ``loss_fn`` defaults to the
         method's :meth:`loss` with this client's context."""
-        if loss_fn is None:
+        if loss_fn is None and type(self).loss is Method.loss:
+            loss_fn = cross_entropy_loss  # the same function for every client: one CUDA graph serves them all
+        elif loss_fn is None:
             def loss_fn(m: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                 return self.loss(m, images, labels, client)
 
-            if type(self).loss is Method.loss or is_graph_safe(type(self).loss):  # a @graph_safe loss hook
+            if is_graph_safe(type(self).loss):  # a @graph_safe loss hook
                 graph_safe(loss_fn)
         config = self.ctx.config
         with placed_on(model, client.device):  # --device cuda: computes there, comes back
@@ -277,7 +280,7 @@ class Method:
                 client.generator,
                 loss_fn=loss_fn,
                 max_grad_norm=max_grad_norm,
-                graphs=step_graphs(model_device(model), self.ctx.config.cuda_graphs),
+                graphs=self._step_graphs(model),
             )
         client.start_weights = {}
         source = sent if sent is not None else model
@@ -296,6 +299,16 @@ class Method:
         """The run's weighting (``uniform`` or ``samples``) applied to the updates' states."""
         weights = normalized_weights([u.num_samples for u in updates], self.ctx.config.weighting)
         return weighted_average([u.state for u in updates], weights)
+
+    def _step_graphs(self, model: nn.Module) -> StepGraphCache | None:
+        """The run's CUDA-graph maker and the step graph it keeps across clients, or None (no
+        ``cuda_graphs``, or not on a GPU)."""
+        make_graph = step_graphs(model_device(model), self.ctx.config.cuda_graphs)
+        if make_graph is None:
+            return None
+        if self._graphs is None or self._graphs.make_graph is not make_graph:
+            self._graphs = StepGraphCache(make_graph)
+        return self._graphs
 
     def worker_model(self) -> nn.Module:
         """A reusable model instance for local training, so no model is built per client."""

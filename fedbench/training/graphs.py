@@ -11,7 +11,12 @@ step, so a graphed client trains as an eager one does, up to GPU non-determinism
 
 A graph replays the tensors it was captured with: it is captured afresh for every call of
 :func:`fedbench.training.loop.local_sgd` and dropped after it, so whatever a method's loss reads
-(FedProx's global weights, DepthFL's FedDyn vectors) is fixed for the graph's whole life.
+(FedProx's global weights, DepthFL's FedDyn vectors) is fixed for the graph's whole life. Only a
+loss marked :func:`graph_reusable` (a pure function of the model and the batch, such as plain
+cross-entropy) lets one capture serve the next clients too: a :class:`StepGraphCache` keeps the
+graph and its optimizer while the model's tensors, the loss and the SGD settings stay the same
+(the client's weights are copied into the same tensors; its momentum buffers are zeroed in place,
+which the first update then fills exactly as a fresh optimizer's would).
 
 A loss marked :func:`graph_safe` that reads a value back to the host would be frozen at its
 captured value, or break the capture. The last warm-up step therefore runs with host
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -119,6 +125,22 @@ def is_graph_safe(loss: object) -> bool:
     return bool(getattr(loss, GRAPH_SAFE, False))
 
 
+GRAPH_REUSABLE = "__fedbench_graph_reusable__"
+
+
+def graph_reusable(loss: object) -> object:
+    """Marks a loss as a pure function of ``(model, images, labels)``: it reads no tensor but the
+    model's and the batch, keeps nothing per client, so a graph of one client's step replays any
+    other client's step on the same model. Implies :func:`graph_safe`."""
+    setattr(loss, GRAPH_SAFE, True)
+    setattr(loss, GRAPH_REUSABLE, True)
+    return loss
+
+
+def is_graph_reusable(loss: object) -> bool:
+    return bool(getattr(loss, GRAPH_REUSABLE, False))
+
+
 def step_graphs(device: torch.device, enabled: bool) -> Callable[[], StepGraph] | None:
     """The graph maker for a run's local training: CUDA graphs where asked for on a GPU, else none."""
     return CudaStepGraph if enabled and device.type == "cuda" else None
@@ -186,3 +208,39 @@ class GraphedSteps:
         self.images, self.labels = captured_images, captured_labels
         self.graph.replay()  # capturing recorded the step without running it
         return self.loss
+
+
+@dataclass
+class CachedStep:
+    """A captured step and what it was captured over."""
+
+    settings: tuple
+    tensors: list[torch.Tensor]
+    steps: GraphedSteps
+    optimizer: object
+
+
+class StepGraphCache:
+    """Makes step graphs and keeps the last one whose loss is :func:`graph_reusable`, for the next
+    local training of the same model: one capture serves every client that trains it, instead of
+    two eager warm-up steps and a capture per client. One slot: a run trains one worker model at a
+    time, and a miss (another model, loss or lr) replaces it, freeing the old graph's memory."""
+
+    def __init__(self, make_graph: Callable[[], StepGraph]) -> None:
+        self.make_graph = make_graph
+        self.slot: CachedStep | None = None
+
+    def __call__(self) -> StepGraph:
+        return self.make_graph()
+
+    def find(self, settings: tuple, tensors: list[torch.Tensor]) -> CachedStep | None:
+        """The kept step, if it was captured with these settings over these very tensors (the
+        graph reads their memory: a replaced parameter or buffer needs a new capture)."""
+        slot = self.slot
+        if (slot is None or slot.settings != settings or len(slot.tensors) != len(tensors)
+                or any(a is not b for a, b in zip(slot.tensors, tensors, strict=True))):
+            return None
+        return slot
+
+    def keep(self, entry: CachedStep) -> None:
+        self.slot = entry

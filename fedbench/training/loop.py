@@ -18,14 +18,22 @@ from torch import nn
 from fedbench.config import TrainConfig
 from fedbench.data import ImageDataset
 from fedbench.training.adam import LocalAdam
-from fedbench.training.graphs import GraphedSteps, StepGraph, graph_safe, is_graph_safe
+from fedbench.training.graphs import (
+    CachedStep,
+    GraphedSteps,
+    StepGraph,
+    StepGraphCache,
+    graph_reusable,
+    is_graph_reusable,
+    is_graph_safe,
+)
 from fedbench.training.sgd import LocalSGD
 
 # (model, images, labels) -> scalar loss. NeuLite adds nHSIC terms, FedProx a proximal term.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@graph_safe
+@graph_reusable
 def cross_entropy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(images), labels)
 
@@ -78,6 +86,24 @@ def make_optimizer(parameters: Iterable[nn.Parameter], train: TrainConfig) -> Lo
     return LocalSGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
 
+def _new_step(
+    model: nn.Module, trained: list[nn.Parameter], train: TrainConfig, loss_fn: LossFn, max_grad_norm: float | None,
+) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], LocalSGD | LocalAdam]:
+    """One local step over a fresh optimizer: zero grads, loss, backward, clipping, update."""
+    optimizer = make_optimizer(trained, train)
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model, images, labels)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(trained, max_grad_norm)
+        optimizer.step()
+        return loss.detach()
+
+    return step, optimizer
+
+
 def local_sgd(
     model: nn.Module,
     dataset: ImageDataset,
@@ -86,7 +112,7 @@ def local_sgd(
     generator: torch.Generator,
     loss_fn: LossFn = cross_entropy_loss,
     max_grad_norm: float | None = None,
-    graphs: Callable[[], StepGraph] | None = None,
+    graphs: Callable[[], StepGraph] | StepGraphCache | None = None,
 ) -> LocalResult:
     """``train.local_epochs`` epochs of minibatch SGD on the samples ``indices``, at ``train.lr``.
 
@@ -105,28 +131,32 @@ def local_sgd(
     backward (HeteroFL/FedRolex clip to 1.0); None: no clipping. With ``graphs`` (a
     :class:`~fedbench.training.graphs.StepGraph` maker: CUDA graphs on a GPU) the full-size steps
     of a loss marked :func:`~fedbench.training.graphs.graph_safe` are replayed from a graph
-    captured for this call (:class:`~fedbench.training.graphs.GraphedSteps`); other losses run
-    eagerly.
+    captured for this call (:class:`~fedbench.training.graphs.GraphedSteps`), or, where ``graphs``
+    is a :class:`~fedbench.training.graphs.StepGraphCache` and the loss is marked
+    :func:`~fedbench.training.graphs.graph_reusable`, captured once and replayed for every later
+    call over the same model; other losses run eagerly.
     """
     model.train()
     device = model_device(model)
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trained, train)
-
-    def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, images, labels)
-        loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(trained, max_grad_norm)
-        optimizer.step()
-        return loss.detach()
-
     # LocalAdam's bias corrections change every step on the host: a graph would freeze them.
     graphed = graphs is not None and is_graph_safe(loss_fn) and train.optimizer == "sgd"
-    if graphed:
-        name = getattr(loss_fn, "__qualname__", type(loss_fn).__qualname__)
-        step = GraphedSteps(step, train.batch_size, graphs, name)
+    cache = graphs if graphed and isinstance(graphs, StepGraphCache) and is_graph_reusable(loss_fn) else None
+    if cache is not None:  # what the graph froze: the loss, the SGD settings, which tensors train
+        settings = (loss_fn, train.batch_size, train.lr, train.momentum, train.weight_decay, max_grad_norm,
+                    tuple(p.requires_grad for p in model.parameters()))
+        tensors = [*model.parameters(), *model.buffers()]
+        kept = cache.find(settings, tensors)
+        if kept is not None:
+            kept.optimizer.restart()
+            step, optimizer = kept.steps, kept.optimizer
+    if cache is None or kept is None:
+        step, optimizer = _new_step(model, trained, train, loss_fn, max_grad_norm)
+        if graphed:
+            name = getattr(loss_fn, "__qualname__", type(loss_fn).__qualname__)
+            step = GraphedSteps(step, train.batch_size, graphs, name)
+            if cache is not None:
+                cache.keep(CachedStep(settings, tensors, step, optimizer))
     num = int(indices.numel())
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     steps = 0
@@ -135,6 +165,6 @@ def local_sgd(
         for images, labels in dataset.training_batches(order, train.batch_size, generator):
             total_loss += step(images.to(device), labels.to(device))
             steps += 1
-    if graphed:  # replayed grads live in the graph's memory pool: let it go with the graph
+    if graphed and cache is None:  # replayed grads live in the graph's memory pool: let it go with the graph
         optimizer.zero_grad(set_to_none=True)
     return LocalResult(num_samples=num, num_steps=steps, mean_loss=float(total_loss) / max(steps, 1))

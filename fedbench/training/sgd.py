@@ -115,6 +115,16 @@ class LocalSGD:
         clear_grads(self.params, set_to_none)
 
     @torch.no_grad()
+    def restart(self) -> None:
+        """Zero the momentum buffers in place, for the next client's training over the same
+        parameters: the first update then makes each buffer ``0 · momentum + grad``, exactly the
+        gradient a fresh optimizer's first update copies in, and the buffers keep their memory
+        (a captured CUDA graph reads them there)."""
+        for buf in self.momentum_buffers:
+            if buf is not None:
+                buf.zero_()
+
+    @torch.no_grad()
     def step(self) -> None:
         with_grad = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not with_grad:
