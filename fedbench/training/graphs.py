@@ -217,7 +217,13 @@ class CachedStep:
     settings: tuple
     tensors: list[torch.Tensor]
     steps: GraphedSteps
-    optimizer: object
+    optimizer: Restartable
+
+
+class Restartable(Protocol):
+    """An optimizer whose state can start over in place (:meth:`LocalSGD.restart`)."""
+
+    def restart(self) -> None: ...
 
 
 class StepGraphCache:

@@ -142,15 +142,15 @@ def local_sgd(
     # LocalAdam's bias corrections change every step on the host: a graph would freeze them.
     graphed = graphs is not None and is_graph_safe(loss_fn) and train.optimizer == "sgd"
     cache = graphs if graphed and isinstance(graphs, StepGraphCache) and is_graph_reusable(loss_fn) else None
-    if cache is not None:  # what the graph froze: the loss, the SGD settings, which tensors train
-        settings = (loss_fn, train.batch_size, train.lr, train.momentum, train.weight_decay, max_grad_norm,
-                    tuple(p.requires_grad for p in model.parameters()))
-        tensors = [*model.parameters(), *model.buffers()]
-        kept = cache.find(settings, tensors)
-        if kept is not None:
-            kept.optimizer.restart()
-            step, optimizer = kept.steps, kept.optimizer
-    if cache is None or kept is None:
+    # What a kept graph froze: the loss, the SGD settings, which tensors train, and their memory.
+    settings = (loss_fn, train.batch_size, train.lr, train.momentum, train.weight_decay, max_grad_norm,
+                tuple(p.requires_grad for p in model.parameters()))
+    tensors = [*model.parameters(), *model.buffers()] if cache is not None else []
+    kept = cache.find(settings, tensors) if cache is not None else None
+    if kept is not None:
+        kept.optimizer.restart()
+        step, optimizer = kept.steps, kept.optimizer
+    else:
         step, optimizer = _new_step(model, trained, train, loss_fn, max_grad_norm)
         if graphed:
             name = getattr(loss_fn, "__qualname__", type(loss_fn).__qualname__)
