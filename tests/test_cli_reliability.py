@@ -138,6 +138,13 @@ def _only_run_killed(tmp: Path, _values: Mapping[str, str]) -> None:
     assert run.info.status == "KILLED"
 
 
+def _no_experiment_made(tmp: Path, _values: Mapping[str, str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    assert client.get_experiment_by_name("nofit") is None
+
+
 def _no_store_made(tmp: Path, _values: Mapping[str, str]) -> None:
     assert not (tmp / "typo.db").exists()
 
@@ -229,6 +236,11 @@ CASES: list[Case] = [
     Case("diverged", (*TINY, "--tracking-uri", STORE, "--lr", "1e30"), 2,
          "diverged at round 1: training loss nan; lower --lr", "--lr 1e30: the training loss becomes NaN",
          check=_only_run_failed),
+    Case("no-device-fits", ("run", "--method", "exclusivefl", "--dataset", "synthetic", "--clients", "4",
+                            "--clients-per-round", "2", "--rounds", "1", "--model", "cnn", "--fleet", "uniform-mb",
+                            "--low-mb", "1", "--high-mb", "2", "--tracking-uri", STORE, "--experiment", "nofit"), 2,
+         "no device can train cnn", "a fleet no device of which fits the model (no MLflow experiment is left behind)",
+         check=_no_experiment_made),
     Case("checkpoints-prune-nothing", ("checkpoints", "prune"), 2, "say what to prune",
          "`fedbench checkpoints prune` without a criterion"),
     Case("config-not-utf8", ("run", "--config", "{tmp}/bad.yaml", "--no-tracking"), 2, "is not UTF-8 text",

@@ -89,7 +89,7 @@ def test_runs_opening_one_fresh_sqlite_store_at_once_all_connect_to_one_experime
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     script = (
         "from fedbench.tracking.tracker import MlflowTracker\n"
-        f"client, experiment_id = MlflowTracker({uri!r}, 'shared')._connect()\n"
+        f"client, experiment_id = MlflowTracker({uri!r}, 'shared')._connect(create=True)\n"
         "print(experiment_id)\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

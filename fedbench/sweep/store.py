@@ -47,7 +47,9 @@ def resumable_runs(experiment: str, tracking_uri: str | None) -> dict[str, str]:
 def _newest_first(experiment: str, tracking_uri: str | None, filter_string: str) -> Iterator[tuple[str, Any]]:
     """(run key, MLflow run) of the runs of ``experiment`` that match ``filter_string`` and carry
     a run key, newest first, page by page."""
-    client, experiment_id = MlflowTracker(tracking_uri, experiment)._connect()
+    client, experiment_id = MlflowTracker(tracking_uri, experiment).find_experiment()
+    if experiment_id is None:  # no run has started in it: nothing to skip or continue
+        return
     token = None
     while True:
         page = client.search_runs([experiment_id], filter_string=filter_string,

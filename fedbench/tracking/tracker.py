@@ -155,16 +155,22 @@ class MlflowTracker:
         self.run_name = run_name
         self.run_id: str | None = None
         self._client: Any = None
-        self._connection: tuple[Any, str] | None = None
+        self._connection: tuple[Any, str | None] | None = None
         self._rows: list[dict[str, float]] = []
         self._partition: Mapping[str, Any] = {}
 
     def connect(self) -> None:
-        """Open the store and find or create the experiment now (else :meth:`start` does)."""
+        """Open the store and look the experiment up now (else :meth:`start` does), so an
+        unreachable store fails before any training. The experiment is created by the first run
+        that starts in it: a run stopped before its first round (no device fits, say) leaves none."""
         if self._connection is None:
-            self._connection = self._connect()
+            self._connection = self._connect(create=False)
 
-    def _connect(self) -> Any:
+    def find_experiment(self) -> tuple[Any, str | None]:
+        """The store's client and the experiment's id; None while no run has started in it."""
+        return self._connect(create=False)
+
+    def _connect(self, create: bool) -> Any:
         from mlflow.tracking import MlflowClient
 
         quiet_store_logging()
@@ -172,7 +178,9 @@ class MlflowTracker:
             with store_lock(self.tracking_uri):
                 client = MlflowClient(tracking_uri=self.tracking_uri)
                 found = client.get_experiment_by_name(self.experiment)
-                experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+                experiment_id = found.experiment_id if found else None
+                if experiment_id is None and create:
+                    experiment_id = client.create_experiment(self.experiment)
         except Exception as exc:  # MLflow raises many types for an unreachable store
             uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "the default store"
             raise TrackingError(
@@ -195,6 +203,8 @@ class MlflowTracker:
 
         self.connect()
         assert self._connection is not None
+        if self._connection[1] is None:  # the experiment's first run
+            self._connection = self._connect(create=True)
         self._client, experiment_id = self._connection
         tags = {
             "fedbench.method": config.method,
@@ -268,7 +278,7 @@ class MlflowTracker:
 
     def run_config_yaml(self, run_id: str) -> tuple[str, str]:
         """The ``config.yaml`` artifact and the status of an existing run, for resuming it."""
-        client, _ = self._connect()
+        client, _ = self._connect(create=False)
         try:
             run = client.get_run(run_id)
         except Exception as exc:
