@@ -109,24 +109,24 @@ def stage_round_times(
 ) -> list[StageTime]:
     """Seconds of one device's round for each NeuLite stage k = 1..S and for the full model.
 
-    Stage k trains S_k (:class:`~fedbench.models.cutting.StageModel`) with block k,
-    the co-adapted part of block k−1 (:func:`~fedbench.models.cutting.coadaptation_scope`)
-    and the stage's output module trainable, cross-entropy loss (NeuLite's nHSIC terms and
-    projection MLP are not included). It downloads S_k's full state and uploads the
-    trainable tensors plus all buffers (spec neulite §2.5); the full model moves its whole
-    state both ways. Labels are ``block <k>`` and ``full``.
+    Stage k is the registered ``neulite`` method's workload, as its runs train and time it (S_k
+    with block k, the co-adapted part of block k−1, the output module and projection MLP
+    trainable, the curriculum-aware loss with its nHSIC terms; :func:`neulite_workloads`), or,
+    without that method, the stage model of :mod:`fedbench.models.cutting` under cross-entropy.
+    It downloads S_k's full state and uploads the trainable tensors plus all buffers (spec neulite
+    §2.5), as NeuLite's ``device_cost`` does; the full model moves its whole state both ways.
+    Labels are ``block <k>`` and ``full``.
     """
 
     device = device_class(device_class_name)
     clock = VirtualClock(batch_size, tuple(input_shape), epochs)
     with torch.random.fork_rng(devices=[]):
         model = build_model(model_name, tuple(input_shape), num_classes, width=width)
+    workloads, _ = neulite_workloads(model)
     rows = []
-    for k in range(1, model.num_blocks + 1):
-        stage = StageModel(model, k)
-        trainable = stage_trainable(model, stage)
-        cost = clock.cost(stage, samples, trainable, bytes_down=state_bytes(stage),
-                          bytes_up=trainable_upload_bytes(stage, trainable))
+    for k, work in enumerate(workloads, start=1):
+        cost = clock.cost(work.model, samples, work.trainable, work.loss_fn, bytes_down=state_bytes(work.model),
+                          bytes_up=trainable_upload_bytes(work.model, work.trainable))
         rows.append((f"block {k}", cost))
     rows.append(("full", clock.cost(model, samples)))
     out = []

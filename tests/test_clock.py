@@ -58,7 +58,7 @@ def test_a_frozen_prefix_costs_only_its_forward():
     assert clock.step_flops(model, head_only) < clock.step_flops(model)
 
 
-def test_every_neulite_stage_round_of_resnet18_is_cheaper_than_a_full_model_round():
+def test_every_neulite_stage_round_of_resnet18_is_shorter_than_a_full_model_round():
     rows = stage_round_times("resnet18", (3, 32, 32), 10, batch_size=64, samples=500, epochs=5,
                              device_class_name="jetson-tx2")
     assert [r.label for r in rows] == ["block 1", "block 2", "block 3", "block 4", "full"]
@@ -67,7 +67,11 @@ def test_every_neulite_stage_round_of_resnet18_is_cheaper_than_a_full_model_roun
         model_flops("resnet18", (3, 32, 32), 10).total.training * 500 * 5 / (256 * 2 * 1.465e9)
     )
     for stage in rows[:-1]:
-        assert stage.compute_s < full.compute_s and stage.comm_s < full.comm_s
+        assert stage.compute_s < full.compute_s and stage.total_s < full.total_s
+    # Each stage moves its projection MLP both ways, as NeuLite's runs price it (spec neulite §2.5):
+    # block 4 (8.4 M parameters, the MLP's 3.7 M, the frozen prefix's download) moves more than
+    # the full model.
+    assert rows[3].comm_s > full.comm_s > rows[0].comm_s
 
 
 def test_over_commitment_keeps_the_devices_that_finish_first():
