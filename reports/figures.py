@@ -173,25 +173,30 @@ def ablation_figure(bars: pd.DataFrame) -> Figure:
 
 
 def info_plane_figure(points: pd.DataFrame) -> Figure:
-    """Fig. 2: one panel per run; per block the path of (nHSIC(X;Z), nHSIC(Y;Z)) over rounds,
-    points shaded from light (early) to dark (late), with a colour bar of the round."""
+    """Fig. 2: one panel per block, as the paper's Figs. 2a–d; in each, every run's path of
+    (nHSIC(X;Z), nHSIC(Y;Z)) over rounds, points shaded from light (early) to dark (late), with a
+    colour bar of the round, so that runs (end-to-end against progressive training, say) are
+    compared block by block."""
     runs = list(dict.fromkeys(points["run"]))
-    fig, axes = _grid(len(runs))
+    blocks = sorted(points["block"].unique())
+    fig, axes = _grid(len(blocks))
     last_round = max(points["round"].max() + 1, 1)  # rounds are 1-based on figures, as on the curves
-    for ax, run in zip(axes, runs, strict=True):
-        part = points[points["run"] == run]
-        for i, (block, path) in enumerate(part.groupby("block", sort=True)):
-            path = path.sort_values("round")
+    for ax, block in zip(axes, blocks, strict=True):
+        part = points[points["block"] == block]
+        for i, run in enumerate(runs):
+            path = part[part["run"] == run].sort_values("round")
+            if path.empty:
+                continue
             style = _style(i)
             ax.plot(path["xz"], path["yz"], color="0.5", linestyle=style["linestyle"], linewidth=0.8,
-                    label=f"block {block}", marker=style["marker"], markersize=0)
+                    label=run, marker=style["marker"], markersize=0)
             shaded = ax.scatter(path["xz"], path["yz"], c=path["round"] + 1, cmap="Greys", vmin=-0.3 * last_round,
                                 vmax=last_round, marker=style["marker"], edgecolors="0.0", linewidths=0.4, s=22)
         # The shading is time: say so on the figure itself, not only in the caption.
         colorbar = fig.colorbar(shaded, ax=ax, pad=0.02)
         colorbar.set_label("round (light = early, dark = late)", fontsize=8)
         colorbar.ax.set_ylim(0, last_round)
-        ax.set_title(run, fontsize=9)
+        ax.set_title(f"block {block}", fontsize=9)
         ax.set_xlabel("nHSIC(X; Z) (unitless, 0–1)")
         ax.set_ylabel("nHSIC(Y; Z) (unitless, 0–1)")
         ax.grid(True, color="0.9")

@@ -401,10 +401,12 @@ def test_ablation_variant_names_follow_the_specs_definition_of_each_bar(switches
     assert series.ablation_variant(*switches) == variant
 
 
-def test_info_plane_plots_each_blocks_nhsic_path_and_names_missing_metrics(store, tmp_path):
+def test_info_plane_gives_each_block_a_panel_with_every_runs_nhsic_path_and_names_missing_metrics(store, tmp_path):
     result = _report("info-plane", "--run", store["neulite_run"], "--tracking-uri", store["uri"], "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert (tmp_path / f"info-plane-{store['neulite_run'][:8]}.png").exists()
+
+    import pandas as pd
 
     from fedbench.reports import figures, series
     from fedbench.reports.runs import RunStore
@@ -413,13 +415,18 @@ def test_info_plane_plots_each_blocks_nhsic_path_and_names_missing_metrics(store
     keys = series.nhsic_keys(run_store.metric_keys(store["neulite_run"]))
     points = series.info_plane(run_store.histories([store["neulite_run"]], keys), "neulite")
     assert points[points["block"] == 2]["round"].tolist() == [1, 3]
-    fig = figures.info_plane_figure(points)
-    block1 = fig.axes[0].lines[0]
-    assert [round(v, 6) for v in block1.get_xdata()] == [0.8, 0.6]
-    assert [round(v, 6) for v in block1.get_ydata()] == [0.3, 0.5]
-    assert "nHSIC(X; Z)" in fig.axes[0].get_xlabel()
-    colorbar_labels = [ax.get_ylabel() for ax in fig.axes[1:]]
-    assert colorbar_labels == ["round (light = early, dark = late)"]  # the shading is explained
+    two_runs = pd.concat([points, points.assign(run="e2e", xz=points["xz"] / 2)], ignore_index=True)
+    fig = figures.info_plane_figure(two_runs)  # one panel per block, each run a path in it (Fig. 2a-d)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in panels] == [f"block {b}" for b in sorted(points["block"].unique())]
+    neulite, e2e = panels[0].lines
+    assert neulite.get_label() == "neulite" and e2e.get_label() == "e2e"
+    assert [round(v, 6) for v in neulite.get_xdata()] == [0.8, 0.6]
+    assert [round(v, 6) for v in neulite.get_ydata()] == [0.3, 0.5]
+    assert [round(v, 6) for v in e2e.get_xdata()] == [0.4, 0.3]
+    assert "nHSIC(X; Z)" in panels[0].get_xlabel()
+    colorbar_labels = {ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"}
+    assert colorbar_labels == {"round (light = early, dark = late)"}  # the shading is explained
 
     missing = _report("info-plane", "--run", store["fedavg_run"], "--tracking-uri", store["uri"])
     assert missing.exit_code == 2
