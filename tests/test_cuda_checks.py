@@ -137,3 +137,16 @@ def test_graphed_and_eager_smoke_runs_are_compared_method_by_method(tmp_path):
     assert "differ by more than 0.01" in rows["neulite"]
     assert "graphs: RuntimeError: capture failed" in rows["oort"] and "eager: missing" in rows["tifl"]
     assert done.stdout.rstrip().endswith("3 of 4 methods flagged")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_checks_install_the_checkout_for_a_python_that_imports_it_only_from_the_checkouts_root(tmp_path):
+    """On a bare GPU machine the script runs from the checkout's root, where ``python -c 'import
+    fedbench'`` finds the folder itself; the benchmark scripts, run from benchmarks/, do not. So
+    a Python without fedbench installed must be caught from outside the checkout and installed."""
+    bare = tmp_path / "python"
+    bare.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')  # no site-packages: fedbench not installed
+    bare.chmod(0o755)
+    done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], cwd=SCRIPT.parents[1], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "DEVICE": "cpu", "STEPS": "", "PYTHON": str(bare)})
+    assert "== installing" in done.stdout, done.stdout + done.stderr
