@@ -16,7 +16,8 @@ What a method gets
 
 Shared pieces a method calls instead of re-implementing them
     :func:`local_sgd` (the one local training loop, with a ``loss_fn`` hook;
-    :func:`graph_safe` marks a loss that a GPU run may replay from a CUDA graph),
+    :func:`graph_safe` marks a loss that a GPU run may replay from a CUDA graph,
+    :func:`graph_reusable` one whose graph may serve every client of the same model),
     :func:`weighted_average` / :func:`normalized_weights` (FedAvg averaging),
     :func:`overlap_count_average` (HeteroFL-style averaging of slices),
     :mod:`slicing` (width sub-models), :mod:`cutting` (depth/stage sub-models,
@@ -77,7 +78,7 @@ from fedbench.seeding import Stream, derive_seed, numpy_rng, torch_generator
 from fedbench.simulation.clock import DeviceCost, DeviceTime, VirtualClock, earliest, state_bytes
 from fedbench.simulation.fleet import Fleet
 from fedbench.training.aggregate import normalized_weights, overlap_count_average, weighted_average
-from fedbench.training.graphs import graph_safe
+from fedbench.training.graphs import graph_reusable, graph_safe
 from fedbench.training.loop import LocalResult, LossFn, cross_entropy_loss, local_sgd, placed_on
 
 __all__ = [
@@ -86,7 +87,7 @@ __all__ = [
     # errors a method raises for bad input
     "ConfigError", "FedbenchError", "MemoryBudgetError", "PluginError",
     # training, averaging, evaluation
-    "LocalResult", "LossFn", "cross_entropy_loss", "evaluate", "evaluate_outputs", "graph_safe", "local_sgd", "normalized_weights",
+    "LocalResult", "LossFn", "cross_entropy_loss", "evaluate", "evaluate_outputs", "graph_reusable", "graph_safe", "local_sgd", "normalized_weights",
     "overlap_count_average", "placed_on", "weighted_average",
     # seeded randomness
     "Stream", "derive_seed", "numpy_rng", "torch_generator",

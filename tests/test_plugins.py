@@ -114,7 +114,7 @@ def test_tuple_and_bool_options_from_the_command_line_reach_the_method_and_mlflo
     from fedbench.tracking.tracker import MlflowTracker
 
     client = RecordingClient()
-    monkeypatch.setattr(MlflowTracker, "_connect", lambda self: (client, "0"))
+    monkeypatch.setattr(MlflowTracker, "_connect", lambda self, create: (client, "0"))
     # In this process, so the recording client sees the params (the CLI's helper process is
     # tested against a real store in tests/test_tracking.py).
     monkeypatch.setattr("fedbench.tracking.helper_process.ProcessTracker", MlflowTracker)

@@ -210,8 +210,9 @@ def test_the_run_id_waits_for_a_run_still_being_created(store, tiny_config):
 def test_a_new_local_store_is_created_by_mlflow_and_works(tmp_path):
     path = tmp_path / "new" / "mlflow.db"
     tracker = MlflowTracker(f"sqlite:///{path}", experiment="created")
-    tracker.connect()
-    client, experiment_id = tracker._connection
+    tracker.connect()  # opens the store; the experiment comes with the first run
+    assert tracker.find_experiment()[1] is None
+    client, experiment_id = tracker._connect(create=True)
     run = client.create_run(experiment_id)
     client.log_metric(run.info.run_id, "eval/accuracy", 0.5)
     assert client.get_run(run.info.run_id).data.metrics == {"eval/accuracy": 0.5}
