@@ -142,11 +142,12 @@ def local_sgd(
     # LocalAdam's bias corrections change every step on the host: a graph would freeze them.
     graphed = graphs is not None and is_graph_safe(loss_fn) and train.optimizer == "sgd"
     cache = graphs if graphed and isinstance(graphs, StepGraphCache) and is_graph_reusable(loss_fn) else None
-    # What a kept graph froze: the loss, the SGD settings, which tensors train, and their memory.
-    settings = (loss_fn, train.batch_size, train.lr, train.momentum, train.weight_decay, max_grad_norm,
-                tuple(p.requires_grad for p in model.parameters()))
-    tensors = [*model.parameters(), *model.buffers()] if cache is not None else []
-    kept = cache.find(settings, tensors) if cache is not None else None
+    kept = None
+    if cache is not None:  # what a kept graph froze: the loss, the SGD settings, which tensors train, their memory
+        settings = (loss_fn, train.batch_size, train.lr, train.momentum, train.weight_decay, max_grad_norm,
+                    tuple(p.requires_grad for p in model.parameters()))
+        tensors = [*model.parameters(), *model.buffers()]
+        kept = cache.find(settings, tensors)
     if kept is not None:
         kept.optimizer.restart()
         step, optimizer = kept.steps, kept.optimizer
