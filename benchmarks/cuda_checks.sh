@@ -6,7 +6,8 @@
 #                                                            -> OUT/memory_cuda_ws0.{md,json}
 #   1c. for the 4 rows CUDA exceeds most: what is live at the peak and where it was allocated
 #      (torch's allocator history with C++ frames)          -> OUT/memory_explain.md
-#   2. one 2-round --device cuda run of every registered method on synthetic data -> OUT/smoke.jsonl
+#   2. one 3-round, 3-epoch --device cuda run of every registered method on synthetic data
+#                                                                       -> OUT/smoke.jsonl
 #  2g. the same runs with CUDA graphs, set against step 2's            -> OUT/smoke_graphs.{jsonl,md}
 #   3. the width/depth baselines at full width, ResNet18 on Fashion-MNIST, 30 rounds -> OUT/grid.jsonl
 #   4. the GPU path: round times of the transfer path, the resident path, CUDA graphs and 4 trainers
@@ -54,10 +55,13 @@ fi
 
 # The workload of steps 3-6: the figures' own, or a toy one that runs in seconds on a CPU.
 if [ "$DEVICE" = cpu ]; then
+  SMOKE_RUN=(--set rounds=2)
   MODEL=(--set model.name=cnn) BENCH=(--device cpu --model cnn --epochs 1 --threads 2 --plain-steps 40) THREADS=2
   PATHS_4=plain,transfer:3,resident:3,resident-cl:3,workers2:3 PATHS_5=resident:3 GRID_ROUNDS=2 LONG_EPOCHS=1 LONG_EVERY=2
   LONG_ROUNDS=${LONG_ROUNDS:-6} LONG_SECONDS=${LONG_SECONDS:-5} LONG_WORKERS=${LONG_WORKERS:-2} LONG_GRAPHS=false
 else
+  # 3 epochs over 3 rounds: a kept cross-entropy graph captures last-batch sizes and replays them
+  SMOKE_RUN=(--set rounds=3 --set train.local_epochs=3)
   MODEL=(--set model.name=resnet18 --set model.width=1.0) BENCH=(--device "$DEVICE") THREADS=8
   # Step 4's paths in order of need (docs/gpu.md has their measured round times): the plain loop, the
   # transfer path for the speed-up, CUDA graphs over 22 rounds for the 1,600-round projection, in
@@ -94,19 +98,19 @@ if [[ $STEPS == *" 1c "* ]]; then
   grep "^###" "$OUT/memory_explain.md"
 fi
 if [[ $STEPS == *" 2 "* ]]; then
-  echo "== 2. every method, 2 rounds on --device $DEVICE"
+  echo "== 2. every method, ${SMOKE_RUN[*]} on --device $DEVICE"
   timeout "$SMOKE_SECONDS" $PY "$ROOT/benchmarks/accuracy_grid.py" \
     --methods "$($PY -c 'from fedbench import registry; print(",".join(p.name for p in registry.available("methods")))')" \
-    --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 --set rounds=2 \
+    --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 "${SMOKE_RUN[@]}" \
     --set "device=$DEVICE" --set tracking.enabled=false --out "$OUT/smoke.jsonl"
 fi
 if [[ $STEPS == *" 2g "* ]] && [ "$DEVICE" = cpu ]; then
   echo "== 2g. every method graphed vs eager: skipped on the CPU (tests/test_graphs.py holds them bit for bit)"
 elif [[ $STEPS == *" 2g "* ]]; then
-  echo "== 2g. every method, the 2 rounds of step 2 with CUDA graphs, against step 2's eager runs"
+  echo "== 2g. every method, the runs of step 2 with CUDA graphs, against step 2's eager runs"
   timeout "$SMOKE_SECONDS" $PY "$ROOT/benchmarks/accuracy_grid.py" \
     --methods "$($PY -c 'from fedbench import registry; print(",".join(p.name for p in registry.available("methods")))')" \
-    --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 --set rounds=2 \
+    --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 "${SMOKE_RUN[@]}" \
     --set "device=$DEVICE" --set cuda_graphs=true --set tracking.enabled=false --out "$OUT/smoke_graphs.jsonl"
   $PY "$ROOT/benchmarks/compare_runs.py" "$OUT/smoke.jsonl" "$OUT/smoke_graphs.jsonl" --names eager,graphs \
     | tee "$OUT/smoke_graphs.md" | tail -n 1

@@ -227,34 +227,78 @@ def test_graphed_steps_warm_up_then_capture_once_and_replay_full_size_batches_on
         run(torch.ones(size, 2), torch.zeros(size))
     # two warm-ups, the capture's recording (run by its replay), a replay, the eager batch of 3, a replay
     assert calls == [4, 4, 4, 4, 3, 4]
-    assert run.images.shape == (4, 2) and run.graph is graph
+    assert run.captured_sizes == [4] and run.graph is graph and run.by_size[4].images.shape == (4, 2)
+
+
+def test_kept_graphed_steps_graph_every_batch_size_that_recurs():
+    calls: list[int] = []
+
+    def step(images, labels):
+        calls.append(images.shape[0])
+        return images.sum()
+
+    graph = CountingReplay()
+    run = GraphedSteps(step, 4, lambda: graph, "step", every_size=True)
+    for size in (4, 4, 4, 3, 4, 3, 2, 3, 3, 2):
+        run(torch.ones(size, 2), torch.zeros(size))
+    # size 3 warms up twice, is captured at its third batch and replayed at its fourth; 2 warms up
+    assert calls == [4, 4, 4, 3, 4, 3, 2, 3, 3, 2]
+    assert run.captured_sizes == [3, 4] and run.by_size[2].seen == 2
+    assert run.by_size[3].graph is not graph and run.by_size[3].images.shape == (3, 2)
 
 
 def _count_captures(method, monkeypatch, **train_overrides):
+    """(full-size captures, local trainings, the GraphedSteps made) of a 3-round graphed run."""
     monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
-    monkeypatch.setattr(CountingReplay, "captures", 0)
-    trainings = []
+    trainings, made = [], []
     train = method_module.local_sgd
 
     def counted(*args, **kwargs):
         trainings.append(1)
         return train(*args, **kwargs)
 
+    def made_steps(*args, **kwargs):
+        made.append(GraphedSteps(*args, **kwargs))
+        return made[-1]
+
     monkeypatch.setattr(method_module, "local_sgd", counted)
+    monkeypatch.setattr("fedbench.training.loop.GraphedSteps", made_steps)
     outcome(kit_config(method, rounds=3, train={"local_epochs": 2, "batch_size": 8, **train_overrides}))
-    return CountingReplay.captures, len(trainings)
+    full_size = sum(8 in steps.captured_sizes for steps in made)
+    return full_size, len(trainings), made
 
 
 def test_one_capture_serves_every_client_of_a_cross_entropy_method(monkeypatch):
-    captures, trainings = _count_captures("fedavg", monkeypatch)
-    assert trainings > 3 and captures == 1  # the bit-for-bit test above holds these runs to eager ones
+    captures, trainings, made = _count_captures("fedavg", monkeypatch)
+    assert trainings > 3 and captures == 1 and len(made) == 1  # the bit-for-bit test above holds these runs to eager ones
 
 
 def test_a_loss_made_per_client_or_a_new_lr_is_captured_again(monkeypatch):
-    captures, trainings = _count_captures("depthfl", monkeypatch)  # its loss is made per client
+    captures, trainings, made = _count_captures("depthfl", monkeypatch)  # its loss is made per client
     assert captures == trainings > 3
-    captures, trainings = _count_captures("fedavg", monkeypatch, lr_schedule="exponential", lr_decay=0.9)
+    assert all(steps.captured_sizes == [8] for steps in made)  # a last batch recurs too rarely in one training
+    captures, trainings, _ = _count_captures("fedavg", monkeypatch, lr_schedule="exponential", lr_decay=0.9)
     assert captures == 3  # one per round: each round's lr is frozen in its graph
+
+
+def test_a_kept_graph_replays_the_last_batches_of_later_clients_bit_for_bit(monkeypatch):
+    # 3 local epochs: each client's last-batch size recurs three times in its first training
+    config = kit_config("fedavg", rounds=3, train={"local_epochs": 3, "batch_size": 8})
+    eager_metrics, eager_model = outcome(config)
+    made = []
+
+    def made_steps(*args, **kwargs):
+        made.append(GraphedSteps(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
+    monkeypatch.setattr("fedbench.training.loop.GraphedSteps", made_steps)
+    graphed_metrics, graphed_model = outcome(config)
+    assert graphed_metrics == eager_metrics
+    assert all(torch.equal(eager_model[k], graphed_model[k]) for k in eager_model)
+    [steps] = made
+    smaller = [size for size in steps.captured_sizes if size < 8]
+    assert smaller and all(steps.by_size[size].seen > 3 for size in smaller)
 
 
 def test_a_kept_step_graph_serves_only_the_tensors_it_was_captured_over():

@@ -6,8 +6,9 @@ graph records the launches of one whole step (zero grads, forward, loss, backwar
 update) once and replays them with one call. :class:`GraphedSteps` does that per client: the
 first full-size batches run eagerly (they warm up cuDNN, cuBLAS and the momentum buffers), the
 next one is captured, and every later full-size batch is copied into the captured input tensors
-and replayed; a smaller last batch of an epoch runs eagerly. The kernels are those of the eager
-step, so a graphed client trains as an eager one does, up to GPU non-determinism.
+and replayed; a smaller last batch of an epoch runs eagerly (but see kept steps below). The
+kernels are those of the eager step, so a graphed client trains as an eager one does, up to GPU
+non-determinism.
 
 A graph replays the tensors it was captured with: it is captured afresh for every call of
 :func:`fedbench.training.loop.local_sgd` and dropped after it, so whatever a method's loss reads
@@ -16,10 +17,13 @@ loss marked :func:`graph_reusable` (a pure function of the model and the batch, 
 cross-entropy) lets one capture serve the next clients too: a :class:`StepGraphCache` keeps the
 graph and its optimizer while the model's tensors, the loss and the SGD settings stay the same
 (the client's weights are copied into the same tensors; its momentum buffers are zeroed in place,
-which the first update then fills exactly as a fresh optimizer's would).
+which the first update then fills exactly as a fresh optimizer's would). A kept step also graphs
+each smaller batch size once it has come twice: an epoch's last batch has one of at most
+``batch_size - 1`` sizes, which recur over a run's clients and rounds, so after the first rounds no
+step of such a run is eager.
 
 A loss marked :func:`graph_safe` that reads a value back to the host would be frozen at its
-captured value, or break the capture. The last warm-up step therefore runs with host
+captured value, or break the capture. The last warm-up step of each batch size therefore runs with host
 synchronisations turned into errors (``torch.cuda.set_sync_debug_mode``), and such a loss stops
 the run with one line naming it, before anything is captured. A capture that fails anyway stops
 the run too: a failed capture can leave the CUDA stream and allocator mid-capture, so no later
@@ -58,15 +62,25 @@ class StepGraph(Protocol):
 
     def replay(self) -> None: ...
 
+    def sibling(self) -> StepGraph:
+        """A graph for the same step at another batch size, replayed in turn with this one."""
+        ...
+
 
 class CudaStepGraph:
     """``torch.cuda.CUDAGraph`` around one step. Warm-up and capture share one side stream, as in
     PyTorch's whole-network capture: the momentum buffers and workspaces the warm-up makes belong
-    to the stream the graph then runs on."""
+    to the stream the graph then runs on.
 
-    def __init__(self) -> None:
+    Siblings (one per batch size of the same local training) share the stream and one memory pool:
+    they never run at once, and nothing a replay leaves in the pool is read after the next replay
+    starts (the loss it returns is added to the running total, in stream order, first), so the
+    pool holds the largest step's temporaries rather than every size's."""
+
+    def __init__(self, stream: torch.cuda.Stream | None = None, pool: object | None = None) -> None:
         self.graph = torch.cuda.CUDAGraph()
-        self.stream = torch.cuda.Stream()
+        self.stream = stream if stream is not None else torch.cuda.Stream()
+        self.pool = pool if pool is not None else torch.cuda.graph_pool_handle()
 
     @contextlib.contextmanager
     def warmup(self, strict: bool) -> Iterator[None]:
@@ -82,11 +96,14 @@ class CudaStepGraph:
             torch.cuda.current_stream().wait_stream(self.stream)
 
     def capture(self, step: Callable[[], None]) -> None:
-        with torch.cuda.graph(self.graph, stream=self.stream):
+        with torch.cuda.graph(self.graph, pool=self.pool, stream=self.stream):
             step()
 
     def replay(self) -> None:
         self.graph.replay()
+
+    def sibling(self) -> CudaStepGraph:
+        return CudaStepGraph(self.stream, self.pool)
 
 
 class ReplayedStep:
@@ -105,6 +122,9 @@ class ReplayedStep:
     def replay(self) -> None:
         assert self.step is not None, "replay before capture"
         self.step()
+
+    def sibling(self) -> ReplayedStep:
+        return type(self)()
 
 
 GRAPH_SAFE = "__fedbench_graph_safe__"
@@ -154,60 +174,83 @@ def _first_cause(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+@dataclass
+class _SizeGraph:
+    """One batch size's graph: how often that size came, and once captured, its static inputs and loss."""
+
+    graph: StepGraph
+    seen: int = 0
+    images: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+
+
 class GraphedSteps:
     """Runs ``step(images, labels) -> loss`` per batch, replaying a graph of it for full-size batches.
 
     ``step`` must read its batch only from the tensors it is given and return the loss tensor it
-    computed; ``name`` names the loss in the error if it cannot be graphed.
+    computed; ``name`` names the loss in the error if it cannot be graphed. With ``every_size``
+    (steps kept across clients, :class:`StepGraphCache`) each smaller batch size gets a graph of
+    its own too, in the same stream and memory pool: an epoch's last batch is one of at most
+    ``batch_size - 1`` sizes, which recur over a run's clients and rounds.
     """
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch_size: int,
-                 make_graph: Callable[[], StepGraph], name: str) -> None:
-        self.step, self.batch_size, self.name = step, batch_size, name
+                 make_graph: Callable[[], StepGraph], name: str, every_size: bool = False) -> None:
+        self.step, self.batch_size, self.name, self.every_size = step, batch_size, name, every_size
         self.graph = make_graph()
-        self.full_steps = 0
-        self.images: torch.Tensor | None = None  # the captured inputs; set once the graph is captured
-        self.labels: torch.Tensor | None = None
-        self.loss: torch.Tensor | None = None
+        self.by_size: dict[int, _SizeGraph] = {batch_size: _SizeGraph(self.graph)}
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if images.shape[0] != self.batch_size:
-            return self.step(images, labels)
-        self.full_steps += 1
-        if self.images is not None:
-            self.images.copy_(images)
-            self.labels.copy_(labels)
-            self.graph.replay()
-            return self.loss
-        if self.full_steps <= WARMUP_STEPS:
-            # The first warm-up may fill caches from the host (a class mask, say); the last one is
-            # the step the graph will record, so there a host synchronisation is an error.
-            try:
-                with self.graph.warmup(strict=self.full_steps == WARMUP_STEPS):
-                    return self.step(images, labels)
-            except RuntimeError as exc:
-                if HOST_SYNC_ERROR not in str(exc):
-                    raise
-                raise PluginError(
-                    f"{self.name} is marked graph_safe but a step of it reads a value back to the host "
-                    f"({_first_cause(exc)}), which a CUDA graph cannot replay; remove @graph_safe from it "
-                    "or run without --cuda-graphs"
-                ) from exc
-        captured_images, captured_labels = images.clone(), labels.clone()
+        size = images.shape[0]
+        entry = self.by_size.get(size)
+        if entry is None:
+            if not self.every_size:
+                return self.step(images, labels)
+            entry = self.by_size[size] = _SizeGraph(self.graph.sibling())
+        entry.seen += 1
+        if entry.images is not None:
+            entry.images.copy_(images)
+            entry.labels.copy_(labels)
+            entry.graph.replay()
+            return entry.loss
+        if entry.seen <= WARMUP_STEPS:
+            return self._warm_up(entry, images, labels)
+        self._capture(entry, images.clone(), labels.clone())
+        entry.graph.replay()  # capturing recorded the step without running it
+        return entry.loss
 
+    def _warm_up(self, entry: _SizeGraph, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # The first step may fill caches from the host (a class mask, say); a size's last warm-up
+        # is the step its graph will record, so there a host synchronisation is an error.
+        try:
+            with entry.graph.warmup(strict=entry.seen == WARMUP_STEPS):
+                return self.step(images, labels)
+        except RuntimeError as exc:
+            if HOST_SYNC_ERROR not in str(exc):
+                raise
+            raise PluginError(
+                f"{self.name} is marked graph_safe but a step of it reads a value back to the host "
+                f"({_first_cause(exc)}), which a CUDA graph cannot replay; remove @graph_safe from it "
+                "or run without --cuda-graphs"
+            ) from exc
+
+    def _capture(self, entry: _SizeGraph, images: torch.Tensor, labels: torch.Tensor) -> None:
         def recorded() -> None:
-            self.loss = self.step(captured_images, captured_labels)
+            entry.loss = self.step(images, labels)
 
         try:
-            self.graph.capture(recorded)
+            entry.graph.capture(recorded)
         except RuntimeError as exc:
             raise RuntimeError(
                 f"capturing a local step of {self.name} as a CUDA graph failed ({_first_cause(exc)}); "
                 "run without --cuda-graphs"
             ) from exc
-        self.images, self.labels = captured_images, captured_labels
-        self.graph.replay()  # capturing recorded the step without running it
-        return self.loss
+        entry.images, entry.labels = images, labels
+
+    @property
+    def captured_sizes(self) -> list[int]:
+        return sorted(size for size, entry in self.by_size.items() if entry.images is not None)
 
 
 @dataclass
