@@ -18,6 +18,11 @@ without it), 100 clients, Dirichlet alpha 0.5, 10 clients per round, ``--epochs`
                 NHWC layout cuDNN's tensor-core kernels compute in.
 ``plain``       a plain PyTorch loop training one model at batch 64 on the same resident data
                 (``torch.optim.SGD``): the images/s a sequential client could reach at best.
+``plain-graphsK`` K such models, each step of each captured as a CUDA graph on its own stream and
+                the K graphs replayed in turn from one thread: ``plain-graphs1`` is the graphed
+                sequential ceiling (the GPU's own time per step), ``plain-graphs4`` against it says
+                whether clients trained side by side on streams would fill the GPU better than one
+                after another (on a CPU the steps are called again instead, to check the code).
 
 For every (method, path): the first round (start-up and warm-up included), the steady round time
 (median of rounds 2 .. R-1; the last round also evaluates), images/s of a FedAvg round, the
@@ -34,6 +39,7 @@ machines can check it with ``--device cpu --model cnn --epochs 1 --rounds 3`` (p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -165,6 +171,68 @@ def plain_loop(args: argparse.Namespace) -> dict[str, Any]:
             "step_ms": 1000 * seconds / steps}
 
 
+def plain_graphs(args: argparse.Namespace, models: int, channels_last: bool = False) -> dict[str, Any]:
+    """``models`` plain loops, each step captured once as a graph on its own stream (and memory pool)
+    and replayed in turn: one thread launches all of them, so their kernels may overlap."""
+    from fedbench.core.setup import load_dataset
+    from fedbench.models import build_model
+    from fedbench.training.graphs import CudaStepGraph, ReplayedStep
+
+    steps, warmup = args.plain_steps, max(args.plain_steps // 10, 1)
+    cuda = args.device != "cpu"
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    dataset = load_dataset(workload("fedavg", "resident", args)).to(args.device)
+    order = torch.randint(0, dataset.num_train, (steps + warmup, models, 64), device=args.device)
+    torch.manual_seed(0)
+    trainers = []
+    for _ in range(models):
+        model = build_model(args.model, dataset.input_shape, dataset.num_classes, width=args.width)
+        model = model.to(args.device, memory_format=layout).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        first_images, first_labels = dataset.train_batch(order[0, 0])
+        images, labels = first_images.contiguous(memory_format=layout), first_labels.clone()
+
+        def step(model=model, optimizer=optimizer, images=images, labels=labels) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+
+        graph = CudaStepGraph() if cuda else ReplayedStep()
+        for _ in range(3):  # cuDNN's choices and the momentum buffers, on the graph's stream
+            with graph.warmup(strict=False):
+                step()
+        graph.capture(step)
+        trainers.append((graph, images, labels))
+    if cuda:
+        torch.cuda.synchronize()
+    for index in range(steps + warmup):
+        if index == warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        for k, (graph, images, labels) in enumerate(trainers):
+            with torch.cuda.stream(graph.stream) if cuda else contextlib.nullcontext():
+                batch_images, batch_labels = dataset.train_batch(order[index, k])
+                images.copy_(batch_images)
+                labels.copy_(batch_labels)
+                graph.replay()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"method": "-", "path": f"plain-graphs{models}" + ("-cl" if channels_last else ""), "steps": steps,
+            "images_per_s": steps * models * 64 / seconds, "step_ms": 1000 * seconds / (steps * models)}
+
+
+def plain_row(path: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The row of a ``plain`` or ``plain-graphsK[-cl]`` path."""
+    if path == "plain":
+        return plain_loop(args)
+    models = path.removeprefix("plain-graphs").removesuffix("-cl")
+    if not models.isdigit() or int(models) < 1:
+        raise ValueError(f"unknown path {path!r}; plain-graphsK takes a number of models K >= 1")
+    return plain_graphs(args, int(models), channels_last=path.endswith("-cl"))
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     base = {r["method"]: r["steady_round_s"] for r in rows if r.get("path") == "transfer"}
     fedavg = {r["path"]: r["steady_round_s"] for r in rows if r.get("method") == "fedavg" and "steady_round_s" in r}
@@ -209,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.paths.split(","):
         path, _, rounds = spec.partition(":")
         run_args = argparse.Namespace(**{**vars(args), "rounds": int(rounds) if rounds else args.rounds})
-        for method in ["-"] if path == "plain" else args.methods.split(","):
+        plain = path.startswith("plain")
+        for method in ["-"] if plain else args.methods.split(","):
             try:
-                row = plain_loop(run_args) if path == "plain" else measure(method, path, run_args)
+                row = plain_row(path, run_args) if plain else measure(method, path, run_args)
             except Exception as exc:  # one broken path must not cost the others' rows
                 row = {"method": method, "path": path, "error": f"{type(exc).__name__}: {exc}"[:500]}
             rows.append(row)

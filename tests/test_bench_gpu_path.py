@@ -29,3 +29,13 @@ def test_every_gpu_path_counts_the_images_its_fedavg_rounds_train(path):
     images = bench.trained_images(config, range(1, 3))  # counted on the CPU, whatever the path
     assert set(images) == {1, 2} and all(n > 0 and n % 2 == 0 for n in images.values())
     assert images == bench.trained_images(bench.workload("fedavg", "resident", args), range(1, 3))
+
+
+def test_the_graphed_plain_loops_run_and_name_a_bad_count(tmp_path):
+    bench = load_bench()
+    args = argparse.Namespace(data_dir=None, model="cnn", width=1.0, epochs=1, rounds=3, threads=1, device="cpu",
+                              plain_steps=4)
+    row = bench.plain_row("plain-graphs2-cl", args)  # steps called again on a CPU, the same bookkeeping
+    assert row["path"] == "plain-graphs2-cl" and row["steps"] == 4 and row["images_per_s"] > 0
+    with pytest.raises(ValueError, match="plain-graphsK takes a number of models K >= 1"):
+        bench.plain_row("plain-graphs0", args)
