@@ -12,6 +12,8 @@ without it), 100 clients, Dirichlet alpha 0.5, 10 clients per round, ``--epochs`
                 goes to the GPU and back, batches are made on the CPU.
 ``resident``    the default on a GPU: data (uint8), models and aggregation stay on the GPU.
 ``workersK``    ``resident`` with ``--executor process --workers K``: K trainers share the GPU.
+``streamsK``    ``resident`` with ``--executor streams --workers K``: K trainer threads in one
+                process, each on its own CUDA stream; ``graphs-streamsK`` with CUDA graphs.
 ``graphs``      ``resident`` with ``cuda_graphs``: each client's full-size steps replayed from a
                 CUDA graph; ``graphs-workersK`` both.
 ``...-cl``      any of these with ``channels_last`` (e.g. ``graphs-cl``): convolutions in the
@@ -33,7 +35,7 @@ evaluations (every 10 rounds). ``--profile`` also writes, for the serial paths, 
 one steady round by GPU time and the share of the round the GPU was busy (``profile_<path>.txt``).
 Writes ``OUT/gpu_path.json`` (one object per row) and ``OUT/gpu_path.md`` (the table). CPU-only
 machines can check it with ``--device cpu --model cnn --epochs 1 --rounds 3`` (paths ``resident``,
-``workersK``, ``plain``).
+``workersK``, ``streamsK``, ``plain``, ``plain-graphsK``).
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def workload(method: str, path: str, args: argparse.Namespace) -> RunConfig:
         path = path.removeprefix("graphs").removeprefix("-")
     if path.startswith("workers"):
         overrides.update(executor="process", workers=int(path.removeprefix("workers")))
+    if path.startswith("streams"):
+        overrides.update(executor="streams", workers=int(path.removeprefix("streams")))
     return make_config(overrides=overrides)
 
 

@@ -10,8 +10,8 @@
 #                                                                       -> OUT/smoke.jsonl
 #  2g. the same runs with CUDA graphs, set against step 2's            -> OUT/smoke_graphs.{jsonl,md}
 #   3. the width/depth baselines at full width, ResNet18 on Fashion-MNIST, 30 rounds -> OUT/grid.jsonl
-#   4. the GPU path: round times of the transfer path, the resident path, CUDA graphs and 4 trainers
-#      per GPU, a plain PyTorch loop's images/s, one profiled round per serial path
+#   4. the GPU path: round times of the transfer path, the resident path, CUDA graphs and 4 trainer
+#      threads per GPU, plain PyTorch loops' images/s, one profiled round per serial path
 #                                                   -> OUT/gpu_path.{md,json}, OUT/profile_*.txt
 #   5. DepthFL's round against FedAvg's on the resident path, eager and graphed
 #                                                                       -> OUT/depthfl_ratio.{md,json}
@@ -57,7 +57,7 @@ fi
 if [ "$DEVICE" = cpu ]; then
   SMOKE_RUN=(--set rounds=2)
   MODEL=(--set model.name=cnn) BENCH=(--device cpu --model cnn --epochs 1 --threads 2 --plain-steps 40) THREADS=2
-  PATHS_4=plain,plain-graphs2,transfer:3,resident:3,resident-cl:3,workers2:3 PATHS_5=resident:3 GRID_ROUNDS=2 LONG_EPOCHS=1 LONG_EVERY=2
+  PATHS_4=plain,plain-graphs2,transfer:3,resident:3,resident-cl:3,workers2:3,streams2:3 PATHS_5=resident:3 GRID_ROUNDS=2 LONG_EPOCHS=1 LONG_EVERY=2
   LONG_ROUNDS=${LONG_ROUNDS:-6} LONG_SECONDS=${LONG_SECONDS:-5} LONG_WORKERS=${LONG_WORKERS:-2} LONG_GRAPHS=false
 else
   # 3 epochs over 3 rounds: a kept cross-entropy graph captures last-batch sizes and replays them
@@ -66,8 +66,8 @@ else
   # Step 4's paths in order of need (docs/gpu.md has their measured round times): the plain loop, one
   # and four graphed plain loops on their own streams (does side-by-side training fill the GPU?), the
   # transfer path for the speed-up, CUDA graphs over 22 rounds for the 1,600-round projection, in
-  # both layouts (their accuracies must agree), the eager resident path.
-  PATHS_4=${PATHS_4:-plain,plain-graphs1,plain-graphs4,plain-graphs4-cl,transfer:4,graphs:22,graphs-cl:22,resident:12} PATHS_5=graphs:6,resident:4
+  # both layouts (their accuracies must agree), 4 graphed trainer threads, the eager resident path.
+  PATHS_4=${PATHS_4:-plain,plain-graphs1,plain-graphs4,plain-graphs4-cl,transfer:4,graphs:22,graphs-cl:22,graphs-streams4:12,resident:6} PATHS_5=graphs:6,resident:4
   GRID_ROUNDS=30 LONG_EPOCHS=5
   LONG_EVERY=20 LONG_ROUNDS=${LONG_ROUNDS:-400} LONG_SECONDS=${LONG_SECONDS:-480} LONG_WORKERS=${LONG_WORKERS:-1}
   LONG_GRAPHS=${LONG_GRAPHS:-true}  # the fastest path measured (docs/gpu.md); processes time-share the GPU

@@ -19,7 +19,8 @@ def load_bench():
     return module
 
 
-@pytest.mark.parametrize("path", ["transfer", "resident", "graphs", "workers4", "graphs-workers4", "graphs-cl"])
+@pytest.mark.parametrize("path", ["transfer", "resident", "graphs", "workers4", "graphs-workers4", "graphs-cl",
+                                  "graphs-streams4"])
 def test_every_gpu_path_counts_the_images_its_fedavg_rounds_train(path):
     bench = load_bench()
     args = argparse.Namespace(data_dir=None, model="cnn", width=1.0, epochs=2, rounds=4, threads=1, device="cuda")

@@ -56,7 +56,7 @@ def test_every_gpu_step_runs_on_the_cpu_and_a_stopped_run_continues_from_its_ret
     assert sorted(r["method"] for r in smoke) == sorted(p.name for p in registry.available("methods"))
     assert all("error" not in r and r["rounds_reached"] == 2 for r in smoke)
     paths = {r["path"]: r for r in json.loads((out / "gpu_path.json").read_text())}  # step 4
-    assert set(paths) == {"plain", "plain-graphs2", "transfer", "resident", "resident-cl", "workers2"}
+    assert set(paths) == {"plain", "plain-graphs2", "transfer", "resident", "resident-cl", "workers2", "streams2"}
     assert all(paths[p]["images_per_s"] > 0 if p.startswith("plain") else paths[p]["steady_round_s"] > 0 for p in paths)
     assert (out / "profile_fedavg_resident.txt").is_file() and (out / "profile_fedavg_transfer.txt").is_file()
     ratio = {r["method"]: r for r in json.loads((out / "depthfl_ratio.json").read_text())}  # step 5

@@ -34,7 +34,7 @@ def test_unknown_device_names_fail_with_the_accepted_forms(device):
 
 def test_several_trainers_share_a_gpu_through_the_process_executor_not_ray():
     assert make_config(overrides={"device": "cuda", "executor": "process", "workers": 4}).workers == 4
-    with pytest.raises(ConfigError, match=r"serial or process executor .*fedbench sweep GRID --executor ray"):
+    with pytest.raises(ConfigError, match=r"serial, process or streams executor .*fedbench sweep GRID --executor ray"):
         make_config(overrides={"device": "cuda", "executor": "ray"})
     with pytest.raises(ConfigError, match="needs the resident GPU path"):
         make_config(overrides={"device": "cuda", "executor": "process", "resident": False})

@@ -1,4 +1,4 @@
-"""Executors (issue 12 §2): serial, process and Ray give bit-identical runs for every method;
+"""Executors (issue 12 §2): serial, process, Ray and trainer threads give bit-identical runs for every method;
 bad executor settings, a missing Ray and a dying worker are one line each."""
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ from fedbench.cli.main import app
 from fedbench.core import checkpoint
 from fedbench.core.method import Assignment, Method
 from fedbench.errors import ConfigError, ExecutorError, PluginError
-from fedbench.execution.executors import ProcessExecutor, ProcessPool, SerialExecutor, make_executor
-from fedbench.execution.replica import split_work
+from fedbench.execution.executors import (
+    ProcessExecutor,
+    ProcessPool,
+    SerialExecutor,
+    StreamExecutor,
+    make_executor,
+)
+from fedbench.execution.replica import ServerSync, WorkerReplica, split_work
 from fedbench.testing import kit_config
 from fedbench.tracking.tracker import NullTracker
 
@@ -116,6 +122,58 @@ def test_worker_processes_train_each_round_with_its_scheduled_lr_like_the_serial
     assert serial[0][1]["train/loss"] != constant[0][1]["train/loss"]  # round 2 at a tenth of it
 
 
+def in_threads(config, executor, threads=2):
+    """``outcome`` with the process at ``threads`` torch threads, which trainer threads share."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return outcome(dataclasses.replace(config, threads=threads, executor_threads=None), executor)
+    finally:
+        executor.close()
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("method", BUILTIN_METHODS)
+def test_every_method_gives_bit_identical_results_serially_and_in_trainer_threads(method):
+    config = config_for(method)
+    serial = in_threads(config, SerialExecutor(None))
+    streams = in_threads(dataclasses.replace(config, executor="streams", executor_threads=None), StreamExecutor(2))
+    assert_same(serial, streams)
+
+
+def test_trainer_threads_hand_back_updates_as_their_tensors_not_through_bytes():
+    config = config_for("fedavg", executor="streams", executor_threads=None)
+    ctx, _ = engine.prepare(config)
+    method = engine.make_method(ctx)
+    replica = WorkerReplica(config, None, data=ctx.data)
+    assert replica.ctx.data is ctx.data  # the data set is shared, not loaded again
+    assignments = method.assign(0)
+    sync = ServerSync(method)
+    share = list(range(len(assignments)))
+    result = replica.train(sync.message(assignments, 0), share, in_process=True)
+    model_bytes = sum(p.numel() * p.element_size() for p in method.global_model.parameters())
+    assert result.tensors and len(result.payload) < model_bytes  # the tensors are referenced, not pickled
+    updates = sync.updates(assignments, [result])
+    assert all(any(v is t for t in result.tensors) for u in updates for v in u.state.values())
+
+
+def test_a_failing_trainer_thread_fails_the_round_with_its_own_error_after_the_others_stop(monkeypatch):
+    train = Method.local_update
+    finished = []
+
+    def local_update(self, client):
+        if client.client_id == min(a.client_id for a in self.assign(client.round_idx)):
+            raise PluginError("client says no")
+        finished.append(client.client_id)
+        return train(self, client)
+
+    monkeypatch.setattr(Method, "local_update", local_update)
+    config = config_for("fedavg", executor="streams", executor_threads=None)
+    with pytest.raises(PluginError, match="^client says no$"):
+        in_threads(config, StreamExecutor(2))
+    assert finished  # the other trainer ran its share to the end
+
+
 class CountsAggregations(Method):
     """FedAvg keeping an undeclared counter that the server changes in ``aggregate``."""
 
@@ -187,6 +245,9 @@ def one_line_error(args):
         (["--executor", "proces"], "unknown executor 'proces' (did you mean 'process'?); known: serial, process, ray"),
         (["--executor", "process", "--workers", "0"], "workers (0) must be >= 1"),
         (["--executor-threads", "0"], "executor_threads (0) must be >= 1"),
+        (["--executor", "streams", "--executor-threads", "2"],
+         "executor_threads (2) does not apply to the streams executor"),
+        (["--executor", "stream"], "unknown executor 'stream' (did you mean 'streams'?)"),
     ],
 )
 def test_bad_executor_settings_are_one_line(args, fragment):

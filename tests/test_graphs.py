@@ -346,3 +346,31 @@ def test_the_cuda_graphs_flag_on_a_cpu_run_is_one_line():
     result = CliRunner().invoke(app, ["run", "--cuda-graphs", "--dataset", "synthetic", "--no-tracking"])
     assert result.exit_code == 2
     assert "cuda_graphs needs the resident GPU path" in result.output
+
+
+def test_trainer_threads_replay_kept_graphs_as_the_serial_eager_run_trains(monkeypatch):
+    from fedbench.execution.executors import StreamExecutor
+
+    config = kit_config("fedavg", rounds=3, train={"local_epochs": 3, "batch_size": 8})
+    eager_metrics, eager_model = outcome(config)
+    made = []
+
+    def made_steps(*args, **kwargs):
+        made.append(GraphedSteps(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
+    monkeypatch.setattr("fedbench.training.loop.GraphedSteps", made_steps)
+    threaded = dataclasses.replace(config, executor="streams", workers=2, executor_threads=None)
+    ctx, _ = engine.prepare(threaded)
+    method = engine.make_method(ctx)
+    executor = StreamExecutor(2)
+    try:
+        executor.start(method)
+        rounds = engine.run_rounds(method, executor=executor)
+    finally:
+        executor.close()
+    assert [{k: v for k, v in r.metrics.items() if not k.startswith("time/")} for r in rounds] == eager_metrics
+    assert all(torch.equal(eager_model[k], v) for k, v in method.eval_model().state_dict().items())
+    # one kept step per trainer; torch's host-read check is process-wide, so it is off beside other threads
+    assert len(made) == 2 and not any(steps.check_host_reads for steps in made)

@@ -37,7 +37,7 @@ PRESETS = ("paper", "official")
 # How a client's update is weighted in the average.
 WEIGHTINGS = ("uniform", "samples")
 # How a round's local updates run (fedbench/execution/executors.py).
-EXECUTORS = ("serial", "process", "ray")
+EXECUTORS = ("serial", "process", "ray", "streams")
 # RunConfig fields that decide where work runs, never what it computes: not in the run key.
 EXECUTION_FIELDS = ("executor", "workers", "executor_threads", "resident", "cuda_graphs", "channels_last")
 # Compute devices a run may use (RunConfig.device).
@@ -90,7 +90,8 @@ class RunConfig:
     threads: int = 2
     # Where a round's local updates run (docs/executors.md): `serial` in this process, `process`
     # in `workers` worker processes, `ray` in `workers` Ray actors, each with `executor_threads`
-    # torch threads (default: threads // workers; serial: threads). Not part of the run key.
+    # torch threads (default: threads // workers; serial: threads); `streams` in `workers` threads
+    # of this process, each on its own CUDA stream on a GPU. Not part of the run key.
     executor: str = "serial"
     workers: int = 2
     executor_threads: int | None = None
@@ -151,10 +152,16 @@ class RunConfig:
             close = difflib.get_close_matches(self.executor, EXECUTORS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown executor '{self.executor}'{hint}; known: {', '.join(EXECUTORS)}")
-        require(self.workers >= 1, f"workers ({self.workers}) must be >= 1 (worker processes or Ray actors)")
+        require(self.workers >= 1,
+                f"workers ({self.workers}) must be >= 1 (worker processes, Ray actors or trainer threads)")
         require(
             self.executor_threads is None or self.executor_threads >= 1,
             f"executor_threads ({self.executor_threads}) must be >= 1, or unset for threads // workers",
+        )
+        require(
+            self.executor_threads is None or self.executor != "streams",
+            f"executor_threads ({self.executor_threads}) does not apply to the streams executor, whose trainer "
+            "threads share the process's torch threads; set --threads instead",
         )
         require(
             DEVICE_PATTERN.fullmatch(self.device) is not None,
@@ -162,8 +169,8 @@ class RunConfig:
         )
         require(
             self.device == "cpu" or self.executor != "ray",
-            f"device {self.device} runs with the serial or process executor (got executor 'ray'); for several "
-            "trainers on one GPU use --executor process --workers K, for GPU cells on a Ray cluster "
+            f"device {self.device} runs with the serial, process or streams executor (got executor 'ray'); for "
+            "several trainers on one GPU use --executor streams (or process) --workers K, for GPU cells on a Ray cluster "
             "`fedbench sweep GRID --executor ray` (docs/gpu.md)",
         )
         require(

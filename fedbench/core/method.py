@@ -307,7 +307,7 @@ class Method:
         if make_graph is None:
             return None
         if self._graphs is None or self._graphs.make_graph is not make_graph:
-            self._graphs = StepGraphCache(make_graph)
+            self._graphs = StepGraphCache(make_graph, check_host_reads=self.ctx.config.executor != "streams")
         return self._graphs
 
     def worker_model(self) -> nn.Module:

@@ -68,9 +68,14 @@ def prepare(config: RunConfig) -> tuple[RunContext, dict]:
     home = home_device(config)
     if home.type != "cpu":  # split on the CPU (the partitioners are NumPy), then moved once
         data = FederatedData(dataset.to(home), data.shards)
-    ctx = RunContext(config=config, data=data, device=home)
+    return run_context(config, data), stats
+
+
+def run_context(config: RunConfig, data: FederatedData) -> RunContext:
+    """The run context over ``data`` (already split, and on the run's device): its fleet made."""
+    ctx = RunContext(config=config, data=data, device=home_device(config))
     ctx.fleet = make_fleet(config.fleet, data.num_clients, config.seed, ctx.reference_peak_bytes)
-    return ctx, stats
+    return ctx
 
 
 def make_method(ctx: RunContext) -> Method:
@@ -91,7 +96,7 @@ def check_parallelism(config: RunConfig) -> None:
     if config.threads > limit:
         raise ConfigError(f"threads ({config.threads}) is above {limit}, {MAX_THREADS_PER_CPU} per CPU of this "
                           f"machine ({cpus}); use --threads {cpus}")
-    if config.executor == "process" and config.workers > limit:
+    if config.executor in ("process", "streams") and config.workers > limit:
         raise ConfigError(f"workers ({config.workers}) is above {limit}, {MAX_THREADS_PER_CPU} per CPU of this "
                           f"machine ({cpus}); use --workers {max(1, cpus // 2)} or fewer")
 

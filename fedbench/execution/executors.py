@@ -6,6 +6,9 @@
                       threads and its own copy of the run (data loaded once per worker).
 ``ray``               the same workers as Ray actors, on a local Ray or the cluster at
                       ``$RAY_ADDRESS`` (``pip install "fedbench[ray]"``).
+``streams``           ``workers`` trainer threads in this process, each with its own copy of the
+                      method (the data set shared) and, on a GPU, its own CUDA stream, so that
+                      their kernels and graph replays overlap on the one GPU.
 
 Assign, aggregate and evaluation always run in the server process; only local updates move.
 The state a worker needs travels as tensors plus the attributes that changed
@@ -19,6 +22,9 @@ A worker that dies (killed, out of memory, ``os._exit``) fails the round with on
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import logging
 import os
 import pickle
@@ -27,6 +33,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from concurrent import futures as concurrent_futures
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -37,7 +44,7 @@ import torch
 from fedbench.config import RunConfig, build_dataclass
 from fedbench.core.method import Assignment, ClientContext, Method, Update
 from fedbench.errors import ConfigError, ExecutorError, FedbenchError
-from fedbench.execution.replica import ServerSync, WorkerReplica, WorkerResult, split_work
+from fedbench.execution.replica import RoundMessage, ServerSync, WorkerReplica, WorkerResult, split_work
 from fedbench.execution.worker_start import worker_context
 
 log = logging.getLogger(__name__)
@@ -66,12 +73,13 @@ def update_threads(config: RunConfig) -> int:
     executor and ``threads // workers`` (at least 1) for the others."""
     if config.executor_threads is not None:
         return config.executor_threads
-    return config.threads if config.executor == "serial" else max(1, config.threads // config.workers)
+    in_process = config.executor in ("serial", "streams")  # torch's thread count is the process's
+    return config.threads if in_process else max(1, config.threads // config.workers)
 
 
 def cpu_demand(config: RunConfig) -> int:
     """CPUs a run keeps busy: the server's threads, or its workers' when they are more."""
-    if config.executor == "serial":
+    if config.executor in ("serial", "streams"):
         return config.executor_threads or config.threads
     return max(config.threads, config.workers * update_threads(config))
 
@@ -116,6 +124,8 @@ def make_executor(config: RunConfig) -> Executor:
         return ProcessExecutor(config.workers, update_threads(config))
     if config.executor == "ray":
         return RayExecutor(config.workers, update_threads(config))
+    if config.executor == "streams":
+        return StreamExecutor(config.workers)
     return SerialExecutor(config.executor_threads)
 
 
@@ -142,6 +152,64 @@ class SerialExecutor:
 
     def close(self) -> None:
         pass
+
+
+# ------------------------------------------------------------------- streams
+class StreamExecutor:
+    """Local updates in ``workers`` threads of this process. Each thread keeps a
+    :class:`WorkerReplica` (its own method, worker model and CUDA graphs; the server's data set)
+    synced by the same round messages as a worker process, and on a GPU computes on its own CUDA
+    stream: one trainer's kernels and graph replays fill the GPU while another's host work runs,
+    where worker processes without MPS take turns on it. Nothing is pickled through bytes but
+    the method's state: the round's tensors are copied stream to stream, updates come back as
+    the tensors they are.
+
+    The trainers share the process's torch threads (``threads``); a client's work depends only on
+    (seed, round, client), so a run gives the serial executor's results, bit for bit on the CPU.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.replicas: list[WorkerReplica] = []
+        self.streams: list[torch.cuda.Stream | None] = []
+        self._sync: ServerSync | None = None
+        self._threads = concurrent_futures.ThreadPoolExecutor(workers, thread_name_prefix="fedbench-trainer")
+
+    def start(self, method: Method) -> None:
+        self._sync = ServerSync(method)
+        ctx = method.ctx
+        self.replicas = [WorkerReplica(ctx.config, None, data=ctx.data) for _ in range(self.workers)]
+        on_gpu = ctx.device.type == "cuda"
+        self.streams = [torch.cuda.Stream(ctx.device) if on_gpu else None for _ in range(self.workers)]
+
+    def local_updates(self, method: Method, assignments: Sequence[Assignment], round_idx: int) -> list[Update]:
+        if not assignments:
+            return []
+        assert self._sync is not None, "start() comes first"
+        message = self._sync.message(assignments, round_idx)
+        shares = split_work(_costs(method, assignments), self.workers)
+        for stream in self.streams:  # the server's tensors are ready before a trainer copies them
+            if stream is not None:
+                stream.wait_stream(torch.cuda.current_stream(stream.device))
+        trainings = [self._threads.submit(self._train, index, message, share) for index, share in enumerate(shares)]
+        concurrent_futures.wait(trainings)  # every trainer stops before a failure is raised
+        return self._sync.updates(assignments, [training.result() for training in trainings])
+
+    def _train(self, index: int, message: RoundMessage, share: list[int]) -> WorkerResult:
+        """One trainer's share: the message's mutable parts copied (each replica keeps what it
+        is given), its kernels on its stream, finished before the server reads the updates."""
+        own = dataclasses.replace(message, context=copy.deepcopy(message.context),
+                                  device_state=copy.deepcopy(message.device_state))
+        stream = self.streams[index]
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            result = self.replicas[index].train(own, share, in_process=True)
+        if stream is not None:
+            stream.synchronize()
+        return result
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)
+        self.replicas = []
 
 
 # ------------------------------------------------------------------- failures

@@ -45,10 +45,11 @@ from torch import nn
 from fedbench.config import RunConfig
 from fedbench.core.context import RunContext
 from fedbench.core.method import Assignment, ClientContext, Method, Update
-from fedbench.core.setup import make_method, prepare
+from fedbench.core.setup import make_method, prepare, run_context
+from fedbench.data import FederatedData
 from fedbench.errors import PluginError
 
-MODULE, WORK, CONTEXT, METHOD = "module", "work", "context", "method"
+MODULE, WORK, CONTEXT, METHOD, TENSOR = "module", "work", "context", "method", "tensor"
 _BY_VALUE = (type(None), bool, int, float, complex, str, bytes)
 
 
@@ -72,6 +73,7 @@ class WorkerResult:
 
     payload: bytes  # pickled list[(assignment index, Update)]
     device_state: dict[str, dict[int, Any]]
+    tensors: list[torch.Tensor] | None = None  # in-process trainers: the payload's tensors, by reference
 
 
 # ----------------------------------------------------------------- references
@@ -111,13 +113,16 @@ class ModuleTable:
 
 
 class _Pickler(pickle.Pickler):
-    """Pickles modules (and optionally known objects) as references into tables."""
+    """Pickles modules (and optionally known objects) as references into tables; with ``tensors``
+    (a list), every tensor too, appended to it: for a reader in the same process, which then takes
+    the tensors themselves instead of copies through bytes (a GPU tensor's go through the host)."""
 
     def __init__(
-        self, file: io.BytesIO, table: ModuleTable, *, grow: bool, shared: Mapping[int, tuple[str, int]]
+        self, file: io.BytesIO, table: ModuleTable, *, grow: bool, shared: Mapping[int, tuple[str, int]],
+        tensors: list[torch.Tensor] | None = None,
     ) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.table, self.grow, self.shared = table, grow, shared
+        self.table, self.grow, self.shared, self.tensors = table, grow, shared, tensors
 
     def persistent_id(self, obj: Any) -> tuple[str, int] | None:
         if isinstance(obj, _BY_VALUE):
@@ -127,6 +132,9 @@ class _Pickler(pickle.Pickler):
             if index is None and self.grow:
                 index = self.table.add(obj)
             return (MODULE, index) if index is not None else None  # unknown: pickled whole
+        if self.tensors is not None and isinstance(obj, torch.Tensor):
+            self.tensors.append(obj)
+            return (TENSOR, len(self.tensors) - 1)
         return self.shared.get(id(obj))
 
 
@@ -140,9 +148,10 @@ class _Unpickler(pickle.Unpickler):
         return self.modules[index] if kind == MODULE else self.shared[kind][index]
 
 
-def dumps(obj: Any, table: ModuleTable, *, grow: bool = False, shared: Mapping[int, tuple[str, int]] = {}) -> bytes:
+def dumps(obj: Any, table: ModuleTable, *, grow: bool = False, shared: Mapping[int, tuple[str, int]] = {},
+          tensors: list[torch.Tensor] | None = None) -> bytes:
     buffer = io.BytesIO()
-    _Pickler(buffer, table, grow=grow, shared=shared).dump(obj)
+    _Pickler(buffer, table, grow=grow, shared=shared, tensors=tensors).dump(obj)
     return buffer.getvalue()
 
 
@@ -296,7 +305,7 @@ class ServerSync:
         objects = {**objects, WORK: [a.work for a in assignments]}
         by_index: dict[int, Update] = {}
         for result in results:
-            for index, update in loads(result.payload, self._table.modules, objects):
+            for index, update in loads(result.payload, self._table.modules, {**objects, TENSOR: result.tensors or []}):
                 by_index[index] = update
             for name, entries in result.device_state.items():
                 getattr(self.method, name).update(entries)
@@ -308,12 +317,17 @@ class ServerSync:
 
 # -------------------------------------------------------------------- worker
 class WorkerReplica:
-    """A worker's copy of the run: its own data, context and method, synced by messages."""
+    """A worker's copy of the run: its own data, context and method, synced by messages.
 
-    def __init__(self, config: RunConfig, threads: int) -> None:
-        torch.set_num_threads(threads)
+    ``threads``: the worker process's torch threads (None: leave the process's setting, for a
+    trainer thread in the server's process). ``data``: the server's split data set, shared by a
+    replica in the same process instead of loaded again (a run never changes it)."""
+
+    def __init__(self, config: RunConfig, threads: int | None, data: FederatedData | None = None) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.config = config
-        ctx, _ = prepare(config)
+        ctx = prepare(config)[0] if data is None else run_context(config, data)
         self.method = make_method(ctx)
         self.device_attributes = client_state_attributes(self.method)
         self._modules: list[nn.Module] = []
@@ -348,8 +362,9 @@ class WorkerReplica:
             setattr(self.method, name, dict(message.device_state.get(name, {})))
         return loads(message.assignments, self._modules, objects)
 
-    def train(self, message: RoundMessage, share: Sequence[int]) -> WorkerResult:
-        """Run ``local_update`` for the assignments at positions ``share``."""
+    def train(self, message: RoundMessage, share: Sequence[int], in_process: bool = False) -> WorkerResult:
+        """Run ``local_update`` for the assignments at positions ``share``; ``in_process``: the
+        server reads the result in this process, so the updates' tensors go by reference."""
         assignments = self.apply(message)
         before = undeclared_summary(self.method)
         updates = [(i, self.method.local_update(ClientContext.of(self.ctx, assignments[i], message.round_idx)))
@@ -363,13 +378,14 @@ class WorkerReplica:
             )
         shared, _ = _run_objects(self.method)
         works = {id(a.work): (WORK, i) for i, a in enumerate(assignments) if not isinstance(a.work, _BY_VALUE)}
-        payload = dumps(updates, ModuleTable(self._modules), shared={**works, **shared})
+        tensors: list[torch.Tensor] | None = [] if in_process else None
+        payload = dumps(updates, ModuleTable(self._modules), shared={**works, **shared}, tensors=tensors)
         trained = {assignments[i].client_id for i in share}
         device_state = {
             name: {c: v for c, v in getattr(self.method, name).items() if c in trained}
             for name in self.device_attributes
         }
-        return WorkerResult(payload, device_state)
+        return WorkerResult(payload, device_state, tensors)
 
 
 def split_work(costs: Sequence[int], workers: int) -> list[list[int]]:

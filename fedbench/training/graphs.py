@@ -37,6 +37,7 @@ training to the eager one's, bit for bit, through the same buffers and steps.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,6 +47,7 @@ import torch
 from fedbench.errors import PluginError
 
 WARMUP_STEPS = 2  # eager full-size steps before the capture (PyTorch's examples use a few)
+_CAPTURING = threading.Lock()  # one capture at a time in a process
 # What torch raises for a synchronising op under ``set_sync_debug_mode("error")``.
 HOST_SYNC_ERROR = "called a synchronizing CUDA operation"
 
@@ -96,7 +98,11 @@ class CudaStepGraph:
             torch.cuda.current_stream().wait_stream(self.stream)
 
     def capture(self, step: Callable[[], None]) -> None:
-        with torch.cuda.graph(self.graph, pool=self.pool, stream=self.stream):
+        # Trainer threads (executor ``streams``) capture one at a time (entering a capture
+        # synchronises the device and empties the allocator's cache); "thread_local" lets the others
+        # allocate and synchronise meanwhile, outside the capture.
+        with _CAPTURING, torch.cuda.graph(self.graph, pool=self.pool, stream=self.stream,
+                                          capture_error_mode="thread_local"):
             step()
 
     def replay(self) -> None:
@@ -189,15 +195,19 @@ class GraphedSteps:
     """Runs ``step(images, labels) -> loss`` per batch, replaying a graph of it for full-size batches.
 
     ``step`` must read its batch only from the tensors it is given and return the loss tensor it
-    computed; ``name`` names the loss in the error if it cannot be graphed. With ``every_size``
-    (steps kept across clients, :class:`StepGraphCache`) each smaller batch size gets a graph of
-    its own too, in the same stream and memory pool: an epoch's last batch is one of at most
-    ``batch_size - 1`` sizes, which recur over a run's clients and rounds.
+    computed; ``name`` names the loss in the error if it cannot be graphed. ``check_host_reads``:
+    whether the last warm-up turns host synchronisations into errors (torch's switch for it is
+    process-wide, so beside other trainer threads it would fail their legitimate reads). With
+    ``every_size`` (steps kept across clients, :class:`StepGraphCache`) each smaller batch size
+    gets a graph of its own too, in the same stream and memory pool: an epoch's last batch is one
+    of at most ``batch_size - 1`` sizes, which recur over a run's clients and rounds.
     """
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch_size: int,
-                 make_graph: Callable[[], StepGraph], name: str, every_size: bool = False) -> None:
+                 make_graph: Callable[[], StepGraph], name: str, every_size: bool = False,
+                 check_host_reads: bool = True) -> None:
         self.step, self.batch_size, self.name, self.every_size = step, batch_size, name, every_size
+        self.check_host_reads = check_host_reads
         self.graph = make_graph()
         self.by_size: dict[int, _SizeGraph] = {batch_size: _SizeGraph(self.graph)}
 
@@ -224,7 +234,7 @@ class GraphedSteps:
         # The first step may fill caches from the host (a class mask, say); a size's last warm-up
         # is the step its graph will record, so there a host synchronisation is an error.
         try:
-            with entry.graph.warmup(strict=entry.seen == WARMUP_STEPS):
+            with entry.graph.warmup(strict=entry.seen == WARMUP_STEPS and self.check_host_reads):
                 return self.step(images, labels)
         except RuntimeError as exc:
             if HOST_SYNC_ERROR not in str(exc):
@@ -275,8 +285,9 @@ class StepGraphCache:
     two eager warm-up steps and a capture per client. One slot: a run trains one worker model at a
     time, and a miss (another model, loss or lr) replaces it, freeing the old graph's memory."""
 
-    def __init__(self, make_graph: Callable[[], StepGraph]) -> None:
+    def __init__(self, make_graph: Callable[[], StepGraph], check_host_reads: bool = True) -> None:
         self.make_graph = make_graph
+        self.check_host_reads = check_host_reads  # False where trainer threads share the process
         self.slot: CachedStep | None = None
 
     def __call__(self) -> StepGraph:

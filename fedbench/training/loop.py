@@ -155,7 +155,9 @@ def local_sgd(
         step, optimizer = _new_step(model, trained, train, loss_fn, max_grad_norm)
         if graphed:
             name = getattr(loss_fn, "__qualname__", type(loss_fn).__qualname__)
-            step = GraphedSteps(step, train.batch_size, graphs, name, every_size=cache is not None)
+            check = not isinstance(graphs, StepGraphCache) or graphs.check_host_reads
+            step = GraphedSteps(step, train.batch_size, graphs, name, every_size=cache is not None,
+                                check_host_reads=check)
             if cache is not None:
                 cache.keep(CachedStep(settings, tensors, step, optimizer))
     num = int(indices.numel())
