@@ -198,10 +198,13 @@ class StreamExecutor:
     def _train(self, index: int, message: RoundMessage, share: list[int]) -> WorkerResult:
         """One trainer's share: the message's mutable parts copied (each replica keeps what it
         is given), its kernels on its stream, finished before the server reads the updates."""
-        own = dataclasses.replace(message, context=copy.deepcopy(message.context),
-                                  device_state=copy.deepcopy(message.device_state))
         stream = self.streams[index]
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        with contextlib.ExitStack() as on_stream:
+            if stream is not None:  # a new thread starts on device 0's default stream
+                on_stream.enter_context(torch.cuda.device(stream.device))
+                on_stream.enter_context(torch.cuda.stream(stream))
+            own = dataclasses.replace(message, context=copy.deepcopy(message.context),
+                                      device_state=copy.deepcopy(message.device_state))
             result = self.replicas[index].train(own, share, in_process=True)
         if stream is not None:
             stream.synchronize()
