@@ -38,6 +38,7 @@ from fedbench.api import (
     BlockModel,
     ClientContext,
     ConfigError,
+    LossFn,
     MemoryBudgetError,
     Method,
     OutputModule,
@@ -53,7 +54,7 @@ from fedbench.api import (
     evaluate,
     evaluate_outputs,
     format_bytes,
-    graph_safe,
+    graph_reusable,
     nhsic,
     one_hot,
     output_module,
@@ -249,11 +250,17 @@ class LossStats:
     """Running sums of one device's loss terms, kept on the training device (no sync per batch).
 
     The sums are one tensor made at the first batch and added to in place, with no Python state
-    per batch, so the curriculum loss can be replayed from a CUDA graph (:func:`graph_safe`);
-    the number of batches is the local loop's step count."""
+    per batch, so the curriculum loss can be replayed from a CUDA graph (:func:`graph_reusable`:
+    a stage keeps one and zeroes it per device); the number of batches is the local loop's step
+    count."""
 
     def __init__(self) -> None:
         self.sums: torch.Tensor | None = None  # ce, nhsic_zx, nhsic_py, dropped batches
+
+    def reset(self) -> None:
+        """Start the next device's sums in the same tensor (a kept CUDA graph adds to it)."""
+        if self.sums is not None:
+            self.sums.zero_()
 
     def add(self, terms: LossTerms) -> None:
         used = terms.used.to(terms.ce.dtype)  # nHSIC means over the batches whose terms entered the loss
@@ -341,6 +348,7 @@ class NeuLite(Method):
             )
         self.skipped_rounds = [0] * self.num_stages
         self._workers: dict[int, NeuLiteStage] = {}
+        self._losses: dict[int, tuple[object, LossFn, LossStats]] = {}  # per stage: _stage_loss
         self.stem_after_stage1: dict[str, torch.Tensor] | None = None
         self._last_stage: int | None = None  # the stage of the round being run (for evaluate)
         self.stage_outputs = nn.ModuleList(stage_output_modules(w.model) for w in self.stages)
@@ -379,20 +387,33 @@ class NeuLite(Method):
         worker.load_state_dict(work.model.state_dict())
         for name, param in worker.named_parameters():
             param.requires_grad_(name in work.trainable)
-        stats = LossStats()
-        loss_fn = cross_entropy_loss
-        if work.loss_fn is not None:
-            curriculum: CurriculumLoss = work.loss_fn  # type: ignore[assignment]
-
-            @graph_safe
-            def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-                terms = curriculum.terms(model, images, labels)  # type: ignore[arg-type]
-                stats.add(terms)
-                return terms.loss
-
+        loss_fn, stats = self._stage_loss(work)
         update = self.train_client(worker, client, loss_fn=loss_fn)
         update.extra.update(stats.as_dict(update.num_steps))
         return update
+
+    def _stage_loss(self, work: Workload) -> tuple[LossFn, LossStats]:
+        """The stage's loss and its running sums, made once per stage and zeroed per device: the
+        same function over the same tensors for every device of the stage, so one CUDA graph
+        capture serves them all (:func:`graph_reusable`) instead of one per device."""
+        k = work.model.stage
+        kept = self._losses.get(k)
+        if kept is None or kept[0] != work.loss_fn:
+            stats = LossStats()
+            loss_fn: LossFn = cross_entropy_loss
+            if work.loss_fn is not None:
+                curriculum: CurriculumLoss = work.loss_fn  # type: ignore[assignment]
+
+                @graph_reusable
+                def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+                    terms = curriculum.terms(model, images, labels)  # type: ignore[arg-type]
+                    stats.add(terms)
+                    return terms.loss
+
+            kept = self._losses[k] = (work.loss_fn, loss_fn, stats)
+        _, loss_fn, stats = kept
+        stats.reset()
+        return loss_fn, stats
 
     def aggregate(self, round_idx: int, updates: Sequence[Update]) -> None:
         """Mean of the stage model's whole state, written back into W (prefix + block k) and O_k (§2.8)."""

@@ -273,6 +273,12 @@ def test_one_capture_serves_every_client_of_a_cross_entropy_method(monkeypatch):
     assert trainings > 3 and captures == 1 and len(made) == 1  # the bit-for-bit test above holds these runs to eager ones
 
 
+def test_neulite_captures_once_per_stage_visit_not_per_device(monkeypatch):
+    captures, trainings, made = _count_captures("neulite", monkeypatch)
+    stage_visits = len({id(steps) for steps in made})  # a stage's loss, kept while its rounds last
+    assert trainings > 3 and captures == stage_visits <= 3 and captures < trainings
+
+
 def test_a_loss_made_per_client_or_a_new_lr_is_captured_again(monkeypatch):
     captures, trainings, made = _count_captures("depthfl", monkeypatch)  # its loss is made per client
     assert captures == trainings > 3
