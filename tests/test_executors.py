@@ -174,6 +174,28 @@ def test_a_failing_trainer_thread_fails_the_round_with_its_own_error_after_the_o
     assert finished  # the other trainer ran its share to the end
 
 
+def test_a_closed_streams_executor_gives_up_a_round_before_its_next_client(monkeypatch):
+    config = config_for("fedavg", executor="streams", executor_threads=None)
+    ctx, _ = engine.prepare(config)
+    method = engine.make_method(ctx)
+    executor = StreamExecutor(2)
+    executor.start(method)
+    trained = []
+    train = Method.local_update
+
+    def local_update(self, client):
+        trained.append(client.client_id)
+        executor._stop.set()  # as close() does when the server is interrupted mid-round
+        return train(self, client)
+
+    monkeypatch.setattr(Method, "local_update", local_update)
+    assignments = method.assign(0)
+    with pytest.raises(ExecutorError, match="round 1 given up: the executor was closed"):
+        executor.local_updates(method, assignments, 0)
+    assert 0 < len(trained) <= 2 < len(assignments)  # each trainer finished at most the client it was on
+    executor.close()
+
+
 class CountsAggregations(Method):
     """FedAvg keeping an undeclared counter that the server changes in ``aggregate``."""
 

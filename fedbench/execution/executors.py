@@ -31,6 +31,7 @@ import pickle
 import re
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from concurrent import futures as concurrent_futures
@@ -174,6 +175,7 @@ class StreamExecutor:
         self.streams: list[torch.cuda.Stream | None] = []
         self._sync: ServerSync | None = None
         self._threads = concurrent_futures.ThreadPoolExecutor(workers, thread_name_prefix="fedbench-trainer")
+        self._stop = threading.Event()  # set by close(): trainers give up before their next client
 
     def start(self, method: Method) -> None:
         self._sync = ServerSync(method)
@@ -205,13 +207,15 @@ class StreamExecutor:
                 on_stream.enter_context(torch.cuda.stream(stream))
             own = dataclasses.replace(message, context=copy.deepcopy(message.context),
                                       device_state=copy.deepcopy(message.device_state))
-            result = self.replicas[index].train(own, share, in_process=True)
+            result = self.replicas[index].train(own, share, in_process=True, stop=self._stop)
         if stream is not None:
             stream.synchronize()
         return result
 
     def close(self) -> None:
-        self._threads.shutdown(wait=True)
+        """Stop the trainers (an interrupted round's stop after their current client) and wait."""
+        self._stop.set()
+        self._threads.shutdown(wait=True, cancel_futures=True)
         self.replicas = []
 
 

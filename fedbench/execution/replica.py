@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +48,7 @@ from fedbench.core.context import RunContext
 from fedbench.core.method import Assignment, ClientContext, Method, Update
 from fedbench.core.setup import make_method, prepare, run_context
 from fedbench.data import FederatedData
-from fedbench.errors import PluginError
+from fedbench.errors import ExecutorError, PluginError
 
 MODULE, WORK, CONTEXT, METHOD, TENSOR = "module", "work", "context", "method", "tensor"
 _BY_VALUE = (type(None), bool, int, float, complex, str, bytes)
@@ -362,13 +363,18 @@ class WorkerReplica:
             setattr(self.method, name, dict(message.device_state.get(name, {})))
         return loads(message.assignments, self._modules, objects)
 
-    def train(self, message: RoundMessage, share: Sequence[int], in_process: bool = False) -> WorkerResult:
+    def train(self, message: RoundMessage, share: Sequence[int], in_process: bool = False,
+              stop: threading.Event | None = None) -> WorkerResult:
         """Run ``local_update`` for the assignments at positions ``share``; ``in_process``: the
-        server reads the result in this process, so the updates' tensors go by reference."""
+        server reads the result in this process, so the updates' tensors go by reference;
+        ``stop``: once set, the share is given up before its next client (the round is lost)."""
         assignments = self.apply(message)
         before = undeclared_summary(self.method)
-        updates = [(i, self.method.local_update(ClientContext.of(self.ctx, assignments[i], message.round_idx)))
-                   for i in share]
+        updates = []
+        for i in share:
+            if stop is not None and stop.is_set():
+                raise ExecutorError(f"round {message.round_idx + 1} given up: the executor was closed")
+            updates.append((i, self.method.local_update(ClientContext.of(self.ctx, assignments[i], message.round_idx))))
         changed = changed_undeclared(before, undeclared_summary(self.method))
         if changed:
             raise PluginError(
