@@ -247,22 +247,29 @@ def test_kept_graphed_steps_graph_every_batch_size_that_recurs():
     assert run.by_size[3].graph is not graph and run.by_size[3].images.shape == (3, 2)
 
 
+def graphed_through_stand_in(monkeypatch) -> list[GraphedSteps]:
+    """Makes runs graph through :class:`CountingReplay`; the list fills with every GraphedSteps made."""
+    made: list[GraphedSteps] = []
+
+    def made_steps(*args, **kwargs):
+        made.append(GraphedSteps(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
+    monkeypatch.setattr("fedbench.training.loop.GraphedSteps", made_steps)
+    return made
+
+
 def _count_captures(method, monkeypatch, **train_overrides):
     """(full-size captures, local trainings, the GraphedSteps made) of a 3-round graphed run."""
-    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
-    trainings, made = [], []
+    made, trainings = graphed_through_stand_in(monkeypatch), []
     train = method_module.local_sgd
 
     def counted(*args, **kwargs):
         trainings.append(1)
         return train(*args, **kwargs)
 
-    def made_steps(*args, **kwargs):
-        made.append(GraphedSteps(*args, **kwargs))
-        return made[-1]
-
     monkeypatch.setattr(method_module, "local_sgd", counted)
-    monkeypatch.setattr("fedbench.training.loop.GraphedSteps", made_steps)
     outcome(kit_config(method, rounds=3, train={"local_epochs": 2, "batch_size": 8, **train_overrides}))
     full_size = sum(8 in steps.captured_sizes for steps in made)
     return full_size, len(trainings), made
@@ -291,14 +298,7 @@ def test_a_kept_graph_replays_the_last_batches_of_later_clients_bit_for_bit(monk
     # 3 local epochs: each client's last-batch size recurs three times in its first training
     config = kit_config("fedavg", rounds=3, train={"local_epochs": 3, "batch_size": 8})
     eager_metrics, eager_model = outcome(config)
-    made = []
-
-    def made_steps(*args, **kwargs):
-        made.append(GraphedSteps(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
-    monkeypatch.setattr("fedbench.training.loop.GraphedSteps", made_steps)
+    made = graphed_through_stand_in(monkeypatch)
     graphed_metrics, graphed_model = outcome(config)
     assert graphed_metrics == eager_metrics
     assert all(torch.equal(eager_model[k], graphed_model[k]) for k in eager_model)
@@ -359,14 +359,7 @@ def test_trainer_threads_replay_kept_graphs_as_the_serial_eager_run_trains(monke
 
     config = kit_config("fedavg", rounds=3, train={"local_epochs": 3, "batch_size": 8})
     eager_metrics, eager_model = outcome(config)
-    made = []
-
-    def made_steps(*args, **kwargs):
-        made.append(GraphedSteps(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
-    monkeypatch.setattr("fedbench.training.loop.GraphedSteps", made_steps)
+    made = graphed_through_stand_in(monkeypatch)
     threaded = dataclasses.replace(config, executor="streams", workers=2, executor_threads=None)
     ctx, _ = engine.prepare(threaded)
     method = engine.make_method(ctx)
