@@ -23,8 +23,8 @@
 # STEPS="2 2g 4" ends within 8 minutes (its steps' time limits: 60 + 60 + 330 s), STEPS="5 6" within
 # LONG_SECONDS + 270 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
 # step 3; PATHS_4 the paths of step 4 (bench_gpu_path.py --paths); LONG_METHODS, LONG_ROUNDS,
-# LONG_SECONDS, LONG_WORKERS (1: serial; K > 1: K trainer processes), LONG_GRAPHS (true on a GPU: CUDA
-# graphs) and CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
+# LONG_SECONDS, LONG_WORKERS (1: serial; K > 1: K trainers of LONG_EXECUTOR, process or streams),
+# LONG_GRAPHS (true on a GPU: CUDA graphs) and CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
 # SMOKE_SECONDS (60) bounds steps 2 and 2g. OUT/env.txt names the GPU, torch and the fedbench code
 # (its commit; a digest of its files where the tree is a copy without git, FEDBENCH_CODE_VERSION to name it).
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow, no network): runs go
@@ -180,7 +180,7 @@ if [[ $STEPS == *" 6 "* ]] && [ -n "$FMNIST" ]; then
     cat "$name".part-*-of-"$count" >"$name" && rm "$name".part-*-of-"$count"
   done
   EXECUTOR=(--set executor=serial)
-  [ "$LONG_WORKERS" -gt 1 ] && EXECUTOR=(--set executor=process --set workers="$LONG_WORKERS")
+  [ "$LONG_WORKERS" -gt 1 ] && EXECUTOR=(--set "executor=${LONG_EXECUTOR:-process}" --set workers="$LONG_WORKERS")
   echo "== 6. long horizon: $LONG_METHODS, stops after ${LONG_SECONDS}s, checkpoints in $CKPT_DIR"
   timeout $((LONG_SECONDS + 120)) $PY "$ROOT/benchmarks/accuracy_grid.py" --methods "$LONG_METHODS" \
     --set data.dataset=fashion-mnist --set "data.data_dir=$FMNIST" "${MODEL[@]}" \
