@@ -23,9 +23,10 @@ each smaller batch size once it has come twice: an epoch's last batch has one of
 step of such a run is eager.
 
 A loss marked :func:`graph_safe` that reads a value back to the host would be frozen at its
-captured value, or break the capture. The last warm-up step of each batch size therefore runs with host
-synchronisations turned into errors (``torch.cuda.set_sync_debug_mode``), and such a loss stops
-the run with one line naming it, before anything is captured. A capture that fails anyway stops
+captured value, or break the capture. The last warm-up step of each batch size therefore runs
+with host synchronisations turned into errors (``torch.cuda.set_sync_debug_mode``), and such a
+loss stops the run with one line naming it, before anything is captured (not beside other
+trainer threads, executor ``streams``: torch's switch is process-wide). A capture that fails anyway stops
 the run too: a failed capture can leave the CUDA stream and allocator mid-capture, so no later
 step of the process could be trusted.
 
