@@ -13,7 +13,7 @@
 #   4. the GPU path: round times of the transfer path, the resident path, CUDA graphs and 4 trainer
 #      threads per GPU, plain PyTorch loops' images/s, one profiled round per serial path
 #                                                   -> OUT/gpu_path.{md,json}, OUT/profile_*.txt
-#   5. DepthFL's round against FedAvg's on the resident path, eager and graphed
+#   5. DepthFL's round against FedAvg's, graphed, by one trainer and by 4 trainer threads
 #                                                                       -> OUT/depthfl_ratio.{md,json}
 #   6. the long-horizon comparison (full-width ResNet18, 5 local epochs), stopped in time with its
 #      checkpoints under CKPT_DIR, continued by the next invocation     -> OUT/long.jsonl
@@ -21,7 +21,7 @@
 #  6b. the parts step 6 could not send back yet, from CKPT_DIR/outbox    -> OUT/*.ckpt.part-KK-of-NN
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
 # STEPS="2 2g 4" ends within 8 minutes (its steps' time limits: 60 + 60 + 330 s), STEPS="5 6" within
-# LONG_SECONDS + 270 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
+# LONG_SECONDS + 300 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
 # step 3; PATHS_4 the paths of step 4 (bench_gpu_path.py --paths); LONG_METHODS, LONG_ROUNDS,
 # LONG_SECONDS, LONG_WORKERS (1: serial; K > 1: K trainers of LONG_EXECUTOR, process or streams),
 # LONG_GRAPHS (true on a GPU: CUDA graphs) and CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
@@ -67,7 +67,8 @@ else
   # and four graphed plain loops on their own streams (does side-by-side training fill the GPU?), the
   # transfer path for the speed-up, CUDA graphs over 22 rounds for the 1,600-round projection, in
   # both layouts (their accuracies must agree), 4 graphed trainer threads, the eager resident path.
-  PATHS_4=${PATHS_4:-plain,plain-graphs1,plain-graphs4,plain-graphs4-cl,transfer:4,graphs:22,graphs-cl:22,graphs-streams4:12,resident:6} PATHS_5=graphs:6,resident:4
+  PATHS_4=${PATHS_4:-plain,plain-graphs1,plain-graphs4,plain-graphs4-cl,transfer:4,graphs:22,graphs-cl:22,graphs-streams4:12,resident:6}
+  PATHS_5=${PATHS_5:-graphs:5,graphs-streams4:5}  # side by side, DepthFL's small kernels may overlap more than FedAvg's
   GRID_ROUNDS=30 LONG_EPOCHS=5
   LONG_EVERY=20 LONG_ROUNDS=${LONG_ROUNDS:-400} LONG_SECONDS=${LONG_SECONDS:-480} LONG_WORKERS=${LONG_WORKERS:-1}
   LONG_GRAPHS=${LONG_GRAPHS:-true}  # the fastest path measured (docs/gpu.md); processes time-share the GPU
@@ -133,9 +134,9 @@ if [[ $STEPS == *" 4 "* ]]; then
     --paths "$PATHS_4" --profile --out "$OUT" 2>&1 | tail -n 12
 fi
 if [[ $STEPS == *" 5 "* ]]; then
-  echo "== 5. DepthFL round vs FedAvg round, resident path"
+  echo "== 5. DepthFL round vs FedAvg round: $PATHS_5"
   mkdir -p "$OUT/depthfl"
-  timeout 150 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" --paths "$PATHS_5" \
+  timeout 180 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" --paths "$PATHS_5" \
     --methods fedavg,depthfl --out "$OUT/depthfl" 2>&1 | tail -n 4
   cp "$OUT/depthfl/gpu_path.md" "$OUT/depthfl_ratio.md"; cp "$OUT/depthfl/gpu_path.json" "$OUT/depthfl_ratio.json"
   rm -r "$OUT/depthfl"

@@ -373,3 +373,56 @@ def test_trainer_threads_replay_kept_graphs_as_the_serial_eager_run_trains(monke
     assert all(torch.equal(eager_model[k], v) for k, v in method.eval_model().state_dict().items())
     # one kept step per trainer; torch's host-read check is process-wide, so it is off beside other threads
     assert len(made) == 2 and not any(steps.check_host_reads for steps in made)
+
+
+class FakeCuda:
+    """What CudaStepGraph asks of torch.cuda, recorded, for its wiring on a machine without a GPU."""
+
+    def __init__(self):
+        self.calls, self.streams = [], []
+        fake = self
+
+        class Graph:
+            def capture_begin(self, pool, capture_error_mode):
+                fake.calls.append(("begin", pool, capture_error_mode, fake.streams[-1] if fake.streams else None))
+
+            def capture_end(self):
+                fake.calls.append(("end",))
+
+            def replay(self):
+                fake.calls.append(("replay",))
+
+        self.CUDAGraph = Graph
+        self.Stream = object
+        self.pools = iter(range(100))
+
+    def graph_pool_handle(self):
+        return ("pool", next(self.pools))
+
+    @contextlib.contextmanager
+    def stream(self, stream):
+        self.streams.append(stream)
+        try:
+            yield
+        finally:
+            self.streams.pop()
+
+
+def test_a_cuda_step_graph_captures_on_its_stream_into_its_pool_and_always_ends_the_capture(monkeypatch):
+    fake = FakeCuda()
+    for name in ("CUDAGraph", "Stream", "graph_pool_handle", "stream"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    graph = graphs.CudaStepGraph()
+    sibling = graph.sibling()
+    assert sibling.stream is graph.stream and sibling.pool == graph.pool == ("pool", 0)
+    assert graphs.CudaStepGraph().pool == ("pool", 1)  # another local training: a pool of its own
+    graph.capture(lambda: fake.calls.append(("step",)))
+    assert fake.calls == [("begin", ("pool", 0), "thread_local", graph.stream), ("step",), ("end",)]
+    fake.calls.clear()
+
+    def failing():
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    with pytest.raises(RuntimeError, match="not permitted"):
+        sibling.capture(failing)
+    assert fake.calls[-1] == ("end",) and not graphs._CAPTURING.locked()  # capture mode left, lock released

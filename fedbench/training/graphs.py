@@ -99,12 +99,17 @@ class CudaStepGraph:
             torch.cuda.current_stream().wait_stream(self.stream)
 
     def capture(self, step: Callable[[], None]) -> None:
-        # Trainer threads (executor ``streams``) capture one at a time (entering a capture
-        # synchronises the device and empties the allocator's cache); "thread_local" lets the others
-        # allocate and synchronise meanwhile, outside the capture.
-        with _CAPTURING, torch.cuda.graph(self.graph, pool=self.pool, stream=self.stream,
-                                          capture_error_mode="thread_local"):
-            step()
+        # CUDAGraph's own begin and end, without ``torch.cuda.graph``'s device-wide synchronisation
+        # and emptying of the allocator's cache before each capture: with a capture per client
+        # (a loss made per client) those would stall the GPU and send every later allocation back
+        # to cudaMalloc. Trainer threads (executor ``streams``) capture one at a time;
+        # "thread_local" lets the others allocate and synchronise meanwhile, outside the capture.
+        with _CAPTURING, torch.cuda.stream(self.stream):
+            self.graph.capture_begin(self.pool, capture_error_mode="thread_local")
+            try:
+                step()
+            finally:
+                self.graph.capture_end()
 
     def replay(self) -> None:
         self.graph.replay()
