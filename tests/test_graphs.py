@@ -415,7 +415,10 @@ def test_a_cuda_step_graph_captures_on_its_stream_into_its_pool_and_always_ends_
     graph = graphs.CudaStepGraph()
     sibling = graph.sibling()
     assert sibling.stream is graph.stream and sibling.pool == graph.pool == ("pool", 0)
-    assert graphs.CudaStepGraph().pool == ("pool", 1)  # another local training: a pool of its own
+    assert graphs.CudaStepGraph().pool == ("pool", 1)  # made alone: a pool of its own
+    cache = StepGraphCache(graphs.CudaStepGraph)  # a run's graphs, per-client ones too: one pool
+    first, second = cache(), cache()
+    assert first is not second and first.pool == second.pool == ("pool", 2) and first.stream is second.stream
     graph.capture(lambda: fake.calls.append(("step",)))
     assert fake.calls == [("begin", ("pool", 0), "thread_local", graph.stream), ("step",), ("end",)]
     fake.calls.clear()

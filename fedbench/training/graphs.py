@@ -286,18 +286,27 @@ class Restartable(Protocol):
 
 
 class StepGraphCache:
-    """Makes step graphs and keeps the last one whose loss is :func:`graph_reusable`, for the next
-    local training of the same model: one capture serves every client that trains it, instead of
-    two eager warm-up steps and a capture per client. One slot: a run trains one worker model at a
-    time, and a miss (another model, loss or lr) replaces it, freeing the old graph's memory."""
+    """Makes a run's step graphs and keeps the last one whose loss is :func:`graph_reusable`, for
+    the next local training of the same model: one capture serves every client that trains it,
+    instead of two eager warm-up steps and a capture per client. One slot: a run trains one worker
+    model at a time, and a miss (another model, loss or lr) replaces it.
+
+    Every graph it makes is a sibling of one root (:meth:`StepGraph.sibling`): one stream and one
+    memory pool for the run's trainer. Its graphs replay one after another and none reads what
+    another left in the pool, so a graph dropped after its client (a loss made per client) leaves
+    its memory to the next capture instead of to a pool of its own that the allocator would keep
+    until memory ran out."""
 
     def __init__(self, make_graph: Callable[[], StepGraph], check_host_reads: bool = True) -> None:
         self.make_graph = make_graph
         self.check_host_reads = check_host_reads  # False where trainer threads share the process
         self.slot: CachedStep | None = None
+        self._root: StepGraph | None = None  # holds the stream and pool; never captured itself
 
     def __call__(self) -> StepGraph:
-        return self.make_graph()
+        if self._root is None:
+            self._root = self.make_graph()
+        return self._root.sibling()
 
     def find(self, settings: tuple, tensors: list[torch.Tensor]) -> CachedStep | None:
         """The kept step, if it was captured with these settings over these very tensors (the
