@@ -29,12 +29,13 @@ from fedbench.api import (
     Assignment,
     ClientContext,
     ConfigError,
+    LossFn,
     Method,
     RunContext,
     Stream,
     Update,
     earliest,
-    graph_safe,
+    graph_reusable,
     numpy_rng,
 )
 
@@ -94,18 +95,31 @@ def statistical_utility(losses: torch.Tensor) -> float:
     return 0.0 if n == 0 else n * math.sqrt(float((losses.double() ** 2).mean()))
 
 
+def trained_per_epoch(shard: int, batch_size: int) -> int:
+    """Samples one local epoch trains: a last batch of one sample is not (spec common.md §1.3)."""
+    rest = shard % batch_size
+    return shard - rest + (rest if rest >= 2 else 0)
+
+
 class PerSampleLosses:
     """The per-sample training losses of every local step, in order, in one buffer on the training
     device, written at a cursor that lives there too: no Python state changes per batch, so the
-    loss that records them can be replayed from a CUDA graph. The first epoch's are the first
-    ``first_epoch_samples`` (a last batch of one sample is not trained, spec common.md §1.3)."""
+    loss that records them can be replayed from a CUDA graph. One recorder serves every client
+    (:meth:`start` zeroes the cursor in place), sized for the largest shard, so the graph of one
+    client's step serves the next. The first epoch's losses are the first ``first_epoch_samples``."""
 
-    def __init__(self, shard: int, batch_size: int, epochs: int) -> None:
-        rest = shard % batch_size
-        self.first_epoch_samples = shard - rest + (rest if rest >= 2 else 0)
-        self.capacity = epochs * self.first_epoch_samples
+    def __init__(self, largest_shard: int, batch_size: int, epochs: int) -> None:
+        self.batch_size = batch_size
+        self.capacity = epochs * trained_per_epoch(largest_shard, batch_size)
+        self.first_epoch_samples = 0
         self.buffer: torch.Tensor | None = None
         self.cursor: torch.Tensor | None = None
+
+    def start(self, shard: int) -> None:
+        """Record the next client's training, over a shard of ``shard`` samples."""
+        self.first_epoch_samples = trained_per_epoch(shard, self.batch_size)
+        if self.cursor is not None:
+            self.cursor.zero_()
 
     def add(self, per_sample: torch.Tensor) -> None:
         if self.buffer is None:
@@ -273,6 +287,7 @@ class Oort(Method):
         for c in self.eligible_ids:  # prior: data size, duration from the clock's profile
             self.selector.register(c, float(sizes[c]), self.device_time(Assignment(c)).total_s)
         self._stragglers: list[int] = []  # this round's over-committed clients that were dropped
+        self._recorder: tuple[LossFn, PerSampleLosses] | None = None  # _recording's, made once
 
     def assign(self, round_idx: int) -> list[Assignment]:
         k = self.ctx.config.clients_per_round
@@ -289,21 +304,30 @@ class Oort(Method):
     def local_update(self, client: ClientContext) -> Update:
         """FedAvg's local update, recording the per-sample losses of the first local epoch through
         the loss: the statistical utility the client reports."""
-        train = self.ctx.config.train
-        recorded = PerSampleLosses(int(self.ctx.data.shards[client.client_id].numel()), train.batch_size,
-                                   train.local_epochs)
-
-        @graph_safe
-        def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            per_sample = F.cross_entropy(model(images), labels, reduction="none")
-            recorded.add(per_sample)
-            return per_sample.mean()
-
+        loss, recorded = self._recording()
+        recorded.start(int(self.ctx.data.shards[client.client_id].numel()))
         model = self.worker_model()
         model.load_state_dict(self.global_model.state_dict())
         update = self.train_client(model, client, loss_fn=loss)
         update.extra["utility"] = statistical_utility(recorded.first_epoch())
         return update
+
+    def _recording(self) -> tuple[LossFn, PerSampleLosses]:
+        """The loss that records per-sample losses, and its recorder, made once for the run: the
+        same function over the same tensors for every client, so one CUDA graph capture serves
+        them all (:func:`graph_reusable`)."""
+        if self._recorder is None:
+            train = self.ctx.config.train
+            recorded = PerSampleLosses(max(self.ctx.data.shard_sizes()), train.batch_size, train.local_epochs)
+
+            @graph_reusable
+            def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+                per_sample = F.cross_entropy(model(images), labels, reduction="none")
+                recorded.add(per_sample)
+                return per_sample.mean()
+
+            self._recorder = (loss, recorded)
+        return self._recorder
 
     def aggregate(self, round_idx: int, updates: Sequence[Update]) -> None:
         """Feedback (spec §10.3), then FedAvg. Stragglers get the data-share-weighted mean utility."""

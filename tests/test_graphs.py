@@ -275,8 +275,9 @@ def _count_captures(method, monkeypatch, **train_overrides):
     return full_size, len(trainings), made
 
 
-def test_one_capture_serves_every_client_of_a_cross_entropy_method(monkeypatch):
-    captures, trainings, made = _count_captures("fedavg", monkeypatch)
+@pytest.mark.parametrize("method", ["fedavg", "oort"])  # cross-entropy; Oort's loss records into one kept buffer
+def test_one_capture_serves_every_client_of_a_method_whose_loss_is_kept(method, monkeypatch):
+    captures, trainings, made = _count_captures(method, monkeypatch)
     assert trainings > 3 and captures == 1 and len(made) == 1  # the bit-for-bit test above holds these runs to eager ones
 
 
