@@ -48,7 +48,7 @@ from fedbench.api import (
     evaluate_outputs,
     exit_heads,
     format_bytes,
-    graph_safe,
+    graph_reusable,
     numpy_rng,
     overlap_count_average,
     state_bytes,
@@ -208,11 +208,14 @@ class FedDynTerm(torch.autograd.Function):
             part if len(shape) == 1 else part.view(shape) for part, shape in zip(parts, ctx.shapes, strict=True)))
 
 
-@graph_safe
+@graph_reusable
 @dataclass(frozen=True)
 class DepthFLLoss:
     """DepthFL's local objective (spec §8.4), a hashable LossFn so the memory model can cache it:
     Σ_exits CE + ``kd_weight`` · distillation + Σ_θ [−⟨θ, g_m⟩ + α/2 ‖θ − θ^t‖²] (``alpha`` 0: no FedDyn).
+    It reads the device's g_m and θ^t from the model's FedDyn buffers, which
+    :meth:`DepthFL.local_update` fills in place per device, so one CUDA graph of a depth's step
+    serves every device of that depth (:func:`graph_reusable`; equal losses compare equal).
 
     ``fused`` chooses how the FedDyn sum is computed, not what it is. ``False`` (the reference, and
     what the memory model traces: :meth:`DepthFL.workloads`, the depth fit and the clock) adds the

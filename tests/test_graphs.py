@@ -287,8 +287,14 @@ def test_neulite_captures_once_per_stage_visit_not_per_device(monkeypatch):
     assert trainings > 3 and captures == stage_visits <= 3 and captures < trainings
 
 
+def test_depthfl_keeps_one_capture_per_depth_its_devices_train(monkeypatch):
+    captures, trainings, made = _count_captures("depthfl", monkeypatch, lr=0.05)
+    depths = {id(steps) for steps in made}
+    assert trainings > 3 and captures == len(depths) < trainings  # a graph per depth model, not per device
+
+
 def test_a_loss_made_per_client_or_a_new_lr_is_captured_again(monkeypatch):
-    captures, trainings, made = _count_captures("depthfl", monkeypatch)  # its loss is made per client
+    captures, trainings, made = _count_captures("heterofl", monkeypatch)  # its loss is made per client
     assert captures == trainings > 3
     assert all(steps.captured_sizes == [8] for steps in made)  # a last batch recurs too rarely in one training
     captures, trainings, _ = _count_captures("fedavg", monkeypatch, lr_schedule="exponential", lr_decay=0.9)

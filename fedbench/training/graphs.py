@@ -12,12 +12,14 @@ non-determinism.
 
 A graph replays the tensors it was captured with: it is captured afresh for every call of
 :func:`fedbench.training.loop.local_sgd` and dropped after it, so whatever a method's loss reads
-(FedProx's global weights, DepthFL's FedDyn vectors) is fixed for the graph's whole life. Only a
+(FedProx's start weights, HeteroFL's class mask) is fixed for the graph's whole life. Only a
 loss marked :func:`graph_reusable` (a pure function of the model and the batch, such as plain
-cross-entropy) lets one capture serve the next clients too: a :class:`StepGraphCache` keeps the
-graph and its optimizer while the model's tensors, the loss and the SGD settings stay the same
-(the client's weights are copied into the same tensors; its momentum buffers are zeroed in place,
-which the first update then fills exactly as a fresh optimizer's would). A kept step also graphs
+cross-entropy, or one whose other tensors the method refills in place per client, such as
+DepthFL's FedDyn vectors) lets one capture serve the next clients too: a
+:class:`StepGraphCache` keeps the graph and its optimizer, per model, while the model's tensors,
+the loss and the SGD settings stay the same (the client's weights are copied into the same
+tensors; its momentum buffers are zeroed in place, which the first update then fills exactly as
+a fresh optimizer's would). A kept step also graphs
 each smaller batch size once it has come twice: an epoch's last batch has one of at most
 ``batch_size - 1`` sizes, which recur over a run's clients and rounds, so after the first rounds no
 step of such a run is eager.
@@ -286,21 +288,24 @@ class Restartable(Protocol):
 
 
 class StepGraphCache:
-    """Makes a run's step graphs and keeps the last one whose loss is :func:`graph_reusable`, for
-    the next local training of the same model: one capture serves every client that trains it,
-    instead of two eager warm-up steps and a capture per client. One slot: a run trains one worker
-    model at a time, and a miss (another model, loss or lr) replaces it.
+    """Makes a run's step graphs and keeps those whose loss is :func:`graph_reusable`, for the next
+    local training of the same model: one capture serves every client that trains it, instead of
+    two eager warm-up steps and a capture per client. One kept step per model (DepthFL trains one
+    model per depth, clients of every depth in a round), at most :attr:`MODELS`; a model trained
+    with other settings (an lr schedule's next round) replaces its own.
 
     Every graph it makes is a sibling of one root (:meth:`StepGraph.sibling`): one stream and one
     memory pool for the run's trainer. Its graphs replay one after another and none reads what
     another left in the pool, so a graph dropped after its client (a loss made per client) leaves
     its memory to the next capture instead of to a pool of its own that the allocator would keep
-    until memory ran out."""
+    until memory ran out, and each kept model's graphs cost only their static inputs."""
+
+    MODELS = 8
 
     def __init__(self, make_graph: Callable[[], StepGraph], check_host_reads: bool = True) -> None:
         self.make_graph = make_graph
         self.check_host_reads = check_host_reads  # False where trainer threads share the process
-        self.slot: CachedStep | None = None
+        self.kept: list[CachedStep] = []  # most recently used last
         self._root: StepGraph | None = None  # holds the stream and pool; never captured itself
 
     def __call__(self) -> StepGraph:
@@ -309,13 +314,23 @@ class StepGraphCache:
         return self._root.sibling()
 
     def find(self, settings: tuple, tensors: list[torch.Tensor]) -> CachedStep | None:
-        """The kept step, if it was captured with these settings over these very tensors (the
+        """The kept step, if one was captured with these settings over these very tensors (the
         graph reads their memory: a replaced parameter or buffer needs a new capture)."""
-        slot = self.slot
-        if (slot is None or slot.settings != settings or len(slot.tensors) != len(tensors)
-                or any(a is not b for a, b in zip(slot.tensors, tensors, strict=True))):
-            return None
-        return slot
+        for entry in self.kept:
+            if _same_tensors(entry.tensors, tensors):
+                if entry.settings != settings:
+                    return None
+                self.kept.remove(entry)
+                self.kept.append(entry)
+                return entry
+        return None
 
     def keep(self, entry: CachedStep) -> None:
-        self.slot = entry
+        """Keep ``entry``, in place of the step kept for the same model, else of the least recently used."""
+        self.kept = [e for e in self.kept if not _same_tensors(e.tensors, entry.tensors)]
+        self.kept.append(entry)
+        del self.kept[:-self.MODELS]
+
+
+def _same_tensors(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
