@@ -46,7 +46,12 @@ from fedbench.engine import RoundResult, RunResult, prepare, run, run_rounds
 from fedbench.errors import ConfigError, FedbenchError, MemoryBudgetError, PluginError
 from fedbench.kits.bn import recompute_bn_statistics, sbn_indices
 from fedbench.kits.hsic import SIGMA, nhsic, one_hot
-from fedbench.kits.width_training import MaskedCrossEntropy, add_scaler, use_batch_statistics
+from fedbench.kits.width_training import (
+    ClientMaskedCrossEntropy,
+    MaskedCrossEntropy,
+    add_scaler,
+    use_batch_statistics,
+)
 from fedbench.kits.widths import (
     CONTINUOUS_STEPS,
     HETEROFL_LEVELS,
@@ -96,7 +101,7 @@ __all__ = [
     "check_block_index", "coadaptation_scope", "cut_spec", "cutting", "exit_heads", "extract", "index_sets",
     "layout", "output_module", "positions", "prefix_head", "prefix_model", "slicing",
     # kits: width levels, width training, static BatchNorm, nHSIC
-    "CONTINUOUS_STEPS", "HETEROFL_LEVELS", "MaskedCrossEntropy", "SIGMA", "add_scaler", "check_levels",
+    "CONTINUOUS_STEPS", "HETEROFL_LEVELS", "ClientMaskedCrossEntropy", "MaskedCrossEntropy", "SIGMA", "add_scaler", "check_levels",
     "largest_fitting", "level_fraction", "level_label", "level_model", "nhsic", "no_level_fits", "one_hot",
     "recompute_bn_statistics", "require_sliceable", "sbn_indices", "use_batch_statistics", "widest_levels",
     # memory, fleet, virtual clock

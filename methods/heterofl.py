@@ -34,6 +34,7 @@ from fedbench.api import (
     Assignment,
     BlockModel,
     ClientContext,
+    ClientMaskedCrossEntropy,
     ConfigError,
     IndexSets,
     LossFn,
@@ -139,7 +140,7 @@ class HeteroFL(Method):
             self.global_model = ctx.build_model(width=self.global_rate * self.full_width)
         self.aggregations = 0  # r of FedRolex: server aggregations completed so far
         self._clients: dict[float, BlockModel] = {}
-        self._losses: dict[int, LossFn] = {}
+        self._masked: ClientMaskedCrossEntropy | None = None  # client_loss's, refilled per client
         self._classes: dict[int, torch.Tensor] = {}
         self._class_keys = class_output_keys(self.global_model)
         log.info("%s: global width %s; devices per level %s", self.method_name, level_fraction(self.global_rate),
@@ -240,13 +241,13 @@ class HeteroFL(Method):
         return self._classes[client_id]
 
     def client_loss(self, client_id: int) -> LossFn:
+        """Cross-entropy, masked to the client's classes where ``masked_ce`` (one loss whose mask is
+        refilled per client, so a CUDA graph per width level serves every client)."""
         if not self.options.masked_ce:
             return cross_entropy_loss
-        if client_id not in self._losses:
-            self._losses[client_id] = MaskedCrossEntropy.of(
-                self.client_classes(client_id).tolist(), self.global_model.num_classes
-            )
-        return self._losses[client_id]
+        if self._masked is None:
+            self._masked = ClientMaskedCrossEntropy(self.global_model.num_classes)
+        return self._masked.for_client(self.client_classes(client_id).tolist(), self.ctx.device)
 
 
 def class_output_keys(model: BlockModel) -> tuple[str, ...]:

@@ -293,8 +293,14 @@ def test_depthfl_keeps_one_capture_per_depth_its_devices_train(monkeypatch):
     assert trainings > 3 and captures == len(depths) < trainings  # a graph per depth model, not per device
 
 
+def test_heterofl_keeps_one_capture_per_width_level_its_class_mask_refilled_per_client(monkeypatch):
+    captures, trainings, made = _count_captures("heterofl", monkeypatch)
+    levels = {id(steps) for steps in made}
+    assert trainings > 3 and captures == len(levels) < trainings
+
+
 def test_a_loss_made_per_client_or_a_new_lr_is_captured_again(monkeypatch):
-    captures, trainings, made = _count_captures("heterofl", monkeypatch)  # its loss is made per client
+    captures, trainings, made = _count_captures("fedprox", monkeypatch)  # its loss reads the client's start weights
     assert captures == trainings > 3
     assert all(steps.captured_sizes == [8] for steps in made)  # a last batch recurs too rarely in one training
     captures, trainings, _ = _count_captures("fedavg", monkeypatch, lr_schedule="exponential", lr_decay=0.9)

@@ -12,10 +12,10 @@ non-determinism.
 
 A graph replays the tensors it was captured with: it is captured afresh for every call of
 :func:`fedbench.training.loop.local_sgd` and dropped after it, so whatever a method's loss reads
-(FedProx's start weights, HeteroFL's class mask) is fixed for the graph's whole life. Only a
+(FedProx's start weights) is fixed for the graph's whole life. Only a
 loss marked :func:`graph_reusable` (a pure function of the model and the batch, such as plain
 cross-entropy, or one whose other tensors the method refills in place per client, such as
-DepthFL's FedDyn vectors) lets one capture serve the next clients too: a
+DepthFL's FedDyn vectors or HeteroFL's class mask) lets one capture serve the next clients too: a
 :class:`StepGraphCache` keeps the graph and its optimizer, per model, while the model's tensors,
 the loss and the SGD settings stay the same (the client's weights are copied into the same
 tensors; its momentum buffers are zeroed in place, which the first update then fills exactly as
