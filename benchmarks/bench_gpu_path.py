@@ -146,19 +146,30 @@ def measure(method: str, path: str, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def plain_data(args: argparse.Namespace) -> Any:
+    """The workload's data set, on the device."""
+    from fedbench.core.setup import load_dataset
+
+    return load_dataset(workload("fedavg", "resident", args)).to(args.device)
+
+
+def plain_model(args: argparse.Namespace, dataset: Any, layout: torch.memory_format = torch.contiguous_format,
+                ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A plain loop's model, in training mode on the device, and its torch.optim.SGD."""
+    from fedbench.models import build_model
+
+    model = build_model(args.model, dataset.input_shape, dataset.num_classes, width=args.width)
+    model = model.to(args.device, memory_format=layout).train()
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
 def plain_loop(args: argparse.Namespace) -> dict[str, Any]:
     """One model, batch 64, resident data, torch.optim.SGD: the sequential ceiling."""
     steps, warmup = args.plain_steps, max(args.plain_steps // 10, 1)
-    from fedbench.core.setup import load_dataset
-    from fedbench.models import build_model
-
-    config = workload("fedavg", "resident", args)
     torch.manual_seed(0)
-    dataset = load_dataset(config).to(args.device)
-    model = build_model(args.model, dataset.input_shape, dataset.num_classes, width=args.width).to(args.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    dataset = plain_data(args)
+    model, optimizer = plain_model(args, dataset)
     order = torch.randint(0, dataset.num_train, (steps + warmup, 64), device=args.device)
-    model.train()
     for step in range(steps + warmup):
         if step == warmup:
             if args.device != "cpu":
@@ -178,21 +189,17 @@ def plain_loop(args: argparse.Namespace) -> dict[str, Any]:
 def plain_graphs(args: argparse.Namespace, models: int, channels_last: bool = False) -> dict[str, Any]:
     """``models`` plain loops, each step captured once as a graph on its own stream (and memory pool)
     and replayed in turn: one thread launches all of them, so their kernels may overlap."""
-    from fedbench.core.setup import load_dataset
-    from fedbench.models import build_model
     from fedbench.training.graphs import CudaStepGraph, ReplayedStep
 
     steps, warmup = args.plain_steps, max(args.plain_steps // 10, 1)
     cuda = args.device != "cpu"
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    dataset = load_dataset(workload("fedavg", "resident", args)).to(args.device)
+    dataset = plain_data(args)
     order = torch.randint(0, dataset.num_train, (steps + warmup, models, 64), device=args.device)
     torch.manual_seed(0)
     trainers = []
     for _ in range(models):
-        model = build_model(args.model, dataset.input_shape, dataset.num_classes, width=args.width)
-        model = model.to(args.device, memory_format=layout).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        model, optimizer = plain_model(args, dataset, layout)
         first_images, first_labels = dataset.train_batch(order[0, 0])
         images, labels = first_images.contiguous(memory_format=layout), first_labels.clone()
 

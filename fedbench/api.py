@@ -41,7 +41,7 @@ from fedbench.config import RunConfig, TrainConfig, make_config
 from fedbench.core.context import RunContext
 from fedbench.core.evaluation import evaluate, evaluate_outputs
 from fedbench.core.method import Assignment, ClientContext, Method, NoOptions, Update, Workload
-from fedbench.data import FederatedData, ImageDataset
+from fedbench.data import FederatedData, ImageDataset, training_batch_sizes
 from fedbench.engine import RoundResult, RunResult, prepare, run, run_rounds
 from fedbench.errors import ConfigError, FedbenchError, MemoryBudgetError, PluginError
 from fedbench.kits.bn import recompute_bn_statistics, sbn_indices
@@ -108,6 +108,6 @@ __all__ = [
     "DeviceCost", "DeviceTime", "Fleet", "MemoryModel", "MemoryReport", "VirtualClock", "earliest",
     "format_bytes", "state_bytes",
     # running and testing
-    "FederatedData", "ImageDataset", "RoundResult", "RunConfig", "RunResult", "TrainConfig", "make_config",
+    "FederatedData", "ImageDataset", "training_batch_sizes", "RoundResult", "RunConfig", "RunResult", "TrainConfig", "make_config",
     "prepare", "run", "run_rounds",
 ]

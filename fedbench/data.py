@@ -37,6 +37,13 @@ class DrawnAugment(Protocol):
     def apply(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor: ...
 
 
+def training_batch_sizes(num: int, batch_size: int) -> list[int]:
+    """The batch sizes of one local epoch over ``num`` samples: full batches, then the rest,
+    unless that is a single sample (``MIN_TRAIN_BATCH``: BatchNorm cannot train on it)."""
+    sizes = (min(batch_size, num - start) for start in range(0, num, batch_size))
+    return [n for n in sizes if n >= MIN_TRAIN_BATCH]
+
+
 @dataclass(eq=False)
 class ImageDataset:
     """Train and test images of one data set, as loaded from disk.
@@ -142,9 +149,7 @@ class ImageDataset:
         copied to the data's device with ``order``: two copies per pass instead of one per batch,
         so on a GPU no training step waits for the host. The draws are the numbers per-batch
         :meth:`train_batch` calls would make, and leave ``generator`` in the same state."""
-        num = int(order.numel())
-        sizes = [n for n in (min(batch_size, num - start) for start in range(0, num, batch_size))
-                 if n >= MIN_TRAIN_BATCH]
+        sizes = training_batch_sizes(int(order.numel()), batch_size)
         order = order.to(self.device)
         augment = self.augment if generator is not None else None
         drawn = augment if isinstance(augment, DrawnAugment) and sizes else None

@@ -37,6 +37,7 @@ from fedbench.api import (
     earliest,
     graph_reusable,
     numpy_rng,
+    training_batch_sizes,
 )
 
 
@@ -97,8 +98,7 @@ def statistical_utility(losses: torch.Tensor) -> float:
 
 def trained_per_epoch(shard: int, batch_size: int) -> int:
     """Samples one local epoch trains: a last batch of one sample is not (spec common.md §1.3)."""
-    rest = shard % batch_size
-    return shard - rest + (rest if rest >= 2 else 0)
+    return sum(training_batch_sizes(shard, batch_size))
 
 
 class PerSampleLosses:
