@@ -231,18 +231,61 @@ class DepthFLLoss:
     fused: bool = False
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = model(images)
-        loss = sum(F.cross_entropy(o, labels) for o in logits)
-        if self.kd_weight:
-            loss = loss + self.kd_weight * distillation_loss(logits, self.temperature)
-        feddyn = getattr(model, "feddyn", None)
-        if self.alpha and feddyn is not None:
-            if self.fused:
-                loss = loss + FedDynTerm.apply(feddyn.g, feddyn.anchor, self.alpha, *model.net.parameters())
+        return depthfl_objective(model, images, labels, self.temperature, self.kd_weight, self.alpha, self.fused)
+
+
+def depthfl_objective(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+    temperature: float, kd_weight: float | torch.Tensor | None, alpha: float, fused: bool,
+) -> torch.Tensor:
+    """:class:`DepthFLLoss`'s value; ``kd_weight`` may be a one-element tensor
+    (:class:`RampedDepthFLLoss`), None or 0 for no distillation."""
+    logits = model(images)
+    loss = sum(F.cross_entropy(o, labels) for o in logits)
+    if isinstance(kd_weight, torch.Tensor) or kd_weight:
+        loss = loss + kd_weight * distillation_loss(logits, temperature)
+    feddyn = getattr(model, "feddyn", None)
+    if alpha and feddyn is not None:
+        if fused:
+            loss = loss + FedDynTerm.apply(feddyn.g, feddyn.anchor, alpha, *model.net.parameters())
+        else:
+            for param, (g, anchor) in zip(model.net.parameters(), feddyn.pairs(), strict=True):
+                loss = loss - (param * g).sum() + 0.5 * alpha * (param - anchor).pow(2).sum()
+    return loss
+
+
+@graph_reusable
+class RampedDepthFLLoss:
+    """DepthFL's loss as local training runs it: FedDyn fused, and the distillation weight of the
+    round (its sigmoid ramp-up, :func:`consistency_weight`) in a one-element tensor that
+    :meth:`for_round` refills in place. The method keeps one such loss for the run, so a CUDA
+    graph of a depth's step serves every round of the ramp-up too, instead of a capture per round
+    (a weight held as a Python number is frozen into the graph). The weight's float32 value
+    multiplies the distillation term as the Python number would: the same loss and gradients, bit
+    for bit (tests/test_depthfl_feddyn.py)."""
+
+    fused = True  # FedDyn as one autograd node (DepthFLLoss.fused)
+
+    def __init__(self, options: DepthFLOptions) -> None:
+        self.options = options
+        self.kd_weight: torch.Tensor | None = None
+
+    def for_round(self, round_idx: int, device: torch.device) -> RampedDepthFLLoss:
+        """This loss with round ``round_idx``'s distillation weight (in stream order: steps queued
+        before still read the previous round's)."""
+        opts = self.options
+        if opts.kd:
+            weight = consistency_weight(round_idx, opts.rampup_rounds)
+            if self.kd_weight is None:
+                self.kd_weight = torch.full((), weight, device=device)
             else:
-                for param, (g, anchor) in zip(model.net.parameters(), feddyn.pairs(), strict=True):
-                    loss = loss - (param * g).sum() + 0.5 * self.alpha * (param - anchor).pow(2).sum()
-        return loss
+                self.kd_weight.fill_(weight)
+        return self
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        opts = self.options
+        return depthfl_objective(model, images, labels, opts.temperature, self.kd_weight,
+                                 opts.alpha if opts.feddyn else 0.0, self.fused)
 
 
 # ------------------------------------------------------------------ FedDyn maths
@@ -359,6 +402,7 @@ class DepthFL(Method):
             for d in self.depths
         }
         self.memory_loss = traced_loss(opts, opts.feddyn)
+        self.train_loss = RampedDepthFLLoss(opts)
         budgeted = (  # what a device's budget must hold at each depth (the training models carry FedDyn state)
             {d: (local, self.memory_loss) for d, local in self._locals.items()} if counts_feddyn(opts) else
             {d: budget_workload(worker_model, worker_exits, d, opts) for d in self.depths}
@@ -430,12 +474,7 @@ class DepthFL(Method):
                     g_buf.copy_(g[name])
                 else:
                     g_buf.zero_()
-        loss = DepthFLLoss(
-            opts.temperature,
-            consistency_weight(round_idx, opts.rampup_rounds) if opts.kd else 0.0,
-            opts.alpha if opts.feddyn else 0.0,
-            fused=True,
-        )
+        loss = self.train_loss.for_round(round_idx, ctx.device)
         update = self.train_client(local, ctx, loss_fn=loss, sent=local.net)
         if local.feddyn is not None:
             g_now = {name: g_buf.detach().clone() for name, (g_buf, _) in zip(names, local.feddyn.pairs(), strict=True)}

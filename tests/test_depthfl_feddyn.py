@@ -19,6 +19,8 @@ from fedbench.methods.depthfl import (
     DepthFLLoss,
     DepthFLOptions,
     FedDynTerm,
+    RampedDepthFLLoss,
+    consistency_weight,
     offered_depths,
 )
 from fedbench.models import build_model
@@ -81,6 +83,27 @@ def test_fused_feddyn_gives_the_reference_loss_and_gradients(kd_weight):
         torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6)
     without, _ = loss_and_gradients(local, dataclasses.replace(reference, alpha=0.0))
     assert float(loss - without) != 0.0  # the term is there (g and θ^t differ from zero and from θ)
+
+
+@pytest.mark.parametrize("round_idx", [0, 37, 150, 299, 300, 1000])
+def test_the_ramped_loss_holds_the_rounds_weight_in_a_tensor_and_trains_as_the_number_would(round_idx):
+    options = DepthFLOptions(alpha=ALPHA)
+    local, ramped = local_at(), RampedDepthFLLoss(options)
+    before = ramped.for_round(0, torch.device("cpu")).kd_weight
+    assert ramped.for_round(round_idx, torch.device("cpu")) is ramped and ramped.kd_weight is before  # refilled in place
+    weight = consistency_weight(round_idx, options.rampup_rounds)
+    loss, grads = loss_and_gradients(local, DepthFLLoss(1.0, weight, ALPHA, fused=True))
+    ramped_loss, ramped_grads = loss_and_gradients(local, ramped)
+    assert torch.equal(ramped_loss, loss)
+    assert all(torch.equal(a, b) for a, b in zip(ramped_grads, grads, strict=True))
+
+
+def test_the_ramped_loss_without_distillation_or_feddyn_is_the_plain_loss():
+    local = local_at()
+    ramped = RampedDepthFLLoss(DepthFLOptions(kd=False, feddyn=False)).for_round(5, torch.device("cpu"))
+    assert ramped.kd_weight is None
+    loss, _ = loss_and_gradients(local, DepthFLLoss(1.0, 0.0, 0.0))
+    assert torch.equal(loss_and_gradients(local, ramped)[0], loss)
 
 
 def test_fused_term_is_the_spec_sum_with_its_exact_gradient():
@@ -166,4 +189,4 @@ def test_the_memory_model_traces_the_reference_form_and_training_uses_the_fused_
 
     monkeypatch.setattr(DepthFL, "train_client", spy)
     engine.run_round(method, 0)
-    assert used and all(loss.fused and loss.alpha == ALPHA for loss in used)
+    assert used and all(loss.fused and loss.options.alpha == ALPHA for loss in used)

@@ -260,14 +260,17 @@ def graphed_through_stand_in(monkeypatch) -> list[GraphedSteps]:
     return made
 
 
-def _count_captures(method, monkeypatch, **train_overrides):
-    """(full-size captures, local trainings, the GraphedSteps made) of a 3-round graphed run."""
+def _count_captures(method, monkeypatch, trained_models=None, **train_overrides):
+    """(full-size captures, local trainings, the GraphedSteps made) of a 3-round graphed run;
+    ``trained_models`` (a set) collects the ids of the models trained."""
     made, trainings = graphed_through_stand_in(monkeypatch), []
     train = method_module.local_sgd
 
-    def counted(*args, **kwargs):
+    def counted(model, *args, **kwargs):
         trainings.append(1)
-        return train(*args, **kwargs)
+        if trained_models is not None:
+            trained_models.add(id(model))
+        return train(model, *args, **kwargs)
 
     monkeypatch.setattr(method_module, "local_sgd", counted)
     outcome(kit_config(method, rounds=3, train={"local_epochs": 2, "batch_size": 8, **train_overrides}))
@@ -287,10 +290,12 @@ def test_neulite_captures_once_per_stage_visit_not_per_device(monkeypatch):
     assert trainings > 3 and captures == stage_visits <= 3 and captures < trainings
 
 
-def test_depthfl_keeps_one_capture_per_depth_its_devices_train(monkeypatch):
-    captures, trainings, made = _count_captures("depthfl", monkeypatch, lr=0.05)
-    depths = {id(steps) for steps in made}
-    assert trainings > 3 and captures == len(depths) < trainings  # a graph per depth model, not per device
+def test_depthfl_keeps_one_capture_per_depth_through_its_distillation_ramp_up(monkeypatch):
+    depth_models = set()
+    captures, trainings, made = _count_captures("depthfl", monkeypatch, depth_models, lr=0.05)
+    # 3 rounds of the 300-round ramp-up, each with its own distillation weight: still a graph per
+    # depth model, not per round or per device
+    assert trainings > 3 and captures == len(made) == len(depth_models) < trainings
 
 
 def test_heterofl_keeps_one_capture_per_width_level_its_class_mask_refilled_per_client(monkeypatch):
