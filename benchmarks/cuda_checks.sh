@@ -24,7 +24,7 @@
 # LONG_SECONDS + 300 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
 # step 3; PATHS_4 the paths of step 4 (bench_gpu_path.py --paths); LONG_METHODS, LONG_ROUNDS,
 # LONG_SECONDS, LONG_WORKERS (1: serial; K > 1: K trainers of LONG_EXECUTOR, process or streams),
-# LONG_GRAPHS (true on a GPU: CUDA graphs) and CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
+# LONG_GRAPHS (true on a GPU: CUDA graphs), LONG_CHANNELS_LAST (false) and CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
 # SMOKE_SECONDS (60) bounds steps 2 and 2g. OUT/env.txt names the GPU, torch and the fedbench code
 # (its commit; a digest of its files where the tree is a copy without git, FEDBENCH_CODE_VERSION to name it).
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow, no network): runs go
@@ -188,7 +188,7 @@ if [[ $STEPS == *" 6 "* ]] && [ -n "$FMNIST" ]; then
     --set data.partition=dirichlet --set data.alpha=0.5 --set data.num_clients=100 --set fleet.profile=paper \
     --set rounds="$LONG_ROUNDS" --set train.local_epochs=$LONG_EPOCHS --set eval_every=$LONG_EVERY --set seed=42 \
     --set threads=$THREADS --set "device=$DEVICE" "${EXECUTOR[@]}" \
-    --set cuda_graphs="$LONG_GRAPHS" --set tracking.enabled=false --checkpoint-dir "$CKPT_DIR" \
+    --set cuda_graphs="$LONG_GRAPHS" --set channels_last="${LONG_CHANNELS_LAST:-false}" --set tracking.enabled=false --checkpoint-dir "$CKPT_DIR" \
     --stop-after "$LONG_SECONDS" --out "$OUT/long.jsonl"
   ls -l "$CKPT_DIR"
   # Each checkpoint, in LONG_METHODS order, is cut into parts in the outbox, and as many as may

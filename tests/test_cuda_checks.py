@@ -74,9 +74,9 @@ def test_every_gpu_step_runs_on_the_cpu_and_a_stopped_run_continues_from_its_ret
     next_ckpt.mkdir()
     for part in parts:
         shutil.copy(part, next_ckpt / part.name)
-    # ... in trainer threads this time: the executor is not part of the run key
+    # ... in trainer threads and channels-last this time: neither is part of the run key
     rehearse(tmp_path / "out-next", data, "6", CKPT_DIR=str(next_ckpt), LONG_SECONDS="120", LONG_EXECUTOR="streams",
-             **long_run)
+             LONG_CHANNELS_LAST="true", **long_run)
     assert not list(next_ckpt.glob("*.part-*")) and len(list(next_ckpt.glob("*.ckpt"))) == 1
     (continued,) = lines(tmp_path / "out-next" / "long.jsonl")
     assert continued["continued_from_round"] == stopped[0]["rounds_reached"] > 0
