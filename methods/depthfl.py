@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.func import functional_call
 
 from fedbench.api import (
     Assignment,
@@ -178,16 +179,20 @@ class DepthFLLocal(nn.Module):
 
 class FedDynTerm(torch.autograd.Function):
     """FedDyn's term −⟨θ, g_m⟩ + α/2 ‖θ − θ^t‖² of one step as a single autograd node over the flat
-    θ = (θ_1, …, θ_n): the value is two dot products of whole-model vectors and the gradient
-    α (θ − θ^t) − g_m is computed once on the flat vector and handed back as per-parameter views, so
-    the term costs a fixed number of kernels whatever the number of parameter tensors (the per-tensor
-    form costs about eight forward and eight backward kernels per tensor). Inputs: the flat g_m and
-    θ^t (:class:`FedDynState`), α, then the parameters."""
+    θ = (θ_1, …, θ_n), which also hands the parameters on: it returns the term's value and the
+    parameters themselves (aliases), and the network computes with those aliases
+    (:func:`feddyn_objective`). Its backward so receives every parameter's network gradient at once
+    and adds the term's gradient α (θ − θ^t) − g_m to them in one flat vector, handing each
+    parameter a view of the sum. Fed the parameters directly, as a loss term beside the network,
+    autograd would sum the two contributions with one kernel per parameter tensor; the per-tensor
+    form costs about eight forward and eight backward kernels per tensor. The sums are the same
+    float additions either way, so the gradients are the same bit for bit. Inputs: the flat g_m
+    and θ^t (:class:`FedDynState`), α, then the parameters."""
 
     @staticmethod
     def forward(
         ctx: Any, g: torch.Tensor, anchor: torch.Tensor, alpha: float, *params: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, ...]:
         # θ, made by cat (never an alias of a parameter), then θ − θ^t in place
         diff = torch.cat([param if param.dim() == 1 else param.reshape(-1) for param in params])
         value = diff.dot(g).neg()
@@ -196,16 +201,26 @@ class FedDynTerm(torch.autograd.Function):
         ctx.save_for_backward(diff, g)
         ctx.alpha = alpha
         ctx.shapes = [param.shape for param in params]
-        return value
+        return (value, *(param.view_as(param) for param in params))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, upstream: torch.Tensor, *network_grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         diff, g = ctx.saved_tensors
         grad = diff.mul(ctx.alpha).sub_(g).mul_(upstream)
+        grad = torch.cat([part.reshape(-1) for part in network_grads]).add_(grad)  # network + term, flat
         parts = grad.split([shape.numel() for shape in ctx.shapes])
         return (None, None, None, *(
             part if len(shape) == 1 else part.view(shape) for part, shape in zip(parts, ctx.shapes, strict=True)))
+
+
+def feddyn_objective(model: nn.Module, images: torch.Tensor, alpha: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The exits' logits of ``model`` (a :class:`DepthFLLocal`) and FedDyn's term, through
+    :class:`FedDynTerm`: the network computes with the parameter aliases the term hands on."""
+    net, feddyn = model.net, model.feddyn
+    names = [name for name, _ in net.named_parameters()]
+    value, *params = FedDynTerm.apply(feddyn.g, feddyn.anchor, alpha, *net.parameters())
+    return functional_call(net, dict(zip(names, params, strict=True)), (images,)), value
 
 
 @graph_reusable
@@ -240,17 +255,19 @@ def depthfl_objective(
 ) -> torch.Tensor:
     """:class:`DepthFLLoss`'s value; ``kd_weight`` may be a one-element tensor
     (:class:`RampedDepthFLLoss`), None or 0 for no distillation."""
-    logits = model(images)
+    feddyn = getattr(model, "feddyn", None) if alpha else None
+    if feddyn is not None and fused:
+        logits, term = feddyn_objective(model, images, alpha)
+    else:
+        logits, term = model(images), None
     loss = sum(F.cross_entropy(o, labels) for o in logits)
     if isinstance(kd_weight, torch.Tensor) or kd_weight:
         loss = loss + kd_weight * distillation_loss(logits, temperature)
-    feddyn = getattr(model, "feddyn", None)
-    if alpha and feddyn is not None:
-        if fused:
-            loss = loss + FedDynTerm.apply(feddyn.g, feddyn.anchor, alpha, *model.net.parameters())
-        else:
-            for param, (g, anchor) in zip(model.net.parameters(), feddyn.pairs(), strict=True):
-                loss = loss - (param * g).sum() + 0.5 * alpha * (param - anchor).pow(2).sum()
+    if term is not None:
+        loss = loss + term
+    elif feddyn is not None:
+        for param, (g, anchor) in zip(model.net.parameters(), feddyn.pairs(), strict=True):
+            loss = loss - (param * g).sum() + 0.5 * alpha * (param - anchor).pow(2).sum()
     return loss
 
 
