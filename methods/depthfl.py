@@ -122,13 +122,15 @@ def distillation_loss(logits: Sequence[torch.Tensor], temperature: float) -> tor
     n = len(logits)
     if n < 2:
         return logits[0].new_zeros(())
-    log_p = [F.log_softmax(o / temperature, dim=1) for o in logits]
-    targets = [F.softmax(o.detach() / temperature, dim=1) + KD_EPSILON for o in logits]
+    scaled = logits if temperature == 1.0 else [o / temperature for o in logits]  # o / 1 is o, bit for bit
+    log_p = [F.log_softmax(o, dim=1) for o in scaled]
+    targets = [F.softmax(o.detach(), dim=1) + KD_EPSILON for o in scaled]
+    log_targets = [q.log() for q in targets]  # once per exit, not per pair
     total = logits[0].new_zeros(())
     for i in range(n):
         for j in range(n):
             if i != j:
-                kl = (targets[j] * (targets[j].log() - log_p[i])).sum(dim=1).mean()
+                kl = (targets[j] * (log_targets[j] - log_p[i])).sum(dim=1).mean()
                 total = total + kl / (n - 1)
     return total * temperature * temperature
 
