@@ -5,13 +5,16 @@ A step is what the local loop runs per batch: zero_grad, the loss, backward and 
 
 * ``fedavg``: the ResNet alone under cross-entropy;
 * ``depthfl-nofeddyn``: the full-depth exit model under DepthFL's loss with FedDyn off (exits and
-  distillation only);
-* ``depthfl-reference``: FedDyn added tensor by tensor (what the memory model traces);
+  distillation only, the distillation over the stacked exits as local training runs it);
+* ``depthfl-reference``: FedDyn added tensor by tensor and the distillation pair by pair (what
+  the memory model traces);
 * ``depthfl-fused``: FedDyn as one autograd node over flat vectors (what local training runs).
 
 ``ops`` counts every aten op of one step in ``torch.profiler``; ``kernels`` leaves out views and
-other metadata ops. Times are over interleaved repetitions (each variant once per round), so a
-busy machine slows every row alike; the minimum is the least disturbed.
+other metadata ops. ``fwd+bwd leaves`` counts, in the loss and backward alone, the non-metadata ops
+that call no other: about the kernels a GPU launches for them (the SGD update is a few multi-tensor
+kernels there, where the CPU runs it tensor by tensor). Times are over interleaved repetitions (each
+variant once per round), so a busy machine slows every row alike; the minimum is the least disturbed.
 
     python benchmarks/bench_depthfl_feddyn.py                          # ResNet18 w0.25, 1x28x28, batch 64
     python benchmarks/bench_depthfl_feddyn.py --threads 1 --reps 40
@@ -43,6 +46,11 @@ METADATA_OPS = frozenset({
     "aten::split", "aten::split_with_sizes", "aten::view_as", "aten::alias", "aten::detach", "aten::expand",
     "aten::result_type",
 })
+LEAF_METADATA_OPS = METADATA_OPS | {
+    "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::resize_", "aten::as_strided_", "aten::t",
+    "aten::transpose", "aten::unsqueeze", "aten::squeeze", "aten::permute", "aten::select", "aten::resolve_conj",
+    "aten::lift_fresh",
+}
 
 
 def make_steps(
@@ -64,7 +72,7 @@ def make_steps(
     labels = torch.randint(0, 10, (batch,), device=device)
     setups = {
         "fedavg": (plain, cross_entropy_loss),
-        "depthfl-nofeddyn": (local, DepthFLLoss(1.0, 1.0, 0.0)),
+        "depthfl-nofeddyn": (local, DepthFLLoss(1.0, 1.0, 0.0, fused=True)),
         "depthfl-reference": (local, DepthFLLoss(1.0, 1.0, alpha)),
         "depthfl-fused": (local, DepthFLLoss(1.0, 1.0, alpha, fused=True)),
     }
@@ -79,6 +87,11 @@ def make_steps(
             optimizer.step()
 
         step()  # warm-up: momentum buffers, allocator, kernel selection
+        def loss_and_backward(net=net, loss_fn=loss_fn, optimizer=optimizer) -> None:  # noqa: ANN001
+            optimizer.zero_grad(set_to_none=True)  # no aten op: gradients start afresh as in a step
+            loss_fn(net, images, labels).backward()
+
+        step.loss_and_backward = loss_and_backward
         steps[name] = step
     return steps, sum(1 for _ in local.net.parameters())
 
@@ -91,6 +104,20 @@ def count_ops(step: Callable[[], None]) -> tuple[int, int]:
         step()
     names = collections.Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
     return names.total(), sum(n for name, n in names.items() if name not in METADATA_OPS)
+
+
+def count_leaves(run: Callable[[], None]) -> int:
+    """Non-metadata aten ops of one call of ``run`` that call no other such op (allocations count
+    as metadata here): one per kernel, where a composite op (conv2d → … → the convolution itself)
+    counts once."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def computes(event) -> bool:  # noqa: ANN001
+        return event.name.startswith("aten::") and event.name not in LEAF_METADATA_OPS
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return sum(1 for e in prof.events() if computes(e) and not any(computes(c) for c in e.cpu_children))
 
 
 def time_steps(steps: dict[str, Callable[[], None]], reps: int, device: str) -> dict[str, list[float]]:
@@ -113,7 +140,8 @@ def test_depthfl_step(benchmark, variant):
     steps, tensors = make_steps()
     benchmark.pedantic(steps[variant], rounds=10, iterations=1, warmup_rounds=1)
     ops, kernels = count_ops(steps[variant])
-    benchmark.extra_info.update({"ops": ops, "kernels": kernels, "parameter_tensors": tensors})
+    benchmark.extra_info.update({"ops": ops, "kernels": kernels, "parameter_tensors": tensors,
+                                 "fwd_bwd_leaves": count_leaves(steps[variant].loss_and_backward)})
 
 
 def main() -> None:
@@ -131,17 +159,20 @@ def main() -> None:
     shape = tuple(int(n) for n in args.shape.split("x"))
     steps, tensors = make_steps(args.model, args.width, shape, args.batch, device=args.device)
     counts = {name: count_ops(step) for name, step in steps.items()}
+    leaves = {name: count_leaves(step.loss_and_backward) for name, step in steps.items()}
     times = time_steps(steps, args.reps, args.device)
     print(f"{args.model} width {args.width}, input {args.shape}, batch {args.batch}, {args.threads} threads, "
           f"{args.device}; DepthFL exit model: {tensors} parameter tensors; {args.reps} steps per variant")
-    print("| variant | ops/step | kernels/step | min ms | median ms | median × FedAvg |\n|---|---:|---:|---:|---:|---:|")
+    print("| variant | ops/step | kernels/step | fwd+bwd leaves | min ms | median ms | median × FedAvg |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
     base = statistics.median(times["fedavg"])
     rows = []
     for name in steps:
         ops, kernels = counts[name]
         low, mid = min(times[name]), statistics.median(times[name])
-        rows.append({"variant": name, "ops": ops, "kernels": kernels, "min_s": low, "median_s": mid})
-        print(f"| {name} | {ops} | {kernels} | {low * 1e3:.1f} | {mid * 1e3:.1f} | {mid / base:.2f} |")
+        rows.append({"variant": name, "ops": ops, "kernels": kernels, "fwd_bwd_leaves": leaves[name],
+                     "min_s": low, "median_s": mid})
+        print(f"| {name} | {ops} | {kernels} | {leaves[name]} | {low * 1e3:.1f} | {mid * 1e3:.1f} | {mid / base:.2f} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump({"parameter_tensors": tensors, "args": vars(args), "rows": rows}, out, indent=2)

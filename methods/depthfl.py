@@ -135,6 +135,28 @@ def distillation_loss(logits: Sequence[torch.Tensor], temperature: float) -> tor
     return total * temperature * temperature
 
 
+def fused_distillation_loss(logits: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:
+    """:func:`distillation_loss` in a fixed number of ops over the stacked exits, instead of a
+    handful per ordered pair. With S = Σ_j q_j, the pairs' sum regroups (batch means; B samples):
+
+        Σ_i Σ_{j≠i} KL(q_j ‖ p_i) = [(n−1) Σ_j Σ q_j log q_j − Σ_i Σ (S − q_i) log p_i] / B
+
+    The first sum has no gradient (the targets are detached); it only makes the value the KL. Same
+    value and gradients to float32 rounding (tests/test_depth_baselines.py)."""
+    n = len(logits)
+    if n < 2:
+        return logits[0].new_zeros(())
+    stacked = torch.stack(list(logits))  # n × B × C
+    if temperature != 1.0:
+        stacked = stacked / temperature
+    log_p = F.log_softmax(stacked, dim=2)
+    targets = F.softmax(stacked.detach(), dim=2) + KD_EPSILON
+    entropy_terms = (targets * targets.log()).sum()
+    cross_terms = ((targets.sum(dim=0) - targets) * log_p).sum()
+    total = (entropy_terms * (n - 1) - cross_terms) / ((n - 1) * stacked.shape[1])
+    return total * temperature * temperature
+
+
 class FedDynState(nn.Module):
     """A device's FedDyn vectors g_m and the received global values θ^t, one flat buffer each over
     the parameters of its local model (in ``parameters()`` order), so that the memory model counts
@@ -234,13 +256,15 @@ class DepthFLLoss:
     :meth:`DepthFL.local_update` fills in place per device, so one CUDA graph of a depth's step
     serves every device of that depth (:func:`graph_reusable`; equal losses compare equal).
 
-    ``fused`` chooses how the FedDyn sum is computed, not what it is. ``False`` (the reference, and
-    what the memory model traces: :meth:`DepthFL.workloads`, the depth fit and the clock) adds the
-    term tensor by tensor; ``True`` (local training) is one :class:`FedDynTerm` over the flat
-    vectors. They give the same loss and gradients (tests/test_depthfl_feddyn.py) but not the same
-    transient buffers: the fused term makes whole-model vectors at once (θ, its gradient), where the
-    reference makes one tensor's at a time, so tracing the fused form would move the traced peaks;
-    the simulated device runs the reference algorithm."""
+    ``fused`` chooses how the FedDyn sum and the distillation are computed, not what they are.
+    ``False`` (the reference, and what the memory model traces: :meth:`DepthFL.workloads`, the depth
+    fit and the clock) adds the FedDyn term tensor by tensor and the distillation pair by pair;
+    ``True`` (local training) is one :class:`FedDynTerm` over the flat vectors and
+    :func:`fused_distillation_loss` over the stacked exits. They give the same loss and gradients to
+    float32 rounding (tests/test_depthfl_feddyn.py) but not the same transient buffers: the fused
+    term makes whole-model vectors at once (θ, its gradient), where the reference makes one
+    tensor's at a time, so tracing the fused form would move the traced peaks; the simulated device
+    runs the reference algorithm."""
 
     temperature: float = 1.0
     kd_weight: float = 1.0
@@ -264,7 +288,8 @@ def depthfl_objective(
         logits, term = model(images), None
     loss = sum(F.cross_entropy(o, labels) for o in logits)
     if isinstance(kd_weight, torch.Tensor) or kd_weight:
-        loss = loss + kd_weight * distillation_loss(logits, temperature)
+        distillation = fused_distillation_loss if fused else distillation_loss
+        loss = loss + kd_weight * distillation(logits, temperature)
     if term is not None:
         loss = loss + term
     elif feddyn is not None:
@@ -275,7 +300,7 @@ def depthfl_objective(
 
 @graph_reusable
 class RampedDepthFLLoss:
-    """DepthFL's loss as local training runs it: FedDyn fused, and the distillation weight of the
+    """DepthFL's loss as local training runs it: fused (:class:`DepthFLLoss`), and the distillation weight of the
     round (its sigmoid ramp-up, :func:`consistency_weight`) in a one-element tensor that
     :meth:`for_round` refills in place. The method keeps one such loss for the run, so a CUDA
     graph of a depth's step serves every round of the ramp-up too, instead of a capture per round
@@ -283,7 +308,7 @@ class RampedDepthFLLoss:
     multiplies the distillation term as the Python number would: the same loss and gradients, bit
     for bit (tests/test_depthfl_feddyn.py)."""
 
-    fused = True  # FedDyn as one autograd node (DepthFLLoss.fused)
+    fused = True  # FedDyn as one autograd node, the distillation over the stacked exits (DepthFLLoss.fused)
 
     def __init__(self, options: DepthFLOptions) -> None:
         self.options = options

@@ -22,6 +22,7 @@ from fedbench.methods.depthfl import (
     deepest_fitting_depth,
     distillation_loss,
     feddyn_client_state,
+    fused_distillation_loss,
     holder_average,
 )
 from fedbench.methods.progfed import ProgFed, default_update_cycle, stage_schedule
@@ -71,6 +72,22 @@ def test_distillation_targets_are_detached_so_only_the_student_gets_gradients():
     teacher = torch.tensor([[1.0, 0.0]], requires_grad=True)
     distillation_loss([student, teacher.detach()], 2.0).backward()
     assert student.grad is not None and float(student.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize(("exits", "temperature"), [(2, 1.0), (4, 1.0), (3, 2.0)])
+def test_the_fused_distillation_gives_the_pairwise_value_and_gradients(exits, temperature):
+    generator = torch.Generator().manual_seed(exits)
+    logits = [(3 * torch.randn(16, 10, generator=generator)).requires_grad_() for _ in range(exits)]
+    values, grads = [], []
+    for distillation in (distillation_loss, fused_distillation_loss):
+        value = distillation(logits, temperature)
+        values.append(value.detach())
+        grads.append(torch.autograd.grad(value, logits))
+    torch.testing.assert_close(values[1], values[0], rtol=1e-5, atol=1e-6)
+    assert float(values[0]) > 0.1  # exits that disagree
+    for fused, pairwise in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(fused, pairwise, rtol=1e-5, atol=1e-7)
+    assert float(fused_distillation_loss(logits[:1], temperature)) == 0.0
 
 
 def test_consistency_weight_ramps_up_to_one_at_round_301():

@@ -108,7 +108,7 @@ def test_the_ramped_loss_without_distillation_or_feddyn_is_the_plain_loss():
 
 def test_the_fused_gradient_is_the_networks_plus_the_terms_bit_for_bit():
     local = local_at()
-    _, network = loss_and_gradients(local, DepthFLLoss(1.0, 1.0, 0.0))
+    _, network = loss_and_gradients(local, DepthFLLoss(1.0, 1.0, 0.0, fused=True))
     _, fused = loss_and_gradients(local, DepthFLLoss(1.0, 1.0, ALPHA, fused=True))
     for grad, net_grad, param, (g, anchor) in zip(fused, network, local.net.parameters(), local.feddyn.pairs(), strict=True):
         assert torch.equal(grad, net_grad + (param.detach() - anchor).mul(ALPHA).sub(g))
@@ -171,7 +171,7 @@ def test_fused_feddyn_adds_a_fixed_number_of_kernels_whatever_the_number_of_para
     for depth in (1, 4):
         local = local_at(depth)
         counts[depth] = sum(1 for _ in local.net.parameters())
-        base = step_ops(local, DepthFLLoss(1.0, 1.0, 0.0))
+        base = step_ops(local, DepthFLLoss(1.0, 1.0, 0.0, fused=True))  # the same distillation, no FedDyn
         fused = step_ops(local, DepthFLLoss(1.0, 1.0, ALPHA, fused=True))
         reference = step_ops(local, DepthFLLoss(1.0, 1.0, ALPHA))
         extras[depth] = fused - base
