@@ -300,9 +300,9 @@ def depthfl_objective(
 
 @graph_reusable
 class RampedDepthFLLoss:
-    """DepthFL's loss as local training runs it: fused (:class:`DepthFLLoss`), and the distillation weight of the
-    round (its sigmoid ramp-up, :func:`consistency_weight`) in a one-element tensor that
-    :meth:`for_round` refills in place. The method keeps one such loss for the run, so a CUDA
+    """DepthFL's loss as local training runs it: fused (:class:`DepthFLLoss`), with the
+    distillation weight of the round (its sigmoid ramp-up, :func:`consistency_weight`) in a
+    one-element tensor that :meth:`for_round` refills in place. The method keeps one such loss for the run, so a CUDA
     graph of a depth's step serves every round of the ramp-up too, instead of a capture per round
     (a weight held as a Python number is frozen into the graph). The weight's float32 value
     multiplies the distillation term as the Python number would: the same loss and gradients, bit
