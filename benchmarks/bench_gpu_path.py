@@ -65,6 +65,7 @@ def workload(method: str, path: str, args: argparse.Namespace) -> RunConfig:
         "model": {"name": args.model, "width": args.width}, "train": {"local_epochs": args.epochs, "batch_size": 64},
         "clients_per_round": 10, "rounds": args.rounds, "eval_every": args.rounds, "seed": 42,
         "threads": args.threads, "device": args.device, "tracking": {"enabled": False},
+        "cuda_graphs": False, "channels_last": False,  # each path says which it takes, whatever the defaults
     }
     if path.endswith("-cl"):
         overrides["channels_last"] = True

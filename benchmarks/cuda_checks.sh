@@ -13,18 +13,19 @@
 #   4. the GPU path: round times of the transfer path, the resident path, CUDA graphs and 4 trainer
 #      threads per GPU, plain PyTorch loops' images/s, one profiled round per serial path
 #                                                   -> OUT/gpu_path.{md,json}, OUT/profile_*.txt
-#   5. DepthFL's round against FedAvg's, graphed, by one trainer and by 4 trainer threads
-#                                                                       -> OUT/depthfl_ratio.{md,json}
+#   5. DepthFL's round against FedAvg's, graphed, in both layouts by one trainer and by 4 trainer
+#      threads, with where DepthFL's graphed round spends its GPU time
+#                                         -> OUT/depthfl_ratio.{md,json}, OUT/profile_depthfl_graphs*.txt
 #   6. the long-horizon comparison (full-width ResNet18, 5 local epochs), stopped in time with its
 #      checkpoints under CKPT_DIR, continued by the next invocation     -> OUT/long.jsonl
 #      and its checkpoints cut into parts, as many as one call may bring back -> OUT/*.ckpt.part-KK-of-NN
 #  6b. the parts step 6 could not send back yet, from CKPT_DIR/outbox    -> OUT/*.ckpt.part-KK-of-NN
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
 # STEPS="2 2g 4" ends within 8 minutes (its steps' time limits: 60 + 60 + 330 s), STEPS="5 6" within
-# LONG_SECONDS + 300 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
+# LONG_SECONDS + 360 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
 # step 3; PATHS_4 the paths of step 4 (bench_gpu_path.py --paths); LONG_METHODS, LONG_ROUNDS,
 # LONG_SECONDS, LONG_WORKERS (1: serial; K > 1: K trainers of LONG_EXECUTOR, process or streams),
-# LONG_GRAPHS (true on a GPU: CUDA graphs), LONG_CHANNELS_LAST (false) and CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
+# LONG_GRAPHS (true on a GPU: CUDA graphs), LONG_CHANNELS_LAST (true on a GPU) and CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
 # SMOKE_SECONDS (60) bounds steps 2 and 2g. OUT/env.txt names the GPU, torch and the fedbench code
 # (its commit; a digest of its files where the tree is a copy without git, FEDBENCH_CODE_VERSION to name it).
 # Needs only torch, torchvision, numpy, pandas, pyyaml, typer, rich (no MLflow, no network): runs go
@@ -59,19 +60,24 @@ if [ "$DEVICE" = cpu ]; then
   MODEL=(--set model.name=cnn) BENCH=(--device cpu --model cnn --epochs 1 --threads 2 --plain-steps 40) THREADS=2
   PATHS_4=plain,plain-graphs2,transfer:3,resident:3,resident-cl:3,workers2:3,streams2:3 PATHS_5=resident:3 GRID_ROUNDS=2 LONG_EPOCHS=1 LONG_EVERY=2
   LONG_ROUNDS=${LONG_ROUNDS:-6} LONG_SECONDS=${LONG_SECONDS:-5} LONG_WORKERS=${LONG_WORKERS:-2} LONG_GRAPHS=false
+  LONG_CHANNELS_LAST=${LONG_CHANNELS_LAST:-false}
 else
   # 3 epochs over 3 rounds: a kept cross-entropy graph captures last-batch sizes and replays them
   SMOKE_RUN=(--set rounds=3 --set train.local_epochs=3)
   MODEL=(--set model.name=resnet18 --set model.width=1.0) BENCH=(--device "$DEVICE") THREADS=8
-  # Step 4's paths in order of need (docs/gpu.md has their measured round times): the plain loop, one
-  # and four graphed plain loops on their own streams (does side-by-side training fill the GPU?), the
-  # transfer path for the speed-up, CUDA graphs over 22 rounds for the 1,600-round projection, in
-  # both layouts (their accuracies must agree), 4 graphed trainer threads, the eager resident path.
-  PATHS_4=${PATHS_4:-plain,plain-graphs1,plain-graphs4,plain-graphs4-cl,transfer:4,graphs:22,graphs-cl:22,graphs-streams4:12,resident:6}
-  PATHS_5=${PATHS_5:-graphs:5,graphs-streams4:5}  # side by side, DepthFL's small kernels may overlap more than FedAvg's
+  # Step 4's paths in order of need (docs/gpu.md has their measured round times; what the step's time
+  # limit cuts off is the end of the list): the transfer path for the speed-up, the default path (CUDA
+  # graphs, channels-last) over 22 rounds for the 1,600-round projection, the plain loop, 4 graphed
+  # trainer threads, graphs in the NCHW layout (their accuracies must agree with the first), one and
+  # four graphed plain loops on their own streams (does side-by-side training fill the GPU?), the eager
+  # resident path.
+  PATHS_4=${PATHS_4:-transfer:4,graphs-cl:22,plain,graphs-streams4-cl:22,graphs:22,plain-graphs1,plain-graphs4,resident:6}
+  # DepthFL's exits are depthwise convolutions, which cuDNN computes only in the channels-last layout (torch's own
+  # kernels otherwise); side by side, DepthFL's small kernels may overlap more than FedAvg's
+  PATHS_5=${PATHS_5:-graphs:5,graphs-cl:5,graphs-streams4:5}
   GRID_ROUNDS=30 LONG_EPOCHS=5
   LONG_EVERY=20 LONG_ROUNDS=${LONG_ROUNDS:-400} LONG_SECONDS=${LONG_SECONDS:-480} LONG_WORKERS=${LONG_WORKERS:-1}
-  LONG_GRAPHS=${LONG_GRAPHS:-true}  # the fastest path measured (docs/gpu.md); processes time-share the GPU
+  LONG_GRAPHS=${LONG_GRAPHS:-true} LONG_CHANNELS_LAST=${LONG_CHANNELS_LAST:-true}  # the fastest serial path measured (docs/gpu.md)
 fi
 
 { nvidia-smi -L; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
@@ -104,7 +110,7 @@ if [[ $STEPS == *" 2 "* ]]; then
   timeout "$SMOKE_SECONDS" $PY "$ROOT/benchmarks/accuracy_grid.py" \
     --methods "$($PY -c 'from fedbench import registry; print(",".join(p.name for p in registry.available("methods")))')" \
     --set data.dataset=synthetic --set data.num_clients=8 --set clients_per_round=4 "${SMOKE_RUN[@]}" \
-    --set "device=$DEVICE" --set tracking.enabled=false --out "$OUT/smoke.jsonl"
+    --set "device=$DEVICE" --set cuda_graphs=false --set tracking.enabled=false --out "$OUT/smoke.jsonl"
 fi
 if [[ $STEPS == *" 2g "* ]] && [ "$DEVICE" = cpu ]; then
   echo "== 2g. every method graphed vs eager: skipped on the CPU (tests/test_graphs.py holds them bit for bit)"
@@ -136,9 +142,10 @@ fi
 if [[ $STEPS == *" 5 "* ]]; then
   echo "== 5. DepthFL round vs FedAvg round: $PATHS_5"
   mkdir -p "$OUT/depthfl"
-  timeout 180 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" --paths "$PATHS_5" \
-    --methods fedavg,depthfl --out "$OUT/depthfl" 2>&1 | tail -n 4
+  timeout 240 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" --paths "$PATHS_5" \
+    --methods fedavg,depthfl --profile --out "$OUT/depthfl" 2>&1 | tail -n 6
   cp "$OUT/depthfl/gpu_path.md" "$OUT/depthfl_ratio.md"; cp "$OUT/depthfl/gpu_path.json" "$OUT/depthfl_ratio.json"
+  cp "$OUT/depthfl"/profile_depthfl_graphs*.txt "$OUT/" 2>/dev/null  # where a DepthFL round's GPU time goes
   rm -r "$OUT/depthfl"
 fi
 CKPT_DIR=${CKPT_DIR:-gpu-checkpoints} LONG_METHODS=${LONG_METHODS:-neulite,fedavg,exclusivefl,allsmall}
@@ -188,7 +195,7 @@ if [[ $STEPS == *" 6 "* ]] && [ -n "$FMNIST" ]; then
     --set data.partition=dirichlet --set data.alpha=0.5 --set data.num_clients=100 --set fleet.profile=paper \
     --set rounds="$LONG_ROUNDS" --set train.local_epochs=$LONG_EPOCHS --set eval_every=$LONG_EVERY --set seed=42 \
     --set threads=$THREADS --set "device=$DEVICE" "${EXECUTOR[@]}" \
-    --set cuda_graphs="$LONG_GRAPHS" --set channels_last="${LONG_CHANNELS_LAST:-false}" --set tracking.enabled=false --checkpoint-dir "$CKPT_DIR" \
+    --set cuda_graphs="$LONG_GRAPHS" --set channels_last="$LONG_CHANNELS_LAST" --set tracking.enabled=false --checkpoint-dir "$CKPT_DIR" \
     --stop-after "$LONG_SECONDS" --out "$OUT/long.jsonl"
   ls -l "$CKPT_DIR"
   # Each checkpoint, in LONG_METHODS order, is cut into parts in the outbox, and as many as may

@@ -19,11 +19,12 @@ from typer.testing import CliRunner
 
 from fedbench import engine, registry
 from fedbench.cli.main import app
-from fedbench.config import make_config
+from fedbench.config import RunConfig, make_config
 from fedbench.core import method as method_module
 from fedbench.data import ImageDataset
 from fedbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
 from fedbench.errors import ConfigError, PluginError
+from fedbench.kits.widths import is_channels_last
 from fedbench.testing import kit_config
 from fedbench.training import graphs
 from fedbench.training.graphs import (
@@ -364,6 +365,36 @@ def test_cuda_graphs_need_the_resident_gpu_path_and_stay_out_of_the_run_key():
         make_config(overrides={"cuda_graphs": True, "device": "cuda", "resident": False})
     graphed = make_config(overrides={"cuda_graphs": True, "device": "cuda"})
     assert graphed.run_key == dataclasses.replace(graphed, cuda_graphs=False).run_key
+
+
+@pytest.mark.parametrize(("overrides", "graphs", "channels_last"), [
+    ({}, False, False),  # the CPU: neither
+    ({"device": "cuda"}, True, True),  # a GPU: the fastest path measured (docs/gpu.md)
+    ({"device": "cuda:1", "resident": False}, False, True),  # the transfer path cannot replay graphs
+    ({"device": "cuda", "cuda_graphs": False, "channels_last": False}, False, False),  # asked off
+    ({"channels_last": True}, False, True),  # asked on, on the CPU
+])
+def test_graphs_and_channels_last_are_on_by_default_with_a_gpu_only(overrides, graphs, channels_last):
+    config = make_config(overrides=overrides)
+    assert (config.uses_cuda_graphs, config.uses_channels_last) == (graphs, channels_last)
+    assert config.run_key == dataclasses.replace(config, cuda_graphs=None, channels_last=None).run_key
+
+
+@pytest.mark.parametrize("default_on", [False, True])
+def test_the_run_takes_graphs_and_layout_from_their_effective_values(default_on, monkeypatch):
+    """What the run asks for follows ``uses_cuda_graphs``/``uses_channels_last`` (a GPU's
+    defaults are on), not the raw, unset fields."""
+    asked = []
+    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: asked.append(enabled))
+    monkeypatch.setattr(RunConfig, "uses_cuda_graphs", property(lambda self: default_on))
+    monkeypatch.setattr(RunConfig, "uses_channels_last", property(lambda self: default_on))
+    config = kit_config("fedavg", None, rounds=1)
+    assert config.cuda_graphs is None and config.channels_last is None
+    ctx, _ = engine.prepare(config)
+    method = engine.make_method(ctx)
+    engine.run_rounds(method)
+    assert asked and set(asked) == {default_on}
+    assert is_channels_last(method.global_model) == default_on
 
 
 def test_the_cuda_graphs_flag_on_a_cpu_run_is_one_line():

@@ -33,6 +33,8 @@ def test_a_run_logs_config_curves_and_artifacts(store, tiny_config):
     assert run.info.status == "FINISHED"
     assert run.data.params["data.dataset"] == "synthetic"
     assert run.data.params["train.batch_size"] == "32"
+    # switches whose default depends on the device are logged as the run took them
+    assert (run.data.params["cuda_graphs"], run.data.params["channels_last"]) == ("False", "False")
     assert run.data.params["partition.size_min"]
     assert run.data.tags["fedbench.run_key"] == tiny_config.run_key
     history = client.get_metric_history(tracker.run_id, "eval/accuracy")

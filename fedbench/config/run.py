@@ -106,13 +106,16 @@ class RunConfig:
     resident: bool = True
     # On a resident GPU run: replay each client's full-size local steps from a captured CUDA graph
     # (fedbench/training/graphs.py), for the losses marked safe to replay. The same kernels, so not
-    # part of the run key.
-    cuda_graphs: bool = False
+    # part of the run key. None (the default): on for a resident GPU run, the fastest path measured
+    # (docs/gpu.md); read the effective value from `uses_cuda_graphs`.
+    cuda_graphs: bool | None = None
     # Keep the models' convolution weights, hence their activations, in the channels-last (NHWC)
     # layout, the one cuDNN's tensor-core kernels compute in, so it need not convert every
     # convolution's input and output (docs/gpu.md). The same arithmetic in another layout: like
     # cuDNN's run-time choice of algorithm, it moves the last bits only, so not part of the run key.
-    channels_last: bool = False
+    # None (the default): on with a GPU, off on the CPU; read the effective value from
+    # `uses_channels_last`.
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
         # Freeze the options mapping so the whole tree is immutable and hashable in spirit.
@@ -174,7 +177,7 @@ class RunConfig:
             "`fedbench sweep GRID --executor ray` (docs/gpu.md)",
         )
         require(
-            not self.cuda_graphs or (self.device != "cpu" and self.resident),
+            self.cuda_graphs is not True or (self.device != "cpu" and self.resident),
             f"cuda_graphs needs the resident GPU path (got device {self.device}"
             f"{', resident=false' if not self.resident else ''}); use --device cuda, or drop --cuda-graphs",
         )
@@ -184,6 +187,21 @@ class RunConfig:
         )
 
     # ----------------------------------------------------------------- views
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether local steps are replayed from CUDA graphs: ``cuda_graphs``, or when unset, on a
+        resident GPU run."""
+        if self.cuda_graphs is not None:
+            return self.cuda_graphs
+        return self.device != "cpu" and self.resident
+
+    @property
+    def uses_channels_last(self) -> bool:
+        """Whether models are built channels-last: ``channels_last``, or when unset, on a GPU."""
+        if self.channels_last is not None:
+            return self.channels_last
+        return self.device != "cpu"
+
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML/JSON-ready) of the whole tree."""
         out = dataclasses.asdict(self, dict_factory=dict)

@@ -144,7 +144,7 @@ class RunContext:
                 dataset.num_classes,
                 width=self.config.model.width if width is None else width,
             )
-        if self.config.channels_last:
+        if self.config.uses_channels_last:
             return model.to(self.device, memory_format=torch.channels_last)
         return model.to(self.device)
 

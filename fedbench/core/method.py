@@ -303,7 +303,7 @@ class Method:
     def _step_graphs(self, model: nn.Module) -> StepGraphCache | None:
         """The run's CUDA-graph maker and the step graph it keeps across clients, or None (no
         ``cuda_graphs``, or not on a GPU)."""
-        make_graph = step_graphs(model_device(model), self.ctx.config.cuda_graphs)
+        make_graph = step_graphs(model_device(model), self.ctx.config.uses_cuda_graphs)
         if make_graph is None:
             return None
         if self._graphs is None or self._graphs.make_graph is not make_graph:

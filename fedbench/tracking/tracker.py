@@ -222,6 +222,8 @@ class MlflowTracker:
             if option_values is None:
                 option_values = config.option_params()
             flat = config.flat_params() | dict(option_values)  # every option, defaults included
+            # what the run did, not "" for an unset switch whose default depends on the device
+            flat |= {"cuda_graphs": str(config.uses_cuda_graphs), "channels_last": str(config.uses_channels_last)}
             params = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
             summary = {k: v for k, v in partition.items() if k != "clients"}
             params += [Param(f"partition.{k}", str(v)) for k, v in summary.items()]
