@@ -16,9 +16,16 @@ that call no other: about the kernels a GPU launches for them (the SGD update is
 kernels there, where the CPU runs it tensor by tensor). Times are over interleaved repetitions (each
 variant once per round), so a busy machine slows every row alike; the minimum is the least disturbed.
 
+A second table times evaluation's forward pass alone (``--eval-batch`` images, no gradients) of
+ResNet and of the full exit model: at a large batch launches do not count, so its ratio says
+whether the exit heads' kernels cost in proportion to their arithmetic. ``--channels-last`` builds
+the ResNet (the trunk) in the channels-last layout and leaves the exits' weights NCHW, as a run
+with ``channels_last`` does.
+
     python benchmarks/bench_depthfl_feddyn.py                          # ResNet18 w0.25, 1x28x28, batch 64
     python benchmarks/bench_depthfl_feddyn.py --threads 1 --reps 40
     python benchmarks/bench_depthfl_feddyn.py --device cuda            # where a GPU exists
+    python benchmarks/bench_depthfl_feddyn.py --device cuda --width 1.0 --channels-last
     pytest benchmarks/bench_depthfl_feddyn.py --benchmark-only         # pytest-benchmark
 """
 
@@ -55,7 +62,7 @@ LEAF_METADATA_OPS = METADATA_OPS | {
 
 def make_steps(
     model_name: str = "resnet18", width: float = 0.25, shape: tuple[int, int, int] = (1, 28, 28),
-    batch: int = 64, alpha: float = 0.1, device: str = "cpu",
+    batch: int = 64, alpha: float = 0.1, device: str = "cpu", channels_last: bool = False,
 ) -> tuple[dict[str, Callable[[], None]], int]:
     """One closure per variant, each running one training step; and the exit model's tensor count."""
     torch.manual_seed(0)
@@ -63,6 +70,9 @@ def make_steps(
     depths = offered_depths(model, None)
     local = DepthFLLocal(ExitModel(model, exit_heads(model, depths[:-1]), depths[-1]), model, depths[-1], True)
     plain = build_model(model_name, shape, 10, width=width)  # FedAvg's model, its own weights
+    if channels_last:  # the trunks only: a run builds its models so and the exits beside them in NCHW
+        model.to(memory_format=torch.channels_last)
+        plain.to(memory_format=torch.channels_last)
     with torch.no_grad():  # a mid-training state: g_m and θ^t away from zero and from θ
         local.feddyn.g.normal_(std=1e-3)
         local.feddyn.anchor.add_(torch.randn_like(local.feddyn.anchor), alpha=1e-2)
@@ -94,6 +104,32 @@ def make_steps(
         step.loss_and_backward = loss_and_backward
         steps[name] = step
     return steps, sum(1 for _ in local.net.parameters())
+
+
+def make_forwards(
+    model_name: str = "resnet18", width: float = 0.25, shape: tuple[int, int, int] = (1, 28, 28),
+    batch: int = 256, device: str = "cpu", channels_last: bool = False,
+) -> dict[str, Callable[[], None]]:
+    """Evaluation's forward pass, no gradients, of ResNet (``fedavg``) and of the full exit model
+    (``depthfl``: the trunk and every exit, as DepthFL's evaluation runs it)."""
+    torch.manual_seed(0)
+    model = build_model(model_name, shape, 10, width=width)
+    exits = exit_heads(model, offered_depths(model, None)[:-1])
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    nets = {"fedavg": model, "depthfl": ExitModel(model, exits, model.num_blocks)}
+    images = torch.randn(batch, *shape, device=device)
+    forwards = {}
+    for name, net in nets.items():
+        net.to(device).eval()
+
+        def forward(net=net) -> None:  # noqa: ANN001
+            with torch.no_grad():
+                net(images)
+
+        forward()  # warm-up: allocator, kernel selection
+        forwards[name] = forward
+    return forwards
 
 
 def count_ops(step: Callable[[], None]) -> tuple[int, int]:
@@ -153,16 +189,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--reps", type=int, default=20, help="timed steps per variant (default 20)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--channels-last", action="store_true", help="the ResNet trunks in the channels-last layout")
+    parser.add_argument("--eval-batch", type=int, default=256, help="images of the timed forward pass (default 256; 0: none)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape = tuple(int(n) for n in args.shape.split("x"))
-    steps, tensors = make_steps(args.model, args.width, shape, args.batch, device=args.device)
+    steps, tensors = make_steps(args.model, args.width, shape, args.batch, device=args.device,
+                                channels_last=args.channels_last)
     counts = {name: count_ops(step) for name, step in steps.items()}
     leaves = {name: count_leaves(step.loss_and_backward) for name, step in steps.items()}
     times = time_steps(steps, args.reps, args.device)
+    layout = "channels-last" if args.channels_last else "NCHW"
     print(f"{args.model} width {args.width}, input {args.shape}, batch {args.batch}, {args.threads} threads, "
-          f"{args.device}; DepthFL exit model: {tensors} parameter tensors; {args.reps} steps per variant")
+          f"{args.device}, {layout}; DepthFL exit model: {tensors} parameter tensors; {args.reps} steps per variant")
     print("| variant | ops/step | kernels/step | fwd+bwd leaves | min ms | median ms | median × FedAvg |\n"
           "|---|---:|---:|---:|---:|---:|---:|")
     base = statistics.median(times["fedavg"])
@@ -173,9 +213,21 @@ def main() -> None:
         rows.append({"variant": name, "ops": ops, "kernels": kernels, "fwd_bwd_leaves": leaves[name],
                      "min_s": low, "median_s": mid})
         print(f"| {name} | {ops} | {kernels} | {leaves[name]} | {low * 1e3:.1f} | {mid * 1e3:.1f} | {mid / base:.2f} |")
+    forward_rows = []
+    if args.eval_batch > 0:
+        forwards = make_forwards(args.model, args.width, shape, args.eval_batch, args.device, args.channels_last)
+        forward_times = time_steps(forwards, max(args.reps // 4, 3), args.device)
+        base = statistics.median(forward_times["fedavg"])
+        print(f"\n| forward pass, batch {args.eval_batch}, no gradients | min ms | median ms | median × FedAvg |\n"
+              "|---|---:|---:|---:|")
+        for name, seconds in forward_times.items():
+            low, mid = min(seconds), statistics.median(seconds)
+            forward_rows.append({"model": name, "min_s": low, "median_s": mid})
+            print(f"| {name} | {low * 1e3:.1f} | {mid * 1e3:.1f} | {mid / base:.2f} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
-            json.dump({"parameter_tensors": tensors, "args": vars(args), "rows": rows}, out, indent=2)
+            json.dump({"parameter_tensors": tensors, "args": vars(args), "rows": rows, "forward": forward_rows},
+                      out, indent=2)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@
 #   4. the GPU path: round times of the transfer path, the resident path, CUDA graphs and 4 trainer
 #      threads per GPU, plain PyTorch loops' images/s, one profiled round per serial path
 #                                                   -> OUT/gpu_path.{md,json}, OUT/profile_*.txt
-#   5. DepthFL's round against FedAvg's, graphed, in both layouts by one trainer and by 4 trainer
-#      threads, with where DepthFL's graphed round spends its GPU time
+#   5. DepthFL's step and evaluation forward against FedAvg's in both layouts (OUT/depthfl_steps.md);
+#      its round against FedAvg's, graphed, in both layouts by one trainer and by 4 trainer threads,
+#      with where DepthFL's graphed round spends its GPU time
 #                                         -> OUT/depthfl_ratio.{md,json}, OUT/profile_depthfl_graphs*.txt
 #   6. the long-horizon comparison (full-width ResNet18, 5 local epochs), stopped in time with its
 #      checkpoints under CKPT_DIR, continued by the next invocation     -> OUT/long.jsonl
@@ -22,7 +23,7 @@
 #  6b. the parts step 6 could not send back yet, from CKPT_DIR/outbox    -> OUT/*.ckpt.part-KK-of-NN
 # Usage: benchmarks/cuda_checks.sh OUT_DIR [FASHION_MNIST_DIR] [GRID_SECONDS]
 # STEPS="2 2g 4" ends within 8 minutes (its steps' time limits: 60 + 60 + 330 s), STEPS="5 6" within
-# LONG_SECONDS + 360 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
+# LONG_SECONDS + 600 s. STEPS="1 1c 2 3" (the default; 1b, 2g, 4, 5, 6 on request) picks steps; GRID_METHODS the methods of
 # step 3; PATHS_4 the paths of step 4 (bench_gpu_path.py --paths); LONG_METHODS, LONG_ROUNDS,
 # LONG_SECONDS, LONG_WORKERS (1: serial; K > 1: K trainers of LONG_EXECUTOR, process or streams),
 # LONG_GRAPHS (true on a GPU: CUDA graphs), LONG_CHANNELS_LAST (true on a GPU) and CKPT_DIR those of step 6; PART_SIZE (15M), TRAVEL_MIB (60) and MAX_FILES (8) the trip back;
@@ -59,6 +60,7 @@ if [ "$DEVICE" = cpu ]; then
   SMOKE_RUN=(--set rounds=2)
   MODEL=(--set model.name=cnn) BENCH=(--device cpu --model cnn --epochs 1 --threads 2 --plain-steps 40) THREADS=2
   PATHS_4=plain,plain-graphs2,transfer:3,resident:3,resident-cl:3,workers2:3,streams2:3 PATHS_5=resident:3 GRID_ROUNDS=2 LONG_EPOCHS=1 LONG_EVERY=2
+  STEP_5A=(--device cpu --width 0.125 --reps 2 --eval-batch 16)
   LONG_ROUNDS=${LONG_ROUNDS:-6} LONG_SECONDS=${LONG_SECONDS:-5} LONG_WORKERS=${LONG_WORKERS:-2} LONG_GRAPHS=false
   LONG_CHANNELS_LAST=${LONG_CHANNELS_LAST:-false}
 else
@@ -75,6 +77,7 @@ else
   # DepthFL's exits are depthwise convolutions, which cuDNN computes only in the channels-last layout (torch's own
   # kernels otherwise); side by side, DepthFL's small kernels may overlap more than FedAvg's
   PATHS_5=${PATHS_5:-graphs:5,graphs-cl:5,graphs-streams4:5}
+  STEP_5A=(--device "$DEVICE" --width 1.0 --reps 40 --eval-batch 1024)
   GRID_ROUNDS=30 LONG_EPOCHS=5
   LONG_EVERY=20 LONG_ROUNDS=${LONG_ROUNDS:-400} LONG_SECONDS=${LONG_SECONDS:-480} LONG_WORKERS=${LONG_WORKERS:-1}
   LONG_GRAPHS=${LONG_GRAPHS:-true} LONG_CHANNELS_LAST=${LONG_CHANNELS_LAST:-true}  # the fastest serial path measured (docs/gpu.md)
@@ -140,7 +143,10 @@ if [[ $STEPS == *" 4 "* ]]; then
     --paths "$PATHS_4" --profile --out "$OUT" 2>&1 | tail -n 12
 fi
 if [[ $STEPS == *" 5 "* ]]; then
-  echo "== 5. DepthFL round vs FedAvg round: $PATHS_5"
+  echo "== 5. DepthFL round vs FedAvg round: one step and one evaluation forward in both layouts, then $PATHS_5"
+  for layout in "" --channels-last; do  # seconds: one step's kernels and time, evaluation's forward at batch 1024
+    timeout 120 $PY "$ROOT/benchmarks/bench_depthfl_feddyn.py" "${STEP_5A[@]}" $layout 2>&1
+  done | tee "$OUT/depthfl_steps.md" | grep "^| depthfl"
   mkdir -p "$OUT/depthfl"
   timeout 240 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" --paths "$PATHS_5" \
     --methods fedavg,depthfl --profile --out "$OUT/depthfl" 2>&1 | tail -n 6
