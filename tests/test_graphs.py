@@ -155,8 +155,8 @@ def test_a_graph_safe_loss_that_reads_the_host_stops_the_run_in_one_line_before_
 
     with pytest.raises(PluginError, match=r"^test_\w+\.<locals>\.reads_host is marked graph_safe but a step of it reads a value back "
                                           r"to the host \(called a synchronizing CUDA operation\), which a CUDA "
-                                          r"graph cannot replay; remove @graph_safe from it or run without "
-                                          r"--cuda-graphs$"):
+                                          r"graph cannot replay; remove @graph_safe from it or run with "
+                                          r"--no-cuda-graphs$"):
         _tiny_training(reads_host, SyncCheckingReplay)
     assert SyncCheckingReplay.warmups == [False, True]
 
@@ -185,8 +185,8 @@ def test_a_failed_capture_stops_the_run_naming_the_error_it_started_with():
                 raise RuntimeError("operation failed due to a previous error during capture") from None
 
     with pytest.raises(RuntimeError, match=r"^capturing a local step of cross_entropy_loss as a CUDA graph failed "
-                                           r"\(operation not permitted when stream is capturing\); run without "
-                                           r"--cuda-graphs$"):
+                                           r"\(operation not permitted when stream is capturing\); run with "
+                                           r"--no-cuda-graphs$"):
         _tiny_training(cross_entropy_loss, FailingCapture)
 
 

@@ -250,7 +250,7 @@ class GraphedSteps:
             raise PluginError(
                 f"{self.name} is marked graph_safe but a step of it reads a value back to the host "
                 f"({_first_cause(exc)}), which a CUDA graph cannot replay; remove @graph_safe from it "
-                "or run without --cuda-graphs"
+                "or run with --no-cuda-graphs"
             ) from exc
 
     def _capture(self, entry: _SizeGraph, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -262,7 +262,7 @@ class GraphedSteps:
         except RuntimeError as exc:
             raise RuntimeError(
                 f"capturing a local step of {self.name} as a CUDA graph failed ({_first_cause(exc)}); "
-                "run without --cuda-graphs"
+                "run with --no-cuda-graphs"
             ) from exc
         entry.images, entry.labels = images, labels
 
