@@ -32,7 +32,7 @@ evaluation time, the accuracy after the last round (paths of the same number of 
 same clients on the same samples, so they agree up to GPU non-determinism), and the projected time
 of a paper cell: start-up + 1,600 steady rounds + 160
 evaluations (every 10 rounds). ``--profile`` also writes, for the serial paths, the operators of
-one steady round by GPU time and the share of the round the GPU was busy (``profile_<path>.txt``).
+the last steady round (the one before the last) by GPU time and the share of the round the GPU was busy (``profile_<path>.txt``).
 Writes ``OUT/gpu_path.json`` (one object per row) and ``OUT/gpu_path.md`` (the table). CPU-only
 machines can check it with ``--device cpu --model cnn --epochs 1 --rounds 3`` (paths ``resident``,
 ``workersK``, ``streamsK``, ``plain``, ``plain-graphsK``).
@@ -90,19 +90,22 @@ def trained_images(config: RunConfig, rounds: range) -> dict[int, int]:
 
 
 class Profiler:
-    """torch.profiler around round 2 (the first steady one) of a serial run."""
+    """torch.profiler around the last steady round of a run: the one before the last (which also
+    evaluates), so that a graphed run has captured the graphs of its recurring last-batch sizes
+    by then; round 2 of a run of fewer than 4 rounds."""
 
-    def __init__(self, out: Path, name: str) -> None:
+    def __init__(self, out: Path, name: str, rounds: int) -> None:
         self.out, self.name, self.profile = out, name, None
+        self.round_idx = max(1, rounds - 2)  # 0-based
 
     def on_round(self, finished: engine.RoundResult) -> None:
         from torch.profiler import ProfilerActivity, profile
 
-        if finished.round_idx == 0:
+        if finished.round_idx == self.round_idx - 1:
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
             self.profile = profile(activities=activities)
             self.profile.__enter__()
-        elif finished.round_idx == 1 and self.profile is not None:
+        elif finished.round_idx == self.round_idx and self.profile is not None:
             self.profile.__exit__(None, None, None)
             self.write(finished.metrics["time/train_s"])
             self.profile = None
@@ -111,7 +114,7 @@ class Profiler:
         events = self.profile.key_averages()
         gpu_us = sum(getattr(e, "self_device_time_total", 0.0) for e in events)
         sort = "self_device_time_total" if gpu_us else "self_cpu_time_total"
-        header = (f"# {self.name}: one steady round, {round_s:.3f} s wall; kernels busy {gpu_us / 1e6:.3f} s "
+        header = (f"# {self.name}: round {self.round_idx + 1}, {round_s:.3f} s wall; kernels busy {gpu_us / 1e6:.3f} s "
                   f"({100 * gpu_us / 1e6 / round_s:.0f} % of the round)\n\n")
         (self.out / f"profile_{self.name}.txt").write_text(header + events.table(sort_by=sort, row_limit=30))
 
@@ -120,7 +123,7 @@ def measure(method: str, path: str, args: argparse.Namespace) -> dict[str, Any]:
     config = workload(method, path, args)
     stamps: list[float] = []
     rounds: list[engine.RoundResult] = []
-    profiler = Profiler(args.out, f"{method}_{path}") if args.profile and "workers" not in path else None
+    profiler = Profiler(args.out, f"{method}_{path}", config.rounds) if args.profile and "workers" not in path else None
 
     def on_round(finished: engine.RoundResult) -> None:
         if args.device != "cpu":
