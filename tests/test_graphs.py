@@ -112,6 +112,19 @@ def test_a_graphed_run_trains_bit_for_bit_as_the_eager_run(method, monkeypatch):
     assert CountingReplay.captures > 0 and CountingReplay.replays > 2 * CountingReplay.captures
 
 
+@pytest.mark.parametrize("method", ["fedavg", "neulite", "depthfl", "heterofl", "oort"])
+def test_a_graphed_channels_last_run_trains_bit_for_bit_as_its_eager_run(method, monkeypatch):
+    """The default GPU path combines both switches: graphs replay channels-last steps as they ran."""
+    config = kit_config(method, rounds=3, train={"local_epochs": 2, "batch_size": 8}, channels_last=True)
+    eager_metrics, eager_model = outcome(config)
+    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
+    monkeypatch.setattr(CountingReplay, "captures", 0)
+    graphed_metrics, graphed_model = outcome(config)
+    assert graphed_metrics == eager_metrics
+    assert all(torch.equal(eager_model[k], graphed_model[k]) for k in eager_model)
+    assert CountingReplay.captures > 0
+
+
 def _tiny_training(loss_fn, make_graph):
     """Three epochs of a linear model on 18 augmented 8x8 images in batches of 4."""
     torch.manual_seed(0)
