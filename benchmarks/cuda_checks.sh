@@ -74,8 +74,8 @@ else
   # four graphed plain loops on their own streams (does side-by-side training fill the GPU?), the eager
   # resident path.
   PATHS_4=${PATHS_4:-transfer:4,graphs-cl:22,plain,graphs-streams4-cl:22,graphs:22,plain-graphs1,plain-graphs4,resident:6}
-  # DepthFL's exits are depthwise convolutions, which cuDNN computes only in the channels-last layout (torch's own
-  # kernels otherwise); side by side, DepthFL's small kernels may overlap more than FedAvg's
+  # DepthFL's exits hold depthwise convolutions, which torch hands to cuDNN in float32 only in the channels-last
+  # layout (its own kernels otherwise); side by side, DepthFL's small kernels may overlap more than FedAvg's
   PATHS_5=${PATHS_5:-graphs:5,graphs-cl:5,graphs-streams4:5}
   STEP_5A=(--device "$DEVICE" --width 1.0 --reps 40 --eval-batch 1024)
   GRID_ROUNDS=30 LONG_EPOCHS=5
