@@ -60,7 +60,7 @@ if [ "$DEVICE" = cpu ]; then
   SMOKE_RUN=(--set rounds=2)
   MODEL=(--set model.name=cnn) BENCH=(--device cpu --model cnn --epochs 1 --threads 2 --plain-steps 40) THREADS=2
   PATHS_4=plain,plain-graphs2,transfer:3,resident:3,resident-cl:3,workers2:3,streams2:3 PATHS_5=resident:3 GRID_ROUNDS=2 LONG_EPOCHS=1 LONG_EVERY=2
-  STEP_5A=(--device cpu --width 0.125 --reps 2 --eval-batch 16)
+  STEP_5A=(--device cpu --width 0.125 --reps 2 --eval-batch 16) LAYOUTS_5A=(--channels-last)
   LONG_ROUNDS=${LONG_ROUNDS:-6} LONG_SECONDS=${LONG_SECONDS:-5} LONG_WORKERS=${LONG_WORKERS:-2} LONG_GRAPHS=false
   LONG_CHANNELS_LAST=${LONG_CHANNELS_LAST:-false}
 else
@@ -77,7 +77,7 @@ else
   # DepthFL's exits hold depthwise convolutions, which torch hands to cuDNN in float32 only in the channels-last
   # layout (its own kernels otherwise); side by side, DepthFL's small kernels may overlap more than FedAvg's
   PATHS_5=${PATHS_5:-graphs:5,graphs-cl:5,graphs-streams4:5}
-  STEP_5A=(--device "$DEVICE" --width 1.0 --reps 40 --eval-batch 1024)
+  STEP_5A=(--device "$DEVICE" --width 1.0 --reps 40 --eval-batch 1024) LAYOUTS_5A=("" --channels-last)
   GRID_ROUNDS=30 LONG_EPOCHS=5
   LONG_EVERY=20 LONG_ROUNDS=${LONG_ROUNDS:-400} LONG_SECONDS=${LONG_SECONDS:-480} LONG_WORKERS=${LONG_WORKERS:-1}
   LONG_GRAPHS=${LONG_GRAPHS:-true} LONG_CHANNELS_LAST=${LONG_CHANNELS_LAST:-true}  # the fastest serial path measured (docs/gpu.md)
@@ -144,7 +144,7 @@ if [[ $STEPS == *" 4 "* ]]; then
 fi
 if [[ $STEPS == *" 5 "* ]]; then
   echo "== 5. DepthFL round vs FedAvg round: one step and one evaluation forward in both layouts, then $PATHS_5"
-  for layout in "" --channels-last; do  # seconds: one step's kernels and time, evaluation's forward at batch 1024
+  for layout in "${LAYOUTS_5A[@]}"; do  # seconds: one step's kernels and time, evaluation's forward at batch 1024
     timeout 120 $PY "$ROOT/benchmarks/bench_depthfl_feddyn.py" "${STEP_5A[@]}" $layout 2>&1
   done | tee "$OUT/depthfl_steps.md" | grep "^| depthfl"
   mkdir -p "$OUT/depthfl"
