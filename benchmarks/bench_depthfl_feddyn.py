@@ -18,7 +18,8 @@ variant once per round), so a busy machine slows every row alike; the minimum is
 
 A second table times evaluation's forward pass alone (``--eval-batch`` images, no gradients) of
 ResNet and of the full exit model: at a large batch launches do not count, so its ratio says
-whether the exit heads' kernels cost in proportion to their arithmetic. ``--channels-last`` builds
+whether the exit heads' kernels cost in proportion to their arithmetic; ``--profile-forward FILE``
+writes the operators of one such pass of the exit model by device time. ``--channels-last`` builds
 the ResNet (the trunk) in the channels-last layout and leaves the exits' weights NCHW, as a run
 with ``channels_last`` does.
 
@@ -156,6 +157,20 @@ def count_leaves(run: Callable[[], None]) -> int:
     return sum(1 for e in prof.events() if computes(e) and not any(computes(c) for c in e.cpu_children))
 
 
+def profile_forward(forward: Callable[[], None], path: str) -> None:
+    """The operators of one call of ``forward``, by device time where a GPU ran them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
+        forward()
+        if gpu:
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_device_time_total" if gpu else "self_cpu_time_total", row_limit=25)
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(table)
+
+
 def time_steps(steps: dict[str, Callable[[], None]], reps: int, device: str) -> dict[str, list[float]]:
     """Seconds per step of each variant, the variants interleaved within every repetition."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -191,6 +206,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--channels-last", action="store_true", help="the ResNet trunks in the channels-last layout")
     parser.add_argument("--eval-batch", type=int, default=256, help="images of the timed forward pass (default 256; 0: none)")
+    parser.add_argument("--profile-forward", help="write the operators of one exit-model forward pass to this file")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -224,6 +240,8 @@ def main() -> None:
             low, mid = min(seconds), statistics.median(seconds)
             forward_rows.append({"model": name, "min_s": low, "median_s": mid})
             print(f"| {name} | {low * 1e3:.1f} | {mid * 1e3:.1f} | {mid / base:.2f} |")
+        if args.profile_forward:
+            profile_forward(forwards["depthfl"], args.profile_forward)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump({"parameter_tensors": tensors, "args": vars(args), "rows": rows, "forward": forward_rows},

@@ -15,8 +15,8 @@
 #                                                   -> OUT/gpu_path.{md,json}, OUT/profile_*.txt
 #   5. DepthFL's step and evaluation forward against FedAvg's in both layouts (OUT/depthfl_steps.md);
 #      its round against FedAvg's, graphed, in both layouts by one trainer and by 4 trainer threads,
-#      with where DepthFL's graphed round spends its GPU time
-#                                         -> OUT/depthfl_ratio.{md,json}, OUT/profile_depthfl_graphs*.txt
+#      with where DepthFL's graphed round and its evaluation forward spend their GPU time
+#                                         -> OUT/depthfl_ratio.{md,json}, OUT/profile_depthfl_*.txt
 #   6. the long-horizon comparison (full-width ResNet18, 5 local epochs), stopped in time with its
 #      checkpoints under CKPT_DIR, continued by the next invocation     -> OUT/long.jsonl
 #      and its checkpoints cut into parts, as many as one call may bring back -> OUT/*.ckpt.part-KK-of-NN
@@ -145,7 +145,8 @@ fi
 if [[ $STEPS == *" 5 "* ]]; then
   echo "== 5. DepthFL round vs FedAvg round: one step and one evaluation forward in both layouts, then $PATHS_5"
   for layout in "${LAYOUTS_5A[@]}"; do  # seconds: one step's kernels and time, evaluation's forward at batch 1024
-    timeout 120 $PY "$ROOT/benchmarks/bench_depthfl_feddyn.py" "${STEP_5A[@]}" $layout 2>&1
+    timeout 120 $PY "$ROOT/benchmarks/bench_depthfl_feddyn.py" "${STEP_5A[@]}" $layout \
+      --profile-forward "$OUT/profile_depthfl_forward${layout:+-cl}.txt" 2>&1
   done | tee "$OUT/depthfl_steps.md" | grep "^| depthfl"
   mkdir -p "$OUT/depthfl"
   timeout 240 $PY "$ROOT/benchmarks/bench_gpu_path.py" ${FMNIST:+--data-dir "$FMNIST"} "${BENCH[@]}" --paths "$PATHS_5" \

@@ -63,6 +63,7 @@ def test_every_gpu_step_runs_on_the_cpu_and_a_stopped_run_continues_from_its_ret
     assert set(ratio) == {"fedavg", "depthfl"}
     steps_5 = (out / "depthfl_steps.md").read_text()  # step 5's one-step and forward tables (a GPU: both layouts)
     assert "cpu, channels-last" in steps_5 and "| depthfl-fused |" in steps_5 and "| depthfl |" in steps_5
+    assert "aten::convolution" in (out / "profile_depthfl_forward-cl.txt").read_text()
 
     stopped = lines(out / "long.jsonl")  # step 6: stopped in time, its checkpoint sent back in parts
     assert len(stopped) == 1 and stopped[0]["stopped"] and stopped[0]["rounds_reached"] < 8
