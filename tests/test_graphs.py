@@ -95,17 +95,22 @@ def outcome(config):
     return metrics, {k: v.clone() for k, v in method.eval_model().state_dict().items()}
 
 
+def eager_and_graphed(config, monkeypatch):
+    """:func:`outcome` of ``config`` run eagerly, then with the stand-in graph (counts reset)."""
+    eager = outcome(config)
+    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
+    monkeypatch.setattr(CountingReplay, "captures", 0)
+    monkeypatch.setattr(CountingReplay, "replays", 0)
+    return eager, outcome(config)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_a_graphed_run_trains_bit_for_bit_as_the_eager_run(method, monkeypatch):
     # Batches of 8 over shards of ~40 samples, 2 epochs: warm-up, capture, replays and an eager
     # last batch in every client's training.
     options = {"mu": 0.1} if method == "fedprox" else None
     config = kit_config(method, options, rounds=3, train={"local_epochs": 2, "batch_size": 8})
-    eager_metrics, eager_model = outcome(config)
-    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
-    monkeypatch.setattr(CountingReplay, "captures", 0)
-    monkeypatch.setattr(CountingReplay, "replays", 0)
-    graphed_metrics, graphed_model = outcome(config)
+    (eager_metrics, eager_model), (graphed_metrics, graphed_model) = eager_and_graphed(config, monkeypatch)
     assert graphed_metrics == eager_metrics
     assert eager_model.keys() == graphed_model.keys()
     assert all(torch.equal(eager_model[k], graphed_model[k]) for k in eager_model)
@@ -116,10 +121,7 @@ def test_a_graphed_run_trains_bit_for_bit_as_the_eager_run(method, monkeypatch):
 def test_a_graphed_channels_last_run_trains_bit_for_bit_as_its_eager_run(method, monkeypatch):
     """The default GPU path combines both switches: graphs replay channels-last steps as they ran."""
     config = kit_config(method, rounds=3, train={"local_epochs": 2, "batch_size": 8}, channels_last=True)
-    eager_metrics, eager_model = outcome(config)
-    monkeypatch.setattr("fedbench.core.method.step_graphs", lambda device, enabled: CountingReplay)
-    monkeypatch.setattr(CountingReplay, "captures", 0)
-    graphed_metrics, graphed_model = outcome(config)
+    (eager_metrics, eager_model), (graphed_metrics, graphed_model) = eager_and_graphed(config, monkeypatch)
     assert graphed_metrics == eager_metrics
     assert all(torch.equal(eager_model[k], graphed_model[k]) for k in eager_model)
     assert CountingReplay.captures > 0
