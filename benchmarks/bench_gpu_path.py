@@ -28,7 +28,9 @@ without it), 100 clients, Dirichlet alpha 0.5, 10 clients per round, ``--epochs`
 
 For every (method, path): the first round (start-up and warm-up included), the steady round time
 (median of rounds 2 .. R-1; the last round also evaluates), images/s of a FedAvg round, the
-evaluation time, the accuracy after the last round (paths of the same number of rounds train the
+time of the run's one evaluation (its first in the process: it includes first-use costs, such as
+cuDNN choosing kernels for the evaluation's batch sizes, so the projection below is an upper
+bound; ``bench_depthfl_feddyn.py`` times a warm evaluation forward), the accuracy after the last round (paths of the same number of rounds train the
 same clients on the same samples, so they agree up to GPU non-determinism), and the projected time
 of a paper cell: start-up + 1,600 steady rounds + 160
 evaluations (every 10 rounds). ``--profile`` also writes, for the serial paths, the operators of
@@ -252,7 +254,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     base = {r["method"]: r["steady_round_s"] for r in rows if r.get("path") == "transfer"}
     fedavg = {r["path"]: r["steady_round_s"] for r in rows if r.get("method") == "fedavg" and "steady_round_s" in r}
     lines = ["| method | path | first round s | steady round s | vs transfer | vs FedAvg (same path) | images/s "
-             "| eval s | paper cell (1,600 rounds) min | accuracy after the last round |", "|---" * 10 + "|"]
+             "| first eval s | paper cell (1,600 rounds) min | accuracy after the last round |", "|---" * 10 + "|"]
 
     def cell(value: Any, spec: str) -> str:
         return "" if value is None else format(value, spec)
