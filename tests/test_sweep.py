@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import textwrap
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from typer.testing import CliRunner
 from fedbench import sweep
 from fedbench.cli.main import app
 from fedbench.errors import ConfigError
+from fedbench.sweep import runner as sweep_runner
 
 runner = CliRunner()
 
@@ -193,6 +197,74 @@ def test_parallel_cells_give_the_same_results_as_serial(tmp_path, grid_file):
     parallel = sweep.run_grid(grid, tracking_uri=f"sqlite:///{tmp_path / 'b.db'}", max_parallel=2)
     assert [o.final_accuracy for o in serial] == [o.final_accuracy for o in parallel]
     assert all(o.status == "FINISHED" for o in parallel)
+
+
+def _cells(grid_file, **changes):
+    return [dataclasses.replace(c, config=dataclasses.replace(c.config, **changes))
+            for c in sweep.load_grid(grid_file).cells]
+
+
+def test_cells_that_fit_the_cpus_are_not_warned_about(grid_file):
+    cells = _cells(grid_file, threads=2)  # 4 cells of 2 threads each
+    assert sweep_runner.oversubscription(cells, max_parallel=2, cpus=4) is None
+    assert sweep_runner.oversubscription(cells, max_parallel=1, cpus=1) is None  # one at a time: nothing to share
+    assert sweep_runner.oversubscription(cells[:1], max_parallel=4, cpus=1) is None  # one cell, however parallel
+
+
+def test_cells_that_oversubscribe_the_cpus_say_how_many_fit(grid_file):
+    cells = _cells(grid_file, threads=2)
+    assert sweep_runner.oversubscription(cells, max_parallel=8, cpus=4) == (
+        "4 cells at once keep 8 CPU threads busy on 4 CPUs: each runs slower than alone (their idle threads wait "
+        "passively, OMP_WAIT_POLICY=PASSIVE, so that they do not stall each other); --max-parallel 2 finishes the "
+        "grid sooner")
+    workers = _cells(grid_file, threads=2, executor="process", workers=3, executor_threads=2)  # 6 CPUs a cell
+    assert "2 cells at once keep 12 CPU threads busy on 8 CPUs" in sweep_runner.oversubscription(workers, 2, 8)
+    assert sweep_runner.oversubscription(workers, 2, 8).endswith("--max-parallel 1 finishes the grid sooner")
+
+
+def test_the_cell_environment_adds_what_the_user_did_not_set_and_restores_it(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with sweep_runner.cell_environment({"OMP_WAIT_POLICY": "PASSIVE"}):
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stands
+    with sweep_runner.cell_environment({"OMP_WAIT_POLICY": "PASSIVE"}):
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+class RecordingPool:
+    """A process pool that runs nothing: it records the wait policy its cell processes would inherit."""
+
+    seen: list[str | None] = []
+
+    def __init__(self, **kwargs):
+        RecordingPool.seen.append(os.environ.get("OMP_WAIT_POLICY"))
+
+    def submit(self, fn, index, *args):
+        RecordingPool.seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        future = Future()
+        future.set_result(sweep.CellOutcome(index, "FINISHED"))
+        return future
+
+    def shutdown(self, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize(("cpus", "policy"), [(1, "PASSIVE"), (64, None)])
+def test_cell_processes_wait_passively_only_where_they_oversubscribe_the_cpus(grid_file, tmp_path, monkeypatch, caplog,
+                                                                             cpus, policy):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(sweep_runner, "ProcessPoolExecutor", RecordingPool)
+    monkeypatch.setattr(RecordingPool, "seen", [])
+    monkeypatch.setattr(sweep_runner, "available_cpus", lambda: cpus)
+    with caplog.at_level(logging.WARNING, logger="fedbench.sweep.runner"):
+        outcomes = sweep.run_grid(sweep.load_grid(grid_file), tracking_uri=f"sqlite:///{tmp_path / 'a.db'}",
+                                  max_parallel=2)
+    assert [o.status for o in outcomes] == ["FINISHED"] * 4
+    assert RecordingPool.seen == [policy] * 5  # the pool and its four cells
+    assert ("--max-parallel" in caplog.text) == (policy is not None)
+    assert "OMP_WAIT_POLICY" not in os.environ  # the sweep's own environment is left as it was
 
 
 def test_dry_run_lists_cells_without_running(grid_file):

@@ -3,12 +3,13 @@ failing cell is recorded and never stops the others."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
@@ -30,6 +31,47 @@ SWEEP_EXECUTORS = ("serial", "process", "ray")
 FORWARDED_ENV = (
     "FEDBENCH_CHECKPOINTS", "FEDBENCH_DATA", "FEDBENCH_TRACE_CACHE", "MLFLOW_TRACKING_URI", "XDG_CACHE_HOME",
 )
+
+
+# torch's CPU thread pool (OpenMP) keeps an idle thread spinning for a while before it sleeps. Cells
+# whose threads together outnumber the CPUs then spend their turns on the cores spinning while
+# the thread they wait for cannot run: each cell runs several times slower than alone. Waiting
+# passively costs a lone run time, so cell processes are only told to when they oversubscribe.
+PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity, where the platform tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def oversubscription(cells: Sequence[Cell], max_parallel: int, cpus: int) -> str | None:
+    """A warning when the cells that may run at once keep more CPUs busy than ``cpus``; None when they fit."""
+    demands = sorted((cpu_demand(c.config) for c in cells), reverse=True)[:max_parallel]
+    if len(demands) < 2 or sum(demands) <= cpus:
+        return None
+    fitting = max(1, cpus // demands[0])
+    return (
+        f"{len(demands)} cells at once keep {sum(demands)} CPU threads busy on {cpus} CPUs: each runs slower than "
+        f"alone (their idle threads wait passively, OMP_WAIT_POLICY=PASSIVE, so that they do not stall each "
+        f"other); --max-parallel {fitting} finishes the grid sooner"
+    )
+
+
+@contextlib.contextmanager
+def cell_environment(extra: Mapping[str, str]) -> Iterator[None]:
+    """``extra`` in this process's environment while cell processes start (they inherit it at
+    spawn, before torch reads it), except variables the user set; restored afterwards."""
+    added = {key: value for key, value in extra.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -193,22 +235,26 @@ def run_grid(
         for cell in todo:
             finish(replace(run_cell(cell.config, resumable.get(cell.config.run_key)), index=cell.index))
     elif executor == "process":
+        crowded = oversubscription(todo, max_parallel, available_cpus())
+        if crowded:
+            log.warning("%s", crowded)
         context = get_context("spawn")
         stop = context.Event()
-        pool = ProcessPoolExecutor(max_workers=max_parallel, mp_context=context,
-                                   initializer=_stop_when_set, initargs=(stop,))
-        try:
-            futures = [
-                pool.submit(_run_cell_in_worker, c.index, c.config.to_dict(), resumable.get(c.config.run_key))
-                for c in todo
-            ]
-            for future in as_completed(futures):
-                finish(future.result())
-        except BaseException:  # Ctrl-C, SIGTERM, a bug: the running cells stop now, marked KILLED
-            stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
+        with cell_environment(PASSIVE_WAIT if crowded else {}):
+            pool = ProcessPoolExecutor(max_workers=max_parallel, mp_context=context,
+                                       initializer=_stop_when_set, initargs=(stop,))
+            try:
+                futures = [
+                    pool.submit(_run_cell_in_worker, c.index, c.config.to_dict(), resumable.get(c.config.run_key))
+                    for c in todo
+                ]
+                for future in as_completed(futures):
+                    finish(future.result())
+            except BaseException:  # Ctrl-C, SIGTERM, a bug: the running cells stop now, marked KILLED
+                stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
     else:
         for outcome in _run_on_ray(todo, resumable, gpus_per_cell):
             finish(outcome)
