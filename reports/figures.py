@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedbench.reports.render import check_out_dir, write_out  # noqa: E402
 
@@ -115,6 +116,8 @@ def curves_figure(curves: pd.DataFrame, x_label: str) -> Figure:
                                 100 * (line["accuracy"] + line["std"]), color=style["color"], alpha=0.15)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel(x_label)
+        if x_label == "round":  # rounds are counted: no tick at round 2.5
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, color="0.9")
     if methods:  # every method has a line in some panel, hence a handle

@@ -234,6 +234,21 @@ def test_runs_exports_every_run_the_tables_use_as_numbers(store, tmp_path):
     assert sorted(fedavg["final_accuracy"]) == pytest.approx([0.7, 0.8])
 
 
+def test_a_curve_over_few_rounds_has_ticks_at_whole_rounds_only():
+    import pandas as pd
+
+    from fedbench.reports import figures
+
+    frame = pd.DataFrame({"panel": ["p", "p"], "method": ["fedavg", "fedavg"], "x": [2, 4],
+                          "accuracy": [0.5, 0.6], "std": [0.0, 0.0]})
+    fig = figures.curves_figure(frame, "round")
+    fig.canvas.draw()
+    assert [tick for tick in fig.axes[0].get_xticks() if tick != int(tick)] == []
+    fig = figures.curves_figure(frame, "virtual time (s)")  # time is not counted in whole units
+    fig.canvas.draw()
+    assert [tick for tick in fig.axes[0].get_xticks() if tick != int(tick)] != []
+
+
 def test_curves_draw_the_seed_mean_per_method_against_round_and_virtual_time(store, tmp_path):
     from fedbench.reports import figures, series
     from fedbench.reports.runs import load_experiment
