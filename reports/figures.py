@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedbench.reports.render import check_out_dir, write_out  # noqa: E402
+from fedbench.reports.series import X_AXES  # noqa: E402
 
 GREYS = ("0.1", "0.45", "0.7", "0.3", "0.85", "0.55")
 # 7 hatches against 6 greys: the first 42 bars of a figure all look different.
@@ -116,7 +117,7 @@ def curves_figure(curves: pd.DataFrame, x_label: str) -> Figure:
                                 100 * (line["accuracy"] + line["std"]), color=style["color"], alpha=0.15)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel(x_label)
-        if x_label == "round":  # rounds are counted: no tick at round 2.5
+        if x_label == X_AXES["round"]:  # rounds are counted: no tick at round 2.5
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, color="0.9")

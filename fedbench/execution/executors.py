@@ -78,6 +78,14 @@ def update_threads(config: RunConfig) -> int:
     return config.threads if in_process else max(1, config.threads // config.workers)
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity, where the platform tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def cpu_demand(config: RunConfig) -> int:
     """CPUs a run keeps busy: the server's threads, or its workers' when they are more."""
     if config.executor in ("serial", "streams"):

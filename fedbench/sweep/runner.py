@@ -19,7 +19,7 @@ from fedbench import engine
 from fedbench.config import RunConfig, build_dataclass
 from fedbench.core import checkpoint
 from fedbench.errors import ConfigError, FedbenchError, MemoryBudgetError, TrackingError
-from fedbench.execution.executors import connect_ray, cpu_demand, require_ray
+from fedbench.execution.executors import available_cpus, connect_ray, cpu_demand, require_ray
 from fedbench.sweep.grid import Cell, Grid, check_gpus_per_cell
 from fedbench.sweep.store import finished_keys, resumable_runs, skip_reason
 from fedbench.tracking.tracker import MlflowTracker
@@ -38,14 +38,6 @@ FORWARDED_ENV = (
 # the thread they wait for cannot run: each cell runs several times slower than alone. Waiting
 # passively costs a lone run time, so cell processes are only told to when they oversubscribe.
 PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity, where the platform tells)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def oversubscription(cells: Sequence[Cell], max_parallel: int, cpus: int) -> str | None:
